@@ -1,0 +1,3 @@
+#!/usr/bin/env node
+'use strict';
+require('../dist/src/backend/ferryctl.js').main(process.argv.slice(2));

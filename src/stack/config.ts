@@ -1,0 +1,66 @@
+/**
+ * What the stack needs to know about the host and the guest's network:
+ * resolved once by the backend (host discovery over rtnetlink plus command
+ * line overrides) and posted to every worker as plain data.
+ *
+ * Addresses are kept as bytes (4 for IPv4, 16 for IPv6) so the hot path can
+ * compare them against packet bytes without parsing strings.
+ */
+
+export interface Ipv4Config {
+  /** The address the guest is given (the host's own, passt's model). */
+  address: Uint8Array; // 4 bytes
+  prefixLength: number;
+  /** Default gateway given to the guest. */
+  gateway: Uint8Array; // 4 bytes
+  /** Resolvers announced to the guest (DHCP option 6), after --dns-forward mapping. */
+  dns: Uint8Array[];
+  /** Address whose traffic maps to the host's loopback (--map-host-loopback; default: gateway unless --no-map-gw). null = none. */
+  mapHostLoopback: Uint8Array | null;
+  /** Address whose traffic maps to the host's own address as seen by the guest (--map-guest-addr). null = none. */
+  mapGuestAddr: Uint8Array | null;
+  /** --dns-forward: DNS sent by the guest to this address goes to dnsHost. null = none. */
+  dnsForward: Uint8Array | null;
+  /** Where forwarded DNS goes (--dns-host or the host's first resolver). */
+  dnsHost: Uint8Array | null;
+}
+
+export interface Ipv6Config {
+  /** Global address given to the guest (the host's own). */
+  address: Uint8Array; // 16 bytes
+  prefixLength: number;
+  /** Default gateway (router) announced to the guest. Usually link-local or the host's gateway. */
+  gateway: Uint8Array; // 16 bytes
+  /** ferry's link-local address on the guest segment (source of RAs, DHCPv6 server). */
+  linkLocal: Uint8Array; // 16 bytes
+  dns: Uint8Array[];
+  mapHostLoopback: Uint8Array | null;
+  mapGuestAddr: Uint8Array | null;
+  dnsForward: Uint8Array | null;
+  dnsHost: Uint8Array | null;
+}
+
+export interface StackConfig {
+  /** ferry's own MAC on the segment (source of every frame ferry sends). */
+  ourMac: Uint8Array; // 6 bytes
+  /** The guest's MAC if configured (-M); otherwise learnt from its frames. */
+  guestMac: Uint8Array | null;
+  /** MTU given to the guest (DHCP option 26, RA MTU option). */
+  mtu: number;
+  /** null: IPv4 disabled. */
+  ipv4: Ipv4Config | null;
+  /** null: IPv6 disabled. */
+  ipv6: Ipv6Config | null;
+  /** DNS search domains (DHCP option 119, DNSSL, DHCPv6 domain list). */
+  searchDomains: string[];
+  /** Host interface name used for outbound sockets (-i/--outbound-if, SO_BINDTODEVICE), or null. */
+  interfaceName: string | null;
+  dhcp: boolean;
+  dhcpv6: boolean;
+  ndp: boolean;
+  ra: boolean;
+  /** Bound on flows per worker (--max-flows). */
+  maxFlows: number;
+  /** UDP flow idle timeout in milliseconds. */
+  udpIdleMs: number;
+}
