@@ -140,6 +140,8 @@ export interface Native {
   getpeername(fd: number, addrOut: Uint8Array): number;
   setsockoptInt(fd: number, level: number, name: number, value: number): void;
   getsockoptInt(fd: number, level: number, name: number): number;
+  /** setsockopt from a byte buffer (e.g. SO_BINDTODEVICE, IPV6_V6ONLY structs). */
+  setsockoptBytes(fd: number, level: number, name: number, value: Uint8Array): void;
   /** getsockopt into a byte buffer (e.g. TCP_INFO); returns the length written. */
   getsockoptBytes(fd: number, level: number, name: number, out: Uint8Array): number;
   /** shutdown(fd, how). */
@@ -173,6 +175,13 @@ export interface Native {
   splice(fdIn: number, fdOut: number, length: number): number;
   /** pipe2(O_NONBLOCK|O_CLOEXEC) */
   pipe(): [number, number];
+
+  /**
+   * A full memory barrier (atomic_thread_fence seq_cst). Needed between
+   * publishing the used index and reading the guest's notification flags, a
+   * store-load ordering JS cannot express on non-shared ArrayBuffers.
+   */
+  fence(): void;
 
   // ---- constants ----
   constants: Record<string, number>;
