@@ -121,6 +121,25 @@ export function protocolFeatureMask(bit: number): bigint {
   return 1n << BigInt(bit);
 }
 
+/** Protocol feature masks (bigint), as GET/SET_PROTOCOL_FEATURES carry them. */
+export const VHOST_USER_PROTOCOL_F_MQ = 1n << 0n;
+export const VHOST_USER_PROTOCOL_F_LOG_SHMFD = 1n << 1n;
+export const VHOST_USER_PROTOCOL_F_RARP = 1n << 2n;
+export const VHOST_USER_PROTOCOL_F_REPLY_ACK = 1n << 3n;
+export const VHOST_USER_PROTOCOL_F_MTU = 1n << 4n;
+export const VHOST_USER_PROTOCOL_F_SLAVE_REQ = 1n << 5n;
+export const VHOST_USER_PROTOCOL_F_CROSS_ENDIAN = 1n << 6n;
+export const VHOST_USER_PROTOCOL_F_CRYPTO_SESSION = 1n << 7n;
+export const VHOST_USER_PROTOCOL_F_PAGEFAULT = 1n << 8n;
+export const VHOST_USER_PROTOCOL_F_CONFIG = 1n << 9n;
+export const VHOST_USER_PROTOCOL_F_SLAVE_SEND_FD = 1n << 10n;
+export const VHOST_USER_PROTOCOL_F_HOST_NOTIFIER = 1n << 11n;
+export const VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD = 1n << 12n;
+export const VHOST_USER_PROTOCOL_F_RESET_DEVICE = 1n << 13n;
+export const VHOST_USER_PROTOCOL_F_INBAND_NOTIFICATIONS = 1n << 14n;
+export const VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS = 1n << 15n;
+export const VHOST_USER_PROTOCOL_F_STATUS = 1n << 16n;
+
 /** Virtio feature bit 30, reused by vhost-user: the back-end speaks GET/SET_PROTOCOL_FEATURES. */
 export const VHOST_USER_F_PROTOCOL_FEATURES_BIT = 30;
 export const VHOST_USER_F_PROTOCOL_FEATURES = 1n << 30n;
