@@ -42,10 +42,21 @@ export interface Poller {
   modify(fd: number, events: number): void;
   /** Stop watching fd (ignores ENOENT/EBADF). */
   remove(fd: number): void;
-  /** Close the epoll fd and stop the libuv handle; no callbacks after this. */
+  /** Close the epoll fd and stop the libuv handle; no callbacks after this. Idempotent. */
   close(): void;
+  /** Let the handle keep the thread's event loop alive (the default). */
+  ref(): void;
+  /** Stop the handle from keeping the event loop alive on its own (still delivers callbacks). */
+  unref(): void;
 }
 
+/**
+ * `events` must have length >= 2; a batch holds at most min(events.length/2, 1024) pairs.
+ * The callback runs like any libuv callback (microtasks/nextTicks run after it;
+ * an exception becomes an 'uncaughtException'). While open, the Poller is kept
+ * alive by the addon; an open Poller is closed automatically when its thread's
+ * environment is torn down (e.g. a worker exits).
+ */
 export interface PollerConstructor {
   new (events: Int32Array, callback: (count: number) => void): Poller;
 }
@@ -55,7 +66,10 @@ export interface PollerConstructor {
  * bytes [offsets[i], offsets[i] + lengths[i]) of `buffers[i]` (an ArrayBuffer,
  * e.g. a guest-memory mapping, or a Uint8Array whose own byteOffset is added).
  * The arrays are allocated once and reused; the addon builds `struct iovec`
- * on its stack (at most IOV_MAX entries).
+ * in per-thread scratch space (at most IOV_MAX = 1024 entries). Every
+ * (offset, length) is checked against its buffer: out of bounds throws a
+ * RangeError with code 'ERANGE' and nothing is sent/received. A detached
+ * buffer has length 0.
  */
 export interface IoVecList {
   buffers: (ArrayBuffer | Uint8Array)[];
@@ -92,8 +106,8 @@ export interface Native {
   recvFds(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): RecvFdsResult | null;
   /** sendmsg with SCM_RIGHTS; returns bytes sent (-1 on EAGAIN). MSG_NOSIGNAL. */
   sendFds(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
-  /** socketpair(AF_UNIX, SOCK_STREAM|CLOEXEC) */
-  socketpair(): [number, number];
+  /** socketpair(AF_UNIX, type|CLOEXEC), type defaults to SOCK_STREAM; blocking. */
+  socketpair(type?: number): [number, number];
   /** One datagram to a UNIX datagram socket path ('@' prefix = abstract), as sd_notify does. */
   unixSendDatagram(path: string, buf: Uint8Array): void;
   /** getsockopt SO_PEERCRED: [pid, uid, gid]. */
@@ -107,17 +121,20 @@ export interface Native {
   /**
    * mmap(fd, offset .. offset+size) MAP_SHARED, PROT_READ|PROT_WRITE, split
    * into separate mappings of at most chunkSize bytes (chunkSize a multiple of
-   * the page size, at most 2^32; offset page aligned). Returns one external
-   * ArrayBuffer per chunk, in order.
+   * the page size, at most 2^32; offset page aligned; size > 0; else throws
+   * code 'EINVAL'). Returns one external ArrayBuffer per chunk, in order (the
+   * last one may be shorter). If any chunk fails, the ones already made are
+   * unmapped and the error thrown. A chunk is unmapped when munmap() is
+   * called on it or, failing that, when it is garbage collected.
    */
   mmap(fd: number, offset: number, size: number, chunkSize: number): ArrayBuffer[];
-  /** Unmap an ArrayBuffer returned by mmap and detach it. Idempotent. */
+  /** Unmap an ArrayBuffer returned by mmap and detach it (byteLength becomes 0). Idempotent; a no-op for other ArrayBuffers. */
   munmap(buffer: ArrayBuffer): void;
 
   // ---- eventfd ----
   /** eventfd(initval, EFD_CLOEXEC|EFD_NONBLOCK). */
   eventfd(initval: number): number;
-  /** Read the counter; returns -1 on EAGAIN (counter was 0). */
+  /** Read (and reset) the counter; returns -1 on EAGAIN (counter was 0). */
   eventfdRead(fd: number): number;
   /** Add value to the counter (EAGAIN ignored: the counter is saturated, a wake-up is pending anyway). */
   eventfdWrite(fd: number, value: number): void;
@@ -148,33 +165,49 @@ export interface Native {
   shutdown(fd: number, how: number): void;
   /**
    * sendmsg with iovecs, optional destination sockaddr (null for connected),
-   * flags (MSG_NOSIGNAL always added). Returns bytes or -1 on EAGAIN.
+   * flags (MSG_NOSIGNAL always added), optional raw control message bytes
+   * (e.g. an IP_PKTINFO cmsg). Returns bytes or -1 on EAGAIN.
    */
-  sendmsg(fd: number, iov: IoVecList, sockaddr: Uint8Array | null, flags: number): number;
+  sendmsg(fd: number, iov: IoVecList, sockaddr: Uint8Array | null, flags: number, control?: Uint8Array | null): number;
   /**
    * recvmsg into iovecs; flags e.g. MSG_PEEK. The source address is written
-   * into addrOut (if given) and its length into meta[0]; meta[1] receives
-   * msg_flags. Returns bytes or -1 on EAGAIN.
+   * into addrOut (if given) and its length into meta[0] (0 without addrOut);
+   * meta[1] receives msg_flags (MSG_TRUNC, MSG_CTRUNC...). With controlOut,
+   * raw control messages are written there and their length into meta[2]
+   * (meta then needs 3 elements). Returns bytes or -1 on EAGAIN.
    */
-  recvmsg(fd: number, iov: IoVecList, flags: number, addrOut: Uint8Array | null, meta: Int32Array): number;
+  recvmsg(fd: number, iov: IoVecList, flags: number, addrOut: Uint8Array | null, meta: Int32Array, controlOut?: Uint8Array | null): number;
   /**
    * sendmmsg: `count` datagrams; datagram i uses iovec entries
    * [iovStart[i], iovStart[i]+iovCount[i]) of iov and destination
-   * addrs[i] (or null). Returns datagrams sent or -1 on EAGAIN.
+   * addrs[i] (or null; addrs itself may be null for a connected socket).
+   * MSG_NOSIGNAL always added. count <= 1024. Returns datagrams sent (may be
+   * fewer than count) or -1 on EAGAIN.
    */
   sendmmsg(fd: number, iov: IoVecList, iovStart: Int32Array, iovCount: Int32Array, addrs: (Uint8Array | null)[], count: number, flags: number): number;
   /**
    * recvmmsg: up to `count` datagrams, datagram i into iovec entry i of iov
    * (one entry each); lengths received into lensOut[i], source address into
-   * addrs[i] (length into addrLens[i]). Returns datagrams received or -1 on EAGAIN.
+   * addrs[i] (length into addrLens[i]); msg_flags into flagsOut[i] if given
+   * (MSG_TRUNC marks a datagram longer than its buffer). count <= 1024.
+   * Returns datagrams received or -1 on EAGAIN.
    */
-  recvmmsg(fd: number, iov: IoVecList, lensOut: Int32Array, addrs: Uint8Array[] | null, addrLens: Int32Array | null, count: number, flags: number): number;
-  /** Read one message from the socket error queue (MSG_ERRQUEUE): see the stack's ICMP error handling. Returns bytes or -1 if none. */
-  recvErrqueue(fd: number, dataOut: Uint8Array, controlOut: Uint8Array, meta: Int32Array): number;
+  recvmmsg(fd: number, iov: IoVecList, lensOut: Int32Array, addrs: Uint8Array[] | null, addrLens: Int32Array | null, count: number, flags: number, flagsOut?: Int32Array | null): number;
+  /**
+   * Read one message from the socket error queue (MSG_ERRQUEUE|MSG_DONTWAIT):
+   * see the stack's ICMP error handling. The control messages are written raw
+   * into controlOut (the caller parses sock_extended_err); meta[0] = control
+   * length, meta[1] = msg_flags, meta[2] = length of the address written to
+   * addrOut (the original destination) when addrOut is given. Returns bytes
+   * or -1 if none.
+   */
+  recvErrqueue(fd: number, dataOut: Uint8Array, controlOut: Uint8Array, meta: Int32Array, addrOut?: Uint8Array | null): number;
   /** splice(2) between fds (pipes), SPLICE_F_MOVE|SPLICE_F_NONBLOCK; returns bytes or -1 on EAGAIN. */
   splice(fdIn: number, fdOut: number, length: number): number;
-  /** pipe2(O_NONBLOCK|O_CLOEXEC) */
+  /** pipe2(O_NONBLOCK|O_CLOEXEC): [readFd, writeFd]. */
   pipe(): [number, number];
+  /** ioctl(fd, request, &int) returning the int, e.g. SIOCOUTQ / SIOCINQ queue sizes. */
+  ioctlInt(fd: number, request: number): number;
 
   /**
    * A full memory barrier (atomic_thread_fence seq_cst). Needed between
@@ -184,6 +217,13 @@ export interface Native {
   fence(): void;
 
   // ---- constants ----
+  /**
+   * Numbers from the system headers: EPOLL*, AF_*, SOCK_*, IPPROTO_*, SOL_*,
+   * SO_*, TCP_*, IP_*, IPV6_*, SO_EE_ORIGIN_*, MSG_*, SCM_*, SHUT_*,
+   * NETLINK_*, RTMGRP_*, SIOCINQ, SIOCOUTQ, TIOCOUTQ, FIONREAD, S_IF*, errno values
+   * (EAGAIN, EINPROGRESS, ECONNREFUSED, ...), IOV_MAX, SOMAXCONN, PAGE_SIZE.
+   * EPOLLET is the int32 value (negative), as it appears in Poller batches.
+   */
   constants: Record<string, number>;
 }
 
