@@ -1,0 +1,350 @@
+/**
+ * The stack's entry point: `Stack` consumes guest frames (FrameSink),
+ * parses Ethernet / ARP / IPv4 / IPv6 with the wire views and dispatches:
+ *
+ *   ARP                       -> arp.ts (answered for every address but the guest's)
+ *   IPv4 UDP to port 67       -> dhcp.ts
+ *   ICMP echo request         -> icmp-echo.ts (IPv4 type 8 and IPv6 type 128:
+ *                                the stack parses ICMPv6 echo itself)
+ *   other ICMPv6              -> ipv6Control.handleIcmpv6 (NDP, RS, ...)
+ *   IPv6 UDP to port 547      -> ipv6Control.handleDhcpv6
+ *   TCP / other UDP           -> tcpHandler / udpHandler (translation, later)
+ *
+ * Anything malformed is counted (ferry_stack_drops_total{reason}) and
+ * dropped with a rate-limited log line; nothing from the guest throws.
+ */
+import type { FrameSink, OffloadInfo, SegmentList } from './frame-io';
+import { IpPacket, RxFrame, StackContext, StackContextOptions } from './context';
+import { ETHERNET_HEADER_LENGTH, EtherType, EthernetView } from './wire/ethernet';
+import { IPV4_HEADER_LENGTH, IpProtocol, Ipv4Error } from './wire/ipv4';
+import { IPV6_HEADER_LENGTH, Ipv6Error } from './wire/ipv6';
+import { UDP_HEADER_LENGTH, UdpError, UdpView } from './wire/udp';
+import { IcmpError, IcmpType, IcmpView, Icmpv6EchoType } from './wire/icmp';
+import { TCP_HEADER_LENGTH } from './wire/tcp';
+import { DropReason, countDrop } from './drops';
+import { handleArp } from './arp';
+import { DHCP_SERVER_PORT, handleDhcp } from './dhcp';
+import { IcmpEchoService } from './icmp-echo';
+
+/** DHCPv6 server port (RFC 8415). */
+export const DHCPV6_SERVER_PORT = 547;
+
+/**
+ * IPv6 control plane (NDP, router advertisements, DHCPv6), implemented in
+ * ndp.ts / dhcpv6.ts and installed with `stack.ipv6Control = ...`.
+ * The frame is whole and contiguous in frame.bytes; packet.ipv6 is validated
+ * and packet.l4Offset/l4Length locate the ICMPv6 message or UDP datagram.
+ * Replies are built with ctx.openFrame + ctx.finishIpv6/finishUdp6.
+ */
+export interface Ipv6ControlHandler {
+  /**
+   * An ICMPv6 message other than echo request (those go to the echo
+   * service). The ICMPv6 checksum was verified (unless the guest left it to
+   * offload). Return true when consumed; false counts an 'icmp_unsupported' drop.
+   */
+  handleIcmpv6(ctx: StackContext, frame: RxFrame, packet: IpPacket): boolean;
+  /**
+   * A UDP datagram to port 547 (DHCPv6). `udp` is validated (length and
+   * checksum). Return true when consumed; false passes it to udpHandler.
+   */
+  handleDhcpv6(ctx: StackContext, frame: RxFrame, packet: IpPacket, udp: UdpView): boolean;
+}
+
+/**
+ * TCP or UDP translation (later issues). Called with the IP header and at
+ * least the first 60 bytes of the L4 header contiguous (frame.ensure() for
+ * more; payload also reachable through frame.segments at
+ * packet.l4Offset - frame.base).
+ */
+export interface TransportHandler {
+  handle(ctx: StackContext, frame: RxFrame, packet: IpPacket): void;
+}
+
+export interface StackOptions extends StackContextOptions {
+  ipv6Control?: Ipv6ControlHandler | null;
+  tcpHandler?: TransportHandler | null;
+  udpHandler?: TransportHandler | null;
+}
+
+/** How often the worker should call Stack.onTimer (idle flow expiry). */
+export const STACK_TIMER_INTERVAL_MS = 1000;
+
+const IPV4_ERROR_DROPS: readonly DropReason[] = [
+  DropReason.InternalError, // Ok: never used
+  DropReason.Ipv4Truncated,
+  DropReason.Ipv4BadVersion,
+  DropReason.Ipv4BadIhl,
+  DropReason.Ipv4BadTotalLength,
+  DropReason.Ipv4BadChecksum,
+];
+
+const IPV6_ERROR_DROPS: readonly DropReason[] = [
+  DropReason.InternalError, // Ok: never used
+  DropReason.Ipv6Truncated,
+  DropReason.Ipv6BadVersion,
+  DropReason.Ipv6BadPayloadLength,
+  DropReason.Ipv6ExtensionTruncated,
+  DropReason.Ipv6TooManyExtensions,
+];
+
+/** One per worker: parses guest frames and dispatches them to protocol handlers. */
+export class Stack implements FrameSink {
+  readonly ctx: StackContext;
+  ipv6Control: Ipv6ControlHandler | null;
+  tcpHandler: TransportHandler | null;
+  udpHandler: TransportHandler | null;
+  readonly echo: IcmpEchoService;
+
+  private readonly frame: RxFrame;
+  private readonly ethernet = new EthernetView();
+  private readonly packet = new IpPacket();
+  private readonly udp = new UdpView();
+  private readonly icmp = new IcmpView();
+
+  constructor(options: StackOptions) {
+    this.ctx = new StackContext(options);
+    this.ipv6Control = options.ipv6Control ?? null;
+    this.tcpHandler = options.tcpHandler ?? null;
+    this.udpHandler = options.udpHandler ?? null;
+    this.frame = new RxFrame(this.ctx.rxScratch);
+    this.echo = new IcmpEchoService(this.ctx);
+  }
+
+  /** FrameSink: one Ethernet frame from the guest; replies are flushed before returning. */
+  receiveFrame(segments: SegmentList, offload: OffloadInfo): void {
+    try {
+      this.dispatch(segments, offload);
+    } catch (e) {
+      // A bug, not guest input: count it and keep the worker alive.
+      this.ctx.cancelFrame();
+      countDrop(this.ctx.counters, DropReason.InternalError, () => String(e instanceof Error ? e.stack ?? e.message : e));
+    } finally {
+      this.frame.end();
+    }
+    this.ctx.flush();
+  }
+
+  /** Periodic work (expire idle echo flows); call every STACK_TIMER_INTERVAL_MS. */
+  onTimer(now = this.ctx.clock.now()): void {
+    this.echo.expire(now);
+    this.ctx.flush();
+  }
+
+  /** Publish frames committed outside receiveFrame (e.g. from socket handlers). */
+  flush(): void {
+    this.ctx.flush();
+  }
+
+  /** Close host sockets owned by the stack. */
+  close(): void {
+    this.echo.close();
+  }
+
+  private drop(reason: DropReason, detail?: () => string): void {
+    countDrop(this.ctx.counters, reason, detail);
+  }
+
+  private dispatch(segments: SegmentList, offload: OffloadInfo): void {
+    const frame = this.frame;
+    if (!frame.begin(segments, offload) || !frame.ensure(ETHERNET_HEADER_LENGTH)) {
+      this.drop(DropReason.EthernetTruncated, () => `frame of ${frame.length} bytes`);
+      return;
+    }
+    const eth = this.ethernet.reset(frame.bytes, frame.base, frame.length);
+    this.ctx.learnGuestMac(frame.bytes, eth.srcOffset);
+    const l3 = eth.payloadOffset;
+    const l3Length = frame.length - ETHERNET_HEADER_LENGTH;
+    switch (eth.etherType) {
+      case EtherType.Arp:
+        if (!frame.ensureWhole()) {
+          this.drop(DropReason.SplitHeadersTooLong);
+          return;
+        }
+        handleArp(this.ctx, frame, l3, l3Length);
+        return;
+      case EtherType.Ipv4:
+        this.dispatchIpv4(l3, l3Length);
+        return;
+      case EtherType.Ipv6:
+        this.dispatchIpv6(l3, l3Length);
+        return;
+      default:
+        this.drop(DropReason.UnsupportedEtherType);
+    }
+  }
+
+  private dispatchIpv4(l3: number, l3Length: number): void {
+    const frame = this.frame;
+    const packet = this.packet;
+    if (this.ctx.config.ipv4 === null) {
+      this.drop(DropReason.FamilyDisabled);
+      return;
+    }
+    if (!frame.ensure(Math.min(frame.length, ETHERNET_HEADER_LENGTH + 60)) || l3Length < IPV4_HEADER_LENGTH) {
+      this.drop(DropReason.Ipv4Truncated);
+      return;
+    }
+    const ip = packet.ipv4.reset(frame.bytes, l3, l3Length);
+    const error = ip.validate();
+    if (error !== Ipv4Error.Ok) {
+      this.drop(IPV4_ERROR_DROPS[error], () => `IPv4 ${Ipv4Error[error]}`);
+      return;
+    }
+    if (ip.isFragment) {
+      this.drop(DropReason.Ipv4Fragment);
+      return;
+    }
+    packet.family = 4;
+    packet.protocol = ip.protocol;
+    packet.l4Offset = ip.payloadOffset;
+    packet.l4Length = ip.payloadLength;
+    this.dispatchL4();
+  }
+
+  private dispatchIpv6(l3: number, l3Length: number): void {
+    const frame = this.frame;
+    const packet = this.packet;
+    if (this.ctx.config.ipv6 === null) {
+      this.drop(DropReason.FamilyDisabled);
+      return;
+    }
+    if (!frame.ensure(Math.min(frame.length, ETHERNET_HEADER_LENGTH + IPV6_HEADER_LENGTH)) || l3Length < IPV6_HEADER_LENGTH) {
+      this.drop(DropReason.Ipv6Truncated);
+      return;
+    }
+    const ip = packet.ipv6.reset(frame.bytes, l3, l3Length);
+    let error = ip.validate();
+    if (error === Ipv6Error.Ok) {
+      const next = ip.nextHeader;
+      // Extension headers may be long: walk them over the whole frame.
+      if (next !== IpProtocol.Tcp && next !== IpProtocol.Udp && next !== IpProtocol.Icmpv6 && !frame.ensureWhole()) {
+        this.drop(DropReason.SplitHeadersTooLong);
+        return;
+      }
+      error = ip.findUpperLayer();
+    }
+    if (error !== Ipv6Error.Ok) {
+      this.drop(IPV6_ERROR_DROPS[error], () => `IPv6 ${Ipv6Error[error]}`);
+      return;
+    }
+    if (ip.fragmented) {
+      this.drop(DropReason.Ipv6Fragment);
+      return;
+    }
+    packet.family = 6;
+    packet.protocol = ip.upperProtocol;
+    packet.l4Offset = ip.upperOffset;
+    packet.l4Length = ip.upperLength;
+    this.dispatchL4();
+  }
+
+  /** Route by upper-layer protocol (shared by both families). */
+  private dispatchL4(): void {
+    switch (this.packet.protocol) {
+      case IpProtocol.Udp:
+        this.dispatchUdp();
+        return;
+      case IpProtocol.Tcp:
+        this.dispatchTcp();
+        return;
+      case IpProtocol.Icmp:
+        if (this.packet.family === 4) this.dispatchIcmp();
+        else this.drop(DropReason.NoHandler);
+        return;
+      case IpProtocol.Icmpv6:
+        if (this.packet.family === 6) this.dispatchIcmp();
+        else this.drop(DropReason.NoHandler);
+        return;
+      default:
+        this.drop(DropReason.NoHandler);
+    }
+  }
+
+  private dispatchUdp(): void {
+    const frame = this.frame;
+    const packet = this.packet;
+    const l4End = packet.l4Offset - frame.base + UDP_HEADER_LENGTH;
+    if (!frame.ensure(Math.min(frame.length, l4End))) {
+      this.drop(DropReason.UdpMalformed, () => 'truncated UDP header');
+      return;
+    }
+    const udp = this.udp.reset(frame.bytes, packet.l4Offset, packet.l4Length);
+    let error = udp.validate(null);
+    if (error !== UdpError.Ok) {
+      this.drop(DropReason.UdpMalformed, () => `UDP ${UdpError[error]}`);
+      return;
+    }
+    const dstPort = udp.dstPort;
+    const control = (packet.family === 4 && dstPort === DHCP_SERVER_PORT && this.ctx.config.dhcp) || (packet.family === 6 && dstPort === DHCPV6_SERVER_PORT && this.ipv6Control !== null);
+    if (control) {
+      if (!frame.ensureWhole()) {
+        this.drop(DropReason.SplitHeadersTooLong);
+        return;
+      }
+      if (!frame.checksumPartial) {
+        // RFC 8200 8.1: a zero UDP checksum is invalid over IPv6.
+        error = udp.validate(udpPseudoSum(packet, frame.bytes, udp.udpLength), packet.family === 4);
+        if (error !== UdpError.Ok) {
+          this.drop(DropReason.UdpBadChecksum);
+          return;
+        }
+      }
+      if (packet.family === 4) {
+        handleDhcp(this.ctx, frame, packet, udp);
+        return;
+      }
+      if (this.ipv6Control !== null && this.ipv6Control.handleDhcpv6(this.ctx, frame, packet, udp)) return;
+    }
+    if (this.udpHandler === null) {
+      this.drop(DropReason.NoHandler);
+      return;
+    }
+    this.udpHandler.handle(this.ctx, frame, packet);
+  }
+
+  private dispatchTcp(): void {
+    const frame = this.frame;
+    const packet = this.packet;
+    if (packet.l4Length < TCP_HEADER_LENGTH || !frame.ensure(Math.min(frame.length, packet.l4Offset - frame.base + 60))) {
+      this.drop(DropReason.TcpMalformed, () => 'truncated TCP header');
+      return;
+    }
+    if (this.tcpHandler === null) {
+      this.drop(DropReason.NoHandler);
+      return;
+    }
+    this.tcpHandler.handle(this.ctx, frame, packet);
+  }
+
+  private dispatchIcmp(): void {
+    const frame = this.frame;
+    const packet = this.packet;
+    if (!frame.ensureWhole()) {
+      this.drop(DropReason.SplitHeadersTooLong);
+      return;
+    }
+    const icmp = this.icmp.reset(frame.bytes, packet.l4Offset, packet.l4Length);
+    const v6 = packet.family === 6;
+    const error = icmp.validate(!frame.checksumPartial, v6 ? packet.pseudoSum(frame.bytes) : 0);
+    if (error !== IcmpError.Ok) {
+      this.drop(error === IcmpError.BadChecksum ? DropReason.IcmpBadChecksum : DropReason.IcmpMalformed, () => `ICMP ${IcmpError[error]}`);
+      return;
+    }
+    const type = icmp.type;
+    if (type === (v6 ? Icmpv6EchoType.EchoRequest : IcmpType.EchoRequest)) {
+      this.echo.handleRequest(frame, packet, icmp);
+      return;
+    }
+    if (v6 && this.ipv6Control !== null && this.ipv6Control.handleIcmpv6(this.ctx, frame, packet)) return;
+    this.drop(DropReason.IcmpUnsupported);
+  }
+}
+
+/** Pseudo-header sum for a UDP datagram of udpLength bytes (the UDP length, not the IP payload). */
+function udpPseudoSum(packet: IpPacket, bytes: Uint8Array, udpLength: number): number {
+  const saved = packet.l4Length;
+  packet.l4Length = udpLength;
+  const sum = packet.pseudoSum(bytes);
+  packet.l4Length = saved;
+  return sum;
+}

@@ -1,0 +1,90 @@
+/**
+ * Ethernet II header view (IEEE 802.3 with an EtherType): 14 bytes,
+ * destination MAC, source MAC, EtherType. No FCS (virtio and tap carry none).
+ */
+import { be16, setBe16 } from './checksum';
+
+export const ETHERNET_HEADER_LENGTH = 14;
+
+export const EtherType = {
+  Ipv4: 0x0800,
+  Arp: 0x0806,
+  Vlan: 0x8100,
+  Ipv6: 0x86dd,
+} as const;
+
+/** Why an Ethernet frame is unusable (0 = fine). */
+export enum EthernetError {
+  Ok = 0,
+  Truncated = 1,
+}
+
+export const BROADCAST_MAC = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+
+/** A reusable view of an Ethernet header at bytes[offset]. */
+export class EthernetView {
+  bytes: Uint8Array = new Uint8Array(0);
+  offset = 0;
+  /** Bytes of the frame available from offset. */
+  length = 0;
+
+  /** Point the view at a new frame; returns this. */
+  reset(bytes: Uint8Array, offset: number, length: number): this {
+    this.bytes = bytes;
+    this.offset = offset;
+    this.length = length;
+    return this;
+  }
+
+  /** Check the header fits; returns an EthernetError. */
+  validate(): EthernetError {
+    if (this.length < ETHERNET_HEADER_LENGTH || this.offset + this.length > this.bytes.length) return EthernetError.Truncated;
+    return EthernetError.Ok;
+  }
+
+  /** Absolute offset of the destination MAC in bytes. */
+  get dstOffset(): number {
+    return this.offset;
+  }
+
+  /** Absolute offset of the source MAC in bytes. */
+  get srcOffset(): number {
+    return this.offset + 6;
+  }
+
+  get etherType(): number {
+    return be16(this.bytes, this.offset + 12);
+  }
+
+  set etherType(value: number) {
+    setBe16(this.bytes, this.offset + 12, value);
+  }
+
+  /** Absolute offset of the payload (the L3 header). */
+  get payloadOffset(): number {
+    return this.offset + ETHERNET_HEADER_LENGTH;
+  }
+
+  /** True when the destination has the group bit set (broadcast or multicast). */
+  get dstIsMulticast(): boolean {
+    return (this.bytes[this.offset] & 1) !== 0;
+  }
+
+  /** True when the source has the group bit set (never valid for a sender). */
+  get srcIsMulticast(): boolean {
+    return (this.bytes[this.offset + 6] & 1) !== 0;
+  }
+
+  /** Copy the source MAC into out[outOffset..+6). */
+  copySource(out: Uint8Array, outOffset = 0): void {
+    out.set(this.bytes.subarray(this.offset + 6, this.offset + 12), outOffset);
+  }
+}
+
+/** Write an Ethernet header at bytes[offset]; returns the payload offset. */
+export function emitEthernet(bytes: Uint8Array, offset: number, dst: Uint8Array, src: Uint8Array, etherType: number): number {
+  bytes.set(dst.subarray(0, 6), offset);
+  bytes.set(src.subarray(0, 6), offset + 6);
+  setBe16(bytes, offset + 12, etherType);
+  return offset + ETHERNET_HEADER_LENGTH;
+}
