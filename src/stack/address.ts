@@ -251,3 +251,22 @@ export const IPV6_ALL_NODES = new Uint8Array([0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0
 export const IPV6_ALL_ROUTERS = new Uint8Array([0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02]);
 /** ff02::1:2, all DHCPv6 relay agents and servers. */
 export const IPV6_ALL_DHCP_SERVERS = new Uint8Array([0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0x02]);
+
+/**
+ * True when the low 64 bits of the IPv6 address at bytes[offset..+16) are
+ * the modified EUI-64 interface id of `mac` (an address SLAAC would form
+ * for that MAC, link-local or global).
+ */
+export function interfaceIdMatchesMac(bytes: Uint8Array, offset: number, mac: Uint8Array, macOffset = 0): boolean {
+  if (offset < 0 || offset + 16 > bytes.length || macOffset < 0 || macOffset + 6 > mac.length) return false;
+  return (
+    bytes[offset + 8] === (mac[macOffset] ^ 0x02) &&
+    bytes[offset + 9] === mac[macOffset + 1] &&
+    bytes[offset + 10] === mac[macOffset + 2] &&
+    bytes[offset + 11] === 0xff &&
+    bytes[offset + 12] === 0xfe &&
+    bytes[offset + 13] === mac[macOffset + 3] &&
+    bytes[offset + 14] === mac[macOffset + 4] &&
+    bytes[offset + 15] === mac[macOffset + 5]
+  );
+}

@@ -1,0 +1,353 @@
+import { expect } from 'chai';
+import { CounterBlock } from '../../src/counters';
+import { formatIpv6, formatMac, linkLocalFromMac, parseIpv6, parseMac } from '../../src/stack/address';
+import type { StackConfig } from '../../src/stack/config';
+import { NdpDrop, NdpResponder, INITIAL_RA_INTERVAL_MS, MIN_RA_INTERVAL_MS, MAX_RA_INTERVAL_MS, ndpDropLabel } from '../../src/stack/ndp';
+import { Ipv6View } from '../../src/stack/wire/ipv6';
+import { icmpv6Checksum } from '../../src/stack/wire/icmpv6';
+import {
+  NdpError,
+  NdpOption,
+  NdpOptionCursor,
+  decodeDomainList,
+  encodeDomainList,
+  findLinkLayerAddress,
+  validateNdp,
+} from '../../src/stack/wire/ndp';
+
+const OUR_MAC = parseMac('9a:55:9a:55:9a:55')!;
+const GUEST_MAC = parseMac('52:54:00:12:34:56')!;
+const GUEST_LL = linkLocalFromMac(GUEST_MAC);
+const FERRY_LL = linkLocalFromMac(OUR_MAC);
+
+function makeConfig(overrides: Partial<StackConfig> = {}): StackConfig {
+  return {
+    ourMac: OUR_MAC,
+    guestMac: null,
+    mtu: 65520,
+    ipv4: null,
+    ipv6: {
+      address: parseIpv6('2001:db8::1')!,
+      prefixLength: 64,
+      gateway: parseIpv6('2001:db8::fe')!,
+      linkLocal: FERRY_LL,
+      dns: [parseIpv6('2001:db8::53')!, parseIpv6('2001:db8::54')!],
+      mapHostLoopback: null,
+      mapGuestAddr: null,
+      dnsForward: null,
+      dnsHost: null,
+    },
+    searchDomains: ['example.com', 'test.example.org'],
+    interfaceName: null,
+    dhcp: true,
+    dhcpv6: true,
+    ndp: true,
+    ra: true,
+    maxFlows: 1024,
+    udpIdleMs: 180000,
+    ...overrides,
+  };
+}
+
+/** An IPv6 packet (no Ethernet header) carrying `icmp`, checksum filled in unless told otherwise. */
+function ipv6Packet(src: Uint8Array, dst: Uint8Array, icmp: number[] | Uint8Array, hopLimit = 255, fixChecksum = true): Uint8Array {
+  const body = Uint8Array.from(icmp);
+  const p = new Uint8Array(40 + body.length);
+  p[0] = 0x60;
+  p[4] = body.length >> 8;
+  p[5] = body.length & 0xff;
+  p[6] = 58;
+  p[7] = hopLimit;
+  p.set(src, 8);
+  p.set(dst, 24);
+  p.set(body, 40);
+  if (fixChecksum) {
+    const c = icmpv6Checksum(src, 0, dst, 0, p, 40, body.length);
+    p[42] = c >> 8;
+    p[43] = c & 0xff;
+  }
+  return p;
+}
+
+function viewOf(packet: Uint8Array): Ipv6View {
+  const view = new Ipv6View().reset(packet, 0, packet.length);
+  expect(view.validate()).to.equal(0);
+  expect(view.findUpperLayer()).to.equal(0);
+  return view;
+}
+
+const rs = (withSlla: boolean): number[] => (withSlla ? [133, 0, 0, 0, 0, 0, 0, 0, 1, 1, ...GUEST_MAC] : [133, 0, 0, 0, 0, 0, 0, 0]);
+const ns = (target: Uint8Array, slla: Uint8Array | null = GUEST_MAC): number[] => [135, 0, 0, 0, 0, 0, 0, 0, ...target, ...(slla ? [1, 1, ...slla] : [])];
+
+/** Parsed view of a frame ferry wrote. */
+interface Sent {
+  dstMac: string;
+  srcMac: string;
+  etherType: number;
+  src: string;
+  dst: string;
+  hopLimit: number;
+  icmp: Uint8Array;
+  checksumOk: boolean;
+}
+
+function parseSent(out: Uint8Array, length: number): Sent {
+  const frame = out.subarray(0, length);
+  const ip = frame.subarray(14);
+  const payloadLength = (ip[4] << 8) | ip[5];
+  expect(40 + payloadLength).to.equal(ip.length);
+  expect(ip[6]).to.equal(58);
+  return {
+    dstMac: formatMac(frame.subarray(0, 6)),
+    srcMac: formatMac(frame.subarray(6, 12)),
+    etherType: (frame[12] << 8) | frame[13],
+    src: formatIpv6(ip.subarray(8, 24)),
+    dst: formatIpv6(ip.subarray(24, 40)),
+    hopLimit: ip[7],
+    icmp: ip.subarray(40),
+    checksumOk: icmpv6Checksum(ip, 8, ip, 24, ip, 40, payloadLength) === 0,
+  };
+}
+
+/** Options of an NDP message after its fixed part, as [type, bytes-after-type-and-length]. */
+function optionsOf(msg: Uint8Array, fixed: number): [number, Uint8Array][] {
+  const cursor = new NdpOptionCursor().reset(msg, fixed, msg.length);
+  const result: [number, Uint8Array][] = [];
+  while (cursor.next()) result.push([cursor.type, msg.subarray(cursor.offset + 2, cursor.offset + cursor.length)]);
+  expect(cursor.error).to.equal(NdpError.Ok);
+  return result;
+}
+
+describe('wire/ndp', () => {
+  it('walks options and stops on zero-length, overrunning and truncated options', () => {
+    const cursor = new NdpOptionCursor();
+    const good = Uint8Array.from([1, 1, 1, 2, 3, 4, 5, 6, 5, 1, 0, 0, 0, 0, 5, 220]);
+    cursor.reset(good, 0, good.length);
+    const types: number[] = [];
+    while (cursor.next()) types.push(cursor.type);
+    expect(types).to.deep.equal([1, 5]);
+    expect(cursor.error).to.equal(NdpError.Ok);
+
+    const zero = Uint8Array.from([1, 1, 1, 2, 3, 4, 5, 6, 5, 0, 0, 0, 0, 0, 0, 0]);
+    cursor.reset(zero, 0, zero.length);
+    let n = 0;
+    while (cursor.next()) n++;
+    expect(n).to.equal(1);
+    expect(cursor.error).to.equal(NdpError.ZeroLengthOption);
+
+    const overrun = Uint8Array.from([1, 2, 1, 2, 3, 4, 5, 6]);
+    cursor.reset(overrun, 0, overrun.length);
+    expect(cursor.next()).to.equal(false);
+    expect(cursor.error).to.equal(NdpError.OptionOverrun);
+
+    const lone = Uint8Array.from([1]);
+    cursor.reset(lone, 0, 1);
+    expect(cursor.next()).to.equal(false);
+    expect(cursor.error).to.equal(NdpError.OptionOverrun);
+
+    // The end given is clamped to the buffer.
+    cursor.reset(good, 8, 1000);
+    expect(cursor.next()).to.equal(true);
+    expect(cursor.next()).to.equal(false);
+    expect(cursor.error).to.equal(NdpError.Ok);
+  });
+
+  it('validates NDP messages', () => {
+    const target = parseIpv6('2001:db8::fe')!;
+    const good = Uint8Array.from(ns(target));
+    expect(validateNdp(good, 0, good.length, 255, false)).to.equal(NdpError.Ok);
+    expect(validateNdp(good, 0, good.length, 64, false)).to.equal(NdpError.BadHopLimit);
+    expect(validateNdp(good, 0, 20, 255, false)).to.equal(NdpError.Truncated);
+    expect(validateNdp(good, 0, 3, 255, false)).to.equal(NdpError.Truncated);
+    expect(validateNdp(good, 0, good.length + 1, 255, false)).to.equal(NdpError.Truncated);
+    expect(validateNdp(good, 0, good.length, 255, true)).to.equal(NdpError.SourceLinkLayerWithUnspecifiedSource);
+    const badCode = Uint8Array.from(good);
+    badCode[1] = 1;
+    expect(validateNdp(badCode, 0, badCode.length, 255, false)).to.equal(NdpError.BadCode);
+    const mcast = Uint8Array.from(ns(parseIpv6('ff02::1')!));
+    expect(validateNdp(mcast, 0, mcast.length, 255, false)).to.equal(NdpError.MulticastTarget);
+    const zeroOption = Uint8Array.from([...ns(target, null), 1, 0, 0, 0, 0, 0, 0, 0]);
+    expect(validateNdp(zeroOption, 0, zeroOption.length, 255, false)).to.equal(NdpError.ZeroLengthOption);
+    const overrun = Uint8Array.from([...ns(target, null), 3, 4, 0, 0, 0, 0, 0, 0]);
+    expect(validateNdp(overrun, 0, overrun.length, 255, false)).to.equal(NdpError.OptionOverrun);
+    const echo = Uint8Array.from([128, 0, 0, 0, 0, 0, 0, 0]);
+    expect(validateNdp(echo, 0, echo.length, 255, false)).to.equal(NdpError.NotNdp);
+  });
+
+  it('finds link-layer address options', () => {
+    const msg = Uint8Array.from(rs(true));
+    const at = findLinkLayerAddress(msg, 0, msg.length, NdpOption.SOURCE_LINK_LAYER);
+    expect(formatMac(msg.subarray(at, at + 6))).to.equal(formatMac(GUEST_MAC));
+    expect(findLinkLayerAddress(msg, 0, msg.length, NdpOption.TARGET_LINK_LAYER)).to.equal(-1);
+  });
+
+  it('encodes and decodes domain lists', () => {
+    const encoded = encodeDomainList(['example.com', 'a.b.', '', 'bad..name', 'x'.repeat(64) + '.com', 'ünicode.org']);
+    expect(Array.from(encoded.subarray(0, 13))).to.deep.equal([7, ...Buffer.from('example'), 3, ...Buffer.from('com'), 0]);
+    expect(decodeDomainList(encoded, 0, encoded.length)).to.deep.equal(['example.com', 'a.b']);
+    // Padding zeros after the names (as DNSSL carries) are fine.
+    const padded = Uint8Array.from([...encoded, 0, 0, 0]);
+    expect(decodeDomainList(padded, 0, padded.length)).to.deep.equal(['example.com', 'a.b']);
+    expect(decodeDomainList(Uint8Array.from([5, 97, 98]), 0, 3)).to.equal(null);
+    expect(decodeDomainList(Uint8Array.from([1, 97]), 0, 2)).to.equal(null);
+    expect(decodeDomainList(Uint8Array.from([0xc0, 0x0c]), 0, 2)).to.equal(null);
+    const long = Array.from({ length: 10 }, () => 'a'.repeat(30)).join('.');
+    expect(encodeDomainList([long]).length).to.equal(0);
+  });
+});
+
+describe('ndp responder', () => {
+  const out = new Uint8Array(2048);
+
+  it('answers a router solicitation with a complete RA to the solicitor', () => {
+    const counters = new CounterBlock();
+    const responder = new NdpResponder(makeConfig(), counters);
+    const packet = ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true));
+    const length = responder.handle(viewOf(packet), parseMac('02:00:00:00:00:99')!, 0, out, 0);
+    expect(length).to.be.greaterThan(0);
+    const sent = parseSent(out, length);
+    // The source link-layer option wins over the Ethernet source.
+    expect(sent.dstMac).to.equal(formatMac(GUEST_MAC));
+    expect(sent.srcMac).to.equal('9a:55:9a:55:9a:55');
+    expect(sent.etherType).to.equal(0x86dd);
+    expect(sent.src).to.equal(formatIpv6(FERRY_LL));
+    expect(sent.dst).to.equal(formatIpv6(GUEST_LL));
+    expect(sent.hopLimit).to.equal(255);
+    expect(sent.checksumOk).to.equal(true);
+    const ra = sent.icmp;
+    expect(ra[0]).to.equal(134);
+    expect(ra[5] & 0xc0).to.equal(0xc0); // M and O
+    expect((ra[6] << 8) | ra[7]).to.be.greaterThan(0);
+    const options = optionsOf(ra, 16);
+    const byType = new Map(options.map(([t, d]) => [t, d]));
+    expect(formatMac(byType.get(NdpOption.SOURCE_LINK_LAYER)!)).to.equal('9a:55:9a:55:9a:55');
+    const mtu = byType.get(NdpOption.MTU)!;
+    expect(Buffer.from(mtu).readUInt32BE(2)).to.equal(65520);
+    const prefix = byType.get(NdpOption.PREFIX_INFORMATION)!;
+    expect(prefix[0]).to.equal(64);
+    expect(prefix[1] & 0xc0).to.equal(0xc0); // L and A
+    expect(formatIpv6(prefix.subarray(14, 30))).to.equal('2001:db8::');
+    const rdnss = byType.get(NdpOption.RDNSS)!;
+    expect(formatIpv6(rdnss.subarray(6, 22))).to.equal('2001:db8::53');
+    expect(formatIpv6(rdnss.subarray(22, 38))).to.equal('2001:db8::54');
+    const dnssl = byType.get(NdpOption.DNSSL)!;
+    expect(decodeDomainList(dnssl, 6, dnssl.length - 6)).to.deep.equal(['example.com', 'test.example.org']);
+    expect(validateNdp(ra, 0, ra.length, 255, false)).to.equal(NdpError.Ok);
+  });
+
+  it('answers an RS from the unspecified address to all nodes, and leaves out M/O without DHCPv6', () => {
+    const responder = new NdpResponder(makeConfig({ dhcpv6: false, searchDomains: [] }), null);
+    const packet = ipv6Packet(new Uint8Array(16), parseIpv6('ff02::2')!, rs(false));
+    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0);
+    const sent = parseSent(out, length);
+    expect(sent.dst).to.equal('ff02::1');
+    expect(sent.dstMac).to.equal('33:33:00:00:00:01');
+    expect(sent.icmp[5] & 0xc0).to.equal(0);
+    expect(optionsOf(sent.icmp, 16).map(([t]) => t)).to.not.include(NdpOption.DNSSL);
+  });
+
+  it('drops NDP with a hop limit other than 255, bad checksums and malformed options, counting each', () => {
+    const counters = new CounterBlock();
+    const responder = new NdpResponder(makeConfig(), counters);
+    const dst = parseIpv6('ff02::2')!;
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, rs(true), 64)), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, rs(true), 255, false)), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, [...rs(false), 1, 0, 0, 0, 0, 0, 0, 0])), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, [133, 0])), GUEST_MAC, 0, out, 0)).to.equal(0);
+    const values = Array.from(counters.values);
+    const total = values.reduce((a, b) => a + b, 0);
+    expect(total).to.equal(4);
+    expect(ndpDropLabel(NdpDrop.BadHopLimit)).to.equal('bad_hop_limit');
+  });
+
+  it('answers neighbour solicitations for the gateway with a router NA', () => {
+    const responder = new NdpResponder(makeConfig(), null);
+    const gateway = parseIpv6('2001:db8::fe')!;
+    const guest = parseIpv6('2001:db8::1')!;
+    const packet = ipv6Packet(guest, parseIpv6('ff02::1:ff00:fe')!, ns(gateway));
+    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0);
+    const sent = parseSent(out, length);
+    expect(sent.dst).to.equal('2001:db8::1');
+    expect(sent.src).to.equal('2001:db8::fe');
+    expect(sent.dstMac).to.equal(formatMac(GUEST_MAC));
+    expect(sent.hopLimit).to.equal(255);
+    expect(sent.checksumOk).to.equal(true);
+    expect(sent.icmp[0]).to.equal(136);
+    expect(sent.icmp[4]).to.equal(0x80 | 0x40 | 0x20); // router, solicited, override
+    expect(formatIpv6(sent.icmp.subarray(8, 24))).to.equal('2001:db8::fe');
+    const [[type, mac]] = optionsOf(sent.icmp, 24);
+    expect(type).to.equal(NdpOption.TARGET_LINK_LAYER);
+    expect(formatMac(mac)).to.equal('9a:55:9a:55:9a:55');
+  });
+
+  it('answers for remote addresses without the router flag, using the Ethernet source when there is no SLLA', () => {
+    const responder = new NdpResponder(makeConfig(), null);
+    const packet = ipv6Packet(GUEST_LL, parseIpv6('ff02::1:ff00:9')!, ns(parseIpv6('2001:db8::9')!, null));
+    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0);
+    const sent = parseSent(out, length);
+    expect(sent.icmp[4]).to.equal(0x40 | 0x20);
+    expect(sent.dstMac).to.equal(formatMac(GUEST_MAC));
+    expect(sent.dst).to.equal(formatIpv6(GUEST_LL));
+  });
+
+  it('never claims the guest\'s own addresses', () => {
+    const counters = new CounterBlock();
+    const responder = new NdpResponder(makeConfig(), counters);
+    const guest = parseIpv6('2001:db8::1')!;
+    const slaac = parseIpv6('2001:db8::5054:ff:fe12:3456')!;
+    const dst = parseIpv6('ff02::1:ff00:1')!;
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, ns(guest))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, ns(slaac))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(guest, dst, ns(GUEST_LL))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    // DAD probes (unspecified source, no SLLA) for the guest's addresses are ignored...
+    const unspecified = new Uint8Array(16);
+    expect(responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(guest, null))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(parseIpv6('2001:db8::77')!, null))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    // ...but ferry defends its own link-local address, answering all nodes.
+    const length = responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(FERRY_LL, null))), GUEST_MAC, 0, out, 0);
+    const sent = parseSent(out, length);
+    expect(sent.dst).to.equal('ff02::1');
+    expect(sent.icmp[4] & 0x40).to.equal(0); // not solicited
+  });
+
+  it('ignores RA/NA from the guest and everything when NDP is off', () => {
+    const responder = new NdpResponder(makeConfig(), null);
+    const na = [136, 0, 0, 0, 0x20, 0, 0, 0, ...parseIpv6('2001:db8::1')!];
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::1')!, na)), GUEST_MAC, 0, out, 0)).to.equal(0);
+    const off = new NdpResponder(makeConfig({ ndp: false }), null);
+    expect(off.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(off.tick(0)).to.equal(false);
+    const noRa = new NdpResponder(makeConfig({ ra: false }), null);
+    expect(noRa.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    // NA still works without RAs.
+    expect(noRa.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::1:ff00:fe')!, ns(parseIpv6('2001:db8::fe')!))), GUEST_MAC, 0, out, 0)).to.be.greaterThan(0);
+  });
+
+  it('refuses to write past the caller\'s buffer', () => {
+    const responder = new NdpResponder(makeConfig(), null);
+    const small = new Uint8Array(60);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, small, 0)).to.equal(0);
+    expect(responder.writeUnsolicitedRa(small, 0)).to.equal(0);
+    expect(responder.maxFrameLength).to.be.lessThan(2048);
+  });
+
+  it('schedules unsolicited RAs: three quick ones, then every 200-600 s', () => {
+    let r = 0;
+    const responder = new NdpResponder(makeConfig(), null, () => r);
+    expect(responder.nextRaDueMs).to.equal(-1);
+    expect(responder.tick(1000)).to.equal(true);
+    expect(responder.nextRaDueMs).to.equal(1000 + INITIAL_RA_INTERVAL_MS);
+    expect(responder.tick(1000 + INITIAL_RA_INTERVAL_MS - 1)).to.equal(false);
+    expect(responder.tick(1000 + INITIAL_RA_INTERVAL_MS)).to.equal(true);
+    const t = 1000 + 2 * INITIAL_RA_INTERVAL_MS;
+    r = 0.5;
+    expect(responder.tick(t)).to.equal(true);
+    expect(responder.nextRaDueMs).to.equal(t + (MIN_RA_INTERVAL_MS + MAX_RA_INTERVAL_MS) / 2);
+    const length = responder.writeUnsolicitedRa(out, 0);
+    const sent = parseSent(out, length);
+    expect(sent.dst).to.equal('ff02::1');
+    expect(sent.dstMac).to.equal('33:33:00:00:00:01');
+    expect(sent.icmp[0]).to.equal(134);
+    expect(sent.checksumOk).to.equal(true);
+  });
+});
