@@ -237,7 +237,8 @@ napi_value RecvFds(napi_env env, napi_callback_info info) {
   msg.msg_iovlen = 1;
   if (maxFds > 0) {
     msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * maxFds);
+    // CMSG_LEN, not CMSG_SPACE: the padding could hold one more fd than asked.
+    msg.msg_controllen = CMSG_LEN(sizeof(int) * maxFds);
   }
   ssize_t r = RetryEintr([&] { return recvmsg(fd, &msg, MSG_CMSG_CLOEXEC); });
   if (r == -1) {

@@ -184,7 +184,7 @@ export interface Native {
    * MSG_NOSIGNAL always added. count <= 1024. Returns datagrams sent (may be
    * fewer than count) or -1 on EAGAIN.
    */
-  sendmmsg(fd: number, iov: IoVecList, iovStart: Int32Array, iovCount: Int32Array, addrs: (Uint8Array | null)[], count: number, flags: number): number;
+  sendmmsg(fd: number, iov: IoVecList, iovStart: Int32Array, iovCount: Int32Array, addrs: (Uint8Array | null)[] | null, count: number, flags: number): number;
   /**
    * recvmmsg: up to `count` datagrams, datagram i into iovec entry i of iov
    * (one entry each); lengths received into lensOut[i], source address into
