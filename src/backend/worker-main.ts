@@ -1,0 +1,355 @@
+/**
+ * Entry point of a queue-pair worker thread: maps guest memory itself, owns
+ * its rings' kick and call eventfds, runs one epoll Poller for those and for
+ * the stack's host sockets, and moves frames between the virtqueues and the
+ * stack. The main thread talks to it only through worker-protocol messages.
+ */
+import { parentPort, workerData } from 'worker_threads';
+import { native, Poller } from '../native';
+import { CounterBlock } from '../counters';
+import { setLogSink, log, LogLevel } from '../log';
+import { GuestMemory } from '../virtqueue/guest-memory';
+import { SplitRing } from '../virtqueue/split-ring';
+import { VirtioNetPort } from './virtio-net-port';
+import { PcapWriter } from './pcap';
+import { RX_RING, TX_RING, WorkerInit, WorkerMessage, WorkerRequestWithId } from './worker-protocol';
+import type { FrameSink, OffloadInfo, SegmentList } from '../stack/frame-io';
+import type { FdWatcher, ReadyHandler } from '../stack/context';
+import { createStack } from './stack-factory';
+
+/** Frames taken from the TX ring per wake-up before yielding to other fds (fairness). */
+const TX_BUDGET = 256;
+/** Ethernet header + RARP (ARP layout, opcode 3) padded to the 60-byte minimum. */
+const RARP_FRAME_LENGTH = 60;
+const ETHERNET_HEADER_LENGTH = 14;
+/** Poller batch: at most this many ready fds per wake-up. */
+const POLL_BATCH = 256;
+
+/** Per-ring state as configured by the front-end. */
+class RingSlot {
+  readonly ring: SplitRing;
+  num = 0;
+  descriptorUserAddress = -1;
+  availableUserAddress = -1;
+  usedUserAddress = -1;
+  base = 0;
+  kickFd: number | null = null;
+  callFd: number | null = null;
+  enabled = false;
+  /** Started by a kick; stopped by vring-stop (GET_VRING_BASE). */
+  started = false;
+  /** The last configure attempt failed: don't retry on every kick. */
+  configureError: string | null = null;
+
+  constructor(readonly index: number) {
+    this.ring = new SplitRing(null);
+  }
+}
+
+/** A sink that only counts (used when ferry runs without a stack). */
+class CountingSink implements FrameSink {
+  receiveFrame(_frame: SegmentList, _offload: OffloadInfo): void {
+    // The port already counts frames and bytes.
+  }
+}
+
+class QueuePairWorker implements FdWatcher {
+  private readonly counters: CounterBlock;
+  private memory: GuestMemory | null = null;
+  private features = 0n;
+  private readonly slots = [new RingSlot(RX_RING), new RingSlot(TX_RING)];
+  private readonly pollEvents = new Int32Array(POLL_BATCH * 2);
+  private readonly poller: Poller;
+  /** Host-socket handlers registered by the stack, by fd. */
+  private readonly handlers = new Map<number, ReadyHandler>();
+  private readonly port: VirtioNetPort;
+  private readonly pcap: PcapWriter | null;
+  private txRescheduled = false;
+
+  constructor(private readonly init: WorkerInit) {
+    this.counters = new CounterBlock(init.counters);
+    this.poller = new native.Poller(this.pollEvents, (count) => this.onPoll(count));
+    this.pcap = init.pcapPath !== null ? new PcapWriter(init.pcapPath) : null;
+    const pcap = this.pcap;
+    this.port = new VirtioNetPort({
+      rx: this.slots[RX_RING].ring,
+      tx: this.slots[TX_RING].ring,
+      features: 0n,
+      counters: this.counters,
+      notifyRx: () => this.notify(RX_RING),
+      notifyTx: () => this.notify(TX_RING),
+      maxFrameLength: (init.stack?.mtu ?? 65520) + ETHERNET_HEADER_LENGTH,
+      onFrame: pcap !== null ? (_direction, frame, length) => pcap.write(frame, length) : null,
+    });
+    this.port.sink =
+      init.stack !== null ? createStack({ config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native }) : new CountingSink();
+  }
+
+  // ---- FdWatcher for the stack's host sockets ----
+
+  watch(fd: number, events: number, handler: ReadyHandler): void {
+    this.handlers.set(fd, handler);
+    this.poller.add(fd, events);
+  }
+
+  modify(fd: number, events: number): void {
+    this.poller.modify(fd, events);
+  }
+
+  unwatch(fd: number): void {
+    if (this.handlers.delete(fd)) this.poller.remove(fd);
+  }
+
+  // ---- requests from main ----
+
+  handle(request: WorkerRequestWithId): number {
+    switch (request.op) {
+      case 'features':
+        this.features = request.features;
+        this.port.setFeatures(this.features);
+        return 0;
+      case 'mem-table': {
+        const next = GuestMemory.map(request.regions);
+        const old = this.memory;
+        this.memory = next;
+        for (const slot of this.slots) {
+          const error = slot.ring.setMemory(next);
+          if (error !== null && slot.started) {
+            log.warn(`ring ${this.ringName(slot)}: ${error}; stopped`);
+            this.stopRing(slot);
+          }
+        }
+        old?.unmap();
+        return 0;
+      }
+      case 'vring-num':
+        this.slot(request.ring).num = request.num;
+        return 0;
+      case 'vring-addr': {
+        const slot = this.slot(request.ring);
+        slot.descriptorUserAddress = request.descriptorUserAddress;
+        slot.availableUserAddress = request.availableUserAddress;
+        slot.usedUserAddress = request.usedUserAddress;
+        slot.configureError = null;
+        return 0;
+      }
+      case 'vring-base': {
+        const slot = this.slot(request.ring);
+        slot.base = request.base & 0xffff;
+        slot.ring.lastAvailIdx = slot.base;
+        return 0;
+      }
+      case 'vring-stop': {
+        const slot = this.slot(request.ring);
+        const index = slot.started ? slot.ring.lastAvailIdx : slot.base;
+        this.stopRing(slot);
+        slot.base = index;
+        return index;
+      }
+      case 'vring-kick': {
+        const slot = this.slot(request.ring);
+        this.replaceKick(slot, request.fd);
+        return 0;
+      }
+      case 'vring-call': {
+        const slot = this.slot(request.ring);
+        if (slot.callFd !== null) closeQuietly(slot.callFd);
+        slot.callFd = request.fd;
+        return 0;
+      }
+      case 'vring-enable': {
+        const slot = this.slot(request.ring);
+        slot.enabled = request.enabled;
+        if (request.enabled) this.serviceRing(slot);
+        else this.stopRing(slot);
+        return 0;
+      }
+      case 'send-rarp':
+        this.sendRarp(request.mac);
+        return 0;
+      case 'reset':
+        this.reset();
+        return 0;
+    }
+  }
+
+  private slot(ring: number): RingSlot {
+    const slot = this.slots[ring];
+    if (slot === undefined) throw new Error(`no ring ${ring}`);
+    return slot;
+  }
+
+  private ringName(slot: RingSlot): string {
+    return `${this.init.queuePair * 2 + slot.index} (${slot.index === RX_RING ? 'rx' : 'tx'})`;
+  }
+
+  private replaceKick(slot: RingSlot, fd: number | null): void {
+    if (slot.kickFd !== null) {
+      this.poller.remove(slot.kickFd);
+      closeQuietly(slot.kickFd);
+    }
+    slot.kickFd = fd;
+    if (fd !== null) this.poller.add(fd, native.constants.EPOLLIN);
+    // vhost-user: a ring starts on its first kick. With no kick fd the front-end
+    // polls: treat the ring as kicked now.
+    else this.serviceRing(slot);
+  }
+
+  /** Configure and start the ring if it is not running yet; returns true when it runs. */
+  private startRing(slot: RingSlot): boolean {
+    if (slot.started) return true;
+    if (!slot.enabled || this.memory === null || slot.num === 0 || slot.configureError !== null) return false;
+    const memory = this.memory;
+    const desc = memory.uvaToGpa(slot.descriptorUserAddress);
+    const avail = memory.uvaToGpa(slot.availableUserAddress);
+    const used = memory.uvaToGpa(slot.usedUserAddress);
+    let error: string | null = null;
+    if (desc < 0 || avail < 0 || used < 0) error = 'ring address outside guest memory';
+    else {
+      slot.ring.setMemory(memory);
+      slot.ring.lastAvailIdx = slot.base;
+      error = slot.ring.configure(slot.num, desc, avail, used, this.features);
+    }
+    if (error !== null) {
+      slot.configureError = error;
+      log.warn(`ring ${this.ringName(slot)}: ${error}; not started`);
+      return false;
+    }
+    slot.started = true;
+    log.debug(`ring ${this.ringName(slot)} started: size ${slot.num}, base ${slot.base}`);
+    return true;
+  }
+
+  private stopRing(slot: RingSlot): void {
+    if (slot.started) {
+      if (slot.index === RX_RING) this.port.cancel();
+      slot.base = slot.ring.lastAvailIdx;
+    }
+    slot.started = false;
+    // Not ready any more: the port and the stack see an empty ring until it is started again.
+    slot.ring.reset();
+  }
+
+  /**
+   * Broadcast a RARP for the guest's MAC (SEND_RARP after migration), so
+   * switches learn where it now is. ferry owns the segment, so this only
+   * matters to tools watching the guest side; sent as QEMU's announce is.
+   */
+  private sendRarp(mac: Uint8Array): void {
+    const frame = this.port.reserve(RARP_FRAME_LENGTH);
+    if (frame === null || frame.totalLength < RARP_FRAME_LENGTH) {
+      this.port.cancel();
+      return;
+    }
+    const bytes = new Uint8Array(RARP_FRAME_LENGTH);
+    bytes.fill(0xff, 0, 6);
+    bytes.set(mac.subarray(0, 6), 6);
+    bytes.set([0x80, 0x35, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x03], 12);
+    bytes.set(mac.subarray(0, 6), 22);
+    bytes.set(mac.subarray(0, 6), 32);
+    frame.copyIn(0, bytes, 0, RARP_FRAME_LENGTH);
+    this.port.commit(RARP_FRAME_LENGTH);
+    this.port.flush();
+  }
+
+  /** The guest kicked (or a ring became enabled): do that ring's work. */
+  private serviceRing(slot: RingSlot): void {
+    if (!slot.enabled || !this.startRing(slot)) return;
+    if (slot.index === TX_RING) this.drainTx();
+    else this.port.rxKicked();
+  }
+
+  private drainTx(): void {
+    const slot = this.slots[TX_RING];
+    if (!slot.started) return;
+    const more = this.port.processTx(TX_BUDGET);
+    if (more && !this.txRescheduled) {
+      // Let host sockets and RX run before the next batch.
+      this.txRescheduled = true;
+      setImmediate(() => {
+        this.txRescheduled = false;
+        this.drainTx();
+      });
+    }
+  }
+
+  private notify(ring: number): void {
+    const fd = this.slots[ring].callFd;
+    if (fd !== null) native.eventfdWrite(fd, 1);
+  }
+
+  private onPoll(count: number): void {
+    const events = this.pollEvents;
+    for (let i = 0; i < count; i++) {
+      const fd = events[2 * i];
+      const bits = events[2 * i + 1];
+      const rx = this.slots[RX_RING];
+      const tx = this.slots[TX_RING];
+      if (fd === tx.kickFd) {
+        native.eventfdRead(fd);
+        this.serviceRing(tx);
+      } else if (fd === rx.kickFd) {
+        native.eventfdRead(fd);
+        this.serviceRing(rx);
+      } else {
+        const handler = this.handlers.get(fd);
+        if (handler !== undefined) handler.onReady(fd, bits);
+        else this.poller.remove(fd);
+      }
+    }
+    this.port.flush();
+  }
+
+  private reset(): void {
+    for (const slot of this.slots) {
+      this.stopRing(slot);
+      if (slot.kickFd !== null) {
+        this.poller.remove(slot.kickFd);
+        closeQuietly(slot.kickFd);
+      }
+      if (slot.callFd !== null) closeQuietly(slot.callFd);
+      slot.kickFd = null;
+      slot.callFd = null;
+      slot.enabled = false;
+      slot.num = 0;
+      slot.base = 0;
+      slot.descriptorUserAddress = slot.availableUserAddress = slot.usedUserAddress = -1;
+      slot.configureError = null;
+      slot.ring.reset();
+      slot.ring.setMemory(null);
+    }
+    this.memory?.unmap();
+    this.memory = null;
+    this.features = 0n;
+    this.port.setFeatures(0n);
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    native.close(fd);
+  } catch {
+    // already closed
+  }
+}
+
+function post(message: WorkerMessage): void {
+  parentPort?.postMessage(message);
+}
+
+function main(): void {
+  const init = workerData as WorkerInit;
+  setLogSink((level: LogLevel, message: string) => post({ type: 'log', level, message }));
+  const worker = new QueuePairWorker(init);
+  parentPort?.on('message', (request: WorkerRequestWithId) => {
+    try {
+      const value = worker.handle(request);
+      post({ type: 'reply', id: request.id, ok: true, value });
+    } catch (error) {
+      post({ type: 'reply', id: request.id, ok: false, error: error instanceof Error ? error.message : String(error) });
+    }
+  });
+  post({ type: 'ready' });
+}
+
+main();

@@ -1,0 +1,52 @@
+/**
+ * Messages between the main thread (the vhost-user device) and a queue-pair
+ * worker. Main sends one request at a time per worker and awaits its reply;
+ * requests carry an id echoed in the reply. fds cross threads as plain
+ * numbers (fd numbers are process-wide).
+ *
+ * Ring indices here are local to the worker's queue pair: 0 = RX (ferry to
+ * guest), 1 = TX (guest to ferry), as in virtio-net's queue numbering.
+ */
+import type { StackConfig } from '../stack/config';
+import type { RegionWithFd } from '../virtqueue/guest-memory';
+
+export const RX_RING = 0;
+export const TX_RING = 1;
+
+
+export type WorkerRequest =
+  | { op: 'features'; features: bigint }
+  | { op: 'mem-table'; /** fds stay owned by the main thread: the worker maps them and never closes them. */ regions: RegionWithFd[] }
+  | { op: 'vring-num'; ring: number; num: number }
+  | { op: 'vring-addr'; ring: number; descriptorUserAddress: number; availableUserAddress: number; usedUserAddress: number }
+  | { op: 'vring-base'; ring: number; base: number }
+  /** Stop the ring and return its last available index. */
+  | { op: 'vring-stop'; ring: number }
+  /** The worker owns kick and call fds from here on and closes them when replaced or on reset. */
+  | { op: 'vring-kick'; ring: number; fd: number | null }
+  | { op: 'vring-call'; ring: number; fd: number | null }
+  | { op: 'vring-enable'; ring: number; enabled: boolean }
+  | { op: 'send-rarp'; mac: Uint8Array }
+  /** Front-end gone: stop rings, close kick/call fds, unmap memory, forget the guest. */
+  | { op: 'reset' };
+
+export type WorkerRequestWithId = WorkerRequest & { id: number };
+
+export type WorkerMessage =
+  | { type: 'reply'; id: number; ok: true; value?: number }
+  | { type: 'reply'; id: number; ok: false; error: string }
+  | { type: 'log'; level: 'error' | 'warn' | 'info' | 'debug'; message: string }
+  | { type: 'ready' };
+
+/** What a worker is started with (workerData). */
+export interface WorkerInit {
+  queuePair: number;
+  /** The worker's counters (see src/counters.ts), read by main for metrics. */
+  counters: SharedArrayBuffer;
+  /** null: no stack (frames are only counted). */
+  stack: StackConfig | null;
+  /** pcap file created by main, or null. */
+  pcapPath: string | null;
+  /** Negotiable: VIRTIO_NET_F_MRG_RXBUF etc. come through 'features'. */
+  debug: boolean;
+}
