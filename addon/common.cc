@@ -311,6 +311,15 @@ bool InitCommon(napi_env env) {
   return napi_set_instance_data(env, d, FreeEnvData, nullptr) == napi_ok;
 }
 
+napi_value MakeInt(napi_env env, int64_t v) {
+  napi_value r = nullptr;
+  if (v >= INT32_MIN && v <= INT32_MAX)
+    napi_create_int32(env, static_cast<int32_t>(v), &r);
+  else
+    napi_create_double(env, static_cast<double>(v), &r);
+  return r;
+}
+
 void SetFunction(napi_env env, napi_value exports, const char* name, napi_callback cb) {
   napi_value fn;
   if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, nullptr, &fn) == napi_ok)

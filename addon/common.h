@@ -71,6 +71,9 @@ void InitMem(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
 void InitSock(Napi::Env env, Napi::Object exports);
 
+// A JS number for an integer result (a Smi when it fits in int32).
+napi_value MakeInt(napi_env env, int64_t v);
+
 // Register a raw N-API callback as exports[name].
 void SetFunction(napi_env env, napi_value exports, const char* name, napi_callback cb);
 

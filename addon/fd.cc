@@ -21,20 +21,11 @@ namespace {
 // The kernel refuses more than this many fds in one SCM_RIGHTS message.
 constexpr int kMaxScmFds = 253;
 
-napi_value Int(napi_env env, int64_t v) {
-  napi_value r;
-  if (v >= INT32_MIN && v <= INT32_MAX)
-    napi_create_int32(env, static_cast<int32_t>(v), &r);
-  else
-    napi_create_double(env, static_cast<double>(v), &r);
-  return r;
-}
-
 napi_value Pair(napi_env env, int64_t a, int64_t b) {
   napi_value arr;
   napi_create_array_with_length(env, 2, &arr);
-  napi_set_element(env, arr, 0, Int(env, a));
-  napi_set_element(env, arr, 1, Int(env, b));
+  napi_set_element(env, arr, 0, MakeInt(env, a));
+  napi_set_element(env, arr, 1, MakeInt(env, b));
   return arr;
 }
 
@@ -87,7 +78,7 @@ napi_value Dup(napi_env env, napi_callback_info info) {
   if (!ArgInt32(env, argv[0], &fd, "dup")) return nullptr;
   int r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (r == -1) return ThrowErrno(env, "dup", errno);
-  return Int(env, r);
+  return MakeInt(env, r);
 }
 
 napi_value SetNonBlocking(napi_env env, napi_callback_info info) {
@@ -122,8 +113,8 @@ napi_value Read(napi_env env, napi_callback_info info) {
   if (!ArgInt32(env, argv[0], &fd, "read") || !ArgRange(env, argv[1], argv[2], argv[3], &p, &n, "read"))
     return nullptr;
   ssize_t r = RetryEintr([&] { return read(fd, p, n); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "read", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "read", errno);
+  return MakeInt(env, r);
 }
 
 napi_value Write(napi_env env, napi_callback_info info) {
@@ -134,8 +125,8 @@ napi_value Write(napi_env env, napi_callback_info info) {
   if (!ArgInt32(env, argv[0], &fd, "write") || !ArgRange(env, argv[1], argv[2], argv[3], &p, &n, "write"))
     return nullptr;
   ssize_t r = RetryEintr([&] { return write(fd, p, n); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "write", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "write", errno);
+  return MakeInt(env, r);
 }
 
 napi_value Readv(napi_env env, napi_callback_info info) {
@@ -146,8 +137,8 @@ napi_value Readv(napi_env env, napi_callback_info info) {
   long n = BuildIov(env, argv[1], iov, "readv");
   if (n < 0) return nullptr;
   ssize_t r = RetryEintr([&] { return readv(fd, iov, static_cast<int>(n)); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "readv", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "readv", errno);
+  return MakeInt(env, r);
 }
 
 napi_value Writev(napi_env env, napi_callback_info info) {
@@ -158,8 +149,8 @@ napi_value Writev(napi_env env, napi_callback_info info) {
   long n = BuildIov(env, argv[1], iov, "writev");
   if (n < 0) return nullptr;
   ssize_t r = RetryEintr([&] { return writev(fd, iov, static_cast<int>(n)); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "writev", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "writev", errno);
+  return MakeInt(env, r);
 }
 
 napi_value UnixListen(napi_env env, napi_callback_info info) {
@@ -180,7 +171,7 @@ napi_value UnixListen(napi_env env, napi_callback_info info) {
     close(fd);
     return ThrowErrno(env, failed, err);
   }
-  return Int(env, fd);
+  return MakeInt(env, fd);
 }
 
 // Wait for an interrupted blocking connect to finish and fetch its result.
@@ -208,7 +199,7 @@ napi_value UnixConnect(napi_env env, napi_callback_info info) {
     close(fd);
     return ThrowErrno(env, "connect", err);
   }
-  return Int(env, fd);
+  return MakeInt(env, fd);
 }
 
 napi_value Accept(napi_env env, napi_callback_info info) {
@@ -216,8 +207,8 @@ napi_value Accept(napi_env env, napi_callback_info info) {
   int32_t fd;
   if (!ArgInt32(env, argv[0], &fd, "accept4")) return nullptr;
   int r = RetryEintr([&] { return accept4(fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "accept4", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "accept4", errno);
+  return MakeInt(env, r);
 }
 
 napi_value RecvFds(napi_env env, napi_callback_info info) {
@@ -263,9 +254,9 @@ napi_value RecvFds(napi_env env, napi_callback_info info) {
     for (int i = 0; i < nfds; i++) close(fds[i]);
     return nullptr;
   }
-  for (int i = 0; i < nfds; i++) napi_set_element(env, arr, i, Int(env, fds[i]));
+  for (int i = 0; i < nfds; i++) napi_set_element(env, arr, i, MakeInt(env, fds[i]));
   napi_get_boolean(env, (msg.msg_flags & MSG_CTRUNC) != 0, &vctrunc);
-  napi_set_named_property(env, result, "bytes", Int(env, r));
+  napi_set_named_property(env, result, "bytes", MakeInt(env, r));
   napi_set_named_property(env, result, "fds", arr);
   napi_set_named_property(env, result, "ctrunc", vctrunc);
   return result;
@@ -306,8 +297,8 @@ napi_value SendFds(napi_env env, napi_callback_info info) {
     }
   }
   ssize_t r = RetryEintr([&] { return sendmsg(fd, &msg, MSG_NOSIGNAL); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "sendmsg", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "sendmsg", errno);
+  return MakeInt(env, r);
 }
 
 napi_value Socketpair(napi_env env, napi_callback_info info) {
@@ -345,9 +336,9 @@ napi_value PeerCred(napi_env env, napi_callback_info info) {
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1) return ThrowErrno(env, "getsockopt", errno);
   napi_value arr;
   napi_create_array_with_length(env, 3, &arr);
-  napi_set_element(env, arr, 0, Int(env, cred.pid));
-  napi_set_element(env, arr, 1, Int(env, cred.uid));
-  napi_set_element(env, arr, 2, Int(env, cred.gid));
+  napi_set_element(env, arr, 0, MakeInt(env, cred.pid));
+  napi_set_element(env, arr, 1, MakeInt(env, cred.uid));
+  napi_set_element(env, arr, 2, MakeInt(env, cred.gid));
   return arr;
 }
 
@@ -374,7 +365,7 @@ napi_value MemfdCreate(napi_env env, napi_callback_info info) {
     close(fd);
     return ThrowErrno(env, "ftruncate", err);
   }
-  return Int(env, fd);
+  return MakeInt(env, fd);
 }
 
 napi_value Eventfd(napi_env env, napi_callback_info info) {
@@ -383,7 +374,7 @@ napi_value Eventfd(napi_env env, napi_callback_info info) {
   if (!ArgUint32(env, argv[0], &initval, "eventfd")) return nullptr;
   int fd = eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd == -1) return ThrowErrno(env, "eventfd", errno);
-  return Int(env, fd);
+  return MakeInt(env, fd);
 }
 
 napi_value EventfdRead(napi_env env, napi_callback_info info) {
@@ -392,7 +383,7 @@ napi_value EventfdRead(napi_env env, napi_callback_info info) {
   if (!ArgInt32(env, argv[0], &fd, "read")) return nullptr;
   uint64_t v;
   ssize_t r = RetryEintr([&] { return read(fd, &v, sizeof v); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "read", errno);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "read", errno);
   if (r != sizeof v) return ThrowErrno(env, "read", EIO);
   napi_value out;
   napi_create_double(env, static_cast<double>(v), &out);
@@ -425,8 +416,8 @@ napi_value Splice(napi_env env, napi_callback_info info) {
     return nullptr;
   ssize_t r = RetryEintr(
       [&] { return splice(in, nullptr, out, nullptr, static_cast<size_t>(len), SPLICE_F_MOVE | SPLICE_F_NONBLOCK); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "splice", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "splice", errno);
+  return MakeInt(env, r);
 }
 
 napi_value IoctlInt(napi_env env, napi_callback_info info) {
@@ -436,7 +427,7 @@ napi_value IoctlInt(napi_env env, napi_callback_info info) {
   if (!ArgInt32(env, argv[0], &fd, "ioctl") || !ArgUint32(env, argv[1], &req, "ioctl")) return nullptr;
   int v = 0;
   if (RetryEintr([&] { return ioctl(fd, req, &v); }) == -1) return ThrowErrno(env, "ioctl", errno);
-  return Int(env, v);
+  return MakeInt(env, v);
 }
 
 napi_value Fence(napi_env env, napi_callback_info info) {

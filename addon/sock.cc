@@ -27,15 +27,6 @@ namespace ferry {
 
 namespace {
 
-napi_value Int(napi_env env, int64_t v) {
-  napi_value r;
-  if (v >= INT32_MIN && v <= INT32_MAX)
-    napi_create_int32(env, static_cast<int32_t>(v), &r);
-  else
-    napi_create_double(env, static_cast<double>(v), &r);
-  return r;
-}
-
 // Clamp a buffer length to what the socket API can describe.
 socklen_t SockLen(size_t n) { return n > INT_MAX ? INT_MAX : static_cast<socklen_t>(n); }
 
@@ -53,7 +44,7 @@ napi_value Socket(napi_env env, napi_callback_info info) {
     return nullptr;
   int fd = socket(domain, type | SOCK_NONBLOCK | SOCK_CLOEXEC, protocol);
   if (fd == -1) return ThrowErrno(env, "socket", errno);
-  return Int(env, fd);
+  return MakeInt(env, fd);
 }
 
 napi_value Bind(napi_env env, napi_callback_info info) {
@@ -74,10 +65,10 @@ napi_value Connect(napi_env env, napi_callback_info info) {
   if (!ArgInt32(env, argv[0], &fd, "connect") || !ArgBytes(env, argv[1], &sa, &len, "connect")) return nullptr;
   if (connect(fd, reinterpret_cast<struct sockaddr*>(sa), SockLen(len)) == -1) {
     // An interrupted connect carries on in the background, like EINPROGRESS.
-    if (errno == EINPROGRESS || errno == EINTR) return Int(env, -1);
+    if (errno == EINPROGRESS || errno == EINTR) return MakeInt(env, -1);
     return ThrowErrno(env, "connect", errno);
   }
-  return Int(env, 0);
+  return MakeInt(env, 0);
 }
 
 napi_value Listen(napi_env env, napi_callback_info info) {
@@ -102,9 +93,9 @@ napi_value AcceptFrom(napi_env env, napi_callback_info info) {
   socklen_t len = SockLen(cap);
   int r = RetryEintr(
       [&] { return accept4(fd, reinterpret_cast<struct sockaddr*>(addr), &len, SOCK_CLOEXEC | SOCK_NONBLOCK); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "accept4", errno);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "accept4", errno);
   lenOut[0] = static_cast<int32_t>(len);
-  return Int(env, r);
+  return MakeInt(env, r);
 }
 
 napi_value SockName(napi_env env, napi_callback_info info, bool peer) {
@@ -118,7 +109,7 @@ napi_value SockName(napi_env env, napi_callback_info info, bool peer) {
   int r = peer ? getpeername(fd, reinterpret_cast<struct sockaddr*>(addr), &len)
                : getsockname(fd, reinterpret_cast<struct sockaddr*>(addr), &len);
   if (r == -1) return ThrowErrno(env, name, errno);
-  return Int(env, len);
+  return MakeInt(env, len);
 }
 
 napi_value GetSockName(napi_env env, napi_callback_info info) { return SockName(env, info, false); }
@@ -146,7 +137,7 @@ napi_value GetSockOptInt(napi_env env, napi_callback_info info) {
   if (getsockopt(fd, level, name, &v, &len) == -1) return ThrowErrno(env, "getsockopt", errno);
   // Some options (e.g. IP_TOS on some paths) report a single byte.
   if (len == 1) v = *reinterpret_cast<unsigned char*>(&v);
-  return Int(env, v);
+  return MakeInt(env, v);
 }
 
 napi_value SetSockOptBytes(napi_env env, napi_callback_info info) {
@@ -171,7 +162,7 @@ napi_value GetSockOptBytes(napi_env env, napi_callback_info info) {
     return nullptr;
   socklen_t len = SockLen(n);
   if (getsockopt(fd, level, name, p, &len) == -1) return ThrowErrno(env, "getsockopt", errno);
-  return Int(env, len);
+  return MakeInt(env, len);
 }
 
 napi_value Shutdown(napi_env env, napi_callback_info info) {
@@ -202,8 +193,8 @@ napi_value SendMsg(napi_env env, napi_callback_info info) {
   msg.msg_control = controlLen ? control : nullptr;
   msg.msg_controllen = controlLen;
   ssize_t r = RetryEintr([&] { return sendmsg(fd, &msg, flags | MSG_NOSIGNAL); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "sendmsg", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "sendmsg", errno);
+  return MakeInt(env, r);
 }
 
 napi_value RecvMsg(napi_env env, napi_callback_info info) {
@@ -230,11 +221,11 @@ napi_value RecvMsg(napi_env env, napi_callback_info info) {
   msg.msg_control = controlCap ? control : nullptr;
   msg.msg_controllen = controlCap;
   ssize_t r = RetryEintr([&] { return recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "recvmsg", errno);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "recvmsg", errno);
   meta[0] = addr ? static_cast<int32_t>(msg.msg_namelen) : 0;
   meta[1] = msg.msg_flags;
   if (controlCap) meta[2] = static_cast<int32_t>(msg.msg_controllen);
-  return Int(env, r);
+  return MakeInt(env, r);
 }
 
 napi_value SendMmsg(napi_env env, napi_callback_info info) {
@@ -281,10 +272,10 @@ napi_value SendMmsg(napi_env env, napi_callback_info info) {
     }
     msgs[i].msg_len = 0;
   }
-  if (count == 0) return Int(env, 0);
+  if (count == 0) return MakeInt(env, 0);
   int r = RetryEintr([&] { return sendmmsg(fd, msgs, static_cast<unsigned>(count), flags | MSG_NOSIGNAL); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "sendmmsg", errno);
-  return Int(env, r);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "sendmmsg", errno);
+  return MakeInt(env, r);
 }
 
 napi_value RecvMmsg(napi_env env, napi_callback_info info) {
@@ -331,15 +322,15 @@ napi_value RecvMmsg(napi_env env, napi_callback_info info) {
     }
     msgs[i].msg_len = 0;
   }
-  if (count == 0) return Int(env, 0);
+  if (count == 0) return MakeInt(env, 0);
   int r = RetryEintr([&] { return recvmmsg(fd, msgs, static_cast<unsigned>(count), flags | MSG_CMSG_CLOEXEC, nullptr); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "recvmmsg", errno);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "recvmmsg", errno);
   for (int i = 0; i < r; i++) {
     lensOut[i] = static_cast<int32_t>(msgs[i].msg_len);
     if (addrLens) addrLens[i] = msgs[i].msg_hdr.msg_name ? static_cast<int32_t>(msgs[i].msg_hdr.msg_namelen) : 0;
     if (flagsOut) flagsOut[i] = msgs[i].msg_hdr.msg_flags;
   }
-  return Int(env, r);
+  return MakeInt(env, r);
 }
 
 napi_value RecvErrqueue(napi_env env, napi_callback_info info) {
@@ -364,11 +355,11 @@ napi_value RecvErrqueue(napi_env env, napi_callback_info info) {
   msg.msg_control = controlCap ? control : nullptr;
   msg.msg_controllen = controlCap;
   ssize_t r = RetryEintr([&] { return recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT | MSG_CMSG_CLOEXEC); });
-  if (r == -1) return errno == EAGAIN ? Int(env, -1) : ThrowErrno(env, "recvmsg", errno);
+  if (r == -1) return errno == EAGAIN ? MakeInt(env, -1) : ThrowErrno(env, "recvmsg", errno);
   meta[0] = static_cast<int32_t>(msg.msg_controllen);
   meta[1] = msg.msg_flags;
   if (addr) meta[2] = static_cast<int32_t>(msg.msg_namelen);
-  return Int(env, r);
+  return MakeInt(env, r);
 }
 
 void SetConstants(napi_env env, napi_value exports) {

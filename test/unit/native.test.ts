@@ -269,6 +269,37 @@ describe('native addon', () => {
       expect(thrown(() => native.writev(s, iovList([[chunk, 0, 1]]))).code).to.equal('ERANGE');
     });
 
+    it('unmaps dropped chunks on GC, and never unmaps a chunk twice', () => {
+      // In a child with --expose-gc: /proc/self/maps shows which mappings exist.
+      const addon = path.resolve(__dirname, '..', '..', 'src', 'native.js');
+      const script = `
+        const { native } = require(${JSON.stringify(addon)});
+        const fs = require('fs');
+        const maps = (name) => fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.includes(name)).length;
+        const tick = () => new Promise((r) => setTimeout(r, 20));
+        (async () => {
+          const dropped = native.memfdCreate('ferry-gc-dropped', 4 * 65536);
+          let chunks = native.mmap(dropped, 0, 4 * 65536, 65536);
+          const before = maps('ferry-gc-dropped');
+          chunks = null;
+          for (let i = 0; i < 5 && maps('ferry-gc-dropped') > 0; i++) { global.gc(); await tick(); }
+          const after = maps('ferry-gc-dropped');
+          // Unmap A explicitly, map B (likely at A's old address), then let A be collected.
+          const a = native.memfdCreate('ferry-gc-a', 65536);
+          const b = native.memfdCreate('ferry-gc-b', 65536);
+          let [chunkA] = native.mmap(a, 0, 65536, 65536);
+          native.munmap(chunkA);
+          const [chunkB] = native.mmap(b, 0, 65536, 65536);
+          chunkA = null;
+          for (let i = 0; i < 5; i++) { global.gc(); await tick(); }
+          new Uint8Array(chunkB)[0] = 1;
+          console.log(JSON.stringify({ before, after, b: maps('ferry-gc-b') }));
+        })();`;
+      const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: 10000 });
+      expect(r.status, r.stderr).to.equal(0);
+      expect(JSON.parse(r.stdout)).to.deep.equal({ before: 4, after: 0, b: 1 });
+    });
+
     it('rejects invalid arguments with a code', () => {
       const fd = track(native.memfdCreate('ferry-bad', 64 * KiB));
       const page = C.PAGE_SIZE;
@@ -329,6 +360,26 @@ describe('native addon', () => {
       }
     });
 
+    it('limits a batch to events.length/2 and wakes again for the rest', async () => {
+      const fds = [track(native.eventfd(1)), track(native.eventfd(1)), track(native.eventfd(1))];
+      const batch = new Int32Array(3); // room for one pair
+      const counts: number[] = [];
+      const seen = new Set<number>();
+      const poller = new native.Poller(batch, (count) => {
+        counts.push(count);
+        seen.add(batch[0]);
+        native.eventfdRead(batch[0]);
+      });
+      try {
+        fds.forEach((fd) => poller.add(fd, C.EPOLLIN));
+        await until(() => (counts.length >= 3 ? 1 : -1));
+        expect(counts).to.deep.equal([1, 1, 1]);
+        expect([...seen].sort()).to.deep.equal([...fds].sort());
+      } finally {
+        poller.close();
+      }
+    });
+
     it('delivers no callback after close and allows ref/unref', async () => {
       const fd = track(native.eventfd(0));
       let calls = 0;
@@ -341,6 +392,30 @@ describe('native addon', () => {
       await new Promise((resolve) => setTimeout(resolve, 30));
       expect(calls).to.equal(0);
       expect(thrown(() => poller.add(fd, C.EPOLLIN)).code).to.equal('EBADF');
+    });
+
+    it('survives GC of a closed Poller and keeps an open one alive', () => {
+      const addon = path.resolve(__dirname, '..', '..', 'src', 'native.js');
+      const script = `
+        const { native } = require(${JSON.stringify(addon)});
+        const tick = () => new Promise((r) => setTimeout(r, 20));
+        (async () => {
+          let closed = new native.Poller(new Int32Array(2), () => {});
+          closed.close();
+          closed = null;
+          const fd = native.eventfd(0);
+          let woke = 0;
+          // Only the addon holds this one.
+          new native.Poller(new Int32Array(2), () => { native.eventfdRead(fd); woke++; }).add(fd, native.constants.EPOLLIN);
+          for (let i = 0; i < 3; i++) { global.gc(); await tick(); }
+          native.eventfdWrite(fd, 1);
+          for (let i = 0; i < 50 && woke === 0; i++) await tick();
+          console.log(woke);
+          process.exit(0);
+        })();`;
+      const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: 10000 });
+      expect(r.status, r.stderr).to.equal(0);
+      expect(r.stdout.trim()).to.equal('1');
     });
 
     it('rejects a bad events array', () => {
