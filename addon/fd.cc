@@ -317,10 +317,11 @@ napi_value UnixSendDatagram(napi_env env, napi_callback_info info) {
   uint8_t* p;
   size_t n;
   if (!MakeUnixAddr(env, argv[0], &sun, &len, "sendto") || !ArgBytes(env, argv[1], &p, &n, "sendto")) return nullptr;
+  // Non-blocking: a receiver that stopped reading must not stall the event loop.
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd == -1) return ThrowErrno(env, "socket", errno);
   ssize_t r = RetryEintr(
-      [&] { return sendto(fd, p, n, MSG_NOSIGNAL, reinterpret_cast<struct sockaddr*>(&sun), len); });
+      [&] { return sendto(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT, reinterpret_cast<struct sockaddr*>(&sun), len); });
   int err = errno;
   close(fd);
   if (r == -1) return ThrowErrno(env, "sendto", err);

@@ -36,6 +36,13 @@ void UnmapBuffer(napi_env env, napi_value ab) {
   void* hint = nullptr;
   if (napi_remove_wrap(env, ab, &hint) != napi_ok || hint == nullptr) return;
   Chunk* c = static_cast<Chunk*>(hint);
+  void* data = nullptr;
+  size_t len = 0;
+  napi_get_arraybuffer_info(env, ab, &data, &len);
+  // If the buffer no longer points at the chunk (it was transferred to
+  // another thread), the memory may still be in use there: leave it to the
+  // finalizer, which runs when the last holder lets go.
+  if (data != c->addr) return;
   UnmapChunk(c);
   napi_detach_arraybuffer(env, ab);
 }

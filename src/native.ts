@@ -108,7 +108,7 @@ export interface Native {
   sendFds(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
   /** socketpair(AF_UNIX, type|CLOEXEC), type defaults to SOCK_STREAM; blocking. */
   socketpair(type?: number): [number, number];
-  /** One datagram to a UNIX datagram socket path ('@' prefix = abstract), as sd_notify does. */
+  /** One datagram to a UNIX datagram socket path ('@' prefix = abstract), as sd_notify does. Never blocks: a full receiver queue throws EAGAIN. */
   unixSendDatagram(path: string, buf: Uint8Array): void;
   /** getsockopt SO_PEERCRED: [pid, uid, gid]. */
   peerCred(fd: number): [number, number, number];
@@ -128,7 +128,11 @@ export interface Native {
    * called on it or, failing that, when it is garbage collected.
    */
   mmap(fd: number, offset: number, size: number, chunkSize: number): ArrayBuffer[];
-  /** Unmap an ArrayBuffer returned by mmap and detach it (byteLength becomes 0). Idempotent; a no-op for other ArrayBuffers. */
+  /**
+   * Unmap an ArrayBuffer returned by mmap and detach it (byteLength becomes 0).
+   * Idempotent; a no-op for other ArrayBuffers. Chunks are per thread: do not
+   * transfer them (a transferred chunk is only unmapped by its finalizer).
+   */
   munmap(buffer: ArrayBuffer): void;
 
   // ---- eventfd ----
