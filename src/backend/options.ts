@@ -542,8 +542,10 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: ['control'], value: 'PATH', help: 'Serve the control API on UNIX socket PATH', apply: (s, v, shown) => (s.options.controlPath = socketPathValue(shown, v)) },
   // --- addresses
   { long: ['mtu'], short: 'm', value: 'MTU', help: `MTU announced to the guest (${MIN_MTU}-${DEFAULT_MTU}; 0: announce none; default ${DEFAULT_MTU})`, apply: (s, v, shown) => {
-    const mtu = integerValue(shown, v, 0, DEFAULT_MTU);
-    if (mtu !== 0 && mtu < MIN_MTU) fail(shown, `${v} is out of range (${MIN_MTU}-${DEFAULT_MTU}, or 0)`);
+    // 0 (announce no MTU) is passt's special value, outside the range proper.
+    if (!/^[0-9]+$/.test(v)) fail(shown, `'${v}' is not a number`);
+    const mtu = Number(v);
+    if (mtu !== 0 && !(mtu >= MIN_MTU && mtu <= DEFAULT_MTU)) fail(shown, `${v} is out of range (${MIN_MTU}-${DEFAULT_MTU})`);
     s.options.network.mtu = mtu;
   } },
   {
@@ -677,7 +679,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: ['no-icmp'], help: 'Disable ICMP/ICMPv6 echo', apply: (s) => (s.options.protocols.icmp = false) },
   // --- forwarding
   {
-    long: ['tcp-ports'], short: 't', value: 'SPEC', help: 'Forward host TCP ports to the guest: none, all, or e.g. 22,80:8080,[ADDR][%IF]/1000-2000,~1500 (repeatable)',
+    long: ['tcp-ports'], short: 't', value: 'SPEC', help: 'Forward host TCP ports to the guest: none, all, or a list like 22,2222:22,8000-8010,~8005 with an optional ADDR%IF/ prefix (repeatable)',
     apply: (s, v, shown) => {
       addForward(s, shown, v, s.options.forwards.tcp, HOST_SIDE_RULES);
       s.tcpForwardGiven ??= shown;

@@ -221,8 +221,10 @@ describe('options', () => {
       expect(parse('-m', '65520').network.mtu).to.equal(65520);
       expect(parse('-m', '68').network.mtu).to.equal(68);
       expect(parse('--mtu', '0').network.mtu).to.equal(0);
-      expect(errorOf('--mtu', '70000')).to.equal('--mtu: 70000 is out of range (0-65520)');
-      expect(errorOf('--mtu', '67')).to.equal('--mtu: 67 is out of range (68-65520, or 0)');
+      expect(errorOf('--mtu', '70000')).to.equal('--mtu: 70000 is out of range (68-65520)');
+      expect(errorOf('--mtu', '67')).to.equal('--mtu: 67 is out of range (68-65520)');
+      expect(errorOf('--mtu', '99999999999999999999')).to.equal('--mtu: 99999999999999999999 is out of range (68-65520)');
+      expect(parse('--mtu', '00').network.mtu).to.equal(0);
       expect(errorOf('--mtu', '1500x')).to.equal("--mtu: '1500x' is not a number");
     });
 

@@ -1,0 +1,156 @@
+/**
+ * The `ferry` command: parse the command line, answer --help, --version and
+ * --print-capabilities, otherwise set up logging and run the daemon until
+ * it returns its exit code. A bad option is one line on stderr
+ * ("ferry: --mtu: 70000 is out of range (...)") and exit code 1.
+ */
+
+import { existsSync, readFileSync } from 'fs';
+import { dirname, join } from 'path';
+import { log } from '../log';
+import { closeLogging, setupLogging } from './logging';
+import { DaemonOptions, OptionError, optionHelp, parseOptions, readEphemeralRange } from './options';
+
+/** The daemon entry point as cli.ts sees it (src/backend/daemon.ts). */
+export type RunDaemon = (options: DaemonOptions) => Promise<number>;
+
+/** What `run` talks to; tests replace parts of it. */
+export interface CliIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  /** Loads the daemon lazily, so the CLI builds and answers --help without it. */
+  loadDaemon: () => RunDaemon;
+  /** Set up logging for a daemon run (default: setupLogging). */
+  setupLogging: (options: DaemonOptions) => void;
+}
+
+/** The vhost-user back-end capabilities (vhost-user.rst, "Backend program conventions"): a net device. */
+export const CAPABILITIES = { type: 'net' } as const;
+
+/** ferry's version from the package.json above this file (works from src/ and dist/src/). */
+export function packageVersion(start: string = __dirname): string {
+  let directory = start;
+  for (let depth = 0; depth < 6; depth++) {
+    const candidate = join(directory, 'package.json');
+    if (existsSync(candidate)) {
+      try {
+        const manifest = JSON.parse(readFileSync(candidate, 'utf8')) as { name?: unknown; version?: unknown };
+        if (manifest.name === 'ferry' && typeof manifest.version === 'string') return manifest.version;
+      } catch {
+        // not ours or unreadable: keep looking upwards
+      }
+    }
+    const parent = dirname(directory);
+    if (parent === directory) break;
+    directory = parent;
+  }
+  return 'unknown';
+}
+
+/** The --help text: synopsis plus every option, aligned. */
+export function usageText(): string {
+  const lines = optionHelp();
+  const width = Math.min(40, Math.max(...lines.map(([names]) => names.length)));
+  const body = lines.map(([names, help]) => (names.length > width ? `  ${names}\n  ${' '.repeat(width)}  ${help}` : `  ${names.padEnd(width)}  ${help}`));
+  return [
+    'Usage: ferry [OPTION]...',
+    'Rootless userspace network back-end for VMs: vhost-user virtio-net in, host sockets out.',
+    'Option names and meanings follow passt(1) where passt has the same option.',
+    '',
+    ...body,
+    '',
+    'Example: ferry --socket /run/user/1000/vm1.sock -t 2222:22 -u 53 --metrics unix:/run/user/1000/vm1.metrics',
+    '',
+  ].join('\n');
+}
+
+function defaultLoadDaemon(): RunDaemon {
+  // Required lazily: daemon.ts pulls in the addon and workers, which --help does not need.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const daemon = require('./daemon') as { runDaemon?: unknown };
+  if (typeof daemon.runDaemon !== 'function') throw new Error('daemon module has no runDaemon');
+  return daemon.runDaemon as RunDaemon;
+}
+
+const defaultIo: CliIo = {
+  stdout: (text) => process.stdout.write(text),
+  stderr: (text) => process.stderr.write(text),
+  loadDaemon: defaultLoadDaemon,
+  setupLogging: (options) => {
+    setupLogging(options.logging);
+  },
+};
+
+/** One line for an unexpected error: its message, never a stack (those go to the debug log). */
+function describe(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.split('\n')[0];
+}
+
+/**
+ * Run the command line and return the process exit code (0 success, 1
+ * bad usage or failure, or whatever the daemon returns). Does not exit.
+ */
+export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Promise<number> {
+  const { stdout, stderr, loadDaemon, setupLogging: startLogging } = { ...defaultIo, ...io };
+  let parsed;
+  try {
+    parsed = parseOptions(argv, { ephemeral: readEphemeralRange() });
+  } catch (error) {
+    if (error instanceof OptionError) {
+      stderr(`ferry: ${error.message}\n`);
+      return 1;
+    }
+    throw error;
+  }
+  switch (parsed.action) {
+    case 'help':
+      stdout(usageText());
+      return 0;
+    case 'version':
+      stdout(`ferry ${packageVersion()}\n`);
+      return 0;
+    case 'print-capabilities':
+      stdout(JSON.stringify(CAPABILITIES, null, 2) + '\n');
+      return 0;
+    case 'run':
+      break;
+  }
+  let runDaemon: RunDaemon;
+  try {
+    runDaemon = loadDaemon();
+  } catch (error) {
+    stderr(`ferry: cannot load the daemon: ${describe(error)}\n`);
+    return 1;
+  }
+  try {
+    startLogging(parsed.options);
+  } catch (error) {
+    stderr(`ferry: cannot set up logging: ${describe(error)}\n`);
+    return 1;
+  }
+  for (const note of parsed.notes) log.warn(note);
+  try {
+    const code = await runDaemon(parsed.options);
+    return Number.isInteger(code) && code >= 0 && code <= 255 ? code : 1;
+  } catch (error) {
+    log.error(`fatal: ${describe(error)}`);
+    if (error instanceof Error && error.stack !== undefined) log.debug(error.stack);
+    return 1;
+  }
+}
+
+/** bin/ferry.js entry point: run, flush the log, exit with the code. */
+export function main(argv: readonly string[]): void {
+  run(argv).then(
+    async (code) => {
+      // Bounded: a stuck log destination must not keep the process alive.
+      await Promise.race([closeLogging().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
+      process.exit(code);
+    },
+    (error: unknown) => {
+      process.stderr.write(`ferry: ${describe(error)}\n`);
+      process.exit(1);
+    },
+  );
+}
