@@ -90,6 +90,11 @@ export const BackEndRequest = {
 
 const requestNames = new Map<number, string>(Object.entries(Request).map(([name, value]) => [value, name]));
 
+/** True when the spec defines front-end request `request` (whether or not ferry handles it). */
+export function isKnownRequest(request: number): boolean {
+  return requestNames.has(request);
+}
+
 /** Name of a front-end request number for logs, e.g. 'SET_MEM_TABLE' or 'UNKNOWN(99)'. */
 export function requestName(request: number): string {
   return requestNames.get(request) ?? `UNKNOWN(${request})`;
@@ -474,6 +479,9 @@ export function expectedPayloadSize(request: number): number | 'memory_table' | 
       return PayloadSize.VRING_ADDRESS;
     case Request.SET_MEM_TABLE:
       return 'memory_table';
+    case Request.SET_LOG_BASE:
+      // A log description (mmap size u64, mmap offset u64), as QEMU sends it with LOG_SHMFD.
+      return 16;
     case Request.ADD_MEM_REG:
     case Request.REM_MEM_REG:
       return PayloadSize.SINGLE_MEMORY_REGION;

@@ -58,8 +58,8 @@ import {
   encodeHeader,
   encodeU64,
   encodeVringState,
-  expectedPayloadSize,
   hasMandatoryReply,
+  isKnownRequest,
   requestName,
   validateRequestHeader,
 } from './protocol';
@@ -353,12 +353,12 @@ export class VhostUserServer extends EventEmitter {
     c.busy = true;
     this.poller.remove(c.fd);
     this.schedule(async () => {
-      const keep = await this.processMessage(c);
+      const closeReason = await this.processMessage(c);
       c.busy = false;
       c.resetMessage();
       if (c.closed) return;
-      if (!keep) {
-        await this.dropConnection(c, `refused ${requestName(c.request)}`);
+      if (closeReason !== null) {
+        await this.dropConnection(c, closeReason);
         return;
       }
       this.poller.add(c.fd, EPOLLIN | EPOLLRDHUP);
@@ -431,29 +431,31 @@ export class VhostUserServer extends EventEmitter {
 
   // ---- message handling ----
 
-  /** Handle one assembled message; returns false when the connection must be closed. */
-  private async processMessage(c: Connection): Promise<boolean> {
+  /** Handle one assembled message; returns null to keep serving, or why the connection must be closed. */
+  private async processMessage(c: Connection): Promise<string | null> {
     const payload = new DataView(c.payload.buffer, 0, c.size);
     const fds = c.fds;
     const request = c.request;
+    const name = requestName(request);
     const needReply = (c.flags & FLAG_NEED_REPLY) !== 0;
     try {
       const reply = await this.handle(c, request, payload, fds);
+      let sent = true;
       if (reply.kind === 'u64') {
-        return this.sendReply(c, request, PayloadSize.U64, (view) => encodeU64(view, HEADER_SIZE, reply.value));
+        sent = this.sendReply(c, request, PayloadSize.U64, (view) => encodeU64(view, HEADER_SIZE, reply.value));
+      } else if (reply.kind === 'vring_state') {
+        sent = this.sendReply(c, request, PayloadSize.VRING_STATE, (view) => encodeVringState(view, HEADER_SIZE, reply.index, reply.num));
+      } else if (needReply && this.replyAckNegotiated(c)) {
+        sent = this.sendAck(c, request, 0n);
       }
-      if (reply.kind === 'vring_state') {
-        return this.sendReply(c, request, PayloadSize.VRING_STATE, (view) => encodeVringState(view, HEADER_SIZE, reply.index, reply.num));
-      }
-      if (needReply && this.replyAckNegotiated(c)) return this.sendAck(c, request, 0n);
-      return true;
+      return sent ? null : `reply to ${name} failed`;
     } catch (error) {
       const reason: VhostUserRefusalReason =
         error instanceof Refusal || error instanceof VhostUserProtocolError ? error.reason : 'device_refused';
-      this.countRefusal(reason, `front-end #${c.id}: ${requestName(request)} refused: ${errorText(error)}`);
-      if (hasMandatoryReply(request)) return false;
-      if (needReply && this.replyAckNegotiated(c)) return this.sendAck(c, request, 1n);
-      return expectedPayloadSize(request) !== undefined;
+      this.countRefusal(reason, `front-end #${c.id}: ${name} refused: ${errorText(error)}`);
+      if (hasMandatoryReply(request)) return `refused ${name}, which needs a reply`;
+      if (needReply && this.replyAckNegotiated(c)) return this.sendAck(c, request, 1n) ? null : `reply to ${name} failed`;
+      return isKnownRequest(request) ? null : `refused ${name} without NEED_REPLY`;
     } finally {
       closeFds(fds);
     }
@@ -479,8 +481,7 @@ export class VhostUserServer extends EventEmitter {
 
   /** Dispatch one request to the device; throws Refusal/VhostUserProtocolError/device errors. */
   private async handle(c: Connection, request: number, payload: DataView, fds: number[]): Promise<Reply> {
-    const expected = expectedPayloadSize(request);
-    if (expected === undefined) throw new Refusal('unknown_request', `unknown request ${request}`);
+    if (!isKnownRequest(request)) throw new Refusal('unknown_request', `unknown request ${request}`);
     switch (request) {
       case Request.GET_FEATURES:
         expectNoPayload(payload);
