@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { existsSync, fstatSync, mkdtempSync, readFileSync, rmSync } from 'fs';
+import { existsSync, fstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'fs';
 import { tmpdir } from 'os';
 import { join } from 'path';
 import { PassThrough } from 'stream';
@@ -96,6 +96,38 @@ describe('logging', () => {
       for (let i = 0; i < 5; i++) rateLimited('warn', key, () => `bad frame ${i}`, 2, 1000, 0);
       rateLimited('warn', key, () => 'after window', 2, 1000, 1000);
       expect(lines()).to.deep.equal([`vm1: warn: bad frame 0`, `vm1: warn: bad frame 1`, `vm1: warn: ${key}: 3 similar messages suppressed`, 'vm1: warn: after window']);
+    });
+
+    it('rate limits per key: one noisy key does not silence another', () => {
+      const { stream, lines } = captureStream();
+      setupLogging(options(), { stream, isTty: false, journal: false });
+      const noisy = `noisy-${Date.now()}`;
+      const quiet = `quiet-${Date.now()}`;
+      const written = [0, 1, 2, 3].map((i) => rateLimited('warn', noisy, () => `noisy ${i}`, 1, 1000, 0));
+      expect(written).to.deep.equal([true, false, false, false]);
+      expect(rateLimited('warn', quiet, () => 'quiet 0', 1, 1000, 0)).to.equal(true);
+      expect(lines()).to.deep.equal(['vm1: warn: noisy 0', 'vm1: warn: quiet 0']);
+    });
+
+    it('bounds the log file: --log-size with one rotated copy', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'ferry-logging-'));
+      try {
+        const file = join(dir, 'ferry.log');
+        setupLogging(options({ file, fileSize: 4096 }));
+        for (let i = 0; i < 300; i++) {
+          log.info(`line ${i} ${'x'.repeat(60)}`);
+          // Rotation happens between writes; give the file stream a turn now and then.
+          if (i % 20 === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+        await closeLogging();
+        const files = readdirSync(dir);
+        expect(files.length).to.be.at.most(2);
+        const total = files.reduce((sum, name) => sum + statSync(join(dir, name)).size, 0);
+        expect(total).to.be.below(3 * 4096);
+        expect(readFileSync(file, 'utf8')).to.include('line 299 ');
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('writes to --log-file with timestamps', async () => {
