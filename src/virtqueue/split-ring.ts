@@ -181,6 +181,8 @@ export class SplitRing {
   private descGpa = 0;
   private availGpa = 0;
   private usedGpa = 0;
+  /** The front-end's addresses when configured by configureUserAddresses (re-translated on setMemory), else null. */
+  private userAddresses: { desc: number; avail: number; used: number } | null = null;
   private features = 0n;
 
   private descView: DataView = new DataView(new ArrayBuffer(0));
@@ -252,6 +254,31 @@ export class SplitRing {
    * message saying what is wrong (the ring is then not ready).
    */
   configure(size: number, descGpa: number, availGpa: number, usedGpa: number, features: bigint): string | null {
+    this.userAddresses = null;
+    return this.configureAt(size, descGpa, availGpa, usedGpa, features);
+  }
+
+  /**
+   * As `configure`, with the ring addresses in the front-end's virtual
+   * address space as SET_VRING_ADDR carries them (vhost-user). They are kept
+   * and translated again by `setMemory`, since a new memory table may move
+   * guest physical addresses but not the front-end's mapping of the ring.
+   */
+  configureUserAddresses(size: number, descUva: number, availUva: number, usedUva: number, features: bigint): string | null {
+    const memory = this.memory;
+    if (memory === null) return 'no guest memory table';
+    const desc = memory.uvaToGpa(descUva);
+    const avail = memory.uvaToGpa(availUva);
+    const used = memory.uvaToGpa(usedUva);
+    if (desc < 0) return 'descriptor table address not in any memory region';
+    if (avail < 0) return 'available ring address not in any memory region';
+    if (used < 0) return 'used ring address not in any memory region';
+    const error = this.configureAt(size, desc, avail, used, features);
+    this.userAddresses = { desc: descUva, avail: availUva, used: usedUva };
+    return error;
+  }
+
+  private configureAt(size: number, descGpa: number, availGpa: number, usedGpa: number, features: bigint): string | null {
     this.ready = false;
     if (!Number.isInteger(size) || size < 1 || size > MAX_QUEUE_SIZE || (size & (size - 1)) !== 0) {
       return `ring size ${size} is not a power of two in 1..${MAX_QUEUE_SIZE}`;
@@ -288,6 +315,14 @@ export class SplitRing {
     if (this.queueSize === 0) return null;
     const wasReady = this.ready;
     this.ready = false;
+    if (memory === null) return 'no guest memory table';
+    const uva = this.userAddresses;
+    if (uva !== null) {
+      this.descGpa = memory.uvaToGpa(uva.desc);
+      this.availGpa = memory.uvaToGpa(uva.avail);
+      this.usedGpa = memory.uvaToGpa(uva.used);
+      if (this.descGpa < 0 || this.availGpa < 0 || this.usedGpa < 0) return 'ring addresses not in the new memory table';
+    }
     const error = this.resolveAreas();
     if (error !== null) return error;
     this.ready = wasReady;
@@ -297,6 +332,7 @@ export class SplitRing {
   /** Forget the configuration and indices (disconnect, RESET_OWNER). */
   reset(): void {
     this.ready = false;
+    this.userAddresses = null;
     this.broken = false;
     this.queueSize = 0;
     this.nextAvail = 0;

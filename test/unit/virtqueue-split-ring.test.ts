@@ -61,6 +61,26 @@ describe('virtqueue SplitRing', () => {
       expect(ring.isReady).to.equal(true);
     });
 
+    it('takes front-end virtual addresses and translates them again for a new memory table', () => {
+      const { driver, ring, memory } = setup();
+      const UVA = 0x7f0000000000;
+      const uva = (gpa: number): number => gpa - BASE + UVA;
+      expect(ring.configureUserAddresses(8, uva(driver.descGpa), uva(driver.availGpa), uva(driver.usedGpa), VIRTIO_F_VERSION_1)).to.equal(null);
+      expect(ring.configureUserAddresses(8, 0x1000, uva(driver.availGpa), uva(driver.usedGpa), VIRTIO_F_VERSION_1)).to.match(/descriptor table/);
+      expect(ring.configureUserAddresses(8, uva(driver.descGpa), uva(driver.availGpa), uva(driver.usedGpa), VIRTIO_F_VERSION_1)).to.equal(null);
+      // same front-end mapping, now at another guest physical address
+      const buffer = memory.contiguous(BASE, 16)!.bytes.buffer as ArrayBuffer;
+      const moved = new GuestMemory([{ guestPhysAddr: 0x80000000, size: ARENA_SIZE, userAddr: UVA, mmapOffset: 0, chunks: [buffer], chunkSize: ARENA_SIZE }]);
+      expect(ring.setMemory(moved)).to.equal(null);
+      expect(ring.isReady).to.equal(true);
+      ring.pushUsed(3, 9);
+      ring.publishUsed();
+      expect(driver.usedIdx).to.equal(1); // still writes the same used ring
+      const elsewhere = new GuestMemory([{ guestPhysAddr: 0, size: ARENA_SIZE, userAddr: 0x1000000, mmapOffset: 0, chunks: [buffer], chunkSize: ARENA_SIZE }]);
+      expect(ring.setMemory(elsewhere)).to.match(/not in the new memory table/);
+      expect(ring.isReady).to.equal(false);
+    });
+
     it('keeps lastAvailIdx across configure and takes used.idx from the ring', () => {
       const { driver, arena, ring } = setup();
       ring.lastAvailIdx = 70000; // 16-bit
