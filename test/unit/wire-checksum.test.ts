@@ -11,23 +11,7 @@ import {
   sumSegments,
   updateChecksum16,
 } from '../../src/stack/wire/checksum';
-import { segmentsOf } from '../support/stack-fakes';
-
-/** Frames captured with tcpdump between two namespaces (veth with tx checksum offload off, so checksums are complete). */
-export const CAPTURED = {
-  udp4:
-    '8e0ee3063e496aa5c806ec0308004500003275b7400040114100c0000201c00002029bcf14e9001e62e6666572727920636865636b73756d20766563746f7221',
-  icmpEchoRequest:
-    '8e0ee3063e496aa5c806ec0308004500002d76f3400040013fd9c0000201c00002020800ae1a959800016162636465666768696a6b6c6d6e6f7071',
-  icmpv6PortUnreachable:
-    '6aa5c806ec038e0ee3063e4986dd6001dbd7003b3a4020010db800000000000000000000000220010db80000000000000000000000010104f1f40000000060013fec000b114020010db800000000000000000000000120010db80000000000000000000000029ff50007000b31026f6464',
-  tcpSyn:
-    '8e0ee3063e496aa5c806ec0308004500003c64114000400652a7c0000201c000020291b800093d2960f300000000a002faf044d90000020405b40402080a16803dd1000000000103030a',
-};
-
-export function hex(text: string): Uint8Array {
-  return Uint8Array.from(Buffer.from(text, 'hex'));
-}
+import { CAPTURED, hex, segmentsOf } from '../support/stack-fakes';
 
 describe('wire/checksum', () => {
   it('matches the RFC 1071 section 3 example', () => {
