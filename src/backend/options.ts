@@ -734,9 +734,6 @@ function finish(state: ParseState): void {
   if (state.ipv4OnlyGiven !== null && state.ipv6OnlyGiven !== null) fail(state.ipv6OnlyGiven, `cannot be combined with ${state.ipv4OnlyGiven}`);
   if (!options.protocols.tcp && state.tcpForwardGiven !== null) fail(state.tcpForwardGiven, 'TCP port forwarding requested but --no-tcp was given');
   if (!options.protocols.udp && state.udpForwardGiven !== null) fail(state.udpForwardGiven, 'UDP port forwarding requested but --no-udp was given');
-  const { network } = options;
-  if (network.ipv4Only && (network.address6 !== null || network.gateway6 !== null)) fail(state.ipv4OnlyGiven ?? '-4', 'an IPv6 address was given too');
-  if (network.ipv6Only && (network.address4 !== null || network.gateway4 !== null)) fail(state.ipv6OnlyGiven ?? '-6', 'an IPv4 address was given too');
   if (options.socketPath !== null && options.controlPath === options.socketPath) fail('--control', 'must differ from the vhost-user socket path');
   if (options.metrics?.kind === 'unix' && (options.metrics.path === options.socketPath || options.metrics.path === options.controlPath)) {
     fail('--metrics', 'must differ from the other socket paths');
