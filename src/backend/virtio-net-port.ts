@@ -394,6 +394,17 @@ export class VirtioNetPort implements FramePort {
     if (this.onWritable !== null) this.onWritable();
   }
 
+  /**
+   * Before the rings stop (GET_VRING_BASE) or the port is dropped: give back
+   * an open RX reservation and publish every pending used entry (notifying
+   * the guest), so lastAvailIdx counts exactly the chains the guest got back.
+   */
+  quiesce(): void {
+    this.cancel();
+    this.flush();
+    this.flushTx();
+  }
+
   /** True while the stack is waiting for RX buffers. */
   get rxWaiting(): boolean {
     return this.rxStarved;

@@ -270,6 +270,20 @@ describe('VirtioNetPort', () => {
       expect(f.counters.get(PORT_COUNTERS.rxFrames)).to.equal(1);
     });
 
+    it('quiesce gives back an open reservation and publishes what was committed', () => {
+      const f = setup();
+      const h1 = f.rxDriver.addChain([{ gpa: f.arena.alloc(256), length: 256, writable: true }]);
+      f.rxDriver.addChain([{ gpa: f.arena.alloc(256), length: 256, writable: true }]);
+      f.rxDriver.publish();
+      f.port.reserve(200);
+      f.port.commit(50);
+      f.port.reserve(200);
+      f.port.quiesce();
+      expect(f.port.rx.lastAvailIdx).to.equal(1); // the second chain is not counted as consumed
+      expect(f.rxDriver.drainUsed()).to.deep.equal([{ id: h1, length: 62 }]);
+      expect(f.notified.rx).to.equal(1);
+    });
+
     it('returns null when the guest has no buffers and calls onWritable after its kick', () => {
       const f = setup();
       let writable = 0;
