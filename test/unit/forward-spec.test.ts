@@ -151,6 +151,15 @@ describe('forward-spec', () => {
       ]);
     });
 
+    it('exclusion-only spec with a bind address', () => {
+      const spec = parseForwardSpec('192.0.2.1/~25', { ephemeral: { first: 1000, last: 65535 } });
+      expect(spec.bindAddress?.length).to.equal(4);
+      expect(spec.mappings).to.deep.equal([
+        { hostPortFirst: 1, hostPortLast: 24, guestPortFirst: 1 },
+        { hostPortFirst: 26, hostPortLast: 999, guestPortFirst: 26 },
+      ]);
+    });
+
     it('bind prefix refused where not allowed (-T/-U)', () => {
       expect(() => parseForwardSpec('192.0.2.1/22', { allowBindAddress: false })).to.throw(ForwardSpecError, /not allowed/);
     });
