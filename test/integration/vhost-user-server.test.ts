@@ -235,7 +235,7 @@ describe('vhost-user server (integration, in-process)', function () {
     expect(regions[0].size).to.equal(BigInt(fe.memorySize));
     expect(device.memTableFdSizes).to.deep.equal([fe.memorySize], 'the device got a working dup of the memfd');
     const addr = device.calls.find((c) => c.method === 'setVringAddr' && (c.args[0] as VhostUserVringAddress).index === 3) as Call;
-    expect((addr.args[0] as VhostUserVringAddress).descriptorUserAddress).to.equal(fe.userAddress(fe.ring(3).layout.descOffset));
+    expect((addr.args[0] as VhostUserVringAddress).descriptorUserAddress).to.equal(fe.userAddress(fe.ring(3).descGpa));
     const kick = device.calls.find((c) => c.method === 'setVringKick') as Call;
     expect(kick.args[1]).to.be.a('number').and.to.be.at.least(0);
     expect(device.calls.filter((c) => c.method === 'setVringEnable').map((c) => c.args)).to.deep.equal([[0, true], [1, true], [2, true], [3, true]]);
@@ -538,6 +538,24 @@ describe('vhost-user server (integration, in-process)', function () {
         const fe = VhostUserFrontend.connect(inheritedPath);
         frontends.push(fe);
         expect(await fe.getQueueNum()).to.equal(2);
+      } finally {
+        await other.close();
+      }
+    });
+
+    it('serves a pre-connected fd (socketpair) and accepts nothing after it leaves', async () => {
+      const [ours, theirs] = native.socketpair();
+      const other = VhostUserServer.listen({ device, listenFd: theirs, connected: true });
+      const disconnected = once(other, 'disconnected');
+      try {
+        const fe = VhostUserFrontend.attach(ours);
+        frontends.push(fe);
+        await fe.negotiate();
+        expect(fe.maxQueues).to.equal(2);
+        fe.disconnect();
+        await disconnected;
+        expect(device.disconnects).to.equal(1);
+        expect(other.connected).to.equal(false);
       } finally {
         await other.close();
       }

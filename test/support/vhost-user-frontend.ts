@@ -8,8 +8,7 @@
  * may run in the same process (the server is driven by the same event loop).
  * Every wait is bounded by a timeout.
  *
- * The driver-side ring code is isolated in DriverRing below, so it can be
- * swapped for the shared split-ring driver helper when that exists.
+ * Rings are built with the shared driver-side helper (split-ring-driver.ts).
  */
 import { native } from '../../src/native';
 import {
@@ -44,13 +43,11 @@ import {
   VIRTIO_NET_F_MTU,
   VIRTIO_RING_F_EVENT_IDX,
 } from '../../src/virtqueue/features';
+import { GuestArena, SplitRingDriver, UsedEntry } from './split-ring-driver';
 
 const PAGE_SIZE = 4096;
 /** virtio-net header with VERSION_1 (or MRG_RXBUF): 12 bytes, num_buffers last. */
 export const VIRTIO_NET_HEADER_SIZE = 12;
-
-const VIRTQ_DESC_F_NEXT = 1;
-const VIRTQ_DESC_F_WRITE = 2;
 
 /** Features the test driver knows how to drive; the offer is masked with these. */
 export const TEST_DRIVER_FEATURES =
@@ -103,125 +100,46 @@ export interface ReceivedFrame {
   buffers: number;
 }
 
-// ---------------------------------------------------------------------------
-// Driver side of one split ring (virtio 1.x 2.7), over the test's guest memory.
-// ---------------------------------------------------------------------------
-
-/** Offsets (into guest memory) of one ring's three parts. */
-export interface DriverRingLayout {
-  size: number;
-  descOffset: number;
-  availOffset: number;
-  usedOffset: number;
-}
-
-/** Bytes a split ring of `size` needs at `offset`, and its layout (desc 16-, avail 2-, used 4-aligned). */
-export function layoutRing(offset: number, size: number): { layout: DriverRingLayout; end: number } {
-  const descOffset = alignUp(offset, 16);
-  const availOffset = descOffset + 16 * size;
-  const usedOffset = alignUp(availOffset + 6 + 2 * size, 4);
-  return { layout: { size, descOffset, availOffset, usedOffset }, end: usedOffset + 6 + 8 * size };
-}
-
-/** One buffer of a chain: a range of guest memory (as an offset into it). */
-export interface ChainBuffer {
-  offset: number;
-  length: number;
-  writable: boolean;
-}
-
 /**
- * The driver's view of one split ring: free descriptor list, chain
- * building, avail publication, used collection.
+ * Buffer slots of one queue: `count` slots of `slotSize` bytes from
+ * `baseGpa`, handed to chains and returned when their head comes back used.
  */
-export class DriverRing {
+class SlotPool {
   private readonly free: number[] = [];
-  private readonly chains = new Map<number, number[]>();
-  private availIdx = 0;
-  private lastUsedIdx = 0;
+  private readonly byHead = new Map<number, number[]>();
 
-  constructor(
-    private readonly memory: DataView,
-    readonly layout: DriverRingLayout,
-    /** Guest physical address of memory offset 0. */
-    private readonly guestBase: bigint,
-    private readonly eventIdx: boolean,
-  ) {
-    for (let i = layout.size - 1; i >= 0; i--) this.free.push(i);
+  constructor(readonly baseGpa: number, readonly slotSize: number, count: number) {
+    for (let i = count - 1; i >= 0; i--) this.free.push(i);
   }
 
-  /** Free descriptors left. */
   get freeCount(): number {
     return this.free.length;
   }
 
-  /** The next avail index (what GET_VRING_BASE should report once all is consumed). */
-  get availIndex(): number {
-    return this.availIdx;
+  /** Take `count` slots; returns their guest addresses. */
+  take(count: number): number[] {
+    if (count > this.free.length) throw new Error('out of buffer slots');
+    const slots: number[] = [];
+    for (let i = 0; i < count; i++) slots.push(this.free.pop() as number);
+    return slots.map((slot) => this.baseGpa + slot * this.slotSize);
   }
 
-  /**
-   * Take `count` free descriptors, let `describe` say which buffer each
-   * one carries (it gets the descriptor id, so slot-per-descriptor layouts
-   * can fill the right slot), link them into a chain and publish it in the
-   * avail ring. Returns the head, or -1 if too few descriptors are free.
-   */
-  addChain(count: number, describe: (descriptor: number, position: number) => ChainBuffer): number {
-    if (count <= 0 || count > this.free.length) return -1;
-    const ids: number[] = [];
-    for (let i = 0; i < count; i++) ids.push(this.free.pop() as number);
-    for (let i = 0; i < count; i++) {
-      const buffer = describe(ids[i], i);
-      const hasNext = i + 1 < count;
-      this.writeDescriptor(ids[i], this.guestBase + BigInt(buffer.offset), buffer.length,
-        (hasNext ? VIRTQ_DESC_F_NEXT : 0) | (buffer.writable ? VIRTQ_DESC_F_WRITE : 0), hasNext ? ids[i + 1] : 0);
-    }
-    this.chains.set(ids[0], ids);
-    this.publish(ids[0]);
-    return ids[0];
+  /** Remember which slots the chain starting at `head` uses. */
+  attach(head: number, gpas: number[]): void {
+    this.byHead.set(head, gpas);
   }
 
-  /** Write a raw descriptor (for malformed-ring tests). */
-  writeDescriptor(id: number, address: bigint, length: number, flags: number, next: number): void {
-    const at = this.layout.descOffset + 16 * id;
-    this.memory.setBigUint64(at, address, true);
-    this.memory.setUint32(at + 8, length, true);
-    this.memory.setUint16(at + 12, flags, true);
-    this.memory.setUint16(at + 14, next, true);
+  /** The chain at `head` came back: its slots are free again. Returns their addresses. */
+  release(head: number): number[] {
+    const gpas = this.byHead.get(head) ?? [];
+    this.byHead.delete(head);
+    for (const gpa of gpas) this.free.push((gpa - this.baseGpa) / this.slotSize);
+    return gpas;
   }
 
-  /** Put `head` in the avail ring and bump avail.idx (entry first, then the index). */
-  publish(head: number): void {
-    const { availOffset, size } = this.layout;
-    this.memory.setUint16(availOffset + 4 + 2 * (this.availIdx % size), head, true);
-    this.availIdx = (this.availIdx + 1) & 0xffff;
-    this.memory.setUint16(availOffset + 2, this.availIdx, true);
-  }
-
-  /** Take the next used entry, freeing its chain; null when none is new. */
-  takeUsed(): { id: number; length: number } | null {
-    const { usedOffset, size } = this.layout;
-    const usedIdx = this.memory.getUint16(usedOffset + 2, true);
-    if (usedIdx === this.lastUsedIdx) return null;
-    const at = usedOffset + 4 + 8 * (this.lastUsedIdx % size);
-    const id = this.memory.getUint32(at, true);
-    const length = this.memory.getUint32(at + 4, true);
-    this.lastUsedIdx = (this.lastUsedIdx + 1) & 0xffff;
-    if (this.eventIdx) {
-      // used_event: ask for a call as soon as the device uses one more entry.
-      this.memory.setUint16(this.layout.availOffset + 4 + 2 * size, this.lastUsedIdx, true);
-    }
-    const chain = this.chains.get(id);
-    if (chain !== undefined) {
-      this.chains.delete(id);
-      for (const d of chain) this.free.push(d);
-    }
-    return { id, length };
-  }
-
-  /** The device's used index as last written. */
-  usedIndex(): number {
-    return this.memory.getUint16(this.layout.usedOffset + 2, true);
+  /** Give slots back that never made it into a chain. */
+  giveBack(gpas: number[]): void {
+    for (const gpa of gpas) this.free.push((gpa - this.baseGpa) / this.slotSize);
   }
 }
 
@@ -251,11 +169,10 @@ export interface FrontendOptions {
 }
 
 interface QueueState {
-  ring: DriverRing;
+  ring: SplitRingDriver;
+  slots: SlotPool;
   kickFd: number;
   callFd: number;
-  /** Memory offset of this queue's buffer slots (slot i belongs to descriptor i). */
-  slotsOffset: number;
 }
 
 /**
@@ -285,7 +202,8 @@ export class VhostUserFrontend {
   memoryFd = -1;
   memorySize = 0;
   memory: Uint8Array | null = null;
-  private memoryView: DataView | null = null;
+  /** The guest memory as the split-ring driver sees it (null before createMemory). */
+  arena: GuestArena | null = null;
   private mapping: ArrayBuffer | null = null;
   private readonly queues: QueueState[] = [];
 
@@ -302,6 +220,12 @@ export class VhostUserFrontend {
   /** Connect to the back-end's socket (no message sent yet). */
   static connect(socketPath: string, options: FrontendOptions = {}): VhostUserFrontend {
     const fd = native.unixConnect(socketPath);
+    native.setNonBlocking(fd, true);
+    return new VhostUserFrontend(fd, options);
+  }
+
+  /** Use an already connected socket (e.g. one end of a socketpair); takes ownership of fd. */
+  static attach(fd: number, options: FrontendOptions = {}): VhostUserFrontend {
     native.setNonBlocking(fd, true);
     return new VhostUserFrontend(fd, options);
   }
@@ -556,29 +480,23 @@ export class VhostUserFrontend {
     this.offeredFeatures = await this.getFeatures();
   }
 
-  /** Create and map the memfd guest memory: rings first, then one buffer slot per descriptor. */
+  /** Create and map the memfd guest memory: the rings first, then each queue's buffer slots. */
   createMemory(): void {
     const rings = 2 * this.queuePairs;
-    let offset = 0;
-    const layouts: DriverRingLayout[] = [];
-    for (let i = 0; i < rings; i++) {
-      const { layout, end } = layoutRing(offset, this.queueSize);
-      layouts.push(layout);
-      offset = end;
-    }
-    const slotsStart = alignUp(offset, PAGE_SIZE);
-    this.memorySize = alignUp(slotsStart + rings * this.queueSize * this.slotSize, 2 * 1024 * 1024);
+    const ringBytes = rings * (16 * this.queueSize + 6 + 2 * this.queueSize + 6 + 8 * this.queueSize + 32);
+    this.memorySize = alignUp(alignUp(ringBytes, PAGE_SIZE) + rings * this.queueSize * this.slotSize, 2 * 1024 * 1024);
     this.memoryFd = native.memfdCreate('ferry-test-guest', this.memorySize);
     [this.mapping] = native.mmap(this.memoryFd, 0, this.memorySize, this.memorySize);
     this.memory = new Uint8Array(this.mapping);
-    this.memoryView = new DataView(this.mapping);
-    const eventIdx = false; // set for real in startQueues once features are known
+    const arena = new GuestArena(this.memory, Number(this.guestBase));
+    this.arena = arena;
+    const ringDrivers = Array.from({ length: rings }, () => new SplitRingDriver(arena, this.queueSize));
     for (let i = 0; i < rings; i++) {
       this.queues.push({
-        ring: new DriverRing(this.memoryView, layouts[i], this.guestBase, eventIdx),
+        ring: ringDrivers[i],
+        slots: new SlotPool(arena.alloc(this.queueSize * this.slotSize, PAGE_SIZE), this.slotSize, this.queueSize),
         kickFd: -1,
         callFd: -1,
-        slotsOffset: slotsStart + i * this.queueSize * this.slotSize,
       });
     }
   }
@@ -588,9 +506,9 @@ export class VhostUserFrontend {
     return { guestAddress: this.guestBase, size: BigInt(this.memorySize), userAddress: this.userBase, mmapOffset: 0n };
   }
 
-  /** Front-end user address of a memory offset (what SET_VRING_ADDR carries). */
-  userAddress(offset: number): bigint {
-    return this.userBase + BigInt(offset);
+  /** Front-end user address of a guest address (what SET_VRING_ADDR carries). */
+  userAddress(gpa: number): bigint {
+    return this.userBase + (BigInt(gpa) - this.guestBase);
   }
 
   /**
@@ -603,10 +521,8 @@ export class VhostUserFrontend {
     const wanted = this.options.features ?? TEST_DRIVER_FEATURES;
     await this.setFeatures(this.offeredFeatures & wanted);
     await this.setMemTable([this.memoryRegion()], [this.memoryFd]);
-    const eventIdx = (this.features & VIRTIO_RING_F_EVENT_IDX) !== 0n;
     for (let i = 0; i < this.queues.length; i++) {
       const q = this.queues[i];
-      q.ring = new DriverRing(this.memoryView as DataView, q.ring.layout, this.guestBase, eventIdx);
       q.kickFd = native.eventfd(0);
       q.callFd = native.eventfd(0);
       await this.setVringState(Request.SET_VRING_NUM, i, this.queueSize);
@@ -614,9 +530,9 @@ export class VhostUserFrontend {
       await this.setVringAddr({
         index: i,
         flags: 0,
-        descriptorUserAddress: this.userAddress(q.ring.layout.descOffset),
-        usedUserAddress: this.userAddress(q.ring.layout.usedOffset),
-        availableUserAddress: this.userAddress(q.ring.layout.availOffset),
+        descriptorUserAddress: this.userAddress(q.ring.descGpa),
+        usedUserAddress: this.userAddress(q.ring.usedGpa),
+        availableUserAddress: this.userAddress(q.ring.availGpa),
         logGuestAddress: 0n,
       });
       await this.setVringFd(Request.SET_VRING_KICK, i, q.kickFd);
@@ -629,7 +545,7 @@ export class VhostUserFrontend {
   }
 
   /** The driver ring of vring `index` (RX of pair p = 2p, TX = 2p+1). */
-  ring(index: number): DriverRing {
+  ring(index: number): SplitRingDriver {
     return this.queues[index].ring;
   }
 
@@ -638,8 +554,17 @@ export class VhostUserFrontend {
     native.eventfdWrite(this.queues[index].kickFd, 1);
   }
 
-  private slotOffset(index: number, descriptor: number): number {
-    return this.queues[index].slotsOffset + descriptor * this.slotSize;
+  private get eventIdx(): boolean {
+    return (this.features & VIRTIO_RING_F_EVENT_IDX) !== 0n;
+  }
+
+  /** Pop one used entry of vring `index`, freeing its slots; asks for the next call (used_event) with EVENT_IDX. */
+  private takeUsed(index: number): { entry: UsedEntry; gpas: number[] } | null {
+    const q = this.queues[index];
+    const entry = q.ring.popUsed();
+    if (entry === null) return null;
+    if (this.eventIdx) q.ring.setUsedEvent(q.ring.usedIdx);
+    return { entry, gpas: q.slots.release(entry.id) };
   }
 
   /**
@@ -648,37 +573,49 @@ export class VhostUserFrontend {
    */
   sendFrame(queuePair: number, frame: Uint8Array): void {
     const index = 2 * queuePair + 1;
-    const memory = this.memory as Uint8Array;
+    const q = this.queues[index];
+    const arena = this.arena as GuestArena;
     const data = new Uint8Array(VIRTIO_NET_HEADER_SIZE + frame.length);
     data.set(frame, VIRTIO_NET_HEADER_SIZE);
-    const ring = this.queues[index].ring;
-    this.reclaimTx(index);
+    this.reclaimTx(queuePair);
     const pieces = Math.ceil(data.length / this.slotSize);
-    if (pieces > ring.freeCount) throw new Error('TX ring full');
-    ring.addChain(pieces, (descriptor, i) => {
-      const offset = this.slotOffset(index, descriptor);
-      const length = Math.min(this.slotSize, data.length - i * this.slotSize);
-      memory.set(data.subarray(i * this.slotSize, i * this.slotSize + length), offset);
-      return { offset, length, writable: false };
+    const gpas = q.slots.take(pieces);
+    const buffers = gpas.map((gpa, i) => {
+      const piece = data.subarray(i * this.slotSize, Math.min(data.length, (i + 1) * this.slotSize));
+      arena.write(gpa, piece);
+      return { gpa, length: piece.length, writable: false };
     });
+    const head = q.ring.addChain(buffers);
+    if (head < 0) {
+      q.slots.giveBack(gpas);
+      throw new Error('TX ring full');
+    }
+    q.slots.attach(head, gpas);
+    q.ring.publish();
     this.kick(index);
   }
 
-  /** Free TX descriptors the back-end has used. Returns how many chains came back. */
-  reclaimTx(index: number): number {
+  /** Free TX chains of `queuePair` the back-end has used. Returns how many came back. */
+  reclaimTx(queuePair = 0): number {
     let count = 0;
-    while (this.queues[index].ring.takeUsed() !== null) count++;
+    while (this.takeUsed(2 * queuePair + 1) !== null) count++;
     return count;
   }
 
   /** Make `count` device-writable buffers of `size` bytes (<= slotSize) available on RX of `queuePair`, and kick. */
   provideRxBuffers(count: number, size = this.slotSize, queuePair = 0): void {
     const index = 2 * queuePair;
-    const ring = this.queues[index].ring;
-    if (count > ring.freeCount) throw new Error('RX ring full');
+    const q = this.queues[index];
     for (let i = 0; i < count; i++) {
-      ring.addChain(1, (descriptor) => ({ offset: this.slotOffset(index, descriptor), length: Math.min(size, this.slotSize), writable: true }));
+      const gpas = q.slots.take(1);
+      const head = q.ring.addChain([{ gpa: gpas[0], length: Math.min(size, this.slotSize), writable: true }]);
+      if (head < 0) {
+        q.slots.giveBack(gpas);
+        throw new Error('RX ring full');
+      }
+      q.slots.attach(head, gpas);
     }
+    q.ring.publish();
     this.kick(index);
   }
 
@@ -690,23 +627,22 @@ export class VhostUserFrontend {
   async waitForRxFrame(timeoutMs = 2000, queuePair = 0): Promise<ReceivedFrame | null> {
     const index = 2 * queuePair;
     const q = this.queues[index];
-    const memory = this.memory as Uint8Array;
+    const arena = this.arena as GuestArena;
     const deadline = Date.now() + timeoutMs;
     const parts: Uint8Array[] = [];
     let expected = 1;
     while (parts.length < expected) {
-      const used = q.ring.takeUsed();
+      const used = this.takeUsed(index);
       if (used === null) {
         if (Date.now() > deadline) return null;
         native.eventfdRead(q.callFd);
         await sleep(1);
         continue;
       }
-      const length = Math.min(used.length, this.slotSize);
-      const offset = this.slotOffset(index, used.id);
-      parts.push(memory.slice(offset, offset + length));
-      if (parts.length === 1 && (this.features & VIRTIO_NET_F_MRG_RXBUF) !== 0n && length >= VIRTIO_NET_HEADER_SIZE) {
-        expected = Math.max(1, new DataView(parts[0].buffer).getUint16(10, true));
+      if (used.gpas.length === 0) throw new Error(`RX used entry with unknown id ${used.entry.id}`);
+      parts.push(arena.read(used.gpas[0], Math.min(used.entry.length, this.slotSize)));
+      if (parts.length === 1 && (this.features & VIRTIO_NET_F_MRG_RXBUF) !== 0n && parts[0].length >= VIRTIO_NET_HEADER_SIZE) {
+        expected = Math.max(1, new DataView(parts[0].buffer, parts[0].byteOffset).getUint16(10, true));
       }
     }
     const total = parts.reduce((sum, p) => sum + p.length, 0);
@@ -731,7 +667,7 @@ export class VhostUserFrontend {
     if (this.mapping !== null) native.munmap(this.mapping);
     this.mapping = null;
     this.memory = null;
-    this.memoryView = null;
+    this.arena = null;
     if (this.memoryFd >= 0) closeQuietly(this.memoryFd);
   }
 }

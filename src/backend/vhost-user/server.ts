@@ -120,6 +120,12 @@ export interface VhostUserServerOptions {
   socketPath?: string;
   /** An inherited listening socket (--fd, systemd activation) instead of socketPath. */
   listenFd?: number;
+  /**
+   * listenFd is an already connected socket (--fd given a socketpair end):
+   * serve that one front-end, accept nothing; after it leaves the server
+   * stays idle ('disconnected' tells the owner to stop).
+   */
+  connected?: boolean;
   /** chmod the socket file to this mode (--socket-mode). */
   socketMode?: number;
   /** chown the socket file to this group id (--socket-group). */
@@ -202,6 +208,8 @@ export class VhostUserServer extends EventEmitter {
   private connection: Connection | null = null;
   private nextConnectionId = 1;
   private listening = false;
+  /** False when serving a single pre-connected fd. */
+  private acceptsMore = true;
   private closing = false;
   private pendingWork: Promise<void> = Promise.resolve();
 
@@ -210,7 +218,16 @@ export class VhostUserServer extends EventEmitter {
     this.device = options.device;
     this.counters = options.counters;
     this.poller = new native.Poller(this.pollEvents, (count) => this.onPoll(count));
-    this.watchListenSocket();
+    if (options.connected === true) {
+      // Nothing to accept: the fd is the front-end. 'connected' is emitted on
+      // the next tick so that the owner can attach its listeners first.
+      this.acceptsMore = false;
+      setImmediate(() => {
+        if (!this.closing) this.adoptConnection(listenFd);
+      });
+    } else {
+      this.watchListenSocket();
+    }
   }
 
   /**
@@ -225,6 +242,7 @@ export class VhostUserServer extends EventEmitter {
     if (options.listenFd !== undefined) {
       native.setNonBlocking(options.listenFd, true);
       native.setCloexec(options.listenFd, true);
+      // Systemd and --fd sockets arrive without CLOEXEC; they must not leak into children.
       return new VhostUserServer(options, options.listenFd, null);
     }
     const socketPath = options.socketPath as string;
@@ -260,10 +278,12 @@ export class VhostUserServer extends EventEmitter {
     if (this.closing) return this.pendingWork;
     this.closing = true;
     this.unwatchListenSocket();
-    try {
-      native.close(this.listenFd);
-    } catch {
-      // already closed by its owner
+    if (this.acceptsMore) {
+      try {
+        native.close(this.listenFd);
+      } catch {
+        // already closed by its owner
+      }
     }
     if (this.socketPath !== null) fs.rmSync(this.socketPath, { force: true });
     const connection = this.connection;
@@ -282,7 +302,7 @@ export class VhostUserServer extends EventEmitter {
   }
 
   private watchListenSocket(): void {
-    if (this.listening || this.closing) return;
+    if (this.listening || this.closing || !this.acceptsMore) return;
     this.poller.add(this.listenFd, EPOLLIN);
     this.listening = true;
   }
@@ -315,6 +335,10 @@ export class VhostUserServer extends EventEmitter {
     if (fd < 0) return;
     // One front-end at a time: the others wait in the backlog until this one leaves.
     this.unwatchListenSocket();
+    this.adoptConnection(fd);
+  }
+
+  private adoptConnection(fd: number): void {
     const connection = new Connection(fd, this.nextConnectionId++);
     this.connection = connection;
     this.counters?.add(VHOST_USER_CONNECTIONS_SLOT);
