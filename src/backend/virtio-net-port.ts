@@ -109,8 +109,8 @@ export class VirtioNetPort implements FramePort {
   private readonly notifyRx: () => void;
   private readonly notifyTx: () => void;
   private readonly onRingBroken: ((direction: FrameDirection) => void) | null;
-  private readonly mergeable: boolean;
-  private readonly header: VirtioNetHeader;
+  private mergeable: boolean;
+  private header: VirtioNetHeader;
 
   private readonly txChain: DescriptorChain;
   private readonly txFrame: SegmentList;
@@ -148,6 +148,18 @@ export class VirtioNetPort implements FramePort {
     this.rxFrame = new SegmentList(capacity);
     this.rxHeads = new Uint32Array(capacity);
     this.rxChainLengths = new Float64Array(capacity);
+  }
+
+  /**
+   * Take newly negotiated features (SET_FEATURES may come after the port was
+   * made, and again on every device start): MRG_RXBUF and the header length
+   * follow them. An open RX reservation is given back first.
+   */
+  setFeatures(features: bigint): void {
+    this.cancel();
+    this.mergeable = hasFeature(features, VIRTIO_NET_F_MRG_RXBUF);
+    const length = virtioNetHeaderLength(features);
+    if (length !== this.header.length) this.header = new VirtioNetHeader(length);
   }
 
   /** Bytes of virtio-net header per frame (12, or 10 for a legacy device). */

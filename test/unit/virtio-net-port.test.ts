@@ -371,6 +371,23 @@ describe('VirtioNetPort', () => {
       expect(f.rxDriver.drainUsed().map((u) => u.length)).to.deep.equal([100, 62]);
     });
 
+    it('follows features set after construction (legacy 10-byte header, then MRG_RXBUF)', () => {
+      const f = setup(0n);
+      expect(f.port.headerLength).to.equal(10);
+      const legacy = f.arena.alloc(100);
+      f.rxDriver.addChain([{ gpa: legacy, length: 100, writable: true }]);
+      f.rxDriver.publish();
+      expect(f.port.reserve(200)!.totalLength).to.equal(90);
+      f.port.commit(20);
+      f.port.flush();
+      expect(f.rxDriver.drainUsed()[0].length).to.equal(30);
+      f.port.setFeatures(features);
+      expect(f.port.headerLength).to.equal(12);
+      for (let i = 0; i < 3; i++) f.rxDriver.addChain([{ gpa: f.arena.alloc(40), length: 40, writable: true }]);
+      f.rxDriver.publish();
+      expect(f.port.reserve(100)!.totalLength).to.equal(100); // several chains: MRG_RXBUF now on
+    });
+
     it('does not take a bad chain into a multi-buffer frame', () => {
       const f = setup(features);
       const h1 = f.rxDriver.addChain([{ gpa: f.arena.alloc(40), length: 40, writable: true }]);
