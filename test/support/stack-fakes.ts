@@ -211,3 +211,18 @@ export const CAPTURED = {
 export function hex(text: string): Uint8Array {
   return Uint8Array.from(Buffer.from(text, 'hex'));
 }
+
+/** An Ethernet/IPv4 ARP packet (28 bytes). */
+export function arpPacket(op: number, senderMac: Uint8Array, senderIp: Uint8Array, targetMac: Uint8Array, targetIp: Uint8Array): Uint8Array {
+  const b = new Uint8Array(28);
+  setBe16(b, 0, 1);
+  setBe16(b, 2, 0x0800);
+  b[4] = 6;
+  b[5] = 4;
+  setBe16(b, 6, op);
+  b.set(senderMac, 8);
+  b.set(senderIp, 14);
+  b.set(targetMac, 18);
+  b.set(targetIp, 24);
+  return b;
+}
