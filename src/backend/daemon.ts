@@ -4,7 +4,7 @@
  * SIGTERM/SIGINT (socket file removed, workers stopped).
  */
 import * as fs from 'fs';
-import { log, LogLevel } from '../log';
+import { log } from '../log';
 import { native } from '../native';
 import { CounterBlock } from '../counters';
 import type { DaemonOptions } from './options';
@@ -14,14 +14,11 @@ import { VhostUserServer } from './vhost-user/server';
 import { createPcapFile } from './pcap';
 import { resolveDaemonStackConfig } from './stack-setup';
 import { systemdListenFds, systemdNotify } from './systemd';
+import { logFromWorker } from './logging';
+import { FerryMetrics, MetricsServer, startMetricsServer } from './metrics';
 
 /** Where the vhost-user socket goes when neither --socket-path nor --fd is given. */
 export const DEFAULT_SOCKET_PATH = '/tmp/ferry.socket';
-
-/** Log a worker's line through the main thread's sink, tagged with its queue pair. */
-function logFromWorker(level: LogLevel, message: string, queuePair: number): void {
-  log[level](`qp${queuePair}: ${message}`);
-}
 
 /** True when fd is a listening socket (SO_ACCEPTCONN), false for a connected one. */
 function isListeningSocket(fd: number): boolean {
@@ -74,6 +71,13 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     ...(socketGroup !== undefined ? { socketGroup } : {}),
   });
 
+  let metricsServer: MetricsServer | null = null;
+  if (options.metrics !== null) {
+    const metrics = new FerryMetrics(() => [...workers.map((w) => w.counters), mainCounters]);
+    metricsServer = await startMetricsServer(options.metrics, metrics);
+    log.info(`metrics on ${metricsServer.address}`);
+  }
+
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
   const where = socketPath ?? `fd ${listenFd ?? connectedFd}`;
   log.info(`listening for vhost-user front-ends on ${where} (${options.queues} queue pair${options.queues > 1 ? 's' : ''})`);
@@ -92,6 +96,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
         log.warn(`closing the vhost-user server: ${String(error)}`);
       }
       await Promise.all(workers.map((w) => w.terminate()));
+      if (metricsServer !== null) await metricsServer.close();
       if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
       process.removeListener('SIGTERM', onTerm);
       process.removeListener('SIGINT', onInt);
