@@ -212,3 +212,53 @@ describe('virtqueue GuestMemory', () => {
     expect(unmapped.length).to.equal(1);
   });
 });
+
+describe('virtqueue GuestMemory over the addon (memfd)', () => {
+  /** The addon, or null when it is not built with mmap yet (this block is then skipped). */
+  function addon(): typeof import('../../src/native').native | null {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      const { native } = require('../../src/native') as typeof import('../../src/native');
+      return typeof native.mmap === 'function' && typeof native.memfdCreate === 'function' ? native : null;
+    } catch {
+      return null;
+    }
+  }
+
+  it('maps a region at a non-page-aligned offset in chunks, shares writes, and unmaps', function () {
+    const native = addon();
+    if (native === null) this.skip();
+    const page = 4096;
+    const fd = native!.memfdCreate('ferry-guest-memory-test', 4 * page);
+    try {
+      const region = { fd, guestPhysAddr: 0x40000, size: 3 * page, userAddr: 0x7f0000000000, mmapOffset: page + 256 };
+      const first = GuestMemory.map([region], 2 * page);
+      const second = GuestMemory.map([region], 4 * page);
+      const out = new SegmentList(4);
+      // straddles the 2-page chunk boundary of the first mapping (mapping starts 256 bytes before the region)
+      const gpa = 0x40000 + 2 * page - 256 - 3;
+      expect(first.translate(gpa, 6, out)).to.equal(true);
+      expect(out.count).to.equal(2);
+      out.copyIn(0, Uint8Array.of(1, 2, 3, 4, 5, 6), 0, 6);
+      const back = new SegmentList(4);
+      expect(second.translate(gpa, 6, back)).to.equal(true);
+      expect(back.count).to.equal(1);
+      const seen = new Uint8Array(6);
+      back.copyOut(0, seen, 0, 6);
+      expect(Array.from(seen)).to.deep.equal([1, 2, 3, 4, 5, 6]);
+      // the byte is at fd offset mmapOffset + (gpa - guestPhysAddr)
+      const direct = new Uint8Array(1);
+      expect(native!.fstat(fd)[1]).to.equal(4 * page);
+      const probe = GuestMemory.map([{ fd, guestPhysAddr: 0, size: 4 * page, userAddr: 0, mmapOffset: 0 }], 4 * page);
+      const at = new SegmentList(1);
+      probe.translate(page + 256 + (gpa - 0x40000), 1, at);
+      at.copyOut(0, direct, 0, 1);
+      expect(direct[0]).to.equal(1);
+      first.unmap();
+      second.unmap();
+      probe.unmap();
+    } finally {
+      native!.close(fd);
+    }
+  });
+});
