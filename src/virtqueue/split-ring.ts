@@ -261,8 +261,9 @@ export class SplitRing {
   /**
    * As `configure`, with the ring addresses in the front-end's virtual
    * address space as SET_VRING_ADDR carries them (vhost-user). They are kept
-   * and translated again by `setMemory`, since a new memory table may move
-   * guest physical addresses but not the front-end's mapping of the ring.
+   * and translated again by `setMemory` against the new table, as
+   * libvhost-user does: the front-end need not resend SET_VRING_ADDR after
+   * SET_MEM_TABLE, and its addresses are the ones vhost-user defines.
    */
   configureUserAddresses(size: number, descUva: number, availUva: number, usedUva: number, features: bigint): string | null {
     const memory = this.memory;
