@@ -1,13 +1,10 @@
 /**
- * Builds the stack a worker hands its frames to.
+ * Builds the stack a worker hands its frames to, with every protocol
+ * handler that exists installed.
  */
-import type { FrameSink } from '../stack/frame-io';
-import { StackContext, StackContextOptions } from '../stack/context';
+import { Stack, StackOptions } from '../stack/stack';
 
-/** Create the stack over a worker's port, counters and fd watcher. */
-export function createStack(options: StackContextOptions): FrameSink {
-  const context = new StackContext(options);
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
-  const { Stack } = require('../stack/stack') as { Stack: new (context: StackContext) => FrameSink };
-  return new Stack(context);
+/** Create the stack over a worker's port, counters, fd watcher and sockets. */
+export function createStack(options: StackOptions): Stack {
+  return new Stack(options);
 }

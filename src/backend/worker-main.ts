@@ -16,6 +16,7 @@ import { RX_RING, TX_RING, WorkerInit, WorkerMessage, WorkerRequestWithId } from
 import type { FrameSink, OffloadInfo, SegmentList } from '../stack/frame-io';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import { createStack } from './stack-factory';
+import { STACK_TIMER_INTERVAL_MS } from '../stack/stack';
 
 /** Frames taken from the TX ring per wake-up before yielding to other fds (fairness). */
 const TX_BUDGET = 256;
@@ -81,8 +82,14 @@ class QueuePairWorker implements FdWatcher {
       maxFrameLength: (init.stack?.mtu ?? 65520) + ETHERNET_HEADER_LENGTH,
       onFrame: pcap !== null ? (_direction, frame, length) => pcap.write(frame, length) : null,
     });
-    this.port.sink =
-      init.stack !== null ? createStack({ config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native }) : new CountingSink();
+    if (init.stack !== null) {
+      const stack = createStack({ config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native });
+      this.port.sink = stack;
+      // Periodic stack work (idle flow expiry, router advertisements); unref'd so it never keeps the thread alive.
+      setInterval(() => stack.onTimer(), STACK_TIMER_INTERVAL_MS).unref();
+    } else {
+      this.port.sink = new CountingSink();
+    }
   }
 
   // ---- FdWatcher for the stack's host sockets ----
@@ -199,17 +206,10 @@ class QueuePairWorker implements FdWatcher {
   private startRing(slot: RingSlot): boolean {
     if (slot.started) return true;
     if (!slot.enabled || this.memory === null || slot.num === 0 || slot.configureError !== null) return false;
-    const memory = this.memory;
-    const desc = memory.uvaToGpa(slot.descriptorUserAddress);
-    const avail = memory.uvaToGpa(slot.availableUserAddress);
-    const used = memory.uvaToGpa(slot.usedUserAddress);
-    let error: string | null = null;
-    if (desc < 0 || avail < 0 || used < 0) error = 'ring address outside guest memory';
-    else {
-      slot.ring.setMemory(memory);
-      slot.ring.lastAvailIdx = slot.base;
-      error = slot.ring.configure(slot.num, desc, avail, used, this.features);
-    }
+    slot.ring.setMemory(this.memory);
+    slot.ring.lastAvailIdx = slot.base;
+    // User addresses, so that a later SET_MEM_TABLE re-translates them (as libvhost-user does).
+    const error = slot.ring.configureUserAddresses(slot.num, slot.descriptorUserAddress, slot.availableUserAddress, slot.usedUserAddress, this.features);
     if (error !== null) {
       slot.configureError = error;
       log.warn(`ring ${this.ringName(slot)}: ${error}; not started`);
@@ -222,7 +222,8 @@ class QueuePairWorker implements FdWatcher {
 
   private stopRing(slot: RingSlot): void {
     if (slot.started) {
-      if (slot.index === RX_RING) this.port.cancel();
+      // Publish what was committed (RX) or consumed (TX) before the index is read: the guest must get those buffers back.
+      this.port.quiesce();
       slot.base = slot.ring.lastAvailIdx;
     }
     slot.started = false;
