@@ -50,7 +50,7 @@ done <"$GUEST_SRC/modules"
 input_digest() {
   {
     echo "deb $(basename "$KERNEL_DEB") $(stat -c %s "$KERNEL_DEB")"
-    sha256sum "$0" "$GUEST_SRC"/* "$BUSYBOX" "$IPERF3" | awk '{ print $1 }'
+    sha256sum "$0" "$GUEST_SRC"/init "$GUEST_SRC"/udhcpc.script "$GUEST_SRC"/modules "$BUSYBOX" "$IPERF3" | awk '{ print $1 }'
     for lib in $(iperf3_libs); do
       echo "$lib $(sha256sum "$lib" | awk '{ print $1 }')"
     done
