@@ -101,11 +101,19 @@ export class Stack implements FrameSink {
   private readonly udp = new UdpView();
   private readonly icmp = new IcmpView();
 
-  constructor(options: StackOptions) {
-    this.ctx = new StackContext(options);
-    this.ipv6Control = options.ipv6Control ?? null;
-    this.tcpHandler = options.tcpHandler ?? null;
-    this.udpHandler = options.udpHandler ?? null;
+  /** Build over new context options, or over an existing StackContext (handlers then set as properties). */
+  constructor(options: StackOptions | StackContext) {
+    if (options instanceof StackContext) {
+      this.ctx = options;
+      this.ipv6Control = null;
+      this.tcpHandler = null;
+      this.udpHandler = null;
+    } else {
+      this.ctx = new StackContext(options);
+      this.ipv6Control = options.ipv6Control ?? null;
+      this.tcpHandler = options.tcpHandler ?? null;
+      this.udpHandler = options.udpHandler ?? null;
+    }
     this.frame = new RxFrame(this.ctx.rxScratch);
     this.echo = new IcmpEchoService(this.ctx);
   }
