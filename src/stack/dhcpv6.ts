@@ -144,10 +144,11 @@ export class Dhcpv6Server {
    * Handle one DHCPv6 message from the guest. `ip` is a validated IPv6 view
    * whose upper layer is UDP to port 547 (the UDP checksum is the caller's
    * business: it knows about checksum offload); the guest's Ethernet source
-   * MAC is sourceMac[sourceMacOffset..+6). Writes the reply frame at
-   * out[outOffset] and returns its length, or 0 when there is none (counted).
+   * MAC is sourceMac[sourceMacOffset..+6). Writes the reply frame into
+   * out[outOffset, outOffset+capacity) and returns its length, or 0 when
+   * there is none (counted).
    */
-  handle(ip: Ipv6View, sourceMac: Uint8Array, sourceMacOffset: number, out: Uint8Array, outOffset: number): number {
+  handle(ip: Ipv6View, sourceMac: Uint8Array, sourceMacOffset: number, out: Uint8Array, outOffset: number, capacity: number): number {
     const v6 = this.config.ipv6;
     if (v6 === null || !this.config.dhcpv6) return this.drop(Dhcpv6Drop.Disabled);
     const bytes = ip.bytes;
@@ -198,8 +199,9 @@ export class Dhcpv6Server {
     }
 
     const dhcpOffset = outOffset + FRAME_HEADERS;
-    if (outOffset < 0 || dhcpOffset > out.length) return this.drop(Dhcpv6Drop.NoRoom);
-    const w = this.writer.reset(out, dhcpOffset, out.length - dhcpOffset);
+    const limit = Math.min(out.length, outOffset + capacity);
+    if (outOffset < 0 || dhcpOffset > limit) return this.drop(Dhcpv6Drop.NoRoom);
+    const w = this.writer.reset(out, dhcpOffset, limit - dhcpOffset);
     w.header(replyType, m.transactionId);
     if (m.clientIdOffset >= 0) w.option(Dhcpv6Option.CLIENTID, bytes, m.clientIdOffset, m.clientIdLength);
     w.option(Dhcpv6Option.SERVERID, this.serverId);

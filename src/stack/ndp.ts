@@ -18,6 +18,11 @@ import { CounterBlock, defineCounter } from '../counters';
 import { rateLimited } from '../log';
 import { IPV6_ALL_NODES, bytesEqual, equalsAt, interfaceIdMatchesMac, isUnspecified, maskAddress, multicastMacForIpv6 } from './address';
 import type { StackConfig } from './config';
+import type { IpPacket, RxFrame, StackContext } from './context';
+import { Dhcpv6Server } from './dhcpv6';
+import { DropReason, countDrop } from './drops';
+import type { Ipv6ControlHandler } from './stack';
+import type { UdpView } from './wire/udp';
 import { EtherType, ETHERNET_HEADER_LENGTH, emitEthernet } from './wire/ethernet';
 import { IPV6_HEADER_LENGTH, Ipv6View, emitIpv6 } from './wire/ipv6';
 import { Icmpv6Error, Icmpv6Type, Icmpv6View, ICMPV6_NEXT_HEADER, icmpv6Checksum } from './wire/icmpv6';
@@ -188,6 +193,8 @@ export class NdpResponder {
   private readonly allNodesMac = multicastMacForIpv6(IPV6_ALL_NODES);
   private nextRaDue = -1;
   private unsolicitedSent = 0;
+  /** End of the caller's output window for the reply being written. */
+  private limit = 0;
 
   /** `random` returns [0, 1) and spreads the periodic RAs (injectable for tests). */
   constructor(
@@ -208,19 +215,25 @@ export class NdpResponder {
    * Handle one NDP message from the guest. `ip` is a validated IPv6 view
    * whose upper layer (findUpperLayer) is ICMPv6; the guest's Ethernet
    * source MAC is sourceMac[sourceMacOffset..+6). Writes the reply as an
-   * Ethernet frame at out[outOffset] and returns its length, or 0 when
-   * nothing is to be sent (the reason is counted).
+   * Ethernet frame into out[outOffset, outOffset+capacity) and returns its
+   * length, or 0 when nothing is to be sent (the reason is counted).
+   * `checksumVerified`: the caller already checked the ICMPv6 checksum (or
+   * the guest left it to offload), so it is not checked again.
    */
-  handle(ip: Ipv6View, sourceMac: Uint8Array, sourceMacOffset: number, out: Uint8Array, outOffset: number): number {
+  handle(ip: Ipv6View, sourceMac: Uint8Array, sourceMacOffset: number, out: Uint8Array, outOffset: number, capacity: number, checksumVerified = false): number {
     const v6 = this.config.ipv6;
     if (v6 === null || !this.config.ndp) return this.drop(NdpDrop.Disabled);
     const bytes = ip.bytes;
     const msgOffset = ip.upperOffset;
     const msgLength = ip.upperLength;
     const icmp = this.icmp.reset(bytes, msgOffset, msgLength);
-    const icmpError = icmp.validate(bytes, ip.srcOffset, ip.dstOffset);
-    if (icmpError === Icmpv6Error.Truncated) return this.drop(NdpDrop.IcmpTruncated);
-    if (icmpError === Icmpv6Error.BadChecksum) return this.drop(NdpDrop.BadChecksum);
+    if (ip.upperProtocol !== ICMPV6_NEXT_HEADER || msgLength < 4) return this.drop(NdpDrop.IcmpTruncated);
+    if (!checksumVerified) {
+      const icmpError = icmp.validate(bytes, ip.srcOffset, ip.dstOffset);
+      if (icmpError === Icmpv6Error.Truncated) return this.drop(NdpDrop.IcmpTruncated);
+      if (icmpError === Icmpv6Error.BadChecksum) return this.drop(NdpDrop.BadChecksum);
+    }
+    this.limit = Math.min(out.length, outOffset + Math.max(0, capacity));
     const sourceUnspecified = isUnspecified(bytes.subarray(ip.srcOffset, ip.srcOffset + 16));
     const ndpError = validateNdp(bytes, msgOffset, msgLength, ip.hopLimit, sourceUnspecified);
     if (ndpError !== NdpError.Ok) return this.drop(FROM_NDP_ERROR[ndpError]);
@@ -257,9 +270,10 @@ export class NdpResponder {
     return this.raMessage === null ? -1 : this.nextRaDue;
   }
 
-  /** Write an unsolicited RA to all nodes as an Ethernet frame; returns its length (0 when RAs are off or out is too small). */
-  writeUnsolicitedRa(out: Uint8Array, outOffset: number): number {
+  /** Write an unsolicited RA to all nodes as an Ethernet frame into out[outOffset, outOffset+capacity); returns its length (0 when RAs are off or it does not fit). */
+  writeUnsolicitedRa(out: Uint8Array, outOffset: number, capacity: number): number {
     if (this.raMessage === null || this.config.ipv6 === null) return 0;
+    this.limit = Math.min(out.length, outOffset + Math.max(0, capacity));
     const length = this.writeRa(out, outOffset, this.allNodesMac, 0, IPV6_ALL_NODES);
     if (length === 0) return this.drop(NdpDrop.NoRoom);
     this.counters?.add(SLOT_SENT_RA_UNSOLICITED);
@@ -342,7 +356,7 @@ export class NdpResponder {
 
   /** Ethernet + IPv6 headers (hop limit 255); returns the ICMPv6 offset or -1 when out is too small. */
   private writeHeaders(out: Uint8Array, outOffset: number, dstMac: Uint8Array, src: Uint8Array, dst: Uint8Array, icmpLength: number): number {
-    if (outOffset < 0 || outOffset + ETHERNET_HEADER_LENGTH + IPV6_HEADER_LENGTH + icmpLength > out.length) return -1;
+    if (outOffset < 0 || outOffset + ETHERNET_HEADER_LENGTH + IPV6_HEADER_LENGTH + icmpLength > this.limit) return -1;
     const ipOffset = emitEthernet(out, outOffset, dstMac, this.config.ourMac, EtherType.Ipv6);
     return emitIpv6(out, ipOffset, src, dst, ICMPV6_NEXT_HEADER, icmpLength, IPV6_HOP_LIMIT_NDP);
   }
@@ -365,4 +379,63 @@ export class NdpResponder {
 /** Label text of an NdpDrop (for tests and logs). */
 export function ndpDropLabel(reason: NdpDrop): string {
   return NDP_DROP_LABELS[reason] ?? 'unknown';
+}
+
+/**
+ * The stack's Ipv6ControlHandler: NDP (this module) and DHCPv6 (dhcpv6.ts)
+ * behind the hooks stack.ts calls, plus the unsolicited RA timer. Replies
+ * are built in ctx.scratch and copied into a guest buffer only when there is
+ * one to send, so nothing is reserved for messages that get no answer.
+ */
+export class Ipv6ControlPlane implements Ipv6ControlHandler {
+  readonly ndp: NdpResponder;
+  readonly dhcpv6: Dhcpv6Server;
+
+  constructor(config: StackConfig, counters: CounterBlock | null, random: () => number = Math.random) {
+    this.ndp = new NdpResponder(config, counters, random);
+    this.dhcpv6 = new Dhcpv6Server(config, counters);
+  }
+
+  /** NDP messages (types 133-137) are consumed, answered or counted; other ICMPv6 is left to the stack. */
+  handleIcmpv6(ctx: StackContext, frame: RxFrame, packet: IpPacket): boolean {
+    const type = frame.bytes[packet.l4Offset];
+    if (type < Icmpv6Type.ROUTER_SOLICITATION || type > Icmpv6Type.REDIRECT) return false;
+    // The stack verified the checksum (or the guest left it to offload).
+    const length = this.ndp.handle(packet.ipv6, frame.bytes, frame.base + ETHERNET_SOURCE_OFFSET, ctx.scratch, 0, ctx.scratch.length, true);
+    sendFromScratch(ctx, length);
+    return true;
+  }
+
+  /** Every DHCPv6 message is consumed: answered or counted. */
+  handleDhcpv6(ctx: StackContext, frame: RxFrame, packet: IpPacket, _udp: UdpView): boolean {
+    const length = this.dhcpv6.handle(packet.ipv6, frame.bytes, frame.base + ETHERNET_SOURCE_OFFSET, ctx.scratch, 0, ctx.scratch.length);
+    sendFromScratch(ctx, length);
+    return true;
+  }
+
+  /**
+   * Send an unsolicited RA when one is due; call from the stack's periodic
+   * timer (Stack.onTimer) with the stack clock's time. Returns true when a
+   * frame was committed (the caller flushes).
+   */
+  onTimer(ctx: StackContext, nowMs: number): boolean {
+    if (!this.ndp.tick(nowMs)) return false;
+    return sendFromScratch(ctx, this.ndp.writeUnsolicitedRa(ctx.scratch, 0, ctx.scratch.length));
+  }
+}
+
+const ETHERNET_SOURCE_OFFSET = 6;
+
+/** Copy a reply built at ctx.scratch[0, length) into a guest buffer and commit it; counts a drop when the guest has no room. */
+function sendFromScratch(ctx: StackContext, length: number): boolean {
+  if (length <= 0) return false;
+  const capacity = ctx.openFrame(length);
+  if (capacity < length) {
+    ctx.cancelFrame();
+    countDrop(ctx.counters, DropReason.NoGuestBuffers);
+    return false;
+  }
+  ctx.out.set(ctx.scratch.subarray(0, length), ctx.outOffset);
+  ctx.commitFrame(length);
+  return true;
 }

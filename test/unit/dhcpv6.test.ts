@@ -209,7 +209,7 @@ describe('dhcpv6 server', () => {
     const packet = udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, [...opt(O.CLIENTID, CLIENT_DUID), ...opt(O.ORO, [0, 23, 0, 24]), ...iaNa([0, 0, 0, 9])]));
     const view = viewOf(packet);
     expect(isDhcpv6ServerDestination(makeConfig(), view)).to.equal(true);
-    const length = server.handle(view, GUEST_MAC, 0, out, 0);
+    const length = server.handle(view, GUEST_MAC, 0, out, 0, out.length);
     expect(length).to.be.greaterThan(0);
     const r = parseReply(out, length);
     expect(r.type).to.equal(T.ADVERTISE);
@@ -232,7 +232,7 @@ describe('dhcpv6 server', () => {
   it('answers SOLICIT with rapid commit by a REPLY', () => {
     const server = new Dhcpv6Server(makeConfig(), null);
     const packet = udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, [...opt(O.CLIENTID, CLIENT_DUID), ...opt(O.RAPID_COMMIT, []), ...iaNa([0, 0, 0, 9])]));
-    const r = parseReply(out, server.handle(viewOf(packet), GUEST_MAC, 0, out, 0));
+    const r = parseReply(out, server.handle(viewOf(packet), GUEST_MAC, 0, out, 0, out.length));
     expect(r.type).to.equal(T.REPLY);
     expect(r.options.get(O.RAPID_COMMIT)![0].length).to.equal(0);
     expect(iaAddresses(r.options.get(O.IA_NA)![0])[0][0]).to.equal('2001:db8::1');
@@ -242,12 +242,12 @@ describe('dhcpv6 server', () => {
     const server = new Dhcpv6Server(makeConfig(), null);
     for (const type of [T.REQUEST, T.RENEW]) {
       const packet = udpPacket(GUEST_LL, ALL_SERVERS, message(type, [...opt(O.CLIENTID, CLIENT_DUID), ...opt(O.SERVERID, SERVER_DUID), ...iaNa([0, 0, 0, 9], iaAddr(parseIpv6('2001:db8::1')!))]));
-      const r = parseReply(out, server.handle(viewOf(packet), GUEST_MAC, 0, out, 0));
+      const r = parseReply(out, server.handle(viewOf(packet), GUEST_MAC, 0, out, 0, out.length));
       expect(r.type).to.equal(T.REPLY);
       expect(iaAddresses(r.options.get(O.IA_NA)![0])).to.deep.equal([['2001:db8::1', 0xffffffff, 0xffffffff]]);
     }
     const rebind = udpPacket(GUEST_LL, ALL_SERVERS, message(T.REBIND, [...opt(O.CLIENTID, CLIENT_DUID), ...iaNa([0, 0, 0, 9], iaAddr(parseIpv6('2001:db8:1::5')!)), ...iaNa([0, 0, 0, 10])]));
-    const r = parseReply(out, server.handle(viewOf(rebind), GUEST_MAC, 0, out, 0));
+    const r = parseReply(out, server.handle(viewOf(rebind), GUEST_MAC, 0, out, 0, out.length));
     const [first, second] = r.options.get(O.IA_NA)!;
     expect(iaAddresses(first)).to.deep.equal([
       ['2001:db8::1', 0xffffffff, 0xffffffff],
@@ -262,7 +262,7 @@ describe('dhcpv6 server', () => {
   it('answers CONFIRM with Success or NotOnLink, and not at all without addresses', () => {
     const server = new Dhcpv6Server(makeConfig(), null);
     const confirm = (address: string | null): number =>
-      server.handle(viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.CONFIRM, [...opt(O.CLIENTID, CLIENT_DUID), ...iaNa([0, 0, 0, 1], address ? iaAddr(parseIpv6(address)!) : [])]))), GUEST_MAC, 0, out, 0);
+      server.handle(viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.CONFIRM, [...opt(O.CLIENTID, CLIENT_DUID), ...iaNa([0, 0, 0, 1], address ? iaAddr(parseIpv6(address)!) : [])]))), GUEST_MAC, 0, out, 0, out.length);
     let r = parseReply(out, confirm('2001:db8::1'));
     expect(statusOf(r.options.get(O.STATUS_CODE)![0])).to.equal(Dhcpv6Status.SUCCESS);
     r = parseReply(out, confirm('2001:db8:5::1'));
@@ -272,11 +272,11 @@ describe('dhcpv6 server', () => {
 
   it('answers RELEASE with Success and INFORMATION-REQUEST with DNS only', () => {
     const server = new Dhcpv6Server(makeConfig(), null);
-    let r = parseReply(out, server.handle(viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.RELEASE, [...opt(O.CLIENTID, CLIENT_DUID), ...opt(O.SERVERID, SERVER_DUID), ...iaNa([0, 0, 0, 1])]))), GUEST_MAC, 0, out, 0));
+    let r = parseReply(out, server.handle(viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.RELEASE, [...opt(O.CLIENTID, CLIENT_DUID), ...opt(O.SERVERID, SERVER_DUID), ...iaNa([0, 0, 0, 1])]))), GUEST_MAC, 0, out, 0, out.length));
     expect(r.type).to.equal(T.REPLY);
     expect(statusOf(r.options.get(O.STATUS_CODE)![0])).to.equal(Dhcpv6Status.SUCCESS);
     expect(r.options.has(O.IA_NA)).to.equal(false);
-    r = parseReply(out, server.handle(viewOf(udpPacket(GUEST_LL, FERRY_LL, message(T.INFORMATION_REQUEST, opt(O.ORO, [0, 23])))), GUEST_MAC, 0, out, 0));
+    r = parseReply(out, server.handle(viewOf(udpPacket(GUEST_LL, FERRY_LL, message(T.INFORMATION_REQUEST, opt(O.ORO, [0, 23])))), GUEST_MAC, 0, out, 0, out.length));
     expect(r.type).to.equal(T.REPLY);
     expect(r.options.has(O.IA_NA)).to.equal(false);
     expect(r.options.has(O.CLIENTID)).to.equal(false);
@@ -299,16 +299,16 @@ describe('dhcpv6 server', () => {
       [udpPacket(new Uint8Array(16), ALL_SERVERS, message(T.SOLICIT, opt(O.CLIENTID, CLIENT_DUID))), 'unspecified source'],
       [udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, opt(O.CLIENTID, CLIENT_DUID)), 548), 'wrong port'],
     ];
-    for (const [packet, what] of cases) expect(server.handle(viewOf(packet), GUEST_MAC, 0, out, 0), what).to.equal(0);
+    for (const [packet, what] of cases) expect(server.handle(viewOf(packet), GUEST_MAC, 0, out, 0, out.length), what).to.equal(0);
     expect(Array.from(counters.values).reduce((a, b) => a + b, 0)).to.equal(cases.length);
     // A UDP length beyond the packet.
     const bad = udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, opt(O.CLIENTID, CLIENT_DUID)));
     bad[45] += 10;
-    expect(server.handle(viewOf(bad), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(server.handle(viewOf(bad), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
     // Disabled.
     const off = new Dhcpv6Server(makeConfig({ dhcpv6: false }), null);
-    expect(off.handle(viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, opt(O.CLIENTID, CLIENT_DUID)))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(off.handle(viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, opt(O.CLIENTID, CLIENT_DUID)))), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
     // No room.
-    expect(server.handle(viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, opt(O.CLIENTID, CLIENT_DUID)))), GUEST_MAC, 0, new Uint8Array(80), 0)).to.equal(0);
+    expect(server.handle(viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, opt(O.CLIENTID, CLIENT_DUID)))), GUEST_MAC, 0, new Uint8Array(80), 0, 80)).to.equal(0);
   });
 });

@@ -2,7 +2,11 @@ import { expect } from 'chai';
 import { CounterBlock } from '../../src/counters';
 import { formatIpv6, formatMac, linkLocalFromMac, parseIpv6, parseMac } from '../../src/stack/address';
 import type { StackConfig } from '../../src/stack/config';
-import { NdpDrop, NdpResponder, INITIAL_RA_INTERVAL_MS, MIN_RA_INTERVAL_MS, MAX_RA_INTERVAL_MS, ndpDropLabel } from '../../src/stack/ndp';
+import { CounterBlock as Counters } from '../../src/counters';
+import { SegmentList } from '../../src/stack/frame-io';
+import { Stack } from '../../src/stack/stack';
+import { FakeFramePort, NO_OFFLOAD } from '../support/stack-fakes';
+import { Ipv6ControlPlane, NdpDrop, NdpResponder, INITIAL_RA_INTERVAL_MS, MIN_RA_INTERVAL_MS, MAX_RA_INTERVAL_MS, ndpDropLabel } from '../../src/stack/ndp';
 import { Ipv6View } from '../../src/stack/wire/ipv6';
 import { icmpv6Checksum } from '../../src/stack/wire/icmpv6';
 import {
@@ -203,7 +207,7 @@ describe('ndp responder', () => {
     const counters = new CounterBlock();
     const responder = new NdpResponder(makeConfig(), counters);
     const packet = ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true));
-    const length = responder.handle(viewOf(packet), parseMac('02:00:00:00:00:99')!, 0, out, 0);
+    const length = responder.handle(viewOf(packet), parseMac('02:00:00:00:00:99')!, 0, out, 0, out.length);
     expect(length).to.be.greaterThan(0);
     const sent = parseSent(out, length);
     // The source link-layer option wins over the Ethernet source.
@@ -238,7 +242,7 @@ describe('ndp responder', () => {
   it('answers an RS from the unspecified address to all nodes, and leaves out M/O without DHCPv6', () => {
     const responder = new NdpResponder(makeConfig({ dhcpv6: false, searchDomains: [] }), null);
     const packet = ipv6Packet(new Uint8Array(16), parseIpv6('ff02::2')!, rs(false));
-    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0);
+    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0, out.length);
     const sent = parseSent(out, length);
     expect(sent.dst).to.equal('ff02::1');
     expect(sent.dstMac).to.equal('33:33:00:00:00:01');
@@ -250,10 +254,10 @@ describe('ndp responder', () => {
     const counters = new CounterBlock();
     const responder = new NdpResponder(makeConfig(), counters);
     const dst = parseIpv6('ff02::2')!;
-    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, rs(true), 64)), GUEST_MAC, 0, out, 0)).to.equal(0);
-    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, rs(true), 255, false)), GUEST_MAC, 0, out, 0)).to.equal(0);
-    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, [...rs(false), 1, 0, 0, 0, 0, 0, 0, 0])), GUEST_MAC, 0, out, 0)).to.equal(0);
-    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, [133, 0])), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, rs(true), 64)), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, rs(true), 255, false)), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, [...rs(false), 1, 0, 0, 0, 0, 0, 0, 0])), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, [133, 0])), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
     const values = Array.from(counters.values);
     const total = values.reduce((a, b) => a + b, 0);
     expect(total).to.equal(4);
@@ -265,7 +269,7 @@ describe('ndp responder', () => {
     const gateway = parseIpv6('2001:db8::fe')!;
     const guest = parseIpv6('2001:db8::1')!;
     const packet = ipv6Packet(guest, parseIpv6('ff02::1:ff00:fe')!, ns(gateway));
-    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0);
+    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0, out.length);
     const sent = parseSent(out, length);
     expect(sent.dst).to.equal('2001:db8::1');
     expect(sent.src).to.equal('2001:db8::fe');
@@ -283,7 +287,7 @@ describe('ndp responder', () => {
   it('answers for remote addresses without the router flag, using the Ethernet source when there is no SLLA', () => {
     const responder = new NdpResponder(makeConfig(), null);
     const packet = ipv6Packet(GUEST_LL, parseIpv6('ff02::1:ff00:9')!, ns(parseIpv6('2001:db8::9')!, null));
-    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0);
+    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0, out.length);
     const sent = parseSent(out, length);
     expect(sent.icmp[4]).to.equal(0x40 | 0x20);
     expect(sent.dstMac).to.equal(formatMac(GUEST_MAC));
@@ -296,15 +300,15 @@ describe('ndp responder', () => {
     const guest = parseIpv6('2001:db8::1')!;
     const slaac = parseIpv6('2001:db8::5054:ff:fe12:3456')!;
     const dst = parseIpv6('ff02::1:ff00:1')!;
-    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, ns(guest))), GUEST_MAC, 0, out, 0)).to.equal(0);
-    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, ns(slaac))), GUEST_MAC, 0, out, 0)).to.equal(0);
-    expect(responder.handle(viewOf(ipv6Packet(guest, dst, ns(GUEST_LL))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, ns(guest))), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, dst, ns(slaac))), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(guest, dst, ns(GUEST_LL))), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
     // DAD probes (unspecified source, no SLLA) for the guest's addresses are ignored...
     const unspecified = new Uint8Array(16);
-    expect(responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(guest, null))), GUEST_MAC, 0, out, 0)).to.equal(0);
-    expect(responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(parseIpv6('2001:db8::77')!, null))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(guest, null))), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(parseIpv6('2001:db8::77')!, null))), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
     // ...but ferry defends its own link-local address, answering all nodes.
-    const length = responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(FERRY_LL, null))), GUEST_MAC, 0, out, 0);
+    const length = responder.handle(viewOf(ipv6Packet(unspecified, dst, ns(FERRY_LL, null))), GUEST_MAC, 0, out, 0, out.length);
     const sent = parseSent(out, length);
     expect(sent.dst).to.equal('ff02::1');
     expect(sent.icmp[4] & 0x40).to.equal(0); // not solicited
@@ -313,21 +317,21 @@ describe('ndp responder', () => {
   it('ignores RA/NA from the guest and everything when NDP is off', () => {
     const responder = new NdpResponder(makeConfig(), null);
     const na = [136, 0, 0, 0, 0x20, 0, 0, 0, ...parseIpv6('2001:db8::1')!];
-    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::1')!, na)), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::1')!, na)), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
     const off = new NdpResponder(makeConfig({ ndp: false }), null);
-    expect(off.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(off.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
     expect(off.tick(0)).to.equal(false);
     const noRa = new NdpResponder(makeConfig({ ra: false }), null);
-    expect(noRa.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, out, 0)).to.equal(0);
+    expect(noRa.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, out, 0, out.length)).to.equal(0);
     // NA still works without RAs.
-    expect(noRa.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::1:ff00:fe')!, ns(parseIpv6('2001:db8::fe')!))), GUEST_MAC, 0, out, 0)).to.be.greaterThan(0);
+    expect(noRa.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::1:ff00:fe')!, ns(parseIpv6('2001:db8::fe')!))), GUEST_MAC, 0, out, 0, out.length)).to.be.greaterThan(0);
   });
 
   it('refuses to write past the caller\'s buffer', () => {
     const responder = new NdpResponder(makeConfig(), null);
     const small = new Uint8Array(60);
-    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, small, 0)).to.equal(0);
-    expect(responder.writeUnsolicitedRa(small, 0)).to.equal(0);
+    expect(responder.handle(viewOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), GUEST_MAC, 0, small, 0, small.length)).to.equal(0);
+    expect(responder.writeUnsolicitedRa(small, 0, small.length)).to.equal(0);
     expect(responder.maxFrameLength).to.be.lessThan(2048);
   });
 
@@ -343,11 +347,120 @@ describe('ndp responder', () => {
     r = 0.5;
     expect(responder.tick(t)).to.equal(true);
     expect(responder.nextRaDueMs).to.equal(t + (MIN_RA_INTERVAL_MS + MAX_RA_INTERVAL_MS) / 2);
-    const length = responder.writeUnsolicitedRa(out, 0);
+    const length = responder.writeUnsolicitedRa(out, 0, out.length);
     const sent = parseSent(out, length);
     expect(sent.dst).to.equal('ff02::1');
     expect(sent.dstMac).to.equal('33:33:00:00:00:01');
     expect(sent.icmp[0]).to.equal(134);
     expect(sent.checksumOk).to.equal(true);
+  });
+});
+
+describe('ndp responder output window', () => {
+  it('never writes past the capacity it is given, even inside a larger buffer', () => {
+    const responder = new NdpResponder(makeConfig(), null);
+    const big = new Uint8Array(4096).fill(0xaa);
+    const packet = ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true));
+    expect(responder.handle(viewOf(packet), GUEST_MAC, 0, big, 100, 120)).to.equal(0);
+    expect(big.every((b) => b === 0xaa)).to.equal(true);
+    const length = responder.handle(viewOf(packet), GUEST_MAC, 0, big, 100, 1000);
+    expect(length).to.be.greaterThan(0);
+    expect(big[99]).to.equal(0xaa);
+    expect(big[100 + length]).to.equal(0xaa);
+  });
+});
+
+describe('Ipv6ControlPlane behind the stack', () => {
+  function frameOf(ipPacket: Uint8Array, srcMac = GUEST_MAC, dstMac = parseMac('33:33:00:00:00:02')!): Uint8Array {
+    const frame = new Uint8Array(14 + ipPacket.length);
+    frame.set(dstMac, 0);
+    frame.set(srcMac, 6);
+    frame[12] = 0x86;
+    frame[13] = 0xdd;
+    frame.set(ipPacket, 14);
+    return frame;
+  }
+
+  function setup(now = { t: 0 }) {
+    const config = makeConfig();
+    const port = new FakeFramePort();
+    const counters = new Counters();
+    const control = new Ipv6ControlPlane(config, counters, () => 0);
+    const stack = new Stack({ config, port, counters, clock: { now: () => now.t }, ipv6Control: control });
+    return { port, stack, control, now };
+  }
+
+  function deliver(stack: Stack, frame: Uint8Array, split = 0): void {
+    const list = new SegmentList(4);
+    if (split > 0) {
+      list.push(frame, 0, split);
+      list.push(frame, split, frame.length - split);
+    } else {
+      list.push(frame, 0, frame.length);
+    }
+    stack.receiveFrame(list, NO_OFFLOAD);
+  }
+
+  it('answers an RS, also when the frame is split across segments', () => {
+    const { port, stack } = setup();
+    deliver(stack, frameOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))));
+    deliver(stack, frameOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::2')!, rs(true))), 30);
+    expect(port.frames).to.have.length(2);
+    for (const frame of port.frames) {
+      const sent = parseSent(frame, frame.length);
+      expect(sent.icmp[0]).to.equal(134);
+      expect(sent.checksumOk).to.equal(true);
+    }
+  });
+
+  it('answers an NS for the gateway and leaves other ICMPv6 to the stack', () => {
+    const { port, stack } = setup();
+    deliver(stack, frameOf(ipv6Packet(parseIpv6('2001:db8::1')!, parseIpv6('ff02::1:ff00:fe')!, ns(parseIpv6('2001:db8::fe')!))));
+    expect(port.frames).to.have.length(1);
+    expect(parseSent(port.frames[0], port.frames[0].length).icmp[0]).to.equal(136);
+    // An MLDv2 report is not NDP: the stack counts it, nothing is sent.
+    deliver(stack, frameOf(ipv6Packet(GUEST_LL, parseIpv6('ff02::16')!, [143, 0, 0, 0, 0, 0, 0, 0], 1)));
+    expect(port.frames).to.have.length(1);
+  });
+
+  it('answers DHCPv6 through the stack with a valid UDP checksum', () => {
+    const { port, stack } = setup();
+    const dhcp = [1, 0, 0, 7, 0, 1, 0, 10, 0, 3, 0, 1, ...GUEST_MAC, 0, 3, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+    const udpLength = 8 + dhcp.length;
+    const packet = new Uint8Array(40 + udpLength);
+    packet.set([0x60, 0, 0, 0, 0, udpLength, 17, 1]);
+    packet.set(GUEST_LL, 8);
+    packet.set(parseIpv6('ff02::1:2')!, 24);
+    packet.set([2, 34, 2, 35, 0, udpLength, 0, 0, ...dhcp], 40);
+    const sum = 0xffff - (((): number => {
+      let s = 0;
+      for (let i = 8; i < 40; i += 2) s += (packet[i] << 8) | packet[i + 1];
+      s += udpLength + 17;
+      for (let i = 40; i < packet.length; i += 2) s += (packet[i] << 8) | (packet[i + 1] ?? 0);
+      while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+      return s;
+    })());
+    packet[46] = sum >> 8;
+    packet[47] = sum & 0xff;
+    deliver(stack, frameOf(packet));
+    expect(port.frames).to.have.length(1);
+    const frame = port.frames[0];
+    expect((frame[12] << 8) | frame[13]).to.equal(0x86dd);
+    const ip = frame.subarray(14);
+    expect(ip[6]).to.equal(17);
+    expect((ip[40] << 8) | ip[41]).to.equal(547);
+    expect(ip[48]).to.equal(2); // ADVERTISE
+  });
+
+  it('sends unsolicited RAs from the timer hook', () => {
+    const { port, stack, control } = setup();
+    expect(control.onTimer(stack.ctx, 0)).to.equal(true);
+    expect(control.onTimer(stack.ctx, 1000)).to.equal(false);
+    expect(control.onTimer(stack.ctx, INITIAL_RA_INTERVAL_MS)).to.equal(true);
+    stack.flush();
+    expect(port.frames).to.have.length(2);
+    expect(parseSent(port.frames[0], port.frames[0].length).dst).to.equal('ff02::1');
+    port.available = false;
+    expect(control.onTimer(stack.ctx, 10 * INITIAL_RA_INTERVAL_MS)).to.equal(false);
   });
 });
