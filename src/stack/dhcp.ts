@@ -295,14 +295,21 @@ function requestAcceptable(bytes: Uint8Array, msg: number, address: Uint8Array, 
   return equal4(bytes, msg + 12, address);
 }
 
-/** Upper bound of a reply's length before the search list. */
-const REPLY_BASE_MAX = DHCP_OPTIONS_OFFSET + 512;
+/** Upper bound of a reply's DHCP message length for this configuration. */
+function replyMaxLength(config: StackConfig, s: DhcpStatic): number {
+  const dnsCount = Math.min(config.ipv4!.dns.length, 63);
+  const search = s.search.length + 2 * Math.ceil(s.search.length / 255);
+  const domainName = config.searchDomains.length > 0 ? 2 + Math.min(255, config.searchDomains[0].length) : 0;
+  // 53, 54, 51, 1, 3, 121, 6, 15, 26, 119, End
+  const options = 3 + 6 + 6 + 6 + 6 + 16 + (2 + 4 * dnsCount) + domainName + 4 + search + 1;
+  return Math.max(MIN_REPLY_LENGTH, DHCP_OPTIONS_OFFSET + options);
+}
 
 function sendReply(ctx: StackContext, request: Uint8Array, msg: number, requestType: number, replyType: number): boolean {
   const config = ctx.config;
   const ipv4 = config.ipv4!;
   const s = staticsFor(config);
-  const maxData = REPLY_BASE_MAX + s.search.length + Math.ceil(s.search.length / 255) * 2;
+  const maxData = replyMaxLength(config, s);
   if (ctx.openFrame(UDP4_DATA_OFFSET + maxData) < UDP4_DATA_OFFSET + maxData) {
     ctx.cancelFrame();
     countDrop(ctx.counters, DropReason.NoGuestBuffers);

@@ -100,7 +100,7 @@ const DROP_HELP = 'Frames from the guest dropped by the stack, by reason';
 export const DROP_SLOTS: readonly number[] = DROP_REASON_LABELS.map((reason) => defineCounter('ferry_stack_drops_total', DROP_HELP, { reason }));
 
 /** Reasons that mean a malformed or hostile guest frame (worth a warning); others are routine. */
-const MALFORMED = new Set<DropReason>([
+const MALFORMED_REASONS: readonly DropReason[] = [
   DropReason.EthernetTruncated,
   DropReason.SplitHeadersTooLong,
   DropReason.ArpMalformed,
@@ -121,7 +121,11 @@ const MALFORMED = new Set<DropReason>([
   DropReason.IcmpBadChecksum,
   DropReason.DhcpMalformed,
   DropReason.InternalError,
-]);
+];
+
+/** 1 at index r when reason r is logged (an array lookup on the hot path, not a Set). */
+const LOGGED = new Uint8Array(DROP_REASON_LABELS.length);
+for (const reason of MALFORMED_REASONS) LOGGED[reason] = 1;
 
 /** The metric label for a reason. */
 export function dropReasonLabel(reason: DropReason): string {
@@ -134,7 +138,7 @@ export function dropReasonLabel(reason: DropReason): string {
  */
 export function countDrop(counters: CounterBlock, reason: DropReason, detail?: () => string): void {
   counters.add(DROP_SLOTS[reason]);
-  if (MALFORMED.has(reason)) {
+  if (LOGGED[reason] === 1) {
     const label = DROP_REASON_LABELS[reason];
     rateLimited(reason === DropReason.InternalError ? 'error' : 'warn', `stack drop ${label}`, () =>
       detail === undefined ? `stack: dropped guest frame: ${label}` : `stack: dropped guest frame: ${label}: ${detail()}`,

@@ -21,6 +21,7 @@ import { IPV6_HEADER_LENGTH, Ipv6Error } from './wire/ipv6';
 import { UDP_HEADER_LENGTH, UdpError, UdpView } from './wire/udp';
 import { IcmpError, IcmpType, IcmpView, Icmpv6EchoType } from './wire/icmp';
 import { TCP_HEADER_LENGTH } from './wire/tcp';
+import { pseudoHeaderSumIpv4, pseudoHeaderSumIpv6 } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
 import { handleArp } from './arp';
 import { DHCP_SERVER_PORT, handleDhcp } from './dhcp';
@@ -348,11 +349,9 @@ export class Stack implements FrameSink {
   }
 }
 
-/** Pseudo-header sum for a UDP datagram of udpLength bytes (the UDP length, not the IP payload). */
+/** Pseudo-header sum for a UDP datagram of udpLength bytes (the UDP length field, which may be below the IP payload length). */
 function udpPseudoSum(packet: IpPacket, bytes: Uint8Array, udpLength: number): number {
-  const saved = packet.l4Length;
-  packet.l4Length = udpLength;
-  const sum = packet.pseudoSum(bytes);
-  packet.l4Length = saved;
-  return sum;
+  return packet.family === 4
+    ? pseudoHeaderSumIpv4(bytes, packet.ipv4.srcOffset, bytes, packet.ipv4.dstOffset, IpProtocol.Udp, udpLength)
+    : pseudoHeaderSumIpv6(bytes, packet.ipv6.srcOffset, bytes, packet.ipv6.dstOffset, IpProtocol.Udp, udpLength);
 }
