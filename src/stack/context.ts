@@ -354,6 +354,3 @@ export class StackContext {
     this.finishIpv6(dstMac, src, dst, IpProtocol.Udp, udpLength, hopLimit);
   }
 }
-
-// Re-exported so handlers can type their views without reaching into wire/.
-export { Ipv4View, Ipv6View };
