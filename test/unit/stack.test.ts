@@ -2,10 +2,10 @@ import { expect } from 'chai';
 import { CounterBlock } from '../../src/counters';
 import { Ipv6ControlHandler, Stack, TransportHandler } from '../../src/stack/stack';
 import { DROP_REASON_LABELS, DROP_SLOTS, DropReason } from '../../src/stack/drops';
-import { IpPacket, RxFrame, StackContext, SPLIT_HEADER_COPY } from '../../src/stack/context';
+import { IpPacket, RxFrame, StackContext, SPLIT_HEADER_COPY, UDP6_DATA_OFFSET } from '../../src/stack/context';
 import { SegmentList } from '../../src/stack/frame-io';
 import { UdpView } from '../../src/stack/wire/udp';
-import { be16, internetChecksum, setBe16 } from '../../src/stack/wire/checksum';
+import { be16, internetChecksum, pseudoHeaderSumIpv6, setBe16 } from '../../src/stack/wire/checksum';
 import { counterDefinitions } from '../../src/counters';
 import { setLogSink } from '../../src/log';
 import {
@@ -143,6 +143,38 @@ describe('stack dispatch', () => {
     expect(frame.begin(single, NO_OFFLOAD)).to.equal(true);
     expect(frame.bytes).to.equal(single.buffers[0]);
     expect(frame.base).to.equal(24);
+  });
+
+  it('builds UDP frames in place or in scratch when the reservation is split', () => {
+    for (const sizes of [[4096], [10, 50, 4096], [61, 1, 4096]]) {
+      const port = new FakeFramePort(sizes);
+      const ctx = new StackContext({ config: testConfig(), port, counters: new CounterBlock() });
+      const data = Uint8Array.from([0xde, 0xad, 0xbe, 0xef, 0x01]);
+      expect(ctx.openFrame(UDP6_DATA_OFFSET + data.length)).to.equal(UDP6_DATA_OFFSET + data.length);
+      ctx.out.set(data, ctx.outOffset + UDP6_DATA_OFFSET);
+      ctx.finishUdp6(GUEST_MAC, GUEST_V6, SERVER_V6, 547, 546, data.length);
+      expect(ctx.pendingFrames).to.equal(1);
+      ctx.flush();
+      expect(port.flushes).to.equal(1);
+      const f = port.frames[0];
+      expect(f.length).to.equal(UDP6_DATA_OFFSET + 5);
+      expect(Array.from(f.subarray(0, 6))).to.deep.equal(Array.from(GUEST_MAC));
+      expect(Array.from(f.subarray(6, 12))).to.deep.equal(Array.from(OUR_MAC));
+      expect(be16(f, 12)).to.equal(0x86dd);
+      expect(be16(f, 18), 'payload length').to.equal(13);
+      expect(Array.from(f.subarray(UDP6_DATA_OFFSET))).to.deep.equal(Array.from(data));
+      expect(internetChecksum(f, 54, 13, pseudoHeaderSumIpv6(f, 22, f, 38, 17, 13)), `sizes ${sizes}`).to.equal(0);
+    }
+  });
+
+  it('reports a reservation smaller than asked and gives it back', () => {
+    const port = new FakeFramePort([20, 20]);
+    const ctx = new StackContext({ config: testConfig(), port, counters: new CounterBlock() });
+    expect(ctx.openFrame(100)).to.equal(40);
+    ctx.cancelFrame();
+    expect(port.cancelled).to.equal(1);
+    port.available = false;
+    expect(ctx.openFrame(100)).to.equal(0);
   });
 
   it('rejects a gather list whose ranges leave their buffers', () => {
