@@ -266,13 +266,11 @@ function parseFirstNexthop(b: Uint8Array, at: number, len: number, size: number,
 }
 
 /** Outcome of walking one buffer received from a dump. */
-export const enum WalkResult {
-  /** More buffers follow. */
-  More = 0,
-  /** NLMSG_DONE seen. */
-  Done = 1,
-  /** The kernel said the dump was interrupted (NLM_F_DUMP_INTR): start over. */
-  Interrupted = 2,
+export interface WalkResult {
+  /** NLMSG_DONE seen: the dump is complete. */
+  done: boolean;
+  /** Some message carried NLM_F_DUMP_INTR: the dump raced with a change and should be repeated. */
+  interrupted: boolean;
 }
 
 /**
@@ -282,8 +280,8 @@ export const enum WalkResult {
  * for NLMSG_ERROR with a nonzero code.
  */
 export function walkMessages(b: Uint8Array, length: number, seq: number, visit: (type: number, offset: number, length: number) => void): WalkResult {
+  const result: WalkResult = { done: false, interrupted: false };
   let at = 0;
-  let interrupted = false;
   const end = Math.min(length, b.length);
   for (let count = 0; at + NLMSG_HDRLEN <= end; count++) {
     if (count >= MAX_MESSAGES_PER_BUFFER) throw new NetlinkParseError('too many messages in one buffer');
@@ -292,12 +290,15 @@ export function walkMessages(b: Uint8Array, length: number, seq: number, visit: 
     const flags = u16(b, at + 6);
     const messageSeq = u32(b, at + 8);
     if (messageLength < NLMSG_HDRLEN || at + messageLength > end) throw new NetlinkParseError(`message length ${messageLength} overruns the buffer`);
-    if ((flags & NLM_F_DUMP_INTR) !== 0) interrupted = true;
     const payload = at + NLMSG_HDRLEN;
     const payloadLength = messageLength - NLMSG_HDRLEN;
     at += align4(messageLength);
     if (messageSeq !== seq) continue; // a stale answer to an earlier request
-    if (type === NLMSG_DONE) return interrupted ? WalkResult.Interrupted : WalkResult.Done;
+    if ((flags & NLM_F_DUMP_INTR) !== 0) result.interrupted = true;
+    if (type === NLMSG_DONE) {
+      result.done = true;
+      return result;
+    }
     if (type === NLMSG_ERROR) {
       if (payloadLength < 4) throw new NetlinkParseError('NLMSG_ERROR truncated');
       const code = i32(b, payload);
@@ -311,7 +312,7 @@ export function walkMessages(b: Uint8Array, length: number, seq: number, visit: 
     visit(type, payload, payloadLength);
   }
   if (at < end) throw new NetlinkParseError('trailing bytes shorter than a header');
-  return interrupted ? WalkResult.Interrupted : WalkResult.More;
+  return result;
 }
 
 /** Build a dump request for `type` (RTM_GETLINK/GETADDR/GETROUTE) and address family. */
@@ -334,10 +335,14 @@ export function sockaddrNl(): Uint8Array {
   return out;
 }
 
-/** Everything a dump returned. */
+/** What discovery needs from the kernel. */
 export interface RtnetlinkSnapshot {
   links: LinkInfo[];
   addresses: AddressInfo[];
+  /**
+   * Default routes only (destination length 0): the only ones discovery
+   * uses, and a host carrying a full routing table has a million others.
+   */
   routes: RouteInfo[];
 }
 
@@ -351,60 +356,63 @@ function sleepSync(ms: number): void {
 }
 
 /**
- * Dump links, IPv4/IPv6 addresses and routes over one NETLINK_ROUTE socket.
- * Synchronous and bounded by `timeoutMs` overall: for startup only.
- * Throws on socket errors, kernel errors or timeouts.
+ * Dump links, IPv4/IPv6 addresses and default routes over one
+ * NETLINK_ROUTE socket. Synchronous and bounded by `timeoutMs` overall: for
+ * startup only. Throws on socket errors, kernel errors or timeouts.
  */
 export function dumpRtnetlink(native: Native, timeoutMs = 2000): RtnetlinkSnapshot {
   const c = native.constants;
   const fd = native.socket(c.AF_NETLINK ?? AF_NETLINK, c.SOCK_RAW ?? 3, c.NETLINK_ROUTE ?? 0);
   const deadline = Date.now() + timeoutMs;
-  const snapshot: RtnetlinkSnapshot = { links: [], addresses: [], routes: [] };
+  const buffer = new Uint8Array(RECEIVE_BUFFER);
+  let seq = (Date.now() & 0x7fffffff) >>> 0;
+
+  /** One dump; `parse` turns a message into a result or null, reading from `buffer` while it is current. */
+  const dump = <T>(type: number, family: number, parse: (type: number, offset: number, length: number) => T | null): T[] => {
+    for (let attempt = 1; ; attempt++) {
+      seq = (seq + 1) >>> 0;
+      const request = buildDumpRequest(type, family, seq);
+      if (native.write(fd, request, 0, request.length) !== request.length) throw new Error('netlink: request not sent');
+      const results: T[] = [];
+      let done = false;
+      let interrupted = false;
+      while (!done) {
+        if (Date.now() > deadline) throw new Error(`netlink: dump not finished within ${timeoutMs} ms`);
+        const n = native.read(fd, buffer, 0, buffer.length);
+        if (n < 0) {
+          sleepSync(POLL_SLEEP_MS);
+          continue;
+        }
+        if (n === 0) throw new Error('netlink: socket closed');
+        const walk = walkMessages(buffer, n, seq, (t, o, l) => {
+          const parsed = parse(t, o, l);
+          if (parsed !== null) results.push(parsed);
+        });
+        done = walk.done;
+        interrupted = interrupted || walk.interrupted;
+      }
+      // A dump that raced with a change may be inconsistent: repeat it (bounded); the last try is taken as it is.
+      if (interrupted && attempt < MAX_DUMP_ATTEMPTS) continue;
+      return results;
+    }
+  };
+
   try {
     native.bind(fd, sockaddrNl());
-    const buffer = new Uint8Array(RECEIVE_BUFFER);
-    let seq = (Date.now() & 0x7fffffff) >>> 0;
-    const dump = (type: number, family: number, visit: (t: number, o: number, l: number, b: Uint8Array) => void): void => {
-      for (let attempt = 1; ; attempt++) {
-        seq = (seq + 1) >>> 0;
-        const request = buildDumpRequest(type, family, seq);
-        if (native.write(fd, request, 0, request.length) !== request.length) throw new Error('netlink: request not sent');
-        const collected: [number, number, number, Uint8Array][] = [];
-        let result: WalkResult = WalkResult.More;
-        while (result === WalkResult.More) {
-          const n = native.read(fd, buffer, 0, buffer.length);
-          if (n < 0) {
-            if (Date.now() > deadline) throw new Error(`netlink: no answer within ${timeoutMs} ms`);
-            sleepSync(POLL_SLEEP_MS);
-            continue;
-          }
-          if (n === 0) throw new Error('netlink: socket closed');
-          const copyOfBuffer = Uint8Array.from(buffer.subarray(0, n));
-          result = walkMessages(copyOfBuffer, n, seq, (t, o, l) => collected.push([t, o, l, copyOfBuffer]));
-          if (Date.now() > deadline) throw new Error(`netlink: dump not finished within ${timeoutMs} ms`);
-        }
-        if (result === WalkResult.Interrupted && attempt < MAX_DUMP_ATTEMPTS) continue;
-        for (const [t, o, l, b] of collected) visit(t, o, l, b);
-        return;
-      }
-    };
-    dump(RTM_GETLINK, AF_UNSPEC, (t, o, l, b) => {
-      if (t === RTM_NEWLINK) snapshot.links.push(parseLink(b, o, l));
-    });
+    const links = dump(RTM_GETLINK, AF_UNSPEC, (t, o, l) => (t === RTM_NEWLINK ? parseLink(buffer, o, l) : null));
+    const addresses: AddressInfo[] = [];
+    const routes: RouteInfo[] = [];
     for (const family of [AF_INET, AF_INET6]) {
-      dump(RTM_GETADDR, family, (t, o, l, b) => {
-        if (t !== RTM_NEWADDR) return;
-        const a = parseAddress(b, o, l);
-        if (a !== null && a.family === family) snapshot.addresses.push(a);
-      });
-      dump(RTM_GETROUTE, family, (t, o, l, b) => {
-        if (t !== RTM_NEWROUTE) return;
-        const r = parseRoute(b, o, l);
-        if (r !== null && r.family === family) snapshot.routes.push(r);
-      });
+      for (const a of dump(RTM_GETADDR, family, (t, o, l) => (t === RTM_NEWADDR ? parseAddress(buffer, o, l) : null))) {
+        if (a.family === family) addresses.push(a);
+      }
+      // Skip everything but default routes before looking at attributes (rtm_dst_len is byte 1 of rtmsg).
+      for (const r of dump(RTM_GETROUTE, family, (t, o, l) => (t === RTM_NEWROUTE && l >= RTMSG_LEN && buffer[o + 1] === 0 ? parseRoute(buffer, o, l) : null))) {
+        if (r.family === family) routes.push(r);
+      }
     }
+    return { links, addresses, routes };
   } finally {
     native.close(fd);
   }
-  return snapshot;
 }

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import * as os from 'os';
+import type { Native } from '../../src/native';
 import { formatIp, parseIp } from '../../src/stack/address';
 import {
   AF_INET,
@@ -25,6 +26,9 @@ import {
   RTM_NEWLINK,
   RTM_NEWROUTE,
   buildDumpRequest,
+  dumpRtnetlink,
+  RTM_GETLINK,
+  RTM_GETROUTE,
   forEachAttribute,
   parseAddress,
   parseLink,
@@ -117,19 +121,22 @@ describe('netlink message walk', () => {
       ...nlmsg(NLMSG_DONE, NLM_F_MULTI, 7, u32(0)),
     ]);
     const seen: number[] = [];
-    expect(walkMessages(bytes, bytes.length, 7, (type) => seen.push(type))).to.equal(1 /* Done */);
+    expect(walkMessages(bytes, bytes.length, 7, (type) => seen.push(type))).to.deep.equal({ done: true, interrupted: false });
     expect(seen).to.deep.equal([RTM_NEWADDR]);
     const partial = Uint8Array.from(nlmsg(RTM_NEWADDR, NLM_F_MULTI, 7, addressBody));
-    expect(walkMessages(partial, partial.length, 7, () => undefined)).to.equal(0 /* More */);
+    expect(walkMessages(partial, partial.length, 7, () => undefined)).to.deep.equal({ done: false, interrupted: false });
     const interrupted = Uint8Array.from([...nlmsg(RTM_NEWLINK, NLM_F_MULTI | NLM_F_DUMP_INTR, 7, ifinfomsg(1, 0)), ...nlmsg(NLMSG_DONE, NLM_F_MULTI, 7, u32(0))]);
-    expect(walkMessages(interrupted, interrupted.length, 7, () => undefined)).to.equal(2 /* Interrupted */);
+    expect(walkMessages(interrupted, interrupted.length, 7, () => undefined)).to.deep.equal({ done: true, interrupted: true });
+    // The flag on a message before the buffer with NLMSG_DONE is reported too.
+    const first = Uint8Array.from(nlmsg(RTM_NEWLINK, NLM_F_MULTI | NLM_F_DUMP_INTR, 7, ifinfomsg(1, 0)));
+    expect(walkMessages(first, first.length, 7, () => undefined)).to.deep.equal({ done: false, interrupted: true });
   });
 
   it('turns NLMSG_ERROR into an error with errno, and ignores ACKs', () => {
     const error = Uint8Array.from(nlmsg(NLMSG_ERROR, 0, 7, [...u32(-22), ...new Array(16).fill(0)]));
     expect(() => walkMessages(error, error.length, 7, () => undefined)).to.throw(/errno 22/);
     const ack = Uint8Array.from([...nlmsg(NLMSG_ERROR, 0, 7, [...u32(0), ...new Array(16).fill(0)]), ...nlmsg(NLMSG_DONE, 0, 7, u32(0))]);
-    expect(walkMessages(ack, ack.length, 7, () => undefined)).to.equal(1);
+    expect(walkMessages(ack, ack.length, 7, () => undefined).done).to.equal(true);
     const short = Uint8Array.from(nlmsg(NLMSG_ERROR, 0, 7, [1, 2]));
     expect(() => walkMessages(short, short.length, 7, () => undefined)).to.throw(NetlinkParseError);
   });
@@ -167,5 +174,89 @@ describe('netlink message walk', () => {
     walkMessages(bytes, bytes.length, 1, (_t, o, l) => (gateway = parseRoute(bytes, o, l)!.gateway));
     bytes.fill(0);
     expect(formatIp(gateway!)).to.equal('192.0.2.254');
+  });
+});
+
+/** A fake addon: answers each dump request with `answer(type, family, seq, attempt)` buffers, with EAGAIN in between. */
+function fakeNative(answer: (type: number, family: number, seq: number, attempt: number) => number[][]) {
+  const queue: (number[] | null)[] = [];
+  const attempts = new Map<string, number>();
+  const calls = { closed: 0, writes: 0 };
+  const native = {
+    constants: { AF_NETLINK: 16, SOCK_RAW: 3, NETLINK_ROUTE: 0 },
+    socket: () => 42,
+    bind: () => undefined,
+    close: () => {
+      calls.closed++;
+    },
+    write: (_fd: number, buf: Uint8Array, off: number, len: number) => {
+      calls.writes++;
+      const b = Buffer.from(buf.subarray(off, off + len));
+      const type = LE ? b.readUInt16LE(4) : b.readUInt16BE(4);
+      const seq = LE ? b.readUInt32LE(8) : b.readUInt32BE(8);
+      const key = `${type}/${b[16]}`;
+      const attempt = (attempts.get(key) ?? 0) + 1;
+      attempts.set(key, attempt);
+      for (const chunk of answer(type, b[16], seq, attempt)) queue.push(null, chunk);
+      return len;
+    },
+    read: (_fd: number, buf: Uint8Array, off: number, _len: number) => {
+      const next = queue.shift();
+      if (next === undefined || next === null) return -1; // EAGAIN
+      buf.set(next, off);
+      return next.length;
+    },
+  } as unknown as Native;
+  return { native, calls };
+}
+
+describe('netlink dump loop (fake socket)', () => {
+  const link = [...ifinfomsg(2, 0x41), ...attr(IFLA_IFNAME, [...Buffer.from('eth0'), 0]), ...attr(IFLA_MTU, u32(1500))];
+  const address = [...ifaddrmsg(AF_INET, 24, 0, 0, 2), ...attr(IFA_LOCAL, ip('192.0.2.1'))];
+  const defaultRoute = [...rtmsg(AF_INET, 0, 254, 1), ...attr(RTA_GATEWAY, ip('192.0.2.254')), ...attr(RTA_OIF, u32(2))];
+  const subnetRoute = [...rtmsg(AF_INET, 24, 254, 1), ...attr(RTA_OIF, u32(2))];
+  const done = (seq: number): number[] => nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, u32(0));
+
+  it('collects links, addresses and default routes across buffers, waiting out EAGAIN', () => {
+    const { native, calls } = fakeNative((type, family, seq) => {
+      if (type === RTM_GETLINK) return [nlmsg(RTM_NEWLINK, NLM_F_MULTI, seq, link), done(seq)];
+      if (type === RTM_GETADDR && family === AF_INET) return [[...nlmsg(RTM_NEWADDR, NLM_F_MULTI, seq, address), ...done(seq)]];
+      if (type === RTM_GETROUTE && family === AF_INET) return [[...nlmsg(RTM_NEWROUTE, NLM_F_MULTI, seq, subnetRoute), ...nlmsg(RTM_NEWROUTE, NLM_F_MULTI, seq, defaultRoute)], done(seq)];
+      return [done(seq)];
+    });
+    const snapshot = dumpRtnetlink(native, 2000);
+    expect(snapshot.links.map((l) => l.name)).to.deep.equal(['eth0']);
+    expect(snapshot.addresses.map((a) => formatIp(a.address))).to.deep.equal(['192.0.2.1']);
+    // Only the default route is kept.
+    expect(snapshot.routes.map((r) => formatIp(r.gateway!))).to.deep.equal(['192.0.2.254']);
+    expect(calls.writes).to.equal(5);
+    expect(calls.closed).to.equal(1);
+  });
+
+  it('repeats an interrupted dump, a bounded number of times', () => {
+    const { native, calls } = fakeNative((type, _family, seq, attempt) => {
+      if (type === RTM_GETLINK) return [nlmsg(RTM_NEWLINK, NLM_F_MULTI | (attempt < 2 ? NLM_F_DUMP_INTR : 0), seq, link), done(seq)];
+      if (type === RTM_GETROUTE) return [[...nlmsg(RTM_NEWROUTE, NLM_F_MULTI | NLM_F_DUMP_INTR, seq, defaultRoute), ...done(seq)]];
+      return [done(seq)];
+    });
+    const snapshot = dumpRtnetlink(native, 2000);
+    expect(snapshot.links).to.have.length(1); // not duplicated by the retry
+    // The IPv4 route from the last of three attempts; the IPv6 dump's IPv4 answer is filtered out.
+    expect(snapshot.routes).to.have.length(1);
+    expect(calls.writes).to.equal(2 + 2 + 2 * 3);
+  });
+
+  it('gives up after the timeout and closes the socket', () => {
+    const { native, calls } = fakeNative(() => []);
+    const started = Date.now();
+    expect(() => dumpRtnetlink(native, 50)).to.throw(/within 50 ms/);
+    expect(Date.now() - started).to.be.lessThan(1000);
+    expect(calls.closed).to.equal(1);
+  });
+
+  it('reports kernel errors', () => {
+    const { native, calls } = fakeNative((_t, _f, seq) => [nlmsg(NLMSG_ERROR, 0, seq, [...u32(-1), ...new Array(16).fill(0)])]);
+    expect(() => dumpRtnetlink(native, 2000)).to.throw(/errno 1/);
+    expect(calls.closed).to.equal(1);
   });
 });
