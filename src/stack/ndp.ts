@@ -19,7 +19,7 @@ import { rateLimited } from '../log';
 import { IPV6_ALL_NODES, bytesEqual, equalsAt, interfaceIdMatchesMac, isUnspecified, maskAddress, multicastMacForIpv6 } from './address';
 import type { StackConfig } from './config';
 import type { IpPacket, RxFrame, StackContext } from './context';
-import { Dhcpv6Server } from './dhcpv6';
+import { Dhcpv6Server, isDhcpv6ServerDestination } from './dhcpv6';
 import { DropReason, countDrop } from './drops';
 import type { Ipv6ControlHandler } from './stack';
 import type { UdpView } from './wire/udp';
@@ -406,8 +406,13 @@ export class Ipv6ControlPlane implements Ipv6ControlHandler {
     return true;
   }
 
-  /** Every DHCPv6 message is consumed: answered or counted. */
+  /**
+   * DHCPv6 to the all-servers group or to ferry's link-local address is
+   * consumed (answered or counted); to any other address it is ordinary
+   * UDP for the stack to forward.
+   */
   handleDhcpv6(ctx: StackContext, frame: RxFrame, packet: IpPacket, _udp: UdpView): boolean {
+    if (!isDhcpv6ServerDestination(ctx.config, packet.ipv6)) return false;
     const length = this.dhcpv6.handle(packet.ipv6, frame.bytes, frame.base + ETHERNET_SOURCE_OFFSET, ctx.scratch, 0, ctx.scratch.length);
     sendFromScratch(ctx, length);
     return true;

@@ -5,6 +5,8 @@ import type { StackConfig } from '../../src/stack/config';
 import { CounterBlock as Counters } from '../../src/counters';
 import { SegmentList } from '../../src/stack/frame-io';
 import { Stack } from '../../src/stack/stack';
+import type { IpPacket, RxFrame } from '../../src/stack/context';
+import type { UdpView } from '../../src/stack/wire/udp';
 import { FakeFramePort, NO_OFFLOAD } from '../support/stack-fakes';
 import { Ipv6ControlPlane, NdpDrop, NdpResponder, INITIAL_RA_INTERVAL_MS, MIN_RA_INTERVAL_MS, MAX_RA_INTERVAL_MS, ndpDropLabel } from '../../src/stack/ndp';
 import { Ipv6View } from '../../src/stack/wire/ipv6';
@@ -450,6 +452,14 @@ describe('Ipv6ControlPlane behind the stack', () => {
     expect(ip[6]).to.equal(17);
     expect((ip[40] << 8) | ip[41]).to.equal(547);
     expect(ip[48]).to.equal(2); // ADVERTISE
+    // The same message to a remote server is not ferry's to answer: it is left to UDP forwarding.
+    const control = new Ipv6ControlPlane(makeConfig(), null);
+    const remote = Uint8Array.from(packet);
+    remote.set(parseIpv6('2001:db8::547')!, 24);
+    const view = viewOf(remote);
+    const rxFrame = { bytes: remote, base: -14 } as unknown as RxFrame;
+    const ipPacket = { ipv6: view, l4Offset: view.upperOffset } as unknown as IpPacket;
+    expect(control.handleDhcpv6(stack.ctx, rxFrame, ipPacket, null as unknown as UdpView)).to.equal(false);
   });
 
   it('sends unsolicited RAs from the timer hook', () => {
