@@ -183,6 +183,7 @@ export class IpPacket {
   }
 }
 
+/** What a StackContext is built from (clock, watcher and sockets optional: tests leave them out). */
 export interface StackContextOptions {
   config: StackConfig;
   port: FramePort;

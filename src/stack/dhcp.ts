@@ -35,6 +35,7 @@ const MIN_REPLY_LENGTH = 300;
 export const MAX_OPTIONS = 256;
 const INFINITE_LEASE = 0xffffffff;
 
+/** Option 53 values (RFC 2132 9.6). */
 export const DhcpMessageType = {
   Discover: 1,
   Offer: 2,
@@ -46,6 +47,7 @@ export const DhcpMessageType = {
   Inform: 8,
 } as const;
 
+/** Option codes used here (RFC 2132, 3397, 3442). */
 export const DhcpOption = {
   Pad: 0,
   SubnetMask: 1,

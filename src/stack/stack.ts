@@ -61,6 +61,7 @@ export interface TransportHandler {
   handle(ctx: StackContext, frame: RxFrame, packet: IpPacket): void;
 }
 
+/** What a Stack is built from: the context's parts plus optional protocol handlers. */
 export interface StackOptions extends StackContextOptions {
   ipv6Control?: Ipv6ControlHandler | null;
   tcpHandler?: TransportHandler | null;

@@ -5,6 +5,7 @@ import { be16, setBe16 } from './checksum';
 
 export const ARP_PACKET_LENGTH = 28;
 
+/** ARP opcodes (RFC 826). */
 export const ArpOperation = {
   Request: 1,
   Reply: 2,

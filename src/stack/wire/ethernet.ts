@@ -6,6 +6,7 @@ import { be16, setBe16 } from './checksum';
 
 export const ETHERNET_HEADER_LENGTH = 14;
 
+/** EtherType values the stack knows. */
 export const EtherType = {
   Ipv4: 0x0800,
   Arp: 0x0806,
@@ -19,6 +20,7 @@ export enum EthernetError {
   Truncated = 1,
 }
 
+/** ff:ff:ff:ff:ff:ff */
 export const BROADCAST_MAC = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 
 /** A reusable view of an Ethernet header at bytes[offset]. */

@@ -7,6 +7,7 @@ import { be16, internetChecksum, setBe16, sumBytes, finishChecksum } from './che
 
 export const ICMP_HEADER_LENGTH = 8;
 
+/** ICMPv4 types (RFC 792). */
 export const IcmpType = {
   EchoReply: 0,
   DestinationUnreachable: 3,
@@ -14,6 +15,7 @@ export const IcmpType = {
   TimeExceeded: 11,
 } as const;
 
+/** ICMPv6 echo types (RFC 4443 4.1/4.2). */
 export const Icmpv6EchoType = {
   EchoRequest: 128,
   EchoReply: 129,

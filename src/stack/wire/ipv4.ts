@@ -5,6 +5,7 @@ import { be16, internetChecksum, setBe16 } from './checksum';
 
 export const IPV4_HEADER_LENGTH = 20;
 
+/** IP protocol / IPv6 next-header numbers (IANA) the stack looks at. */
 export const IpProtocol = {
   HopByHop: 0,
   Icmp: 1,

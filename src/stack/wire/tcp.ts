@@ -6,6 +6,7 @@ import { be16, be32, finishChecksum, setBe16, setBe32, sumBytes } from './checks
 
 export const TCP_HEADER_LENGTH = 20;
 
+/** TCP header flag bits (byte 13). */
 export const TcpFlag = {
   Fin: 0x01,
   Syn: 0x02,
@@ -17,6 +18,7 @@ export const TcpFlag = {
   Cwr: 0x80,
 } as const;
 
+/** TCP option kinds (IANA). */
 export const TcpOption = {
   End: 0,
   Nop: 1,
