@@ -85,4 +85,5 @@ if ! have_kernel_deb; then
   have_kernel_deb || fail "no kernel package in $CACHE after download"
 fi
 
-"$REPO/scripts/build-guest.sh" || fail "scripts/build-guest.sh did not succeed"
+# build-guest.sh prints its own one-line reason on failure.
+exec "$REPO/scripts/build-guest.sh"

@@ -10,9 +10,17 @@ import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, TestNetwork, liveNamespaceNames } from '../support/netns';
+import {
+  createTestNetwork,
+  destroyTestNetwork,
+  TestNetwork,
+  liveNamespaceNames,
+  runIn,
+  startCapture,
+  TEST_NET,
+} from '../support/netns';
 import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
-import { readPcapFile, isDhcpDiscover, isRouterSolicitation, sourceMac } from '../support/pcap-reader';
+import { readPcapFile, isDhcpDiscover, isRouterSolicitation, sourceMac, etherType, ETHERTYPE_IPV4, ETHERTYPE_IPV6 } from '../support/pcap-reader';
 import { DEFAULT_GUEST_MAC } from '../support/qemu';
 
 describe('e2e: test guest image (QEMU user network, no ferry)', function () {
@@ -72,6 +80,24 @@ describe('e2e: test guest image (QEMU user network, no ferry)', function () {
     const fromGuest = capture.frames.filter((f) => sourceMac(f.data) === DEFAULT_GUEST_MAC);
     expect(fromGuest.some((f) => isDhcpDiscover(f.data)), 'DHCP DISCOVER captured').to.equal(true);
     expect(fromGuest.some((f) => isRouterSolicitation(f.data)), 'router solicitation captured').to.equal(true);
+  });
+
+  it('joins the test namespace to its peer over both address families, seen by a capture on the uplink', async function () {
+    net = await createTestNetwork();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-capture-'));
+    try {
+      const capture = await startCapture(net.peerNs, TEST_NET.peerLinkName, path.join(dir, 'uplink.pcap'));
+      const v4 = await runIn(net.ns, ['busybox', 'ping', '-c', '1', '-W', '2', TEST_NET.serverV4]);
+      const v6 = await runIn(net.ns, ['busybox', 'ping', '-c', '1', '-W', '2', TEST_NET.serverV6]);
+      await capture.stop();
+      expect(v4.code, v4.stdout + v4.stderr).to.equal(0);
+      expect(v6.code, v6.stdout + v6.stderr).to.equal(0);
+      const frames = readPcapFile(capture.file).frames;
+      expect(frames.some((f) => etherType(f.data) === ETHERTYPE_IPV4)).to.equal(true);
+      expect(frames.some((f) => etherType(f.data) === ETHERTYPE_IPV6)).to.equal(true);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('leaves no namespace behind', async function () {

@@ -272,3 +272,45 @@ export async function destroyTestNetwork(net: TestNetwork): Promise<void> {
 export function liveNamespaceNames(): string[] {
   return [...liveNamespaces];
 }
+
+/** A running tcpdump started by startCapture(). */
+export interface Capture {
+  file: string;
+  /** Stops tcpdump (after 200 ms, so frames just sent are written) and resolves once it has exited. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Captures every frame on link `dev` of namespace `ns` into pcap `file` with
+ * tcpdump (packet-buffered, no name lookups); resolves once tcpdump is
+ * listening. Rejects with tcpdump's stderr if it does not start in `timeoutMs`.
+ */
+export async function startCapture(ns: string, dev: string, file: string, timeoutMs = 5000): Promise<Capture> {
+  // -Z root: keep the privileges needed to write into a root-owned temp dir.
+  // --immediate-mode: hand each frame to tcpdump at once instead of in
+  // blocks, which it would drop on exit.
+  const child = spawnIn(ns, ['tcpdump', '-i', dev, '-n', '-U', '--immediate-mode', '-s', '0', '-Z', 'root', '-w', file]);
+  let stderr = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      void stopChild(child, 500);
+      reject(new Error(`tcpdump on ${dev} in ${ns} did not start: ${stderr.trim()}`));
+    }, timeoutMs);
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+      if (/listening on/.test(stderr)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.on('exit', () => {
+      clearTimeout(timer);
+      reject(new Error(`tcpdump on ${dev} in ${ns} exited: ${stderr.trim()}`));
+    });
+  });
+  return {
+    file,
+    // A short grace so frames just sent are read before tcpdump is told to stop.
+    stop: () => new Promise<void>((r) => setTimeout(r, 200)).then(() => stopChild(child, 2000)),
+  };
+}
