@@ -11,7 +11,7 @@ import * as path from 'path';
 import { native } from '../../src/native';
 import { CounterBlock } from '../../src/counters';
 import type { VhostUserDevice, VhostUserMemoryRegion, VhostUserMemoryRegionWithFd, VhostUserVringAddress } from '../../src/backend/vhost-user/device';
-import { VHOST_USER_REFUSAL_SLOTS, VhostUserServer } from '../../src/backend/vhost-user/server';
+import { VhostUserServer, vhostUserCounterSlots } from '../../src/backend/vhost-user/server';
 import {
   FLAG_NEED_REPLY,
   FLAG_VERSION,
@@ -257,7 +257,7 @@ describe('vhost-user server (integration, in-process)', function () {
     await fe.sendRequest(Request.SET_VRING_NUM, vringStateBytes(1, 256), [], true);
     expect(await fe.readAck(Request.SET_VRING_NUM)).to.not.equal(0n);
     expect(server.refusalCount('device_refused')).to.equal(1);
-    expect(counters.get(VHOST_USER_REFUSAL_SLOTS.device_refused)).to.equal(1);
+    expect(counters.get(vhostUserCounterSlots().refusals.device_refused)).to.equal(1);
     // vring index beyond 2 * queue pairs
     await fe.sendRequest(Request.SET_VRING_BASE, vringStateBytes(4, 0), [], true);
     expect(await fe.readAck(Request.SET_VRING_BASE)).to.not.equal(0n);

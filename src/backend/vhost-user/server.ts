@@ -92,16 +92,37 @@ const REFUSAL_REASONS: readonly VhostUserRefusalReason[] = [
   'bad_vring_index', 'features_not_offered', 'device_refused', 'reply_failed',
 ];
 
-/** Counter slot per refusal reason (metric ferry_vhost_user_malformed_total{reason}). */
-export const VHOST_USER_REFUSAL_SLOTS: Readonly<Record<VhostUserRefusalReason, number>> = Object.fromEntries(
-  REFUSAL_REASONS.map((reason) => [
-    reason,
-    defineCounter('ferry_vhost_user_malformed_total', 'vhost-user messages refused or connections dropped, by reason', { reason }),
-  ]),
-) as Record<VhostUserRefusalReason, number>;
+/**
+ * Counter slots of this server: one per refusal reason
+ * (ferry_vhost_user_malformed_total{reason}) and one for accepted front-ends.
+ *
+ * Declared on first use (when a server starts), not at module load: this
+ * module lives on the main thread only, and slots declared at load time
+ * would shift the indices of every slot declared after them relative to the
+ * worker threads, which must compute the same layout for the shared
+ * counters. Declared last, main-only slots leave the shared layout alone.
+ */
+export interface VhostUserCounterSlots {
+  refusals: Readonly<Record<VhostUserRefusalReason, number>>;
+  connections: number;
+}
 
-/** Counter slot: front-ends accepted. */
-export const VHOST_USER_CONNECTIONS_SLOT = defineCounter('ferry_vhost_user_connections_total', 'vhost-user front-end connections accepted');
+let counterSlots: VhostUserCounterSlots | null = null;
+
+/** The server's counter slots (declared on the first call). */
+export function vhostUserCounterSlots(): VhostUserCounterSlots {
+  if (counterSlots === null) {
+    const refusals = {} as Record<VhostUserRefusalReason, number>;
+    for (const reason of REFUSAL_REASONS) {
+      refusals[reason] = defineCounter('ferry_vhost_user_malformed_total', 'vhost-user messages refused or connections dropped, by reason', { reason });
+    }
+    counterSlots = {
+      refusals,
+      connections: defineCounter('ferry_vhost_user_connections_total', 'vhost-user front-end connections accepted'),
+    };
+  }
+  return counterSlots;
+}
 
 /** Protocol features whose messages this server handles (the device's offer is masked with these). */
 const SERVER_HANDLED_PROTOCOL_FEATURES =
@@ -200,6 +221,7 @@ function errorText(error: unknown): string {
 export class VhostUserServer extends EventEmitter {
   private readonly device: VhostUserDevice;
   private readonly counters: CounterBlock | undefined;
+  private readonly slots = vhostUserCounterSlots();
   private readonly refusals = new Map<VhostUserRefusalReason, number>();
   private readonly pollEvents = new Int32Array(16);
   private readonly poller;
@@ -341,7 +363,7 @@ export class VhostUserServer extends EventEmitter {
   private adoptConnection(fd: number): void {
     const connection = new Connection(fd, this.nextConnectionId++);
     this.connection = connection;
-    this.counters?.add(VHOST_USER_CONNECTIONS_SLOT);
+    this.counters?.add(this.slots.connections);
     log.info(`vhost-user: front-end #${connection.id} connected${peerDescription(fd)}`);
     this.poller.add(fd, EPOLLIN | EPOLLRDHUP);
     this.emit('connected', connection.id);
@@ -686,7 +708,7 @@ export class VhostUserServer extends EventEmitter {
 
   private countRefusal(reason: VhostUserRefusalReason, message: string): void {
     this.refusals.set(reason, (this.refusals.get(reason) ?? 0) + 1);
-    this.counters?.add(VHOST_USER_REFUSAL_SLOTS[reason]);
+    this.counters?.add(this.slots.refusals[reason]);
     rateLimited('warn', `vhost-user:${reason}`, () => `vhost-user: ${message}`);
   }
 }
