@@ -269,7 +269,7 @@ export class VhostUserServer extends EventEmitter {
     }
     const socketPath = options.socketPath as string;
     removeStaleSocket(socketPath);
-    const fd = native.unixListen(socketPath, options.backlog ?? 8);
+    const fd = listenWithMode(socketPath, options.backlog ?? 8, options.socketMode);
     try {
       if (options.socketMode !== undefined) fs.chmodSync(socketPath, options.socketMode);
       if (options.socketGroup !== undefined) fs.chownSync(socketPath, -1, options.socketGroup);
@@ -380,11 +380,10 @@ export class VhostUserServer extends EventEmitter {
     try {
       outcome = this.readMessage(c);
     } catch (error) {
-      const reason: VhostUserRefusalReason = error instanceof Refusal || error instanceof VhostUserProtocolError ? error.reason : 'truncated';
       if (error instanceof Refusal || error instanceof VhostUserProtocolError) {
-        this.countRefusal(reason, `front-end #${c.id}: ${error.message}; closing the connection`);
+        this.countRefusal(error.reason, `front-end #${c.id}: ${error.message}; closing the connection`);
       } else {
-        log.warn(`vhost-user: front-end #${c.id}: socket error: ${errorText(error)}`);
+        rateLimited('warn', 'vhost-user:socket', () => `vhost-user: front-end #${c.id}: socket error: ${errorText(error)}`);
       }
       this.beginDrop(c, error instanceof Error ? error.message : 'socket error');
       return;
@@ -728,6 +727,21 @@ function peerDescription(fd: number): string {
     return ` (pid ${pid}, uid ${uid})`;
   } catch {
     return '';
+  }
+}
+
+/**
+ * bind+listen on a UNIX path. With a mode, the umask is narrowed around
+ * bind() so the socket is never, even briefly, more open than asked (the
+ * chmod afterwards then only widens it to exactly `mode`).
+ */
+function listenWithMode(socketPath: string, backlog: number, mode: number | undefined): number {
+  if (mode === undefined) return native.unixListen(socketPath, backlog);
+  const previous = process.umask(0o777 & ~mode);
+  try {
+    return native.unixListen(socketPath, backlog);
+  } finally {
+    process.umask(previous);
   }
 }
 
