@@ -73,7 +73,12 @@ describe('e2e: guest link over ferry (vhost-user)', function () {
   });
 
   function diagnostics(): string {
-    return `${guest?.vm.diagnostics() ?? ''}\n--- ferry log ---\n${ferry?.log().split('\n').slice(-30).join('\n') ?? ''}`;
+    const frames = capture?.frames ?? [];
+    const fromGuest = frames.filter((f) => sourceMac(f.data) === DEFAULT_GUEST_MAC).length;
+    return (
+      `${guest?.vm.diagnostics() ?? ''}\n--- ferry pcap: ${frames.length} frames, ${fromGuest} from the guest, ` +
+      `${frames.length - fromGuest} to it ---\n--- ferry log ---\n${ferry?.log().split('\n').slice(-30).join('\n') ?? ''}`
+    );
   }
 
   it('the virtio-net driver probes eth0 with the configured MAC', function () {
