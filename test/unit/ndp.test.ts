@@ -1,4 +1,8 @@
 import { expect } from 'chai';
+import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import { CounterBlock } from '../../src/counters';
 import { formatIpv6, formatMac, linkLocalFromMac, parseIpv6, parseMac } from '../../src/stack/address';
 import type { StackConfig } from '../../src/stack/config';
@@ -472,5 +476,145 @@ describe('Ipv6ControlPlane behind the stack', () => {
     expect(parseSent(port.frames[0], port.frames[0].length).dst).to.equal('ff02::1');
     port.available = false;
     expect(control.onTimer(stack.ctx, 10 * INITIAL_RA_INTERVAL_MS)).to.equal(false);
+  });
+});
+
+/** Namespaces need root; CI must run this (CI=true) rather than skip it. */
+const mayCreateNamespaces = typeof process.getuid === 'function' && process.getuid() === 0 && spawnSync('ip', ['-V'], { stdio: 'ignore' }).status === 0;
+
+/**
+ * A real Linux kernel as the guest: it sits in its own namespace behind a
+ * veth pair whose other end a child process serves with a packet socket,
+ * feeding frames to Stack + Ipv6ControlPlane. The kernel must accept the RA
+ * (SLAAC address, default route via ferry's link-local, MTU) and the NA.
+ */
+describe('Ipv6ControlPlane against the Linux kernel (namespaces)', function () {
+  this.timeout(40000);
+  const guestNs = `ferry-ndp-${process.pid}-guest`;
+  const ferryNs = `ferry-ndp-${process.pid}-ferry`;
+  const root = path.resolve(__dirname, '..', '..', '..');
+  let dir = '';
+  let child: ChildProcess | null = null;
+  let childOutput = '';
+
+  const ip = (...args: string[]): string => execFileSync('ip', args, { encoding: 'utf8', timeout: 10000, stdio: ['ignore', 'pipe', 'pipe'] });
+
+  before(function () {
+    if (!mayCreateNamespaces) {
+      if (process.env.CI === 'true') throw new Error('CI=true but namespaces cannot be created (need root and iproute2)');
+      this.skip();
+    }
+    for (const ns of [guestNs, ferryNs]) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: 10000 });
+    ip('netns', 'add', guestNs);
+    ip('netns', 'add', ferryNs);
+    ip('-n', ferryNs, 'link', 'add', 'ferry0', 'type', 'veth', 'peer', 'name', 'guest0', 'netns', guestNs);
+    ip('-n', guestNs, 'link', 'set', 'guest0', 'address', formatMac(GUEST_MAC));
+    // Quick router solicitation: no DAD wait for the link-local address.
+    execFileSync('ip', ['netns', 'exec', guestNs, 'sysctl', '-qw', 'net.ipv6.conf.guest0.accept_dad=0', 'net.ipv6.conf.guest0.accept_ra=1', 'net.ipv6.conf.guest0.router_solicitation_delay=0'], { timeout: 10000 });
+    ip('-n', ferryNs, 'link', 'set', 'ferry0', 'up');
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-ndp-'));
+    const script = path.join(dir, 'serve.js');
+    const requireDist = (m: string): string => `require(${JSON.stringify(path.join(root, 'dist', m))})`;
+    fs.writeFileSync(
+      script,
+      `'use strict';
+const { native } = ${requireDist('src/native')};
+const { Stack } = ${requireDist('src/stack/stack')};
+const { Ipv6ControlPlane } = ${requireDist('src/stack/ndp')};
+const { SegmentList } = ${requireDist('src/stack/frame-io')};
+const { CounterBlock } = ${requireDist('src/counters')};
+const { dumpRtnetlink } = ${requireDist('src/stack/netlink')};
+const { parseIpv6, parseMac, linkLocalFromMac } = ${requireDist('src/stack/address')};
+const ourMac = parseMac('9a:55:9a:55:9a:55');
+const config = {
+  ourMac, guestMac: null, mtu: 1400, ipv4: null,
+  ipv6: { address: parseIpv6('2001:db8::1'), prefixLength: 64, gateway: parseIpv6('2001:db8::fe'), linkLocal: linkLocalFromMac(ourMac),
+          dns: [parseIpv6('2001:db8::53')], mapHostLoopback: null, mapGuestAddr: null, dnsForward: null, dnsHost: null },
+  searchDomains: ['example.test'], interfaceName: null, dhcp: false, dhcpv6: true, ndp: true, ra: true, maxFlows: 16, udpIdleMs: 1000,
+};
+const ifindex = dumpRtnetlink(native).links.find((l) => l.name === 'ferry0').index;
+const ETH_P_ALL_BE = 0x0300; // htons(0x0003) on a little-endian host
+const fd = native.socket(17 /* AF_PACKET */, 3 /* SOCK_RAW */, ETH_P_ALL_BE);
+const sll = Buffer.alloc(20);
+sll.writeUInt16LE(17, 0);
+sll.writeUInt16BE(3, 2);
+sll.writeInt32LE(ifindex, 4);
+native.bind(fd, sll);
+const tx = new Uint8Array(2048);
+const txList = new SegmentList(1);
+let sent = 0;
+const port = {
+  onWritable: null, maxFrameLength: 1514,
+  reserve(max) { txList.clear(); txList.push(tx, 0, Math.min(max, tx.length)); return txList; },
+  commit(length) { if (native.write(fd, tx, 0, length) === length) sent++; },
+  cancel() {}, flush() {},
+};
+const control = new Ipv6ControlPlane(config, null);
+const stack = new Stack({ config, port, counters: new CounterBlock(), ipv6Control: control });
+const rx = new Uint8Array(65536);
+const rxList = new SegmentList(1);
+const offload = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
+const deadline = Date.now() + Number(process.argv[2]);
+const nap = new Int32Array(new SharedArrayBuffer(4));
+let received = 0;
+let lastTimer = 0;
+while (Date.now() < deadline) {
+  if (Date.now() - lastTimer >= 200) { lastTimer = Date.now(); control.onTimer(stack.ctx, lastTimer); }
+  const n = native.read(fd, rx, 0, rx.length);
+  if (n < 0) { Atomics.wait(nap, 0, 0, 5); continue; }
+  // The packet socket also sees what we sent.
+  if (n < 14 || (rx[6] === ourMac[0] && rx[7] === ourMac[1] && rx[8] === ourMac[2] && rx[9] === ourMac[3] && rx[10] === ourMac[4] && rx[11] === ourMac[5])) continue;
+  received++;
+  rxList.clear();
+  rxList.push(rx, 0, n);
+  stack.receiveFrame(rxList, offload);
+}
+native.close(fd);
+process.stdout.write(JSON.stringify({ received, sent }));
+`,
+    );
+    child = spawn('ip', ['netns', 'exec', ferryNs, process.execPath, script, '20000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout!.on('data', (d: Buffer) => (childOutput += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (childOutput += d.toString()));
+  });
+
+  after(() => {
+    if (!mayCreateNamespaces) return;
+    if (child !== null && child.exitCode === null && child.pid !== undefined) {
+      try {
+        process.kill(child.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    for (const ns of [guestNs, ferryNs]) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: 10000 });
+    if (dir !== '') fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Poll `probe` until it returns true, at most timeoutMs. */
+  async function waitFor(what: string, probe: () => boolean, timeoutMs = 15000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (probe()) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error(`timed out waiting for ${what}; server output: ${childOutput}`);
+  }
+
+  it('the guest kernel takes the RA: SLAAC address, default route via ferry\'s link-local, MTU', async () => {
+    // Give the server a moment to open its socket, then bring the guest's link up (it solicits at once).
+    await new Promise((r) => setTimeout(r, 500));
+    ip('-n', guestNs, 'link', 'set', 'guest0', 'up');
+    await waitFor('a default route', () => /via fe80::9855:9aff:fe55:9a55 dev guest0/.test(ip('-n', guestNs, '-6', 'route', 'show', 'default')));
+    await waitFor('the SLAAC address', () => ip('-n', guestNs, '-6', 'addr', 'show', 'dev', 'guest0').includes('2001:db8::5054:ff:fe12:3456/64'));
+    const mtu = execFileSync('ip', ['netns', 'exec', guestNs, 'sysctl', '-n', 'net.ipv6.conf.guest0.mtu'], { encoding: 'utf8', timeout: 10000 }).trim();
+    expect(mtu).to.equal('1400');
+  });
+
+  it('the guest kernel resolves the gateway to ferry\'s MAC through our NA', async () => {
+    // Any packet to the gateway makes the kernel solicit it (the datagram itself goes nowhere here).
+    const send = "const s = require('dgram').createSocket('udp6'); s.send('x', 9, '2001:db8::fe', () => s.close());";
+    execFileSync('ip', ['netns', 'exec', guestNs, process.execPath, '-e', send], { stdio: 'ignore', timeout: 10000 });
+    await waitFor('a neighbour entry', () => /lladdr 9a:55:9a:55:9a:55 router (REACHABLE|STALE|DELAY|PROBE)/.test(ip('-n', guestNs, '-6', 'neigh', 'show', '2001:db8::fe', 'dev', 'guest0')));
   });
 });
