@@ -27,11 +27,16 @@ import type { DiscoveredFamily, DiscoveredHost } from './host-discovery';
 export type AddressOrNone = Uint8Array | 'none' | null;
 
 /**
- * What the command line can override, one field per passt option (the
- * option parser in src/backend fills it: its NetworkOverrides, ServiceOptions
- * and limits spread into this type field by field). Addresses are bytes (4
- * for IPv4, 16 for IPv6); options passt accepts once per family are split
- * into ...4 / ...6 fields. null = not given.
+ * What the command line can override, one field per passt option.
+ * Addresses are bytes (4 for IPv4, 16 for IPv6); options passt accepts once
+ * per family are split into ...4 / ...6 fields. null = not given. The field
+ * names match the option parser's (src/backend/options.ts), so the backend
+ * builds it by spreading:
+ *
+ *   const overrides: AddressOverrides = { ...options.network, ...options.services,
+ *     maxFlows: options.maxFlows, udpIdleMs: options.udpTimeoutSeconds * 1000 };
+ *   const host = discoverHost(native, { interfaceName: options.network.interface });
+ *   const config = resolveStackConfig(overrides, host);
  */
 export interface AddressOverrides {
   /** -4/--ipv4-only */
