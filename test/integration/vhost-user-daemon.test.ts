@@ -162,6 +162,11 @@ describe('vhost-user against the real daemon (child process in a test namespace)
     await waitFor(() => tx.usedIdx === tx.availIdx, 5000, 'the daemon to consume TX');
   }
 
+  /**
+   * ferry_frames_total{direction="tx"} summed over queue pairs. (The metrics
+   * endpoint must list the workers' counters: the main thread has to declare
+   * the same slots, in the same order, as the workers do.)
+   */
   async function txFramesCounted(): Promise<number> {
     return metricSum(await scrape(metricsPath), 'ferry_frames_total', { direction: 'tx' });
   }
@@ -189,10 +194,12 @@ describe('vhost-user against the real daemon (child process in a test namespace)
     // RX: the daemon took at least the buffers it filled, at most the 32 offered.
     const rxBase = await fe.getVringBase(0);
     expect(rxBase).to.be.at.least(fe.ring(0).usedIdx).and.at.most(32);
-    // A stopped ring is not processed any more, even when kicked.
+    // A stopped ring is not processed any more, even when kicked: after
+    // GET_VRING_BASE the front-end (QEMU) owns the ring and the kick eventfd
+    // again (libvhost-user and rust-vmm stop watching the kick fd here).
     fe.sendFrame(0, arpRequestForGateway());
     await sleep(200);
-    expect(fe.ring(1).usedIdx).to.equal(5);
+    expect(fe.ring(1).usedIdx).to.equal(5, 'the daemon processed a ring stopped by GET_VRING_BASE');
     await disconnect(fe);
   });
 

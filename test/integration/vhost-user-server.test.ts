@@ -203,8 +203,8 @@ describe('vhost-user server (integration, in-process)', function () {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('runs the QEMU-like negotiation and ring setup, in order, and forwards it to the device', async () => {
-    const fe = connect({ queuePairs: 2, mtu: 1500 });
+  it('runs the QEMU-like negotiation and ring setup (SET_MEM_TABLE), in order, and forwards it to the device', async () => {
+    const fe = connect({ queuePairs: 2, mtu: 1500, memoryMessages: 'table' });
     await fe.negotiate();
     expect(fe.offeredFeatures & VHOST_USER_F_PROTOCOL_FEATURES).to.equal(VHOST_USER_F_PROTOCOL_FEATURES);
     expect(fe.offeredFeatures & device.getFeatures()).to.equal(device.getFeatures());
@@ -239,6 +239,21 @@ describe('vhost-user server (integration, in-process)', function () {
     const kick = device.calls.find((c) => c.method === 'setVringKick') as Call;
     expect(kick.args[1]).to.be.a('number').and.to.be.at.least(0);
     expect(device.calls.filter((c) => c.method === 'setVringEnable').map((c) => c.args)).to.deep.equal([[0, true], [1, true], [2, true], [3, true]]);
+  });
+
+  it('with CONFIGURE_MEM_SLOTS, hands memory over by ADD_MEM_REG as QEMU 7.2 does', async () => {
+    const fe = connect();
+    await fe.negotiate();
+    await fe.start();
+    await fe.getFeatures();
+    const methods = device.methods();
+    expect(methods.slice(0, 4)).to.deep.equal(['setProtocolFeatures', 'setOwner', 'setFeatures', 'addMemRegion']);
+    expect(methods).to.not.include('setMemTable');
+    const add = device.calls.find((c) => c.method === 'addMemRegion') as Call;
+    const region = add.args[0] as VhostUserMemoryRegionWithFd;
+    expect(region.guestAddress).to.equal(fe.guestBase);
+    expect(region.size).to.equal(BigInt(fe.memorySize));
+    expect(native.fstat(region.fd)[1]).to.equal(fe.memorySize);
   });
 
   it('enables every ring itself when VHOST_USER_F_PROTOCOL_FEATURES is not acked', async () => {

@@ -166,6 +166,12 @@ export interface FrontendOptions {
   mtu?: number;
   /** Bound on each wait for a reply. */
   replyTimeoutMs?: number;
+  /**
+   * How start() hands over guest memory. 'auto' does what QEMU 7.2 does:
+   * ADD_MEM_REG per region when CONFIGURE_MEM_SLOTS was negotiated, else
+   * SET_MEM_TABLE. 'table' forces SET_MEM_TABLE.
+   */
+  memoryMessages?: 'auto' | 'table';
 }
 
 interface QueueState {
@@ -512,7 +518,8 @@ export class VhostUserFrontend {
   }
 
   /**
-   * What QEMU's vhost_dev_start does: SET_FEATURES, SET_MEM_TABLE (acked),
+   * What QEMU's vhost_dev_start does: SET_FEATURES, the memory (ADD_MEM_REG
+   * with CONFIGURE_MEM_SLOTS, else SET_MEM_TABLE; acked with REPLY_ACK),
    * then per ring SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR,
    * SET_VRING_KICK, SET_VRING_CALL, then NET_SET_MTU and SET_VRING_ENABLE.
    */
@@ -520,7 +527,9 @@ export class VhostUserFrontend {
     if (this.memory === null) this.createMemory();
     const wanted = this.options.features ?? TEST_DRIVER_FEATURES;
     await this.setFeatures(this.offeredFeatures & wanted);
-    await this.setMemTable([this.memoryRegion()], [this.memoryFd]);
+    const slots = (this.protocolFeatures & VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) !== 0n;
+    if (slots && (this.options.memoryMessages ?? 'auto') === 'auto') await this.addMemRegion(this.memoryRegion(), this.memoryFd);
+    else await this.setMemTable([this.memoryRegion()], [this.memoryFd]);
     for (let i = 0; i < this.queues.length; i++) {
       const q = this.queues[i];
       q.kickFd = native.eventfd(0);
