@@ -1,0 +1,1476 @@
+/**
+ * TCP between the guest and the world through ordinary host sockets, in
+ * passt's way: ferry keeps no copy of the data and runs no TCP stack of its
+ * own. Each guest connection is one host socket:
+ *
+ * Guest to host: a segment's payload goes from guest memory straight into
+ * sendmsg iovecs, and the guest is ACKed only for the bytes the kernel
+ * accepted, so the socket's send buffer is the window we advertise (its free
+ * space, scaled by the window scale we offered in the SYN-ACK). What the
+ * kernel did not take is not ACKed: the guest retransmits it.
+ *
+ * Host to guest: recv(MSG_PEEK) from the socket's peek offset (SO_PEEK_OFF;
+ * without it, peek from 0 and throw the already-sent prefix into a scratch
+ * iovec) straight into the frame port's reserved RX space after the headers
+ * written in place. Bytes stay in the socket until the guest ACKs them, then
+ * they are discarded (recv MSG_TRUNC), so the socket's receive buffer is the
+ * retransmission buffer: a timeout or three duplicate ACKs rewind the peek
+ * offset to the first unacknowledged byte. The guest's advertised window
+ * bounds what is in flight; with no RX buffers we stop and resume from
+ * port.onWritable.
+ *
+ * Connections: a guest SYN opens a non-blocking socket to the same
+ * destination (the --map-host-loopback address, the gateway by default, goes
+ * to 127.0.0.1 / ::1; --map-guest-addr to the host's own address) and is
+ * answered with a SYN-ACK only once connect() completes, or an RST when it
+ * fails. Inbound connections accepted by tcp-listen.ts become a SYN to the
+ * guest (acceptInbound). FIN is carried both ways (guest FIN -> shutdown(WR)
+ * once its data is in the socket; socket EOF -> FIN after the data), RST both
+ * ways (SO_LINGER 0 close so the peer sees a reset).
+ *
+ * Flows live in the shared FlowTable (flow-table.ts) and this module keeps
+ * parallel typed arrays indexed by flow id. Timers (SYN, retransmission with
+ * backoff, zero-window probe, FIN, idle) are one deadline per flow, checked
+ * by onTimer(), which the worker calls every STACK_TIMER_INTERVAL_MS.
+ *
+ * Nothing on the data path allocates: views, iovec lists and address scratch
+ * are reused. Checksums are computed over the headers and the payload in
+ * place (pseudo-header + sumSegments over the reservation).
+ */
+import { endianness } from 'os';
+import type { IoVecList, Native } from '../native';
+import { defineCounter } from '../counters';
+import { log, rateLimited } from '../log';
+import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
+import type { SegmentList } from './frame-io';
+import { ADDRESS_SLOT, FlowProtocol, FlowTable, NO_FLOW, defineFlowStates } from './flow-table';
+import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
+import { IPV4_HEADER_LENGTH, IpProtocol, emitIpv4 } from './wire/ipv4';
+import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
+import { TCP_HEADER_LENGTH, TcpError, TcpFlag, TcpOption, TcpOptions, TcpView, emitTcp } from './wire/tcp';
+import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
+import { DropReason, countDrop } from './drops';
+
+/** The addon calls TCP needs (a subset, so tests could pass a fake). */
+export type TcpSockets = Pick<
+  Native,
+  | 'socket'
+  | 'bind'
+  | 'connect'
+  | 'listen'
+  | 'acceptFrom'
+  | 'getsockname'
+  | 'close'
+  | 'setsockoptInt'
+  | 'getsockoptInt'
+  | 'setsockoptBytes'
+  | 'getsockoptBytes'
+  | 'shutdown'
+  | 'sendmsg'
+  | 'recvmsg'
+  | 'ioctlInt'
+>;
+
+// ---- Linux constants (the addon passes numbers through unchanged) ----
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_STREAM = 1;
+const SOL_SOCKET = 1;
+const SO_ERROR = 4;
+const SO_SNDBUF = 7;
+const SO_LINGER = 13;
+const SO_BINDTODEVICE = 25;
+const SO_PEEK_OFF = 42;
+const SHUT_WR = 1;
+const MSG_PEEK = 2;
+const MSG_TRUNC = 32;
+const SIOCOUTQ = 0x5411;
+const EPOLLIN = 0x001;
+const EPOLLOUT = 0x004;
+const EPOLLERR = 0x008;
+const EPOLLHUP = 0x010;
+const EPOLLRDHUP = 0x2000;
+/** Bit 31, as the int32 the Poller and epoll_event hold. */
+const EPOLLET = 1 << 31;
+/** Established sockets are edge-triggered: unacknowledged data stays in the receive queue, so level-triggered EPOLLIN would fire forever. */
+const ESTABLISHED_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET;
+
+// ---- tunables ----
+/** Window scale we offer: windows up to 16 MiB (socket buffers rarely exceed 4-6 MiB). */
+export const OUR_WINDOW_SCALE = 8;
+/** Give up on a host connect() after this long (passt: 10 s). */
+export const SYN_TIMEOUT_MS = 10_000;
+/** First retransmission timeout; doubled per retry. */
+export const RTO_INITIAL_MS = 1000;
+export const RTO_MAX_MS = 30_000;
+/** Retransmissions (of data, SYN or SYN-ACK) before the connection is reset. */
+export const MAX_RETRIES = 6;
+/** A half-closed flow waiting for the last FIN or ACK is reset after this long. */
+export const FIN_TIMEOUT_MS = 60_000;
+/** An established flow without any traffic for this long is reset (passt: 2 h). */
+export const IDLE_TIMEOUT_MS = 7_200_000;
+/** MSS assumed when the guest's SYN carries none (RFC 9293 3.7.1). */
+const DEFAULT_MSS = 536;
+/** Segments sent to the guest per call, so one flow cannot starve the others. */
+const SEGMENTS_PER_CALL = 128;
+/** Without SO_PEEK_OFF, at most this many unacknowledged bytes (the prefix peeked again each time). */
+const PEEK_PREFIX_LIMIT = 1 << 20;
+/** iovec entries per socket call (the kernel's IOV_MAX). */
+const IOV_ENTRIES = 1024;
+/** Duplicate ACKs that trigger a fast retransmission. */
+const DUP_ACK_THRESHOLD = 3;
+
+/** Flow states (numbers in FlowTable.state for TCP flows). */
+export const enum TcpState {
+  /** Guest SYN received, host connect() in progress. */
+  Connecting = 0,
+  /** Host connected, SYN-ACK sent to the guest, waiting for its ACK. */
+  SynAckSent = 1,
+  /** Inbound connection accepted, SYN sent to the guest, waiting for its SYN-ACK. */
+  SynSent = 2,
+  Established = 3,
+  /** A FIN went one way or the other. */
+  Closing = 4,
+}
+
+/** Labels of TcpState, in order (the ferry_flows gauge). */
+export const TCP_STATE_NAMES: readonly string[] = ['connecting', 'syn_ack_sent', 'syn_sent', 'established', 'closing'];
+defineFlowStates(FlowProtocol.Tcp, 'tcp', TCP_STATE_NAMES);
+
+// Per-flow flag bits.
+const F_PEEK_OFF = 1 << 0; // SO_PEEK_OFF is set on the socket
+const F_GUEST_FIN = 1 << 1; // the guest's FIN was received and the socket shut down for writing
+const F_SOCK_EOF = 1 << 2; // the socket returned end of file
+const F_FIN_SENT = 1 << 3; // our FIN is in flight (sndNxt counts it)
+const F_FIN_ACKED = 1 << 4; // the guest ACKed our FIN
+const F_RX_BLOCKED = 1 << 5; // waiting for guest RX buffers
+const F_SND_BLOCKED = 1 << 6; // the socket refused guest data: watching EPOLLOUT for a window update
+const F_READABLE = 1 << 7; // the socket may hold data not yet sent to the guest (cleared when a peek finds nothing new)
+const F_EVER_FIN = 1 << 8; // finSeq is valid
+const F_PEER_CLOSED = 1 << 9; // EPOLLRDHUP/EPOLLHUP seen: the socket stays readable until the peek finds the end
+
+/** Events counted by the TCP translator (ferry_tcp_events_total{event}). */
+const EVENT_HELP = 'TCP translation events, by kind';
+export const TcpEvent = {
+  ConnectFailed: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'connect_failed' }),
+  RstToGuest: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'rst_to_guest' }),
+  RstFromGuest: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'rst_from_guest' }),
+  TableFull: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'table_full' }),
+  BadChecksum: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'bad_checksum' }),
+  Retransmit: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'retransmit_timeout' }),
+  FastRetransmit: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'fast_retransmit' }),
+  PartialSend: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'partial_send' }),
+  OutOfOrder: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'out_of_order' }),
+  RxBlocked: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'rx_blocked' }),
+  Timeout: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'timeout' }),
+  SocketError: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'socket_error' }),
+} as const;
+const BYTES_HELP = 'TCP payload bytes moved, by direction';
+const BYTES_FROM_GUEST = defineCounter('ferry_tcp_bytes_total', BYTES_HELP, { direction: 'from_guest' });
+const BYTES_TO_GUEST = defineCounter('ferry_tcp_bytes_total', BYTES_HELP, { direction: 'to_guest' });
+
+const LITTLE_ENDIAN = endianness() === 'LE';
+
+/** Sequence number comparison: (a - b) as a signed 32-bit number. */
+function seqDiff(a: number, b: number): number {
+  return (a - b) | 0;
+}
+
+function errorCode(e: unknown): string {
+  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
+}
+
+/** Options of TcpService. */
+export interface TcpServiceOptions {
+  /** Addon calls (default: the real addon). */
+  sockets?: TcpSockets;
+  /** The worker's flow table when shared with UDP/ICMP (default: a table of config.maxFlows). */
+  flows?: FlowTable;
+  /** Use SO_PEEK_OFF when the kernel has it (default true; false exercises the fallback). */
+  usePeekOffset?: boolean;
+}
+
+/**
+ * The TCP translator: one per stack (worker). Install as the stack's
+ * tcpHandler; the worker calls onTimer() periodically.
+ */
+export class TcpService implements ReadyHandler {
+  readonly flows: FlowTable;
+  private readonly sockets: TcpSockets;
+  private readonly usePeekOffset: boolean;
+
+  // ---- per-flow TCP state, indexed by flow id ----
+  /** Oldest sequence number sent to the guest and not yet ACKed. */
+  private readonly sndUna: Uint32Array;
+  /** Next sequence number to send to the guest. */
+  private readonly sndNxt: Uint32Array;
+  /** Highest sequence number sent so far (sndNxt before a rewind). */
+  private readonly sndMax: Uint32Array;
+  /** Sequence number of our FIN (valid with F_EVER_FIN). */
+  private readonly finSeq: Uint32Array;
+  /** Next sequence number expected from the guest (what we ACK). */
+  private readonly rcvNxt: Uint32Array;
+  /** The guest's receive window in bytes (scaled). */
+  private readonly sndWnd: Float64Array;
+  private readonly guestWscale: Uint8Array;
+  /** Shift applied to the window we advertise (0 when scaling was not negotiated). */
+  private readonly ourWscale: Uint8Array;
+  /** Largest payload per segment to the guest. */
+  private readonly mss: Uint32Array;
+  private readonly flag: Uint16Array;
+  /** epoll events currently watched for the flow's socket. */
+  private readonly events: Int32Array;
+  private readonly retries: Uint8Array;
+  private readonly dupAcks: Uint8Array;
+  private readonly rto: Float64Array;
+  /** Last time anything happened on the flow. */
+  private readonly activity: Float64Array;
+  /** SO_SNDBUF of the socket, refreshed on window computations. */
+  private readonly sndbuf: Int32Array;
+
+  // ---- reusable scratch ----
+  private readonly tcp = new TcpView();
+  private readonly options = new TcpOptions();
+  private readonly iov: IoVecList;
+  private readonly discardIov: IoVecList;
+  /** Backing for MSG_TRUNC discards (never written by the kernel) and the no-SO_PEEK_OFF prefix. */
+  private readonly discard = new Uint8Array(PEEK_PREFIX_LIMIT);
+  private readonly headerScratch = new Uint8Array(128);
+  private readonly srcAddr = new Uint8Array(16);
+  private readonly dstAddr = new Uint8Array(16);
+  private readonly sockaddr4 = new Uint8Array(16);
+  private readonly sockaddr6 = new Uint8Array(28);
+  private readonly linger = new Uint8Array(8);
+  private readonly meta = new Int32Array(3);
+  private readonly dueHandler = (id: number): void => this.onDeadline(id);
+  /** Frames committed by this module since the last flush. */
+  private pending = 0;
+  /** A reservation is open on the port. */
+  private open = false;
+  /** Flows with F_RX_BLOCKED. */
+  private rxBlocked = 0;
+
+  constructor(private readonly ctx: StackContext, options: TcpServiceOptions = {}) {
+    this.sockets = options.sockets ?? (require('../native') as { native: Native }).native;
+    this.flows = options.flows ?? new FlowTable(Math.max(1, ctx.config.maxFlows), ctx.counters);
+    this.usePeekOffset = options.usePeekOffset ?? true;
+    const n = this.flows.capacity;
+    this.sndUna = new Uint32Array(n);
+    this.sndNxt = new Uint32Array(n);
+    this.sndMax = new Uint32Array(n);
+    this.finSeq = new Uint32Array(n);
+    this.rcvNxt = new Uint32Array(n);
+    this.sndWnd = new Float64Array(n);
+    this.guestWscale = new Uint8Array(n);
+    this.ourWscale = new Uint8Array(n);
+    this.mss = new Uint32Array(n);
+    this.flag = new Uint16Array(n);
+    this.events = new Int32Array(n);
+    this.retries = new Uint8Array(n);
+    this.dupAcks = new Uint8Array(n);
+    this.rto = new Float64Array(n);
+    this.activity = new Float64Array(n);
+    this.sndbuf = new Int32Array(n);
+    this.iov = { buffers: new Array<Uint8Array>(IOV_ENTRIES), offsets: new Float64Array(IOV_ENTRIES), lengths: new Float64Array(IOV_ENTRIES), count: 0 };
+    this.discardIov = { buffers: [this.discard], offsets: new Float64Array(1), lengths: new Float64Array(1), count: 1 };
+    this.linger[0] = LITTLE_ENDIAN ? 1 : 0; // struct linger { int l_onoff = 1; int l_linger = 0; }
+    this.linger[3] = LITTLE_ENDIAN ? 0 : 1;
+    // Resume flows blocked on guest RX buffers; keep any earlier listener.
+    const previous = ctx.port.onWritable;
+    ctx.port.onWritable = previous === null ? () => this.onWritable() : () => {
+      previous();
+      this.onWritable();
+    };
+  }
+
+  // ======================================================================
+  // Entry points
+  // ======================================================================
+
+  /** TransportHandler: one TCP segment from the guest. */
+  handle(ctx: StackContext, frame: RxFrame, packet: IpPacket): void {
+    void ctx;
+    try {
+      this.handleSegment(frame, packet);
+    } finally {
+      this.cancelOpen();
+      this.flush();
+    }
+  }
+
+  /** ReadyHandler: readiness of a flow's socket. */
+  onReady(fd: number, events: number): void {
+    const id = this.flows.flowOfFd(fd);
+    if (id === NO_FLOW || !this.flows.isLive(id, FlowProtocol.Tcp)) {
+      this.ctx.watcher?.unwatch(fd);
+      return;
+    }
+    try {
+      this.socketEvent(id, events);
+    } catch (e) {
+      countDrop(this.ctx.counters, DropReason.InternalError, () => `tcp: ${String(e instanceof Error ? e.stack ?? e.message : e)}`);
+      this.cancelOpen();
+      if (this.flows.isLive(id, FlowProtocol.Tcp)) this.abort(id, true, true);
+    } finally {
+      this.cancelOpen();
+      this.flush();
+    }
+  }
+
+  /** Timers: retransmissions, SYN/FIN/idle timeouts. Call every STACK_TIMER_INTERVAL_MS or sooner. */
+  onTimer(now = this.ctx.clock.now()): void {
+    try {
+      this.flows.forEachDue(now, FlowProtocol.Tcp, this.dueHandler);
+    } finally {
+      this.cancelOpen();
+      this.flush();
+    }
+  }
+
+  /** Reset every connection (RST both ways) and close the sockets. */
+  close(): void {
+    for (let id = 0; id < this.flows.capacity; id++) {
+      if (this.flows.isLive(id, FlowProtocol.Tcp)) this.abort(id, true, true);
+    }
+    this.flush();
+  }
+
+  /** TCP flows in use. */
+  get flowCount(): number {
+    return this.flows.countOf(FlowProtocol.Tcp);
+  }
+
+  /**
+   * An inbound connection accepted on a forwarded port (tcp-listen.ts):
+   * socket `fd` from peer `peer` (4 or 16 address bytes) port `peerPort`, to
+   * be delivered to the guest's port `guestPort`. Sends a SYN to the guest.
+   * Returns true when the flow was created; otherwise the socket was closed
+   * with a reset (table full, no address to show the guest).
+   */
+  acceptInbound(fd: number, family: 4 | 6, peer: Uint8Array, peerPort: number, guestPort: number): boolean {
+    const ctx = this.ctx;
+    const now = ctx.clock.now();
+    const cfg = family === 4 ? ctx.config.ipv4 : ctx.config.ipv6;
+    const remote = cfg === null ? null : this.guestVisibleSource(family, peer);
+    if (cfg === null || remote === null) {
+      this.closeWithReset(fd);
+      return false;
+    }
+    const length = family === 4 ? 4 : 16;
+    let id = this.flows.lookup(FlowProtocol.Tcp, family, cfg.address, 0, guestPort, remote, 0, peerPort);
+    if (id !== NO_FLOW) {
+      // The same 4-tuple is still in use: the old flow is stale.
+      this.abort(id, true, true);
+    }
+    id = this.flows.allocate(FlowProtocol.Tcp, family, cfg.address, 0, guestPort, remote, 0, peerPort, TcpState.SynSent, now);
+    if (id === NO_FLOW) {
+      ctx.counters.add(TcpEvent.TableFull);
+      this.closeWithReset(fd);
+      return false;
+    }
+    void length;
+    this.initFlow(id, now);
+    this.flows.setFd(id, fd);
+    const isn = randomIsn();
+    this.sndUna[id] = isn;
+    this.sndNxt[id] = (isn + 1) >>> 0;
+    this.sndMax[id] = this.sndNxt[id];
+    this.mss[id] = this.segmentLimit(family);
+    // Errors and resets before the handshake completes are still reported (EPOLLERR/HUP need no bits).
+    this.watch(id, 0);
+    this.sendSyn(id, false);
+    this.flows.deadline[id] = now + this.rto[id];
+    this.flush();
+    return true;
+  }
+
+  // ======================================================================
+  // Segments from the guest
+  // ======================================================================
+
+  private handleSegment(frame: RxFrame, packet: IpPacket): void {
+    const ctx = this.ctx;
+    const segments = frame.segments;
+    const tcp = this.tcp.reset(frame.bytes, packet.l4Offset, packet.l4Length);
+    const error = tcp.validate(null);
+    if (error !== TcpError.Ok || segments === null) {
+      countDrop(ctx.counters, DropReason.TcpMalformed, () => `TCP ${TcpError[error]}`);
+      return;
+    }
+    const l4Position = packet.l4Offset - frame.base;
+    if (!frame.checksumPartial && finishChecksum(sumSegments(segments, l4Position, packet.l4Length, packet.pseudoSum(frame.bytes))) !== 0) {
+      ctx.counters.add(TcpEvent.BadChecksum);
+      countDrop(ctx.counters, DropReason.TcpMalformed, () => 'TCP bad checksum');
+      return;
+    }
+    const bytes = frame.bytes;
+    const family = packet.family;
+    const src = packet.srcOffset;
+    const dst = packet.dstOffset;
+    const flags = tcp.flags;
+    const id = this.flows.lookup(FlowProtocol.Tcp, family, bytes, src, tcp.srcPort, bytes, dst, tcp.dstPort);
+    if (id === NO_FLOW) {
+      if ((flags & (TcpFlag.Syn | TcpFlag.Ack | TcpFlag.Rst | TcpFlag.Fin)) === TcpFlag.Syn) {
+        this.openFromGuest(packet, bytes);
+      } else if ((flags & TcpFlag.Rst) === 0) {
+        this.resetUnknown(packet, bytes);
+      }
+      return;
+    }
+    this.activity[id] = ctx.clock.now();
+    switch (this.flows.state[id] as TcpState) {
+      case TcpState.Connecting:
+        if ((flags & TcpFlag.Rst) !== 0) this.abort(id, false, true);
+        // A retransmitted SYN: connect() is still in progress.
+        return;
+      case TcpState.SynAckSent:
+        this.segmentInSynAckSent(id, flags, segments, l4Position);
+        return;
+      case TcpState.SynSent:
+        this.segmentInSynSent(id, flags);
+        return;
+      default:
+        this.segmentEstablished(id, flags, segments, l4Position);
+    }
+  }
+
+  /** A guest SYN for a new connection: open the host socket and start connecting. */
+  private openFromGuest(packet: IpPacket, bytes: Uint8Array): void {
+    const ctx = this.ctx;
+    const tcp = this.tcp;
+    const family = packet.family;
+    const dst = packet.dstOffset;
+    const now = ctx.clock.now();
+    if (tcp.dstPort === 0 || tcp.srcPort === 0 || isMulticastOrBroadcast(family, bytes, dst)) {
+      countDrop(ctx.counters, DropReason.TcpMalformed, () => 'TCP SYN to port 0 or a group address');
+      return;
+    }
+    const sockaddr = this.connectSockaddr(packet, bytes, tcp.dstPort);
+    if (sockaddr === null) {
+      this.resetUnknown(packet, bytes);
+      return;
+    }
+    const id = this.flows.allocate(FlowProtocol.Tcp, family, bytes, packet.srcOffset, tcp.srcPort, bytes, dst, tcp.dstPort, TcpState.Connecting, now);
+    if (id === NO_FLOW) {
+      ctx.counters.add(TcpEvent.TableFull);
+      rateLimited('warn', 'tcp table full', () => `tcp: flow table full (--max-flows ${this.flows.capacity}): connection refused`);
+      this.resetUnknown(packet, bytes);
+      return;
+    }
+    this.initFlow(id, now);
+    this.rcvNxt[id] = (tcp.seq + 1) >>> 0;
+    this.takeSynOptions(id, family);
+    this.sndWnd[id] = tcp.window; // never scaled in a SYN
+    const isn = randomIsn();
+    this.sndUna[id] = isn;
+    this.sndNxt[id] = isn;
+    this.sndMax[id] = isn;
+    let fd: number;
+    try {
+      fd = this.sockets.socket(family === 4 ? AF_INET : AF_INET6, SOCK_STREAM, 0);
+    } catch (e) {
+      rateLimited('warn', 'tcp socket', () => `tcp: socket() failed: ${errorCode(e)}`);
+      ctx.counters.add(TcpEvent.ConnectFailed);
+      this.abort(id, true, false);
+      return;
+    }
+    this.flows.setFd(id, fd);
+    let connected: number;
+    try {
+      const loopback = sockaddr === this.sockaddr4 ? sockaddr[4] === 127 : isV6Loopback(sockaddr, 8);
+      if (ctx.config.interfaceName !== null && !loopback) this.bindToDevice(fd, ctx.config.interfaceName);
+      connected = this.sockets.connect(fd, sockaddr);
+    } catch (e) {
+      log.debug(`tcp: connect failed: ${errorCode(e)}`);
+      ctx.counters.add(TcpEvent.ConnectFailed);
+      this.abort(id, true, false);
+      return;
+    }
+    this.flows.deadline[id] = now + SYN_TIMEOUT_MS;
+    if (connected === 0) {
+      this.watch(id, 0);
+      this.connectDone(id);
+    } else {
+      this.watch(id, EPOLLOUT);
+    }
+  }
+
+  /** Reset per-flow TCP state for a newly allocated flow. */
+  private initFlow(id: number, now: number): void {
+    this.flag[id] = 0;
+    this.events[id] = 0;
+    this.retries[id] = 0;
+    this.dupAcks[id] = 0;
+    this.rto[id] = RTO_INITIAL_MS;
+    this.activity[id] = now;
+    this.guestWscale[id] = 0;
+    this.ourWscale[id] = 0;
+    this.sndbuf[id] = 0;
+    this.sndWnd[id] = 0;
+    this.mss[id] = DEFAULT_MSS;
+  }
+
+  /** Window scale and MSS from the guest's SYN or SYN-ACK (this.tcp). */
+  private takeSynOptions(id: number, family: 4 | 6): void {
+    const options = this.options;
+    if (this.tcp.parseOptions(options) !== TcpError.Ok) options.clear();
+    if (options.windowScale >= 0) {
+      this.guestWscale[id] = Math.min(14, options.windowScale);
+      this.ourWscale[id] = OUR_WINDOW_SCALE;
+    } else {
+      this.guestWscale[id] = 0;
+      this.ourWscale[id] = 0;
+    }
+    const guestMss = options.mss > 0 ? options.mss : DEFAULT_MSS;
+    this.mss[id] = Math.max(1, Math.min(guestMss, this.segmentLimit(family)));
+  }
+
+  /** The largest payload that fits one frame to the guest. */
+  private segmentLimit(family: 4 | 6): number {
+    const ipHeader = family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH;
+    const byMtu = this.ctx.config.mtu - ipHeader - TCP_HEADER_LENGTH;
+    const byFrame = this.ctx.port.maxFrameLength - ETHERNET_HEADER_LENGTH - ipHeader - TCP_HEADER_LENGTH;
+    // IPv4's total length and IPv6's payload length are 16-bit fields.
+    const byField = family === 4 ? 65535 - ipHeader - TCP_HEADER_LENGTH : 65535 - TCP_HEADER_LENGTH;
+    return Math.max(1, Math.min(byMtu, byFrame, byField));
+  }
+
+  /** SynAckSent: the guest's ACK completes the handshake (it may carry data). */
+  private segmentInSynAckSent(id: number, flags: number, segments: SegmentList, l4Position: number): void {
+    const tcp = this.tcp;
+    if ((flags & TcpFlag.Rst) !== 0) {
+      this.abort(id, false, true);
+      return;
+    }
+    if ((flags & TcpFlag.Syn) !== 0) {
+      // The guest did not see our SYN-ACK: send it again.
+      this.sendSyn(id, true);
+      return;
+    }
+    if ((flags & TcpFlag.Ack) === 0 || tcp.ack !== this.sndNxt[id]) {
+      if ((flags & TcpFlag.Ack) !== 0) this.sendReset(id, tcp.ack);
+      return;
+    }
+    this.sndUna[id] = this.sndNxt[id];
+    this.establish(id);
+    this.segmentEstablished(id, flags, segments, l4Position);
+  }
+
+  /** SynSent (inbound): the guest's SYN-ACK, or its RST when nothing listens. */
+  private segmentInSynSent(id: number, flags: number): void {
+    const tcp = this.tcp;
+    if ((flags & TcpFlag.Rst) !== 0) {
+      this.abort(id, false, true);
+      return;
+    }
+    if ((flags & (TcpFlag.Syn | TcpFlag.Ack)) !== (TcpFlag.Syn | TcpFlag.Ack) || tcp.ack !== this.sndNxt[id]) return;
+    this.rcvNxt[id] = (tcp.seq + 1) >>> 0;
+    this.takeSynOptions(id, this.flows.family[id] as 4 | 6);
+    this.sndWnd[id] = tcp.window;
+    this.sndUna[id] = this.sndNxt[id];
+    this.establish(id);
+    this.sendFlags(id, TcpFlag.Ack);
+    this.sendData(id, false);
+  }
+
+  /** Both handshakes done: socket options, timers, readiness for data. */
+  private establish(id: number): void {
+    const fd = this.flows.fd[id];
+    this.flows.setState(id, TcpState.Established);
+    this.retries[id] = 0;
+    this.rto[id] = RTO_INITIAL_MS;
+    if (this.usePeekOffset) {
+      try {
+        this.sockets.setsockoptInt(fd, SOL_SOCKET, SO_PEEK_OFF, 0);
+        this.flag[id] |= F_PEEK_OFF;
+      } catch {
+        // Old kernel: peek from the start and skip what the guest already has.
+      }
+    }
+    this.refreshSndbuf(id);
+    this.flag[id] |= F_READABLE; // data may have arrived before the handshake completed
+    this.flows.deadline[id] = this.activity[id] + IDLE_TIMEOUT_MS;
+    this.updateEvents(id);
+  }
+
+  /** Established or closing: ACK processing, payload to the socket, FIN. */
+  private segmentEstablished(id: number, flags: number, segments: SegmentList, l4Position: number): void {
+    const tcp = this.tcp;
+    if ((flags & TcpFlag.Rst) !== 0) {
+      // Accept a reset anywhere near the expected sequence number (RFC 5961 would challenge; the guest is trusted that far).
+      this.ctx.counters.add(TcpEvent.RstFromGuest);
+      this.abort(id, false, true);
+      return;
+    }
+    if ((flags & TcpFlag.Syn) !== 0) {
+      // A new SYN on a live 4-tuple: challenge ACK (RFC 5961 4.2); the guest answers with RST if it lost the connection.
+      this.sendFlags(id, TcpFlag.Ack);
+      return;
+    }
+    if ((flags & TcpFlag.Ack) === 0) return;
+    const dataLength = tcp.dataLength;
+    const fin = (flags & TcpFlag.Fin) !== 0;
+    this.processAck(id, tcp.ack, tcp.window, dataLength > 0 || fin);
+    if (!this.flows.isLive(id, FlowProtocol.Tcp)) return;
+
+    if (dataLength > 0 || fin || tcp.seq !== this.rcvNxt[id]) {
+      // Zero-length segments before rcvNxt are keepalive probes: receivePayload ACKs them.
+      this.receivePayload(id, tcp.seq, dataLength, fin, segments, l4Position + tcp.headerLength);
+      if (!this.flows.isLive(id, FlowProtocol.Tcp)) return;
+    }
+    if (this.finished(id)) return;
+    this.sendData(id, false);
+  }
+
+  /** The ACK and window fields of a guest segment. */
+  private processAck(id: number, ack: number, rawWindow: number, carriesData: boolean): void {
+    const window = rawWindow * (1 << this.guestWscale[id]);
+    const una = this.sndUna[id];
+    const acked = seqDiff(ack, una);
+    const maxAckable = seqDiff(this.sndMax[id], una);
+    if (acked < 0 || acked > maxAckable) {
+      // Old or from the future: the window is not trusted either.
+      return;
+    }
+    if (acked > 0) {
+      let dataAcked = acked;
+      if ((this.flag[id] & F_EVER_FIN) !== 0 && seqDiff(ack, this.finSeq[id]) > 0) {
+        dataAcked--;
+        this.flag[id] |= F_FIN_ACKED;
+      }
+      if (dataAcked > 0 && !this.discardAcked(id, dataAcked)) return;
+      this.sndUna[id] = ack;
+      if (seqDiff(ack, this.sndNxt[id]) > 0) {
+        // ACK for data sent before a rewind: continue after it.
+        this.sndNxt[id] = ack;
+        if ((this.flag[id] & F_FIN_ACKED) !== 0) this.flag[id] |= F_FIN_SENT;
+        this.setPeekOffset(id);
+      }
+      this.dupAcks[id] = 0;
+      this.retries[id] = 0;
+      this.rto[id] = RTO_INITIAL_MS;
+      this.sndWnd[id] = window;
+      this.armTimer(id);
+      return;
+    }
+    // acked === 0
+    if (!carriesData && window === this.sndWnd[id] && this.sndNxt[id] !== una) {
+      if (++this.dupAcks[id] === DUP_ACK_THRESHOLD) {
+        this.ctx.counters.add(TcpEvent.FastRetransmit);
+        this.rewind(id);
+      }
+    }
+    this.sndWnd[id] = window;
+  }
+
+  /** Drop `count` ACKed bytes from the socket's receive queue. Returns false when the flow was reset. */
+  private discardAcked(id: number, count: number): boolean {
+    const fd = this.flows.fd[id];
+    const iov = this.discardIov;
+    let left = count;
+    // Bounded: each pass discards up to PEEK_PREFIX_LIMIT bytes of what the guest ACKed (at most a window).
+    for (let pass = 0; left > 0 && pass < 64; pass++) {
+      iov.lengths[0] = Math.min(left, this.discard.length);
+      let n: number;
+      try {
+        n = this.sockets.recvmsg(fd, iov, MSG_TRUNC, null, this.meta);
+      } catch (e) {
+        this.socketFailed(id, e);
+        return false;
+      }
+      if (n <= 0) break;
+      left -= n;
+    }
+    if (left > 0) {
+      // The guest ACKed bytes that are not in the socket: cannot happen unless the socket lost data.
+      rateLimited('warn', 'tcp discard', () => `tcp: guest ACKed ${left} bytes more than the socket holds`);
+    }
+    return true;
+  }
+
+  /** Guest payload (and FIN) starting at sequence number seq, at payloadPosition in the frame's segments. */
+  private receivePayload(id: number, seq: number, dataLength: number, fin: boolean, segments: SegmentList, payloadPosition: number): void {
+    const ctx = this.ctx;
+    if ((this.flag[id] & F_GUEST_FIN) !== 0) {
+      // Nothing more can come after the guest's FIN: a retransmission; ACK it.
+      this.sendFlags(id, TcpFlag.Ack);
+      return;
+    }
+    const skip = seqDiff(this.rcvNxt[id], seq);
+    if (skip < 0) {
+      // A gap: everything before it is missing. A duplicate ACK makes the guest retransmit.
+      ctx.counters.add(TcpEvent.OutOfOrder);
+      this.sendFlags(id, TcpFlag.Ack);
+      return;
+    }
+    if (skip > dataLength || (skip === dataLength && !fin)) {
+      // Entirely old (retransmission or keepalive probe): ACK what we have.
+      this.sendFlags(id, TcpFlag.Ack);
+      return;
+    }
+    const toSend = dataLength - skip;
+    let sent = 0;
+    if (toSend > 0) {
+      sent = this.sendToSocket(id, segments, payloadPosition + skip, toSend);
+      if (sent < 0) return; // flow reset
+      this.rcvNxt[id] = (this.rcvNxt[id] + sent) >>> 0;
+      this.flows.bytesFromGuest[id] += sent;
+      ctx.counters.add(BYTES_FROM_GUEST, sent);
+      if (sent < toSend) {
+        ctx.counters.add(TcpEvent.PartialSend);
+        this.flag[id] |= F_SND_BLOCKED;
+        this.updateEvents(id);
+      }
+    }
+    if (fin && sent === toSend) {
+      try {
+        this.sockets.shutdown(this.flows.fd[id], SHUT_WR);
+      } catch (e) {
+        this.socketFailed(id, e);
+        return;
+      }
+      this.rcvNxt[id] = (this.rcvNxt[id] + 1) >>> 0;
+      this.flag[id] |= F_GUEST_FIN;
+      this.flows.setState(id, TcpState.Closing);
+      this.armTimer(id);
+    }
+    this.sendFlags(id, TcpFlag.Ack);
+  }
+
+  /** sendmsg payload bytes [position, position+length) of the segments. Returns bytes accepted, or -1 when the flow was reset. */
+  private sendToSocket(id: number, segments: SegmentList, position: number, length: number): number {
+    const iov = this.iov;
+    if (!this.iovFrom(segments, position, length, 0)) {
+      countDrop(this.ctx.counters, DropReason.TcpMalformed, () => 'TCP payload spans too many segments');
+      return 0;
+    }
+    let n: number;
+    try {
+      n = this.sockets.sendmsg(this.flows.fd[id], iov, null, 0);
+    } catch (e) {
+      this.socketFailed(id, e);
+      return -1;
+    }
+    return n < 0 ? 0 : n;
+  }
+
+  /** Fill this.iov from entry `start` on with bytes [position, position+length) of list; false when it does not fit. */
+  private iovFrom(list: SegmentList, position: number, length: number, start: number): boolean {
+    const iov = this.iov;
+    let count = start;
+    let skip = position;
+    let left = length;
+    for (let i = 0; i < list.count && left > 0; i++) {
+      const segLength = list.lengths[i];
+      if (skip >= segLength) {
+        skip -= segLength;
+        continue;
+      }
+      if (count >= iov.offsets.length) return false;
+      const n = Math.min(segLength - skip, left);
+      iov.buffers[count] = list.buffers[i];
+      iov.offsets[count] = list.offsets[i] + skip;
+      iov.lengths[count] = n;
+      count++;
+      left -= n;
+      skip = 0;
+    }
+    iov.count = count;
+    return left === 0;
+  }
+
+  // ======================================================================
+  // Socket events
+  // ======================================================================
+
+  private socketEvent(id: number, events: number): void {
+    const state = this.flows.state[id] as TcpState;
+    this.activity[id] = this.ctx.clock.now();
+    if (state === TcpState.Connecting) {
+      if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) === 0) return;
+      const error = this.soError(id);
+      if (error !== 0) {
+        log.debug(`tcp: connect failed: errno ${error}`);
+        this.ctx.counters.add(TcpEvent.ConnectFailed);
+        this.abort(id, true, false);
+        return;
+      }
+      this.connectDone(id);
+      return;
+    }
+    if ((events & EPOLLERR) !== 0) {
+      const error = this.soError(id);
+      if (error !== 0) {
+        this.ctx.counters.add(TcpEvent.SocketError);
+        this.abort(id, true, false);
+        return;
+      }
+    }
+    if (state === TcpState.SynAckSent || state === TcpState.SynSent) {
+      if ((events & (EPOLLERR | EPOLLHUP)) !== 0) {
+        // The peer went away before the guest completed the handshake.
+        this.abort(id, true, true);
+      }
+      return;
+    }
+    if ((events & EPOLLOUT) !== 0 && (this.flag[id] & F_SND_BLOCKED) !== 0) {
+      // Room in the send buffer again: tell the guest (window update).
+      this.flag[id] &= ~F_SND_BLOCKED;
+      this.sendFlags(id, TcpFlag.Ack);
+      this.updateEvents(id);
+    }
+    if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) !== 0) {
+      this.flag[id] |= F_READABLE;
+      if ((events & (EPOLLRDHUP | EPOLLHUP)) !== 0) this.flag[id] |= F_PEER_CLOSED;
+      this.sendData(id, false);
+    }
+    if (this.flows.isLive(id, FlowProtocol.Tcp)) this.finished(id);
+  }
+
+  /** The host connect() completed: SYN-ACK to the guest. */
+  private connectDone(id: number): void {
+    this.flows.setState(id, TcpState.SynAckSent);
+    this.sndNxt[id] = (this.sndUna[id] + 1) >>> 0;
+    this.sndMax[id] = this.sndNxt[id];
+    this.updateEvents(id);
+    this.sendSyn(id, true);
+    this.flows.deadline[id] = this.ctx.clock.now() + this.rto[id];
+  }
+
+  private soError(id: number): number {
+    try {
+      return this.sockets.getsockoptInt(this.flows.fd[id], SOL_SOCKET, SO_ERROR);
+    } catch {
+      return -1;
+    }
+  }
+
+  /** A socket call failed: ECONNRESET and friends reset the guest's side. */
+  private socketFailed(id: number, e: unknown): void {
+    log.debug(`tcp: socket error ${errorCode(e)}`);
+    this.ctx.counters.add(TcpEvent.SocketError);
+    this.abort(id, true, false);
+  }
+
+  /** Guest RX buffers are available again: resume flows that were waiting. */
+  private onWritable(): void {
+    if (this.rxBlocked === 0) return;
+    try {
+      for (let id = 0; id < this.flows.capacity && this.rxBlocked > 0; id++) {
+        if ((this.flag[id] & F_RX_BLOCKED) === 0) continue;
+        this.flag[id] &= ~F_RX_BLOCKED;
+        this.rxBlocked--;
+        if (!this.flows.isLive(id, FlowProtocol.Tcp)) continue;
+        this.updateEvents(id);
+        this.sendData(id, false);
+      }
+    } finally {
+      this.cancelOpen();
+      this.flush();
+    }
+  }
+
+  // ======================================================================
+  // Data to the guest
+  // ======================================================================
+
+  /**
+   * Send what the socket holds beyond sndNxt, as far as the guest's window
+   * allows (a one-byte window when `probe`), then the FIN after EOF.
+   */
+  private sendData(id: number, probe: boolean): void {
+    const state = this.flows.state[id] as TcpState;
+    if (state !== TcpState.Established && state !== TcpState.Closing) return;
+    const family = this.flows.family[id] as 4 | 6;
+    const headerLength = ETHERNET_HEADER_LENGTH + (family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH) + TCP_HEADER_LENGTH;
+    const fd = this.flows.fd[id];
+    for (let count = 0; count < SEGMENTS_PER_CALL; count++) {
+      const flag = this.flag[id];
+      if ((flag & (F_FIN_SENT | F_RX_BLOCKED)) !== 0 || (flag & F_READABLE) === 0) break;
+      const inFlight = seqDiff(this.sndNxt[id], this.sndUna[id]);
+      let window = this.sndWnd[id] - inFlight;
+      if (probe && window <= 0 && inFlight === 0) window = 1;
+      if ((flag & F_PEEK_OFF) === 0) window = Math.min(window, PEEK_PREFIX_LIMIT - inFlight);
+      // The FIN waits for window too: only a peek can tell that no data is left before it.
+      if (window <= 0) break;
+      const length = Math.min(this.mss[id], window);
+      const list = this.reserve(headerLength + length);
+      if (list === null || list.totalLength <= headerLength) {
+        if (list !== null) this.cancelOpen();
+        this.blockOnRx(id);
+        break;
+      }
+      const room = Math.min(length, list.totalLength - headerLength);
+      // Peek straight into the reservation after the headers; without
+      // SO_PEEK_OFF the bytes the guest already has go to a scratch first.
+      let prefix = 0;
+      if ((flag & F_PEEK_OFF) === 0 && inFlight > 0) {
+        prefix = inFlight;
+        this.iov.buffers[0] = this.discard;
+        this.iov.offsets[0] = 0;
+        this.iov.lengths[0] = prefix;
+      }
+      if (!this.iovFrom(list, headerLength, room, prefix > 0 ? 1 : 0)) {
+        this.cancelOpen();
+        break;
+      }
+      let n: number;
+      try {
+        n = this.sockets.recvmsg(fd, this.iov, MSG_PEEK, null, this.meta);
+      } catch (e) {
+        this.cancelOpen();
+        this.socketFailed(id, e);
+        return;
+      }
+      if (n < 0 || (prefix > 0 && n <= prefix)) {
+        // Nothing new: EAGAIN, or only what the guest already has (at EOF,
+        // the FIN goes once everything is ACKed and the peek returns 0).
+        this.cancelOpen();
+        if ((this.flag[id] & F_PEER_CLOSED) === 0) this.flag[id] &= ~F_READABLE;
+        break;
+      }
+      n -= prefix;
+      if (n === 0) {
+        // End of file: everything the peer sent is with the guest.
+        this.cancelOpen();
+        this.flag[id] |= F_SOCK_EOF;
+        this.sendFin(id);
+        break;
+      }
+      this.commitData(id, list, n);
+      if (n < room && (this.flag[id] & (F_SOCK_EOF | F_PEER_CLOSED)) === 0) {
+        // Drained for now: with EPOLLET, new data or the EOF brings a new event.
+        this.flag[id] &= ~F_READABLE;
+        break;
+      }
+    }
+    this.updateEvents(id);
+  }
+
+  /** Headers for `n` payload bytes already in list after the headers; commit. */
+  private commitData(id: number, list: SegmentList, n: number): void {
+    const seq = this.sndNxt[id];
+    this.writeSegment(id, list, TcpFlag.Ack | TcpFlag.Psh, seq, n, 0);
+    this.sndNxt[id] = (seq + n) >>> 0;
+    const fresh = seqDiff(this.sndNxt[id], this.sndMax[id]);
+    if (fresh > 0) {
+      this.sndMax[id] = this.sndNxt[id];
+      this.flows.bytesToGuest[id] += fresh;
+      this.ctx.counters.add(BYTES_TO_GUEST, fresh);
+    }
+    if (seq === this.sndUna[id]) this.flows.deadline[id] = this.ctx.clock.now() + this.rto[id];
+  }
+
+  /** Our FIN (after all data), once. */
+  private sendFin(id: number): void {
+    if ((this.flag[id] & F_FIN_SENT) !== 0) return;
+    const seq = this.sndNxt[id];
+    if (!this.sendFlags(id, TcpFlag.Fin | TcpFlag.Ack)) {
+      this.blockOnRx(id);
+      return;
+    }
+    this.flag[id] |= F_FIN_SENT | F_EVER_FIN;
+    this.finSeq[id] = seq;
+    this.sndNxt[id] = (seq + 1) >>> 0;
+    if (seqDiff(this.sndNxt[id], this.sndMax[id]) > 0) this.sndMax[id] = this.sndNxt[id];
+    this.flows.setState(id, TcpState.Closing);
+    this.flows.deadline[id] = this.ctx.clock.now() + this.rto[id];
+  }
+
+  private blockOnRx(id: number): void {
+    if ((this.flag[id] & F_RX_BLOCKED) !== 0) return;
+    this.flag[id] |= F_RX_BLOCKED;
+    this.rxBlocked++;
+    this.ctx.counters.add(TcpEvent.RxBlocked);
+    this.updateEvents(id);
+  }
+
+  /** Go back to the first unacknowledged byte (timeout or duplicate ACKs). */
+  private rewind(id: number): void {
+    this.sndNxt[id] = this.sndUna[id];
+    this.dupAcks[id] = 0;
+    this.flag[id] |= F_READABLE;
+    if ((this.flag[id] & F_FIN_ACKED) === 0) this.flag[id] &= ~F_FIN_SENT;
+    this.setPeekOffset(id);
+    this.sendData(id, false);
+  }
+
+  /** Set SO_PEEK_OFF to the bytes between sndUna and sndNxt. */
+  private setPeekOffset(id: number): void {
+    if ((this.flag[id] & F_PEEK_OFF) === 0) return;
+    let offset = seqDiff(this.sndNxt[id], this.sndUna[id]);
+    if ((this.flag[id] & F_FIN_SENT) !== 0 && (this.flag[id] & F_EVER_FIN) !== 0 && seqDiff(this.sndNxt[id], this.finSeq[id]) > 0) offset--;
+    try {
+      this.sockets.setsockoptInt(this.flows.fd[id], SOL_SOCKET, SO_PEEK_OFF, Math.max(0, offset));
+    } catch (e) {
+      this.socketFailed(id, e);
+    }
+  }
+
+  // ======================================================================
+  // Frames to the guest
+  // ======================================================================
+
+  /**
+   * Write Ethernet + IP + TCP headers for flow id into list (whose payload,
+   * payloadLength bytes, is already after the headers), fill the checksum
+   * over headers and payload in place and commit. optionKind: 0 none, 1 SYN
+   * options (MSS and, when negotiated or offered, window scale).
+   */
+  private writeSegment(id: number, list: SegmentList, flags: number, seq: number, payloadLength: number, optionKind: number): void {
+    const family = this.flows.family[id] as 4 | 6;
+    const base = id * ADDRESS_SLOT;
+    const addressLength = family === 4 ? 4 : 16;
+    for (let i = 0; i < addressLength; i++) {
+      this.srcAddr[i] = this.flows.remoteAddress[base + i];
+      this.dstAddr[i] = this.flows.guestAddress[base + i];
+    }
+    let optionLength = 0;
+    const offerScale = optionKind === 1 && (this.flows.state[id] === TcpState.SynSent || this.ourWscale[id] !== 0);
+    if (optionKind === 1) optionLength = offerScale ? 8 : 4;
+    const window = (flags & TcpFlag.Syn) !== 0 ? Math.min(65535, this.freeSendSpace(id)) : this.windowField(id);
+    this.emit(
+      list, family, this.flows.remotePort[id], this.flows.guestPort[id], seq, this.rcvNxt[id], flags, window,
+      optionLength, offerScale, this.segmentLimit(family), payloadLength,
+    );
+  }
+
+  /**
+   * Build the headers into the reservation (in place when its first segment
+   * holds them, else via scratch), checksum, commit.
+   */
+  private emit(
+    list: SegmentList, family: 4 | 6, srcPort: number, dstPort: number, seq: number, ack: number, flags: number, window: number,
+    optionLength: number, offerScale: boolean, mss: number, payloadLength: number,
+  ): void {
+    const ipHeader = family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH;
+    const tcpHeader = TCP_HEADER_LENGTH + optionLength;
+    const headerLength = ETHERNET_HEADER_LENGTH + ipHeader + tcpHeader;
+    const inPlace = list.lengths[0] >= headerLength;
+    const out = inPlace ? list.buffers[0] : this.headerScratch;
+    const at = inPlace ? list.offsets[0] : 0;
+    const l4Length = tcpHeader + payloadLength;
+    let l4 = emitEthernet(out, at, this.ctx.guestMac, this.ctx.config.ourMac, family === 4 ? EtherType.Ipv4 : EtherType.Ipv6);
+    l4 = family === 4
+      ? emitIpv4(out, l4, this.srcAddr, this.dstAddr, IpProtocol.Tcp, l4Length)
+      : emitIpv6(out, l4, this.srcAddr, this.dstAddr, IpProtocol.Tcp, l4Length);
+    emitTcp(out, l4, srcPort, dstPort, seq, ack, flags, window, tcpHeader);
+    if (optionLength > 0) {
+      const o = l4 + TCP_HEADER_LENGTH;
+      out[o] = TcpOption.Mss;
+      out[o + 1] = 4;
+      setBe16(out, o + 2, Math.min(65535, mss));
+      if (offerScale) {
+        out[o + 4] = TcpOption.Nop;
+        out[o + 5] = TcpOption.WindowScale;
+        out[o + 6] = 3;
+        out[o + 7] = OUR_WINDOW_SCALE;
+      }
+    }
+    const pseudo = family === 4
+      ? pseudoHeaderSumIpv4(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Tcp, l4Length)
+      : pseudoHeaderSumIpv6(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Tcp, l4Length);
+    let sum = sumBytes(out, l4, tcpHeader, pseudo);
+    if (payloadLength > 0) sum += sumSegments(list, headerLength, payloadLength);
+    setBe16(out, l4 + 16, finishChecksum(sum));
+    if (!inPlace) list.copyIn(0, this.headerScratch, 0, headerLength);
+    this.open = false;
+    this.ctx.port.commit(headerLength + payloadLength);
+    this.pending++;
+  }
+
+  /** A segment without payload for flow id. Returns false when the guest had no buffers. */
+  private sendFlags(id: number, flags: number): boolean {
+    const family = this.flows.family[id];
+    const length = ETHERNET_HEADER_LENGTH + (family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH) + TCP_HEADER_LENGTH;
+    const list = this.reserve(length);
+    if (list === null || list.totalLength < length) {
+      if (list !== null) this.cancelOpen();
+      countDrop(this.ctx.counters, DropReason.NoGuestBuffers);
+      return false;
+    }
+    this.writeSegment(id, list, flags, this.sndNxt[id], 0, 0);
+    return true;
+  }
+
+  /** SYN (inbound) or SYN-ACK (guest-initiated) with options; sequence number sndUna (our ISN). */
+  private sendSyn(id: number, withAck: boolean): void {
+    const family = this.flows.family[id];
+    const length = ETHERNET_HEADER_LENGTH + (family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH) + TCP_HEADER_LENGTH + 8;
+    const list = this.reserve(length);
+    if (list === null || list.totalLength < length) {
+      // The timer sends it again.
+      if (list !== null) this.cancelOpen();
+      countDrop(this.ctx.counters, DropReason.NoGuestBuffers);
+      return;
+    }
+    this.writeSegment(id, list, withAck ? TcpFlag.Syn | TcpFlag.Ack : TcpFlag.Syn, this.sndUna[id], 0, 1);
+  }
+
+  /** RST for flow id with sequence number seq (answer to an unacceptable ACK). */
+  private sendReset(id: number, seq: number): void {
+    const family = this.flows.family[id];
+    const length = ETHERNET_HEADER_LENGTH + (family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH) + TCP_HEADER_LENGTH;
+    const list = this.reserve(length);
+    if (list === null || list.totalLength < length) {
+      if (list !== null) this.cancelOpen();
+      return;
+    }
+    this.ctx.counters.add(TcpEvent.RstToGuest);
+    this.writeSegment(id, list, TcpFlag.Rst, seq, 0, 0);
+  }
+
+  /**
+   * RST for a guest segment that belongs to no flow (RFC 9293 3.10.7.1): with
+   * its ACK number as our sequence number, else RST|ACK acknowledging it.
+   */
+  private resetUnknown(packet: IpPacket, bytes: Uint8Array): void {
+    const tcp = this.tcp;
+    const family = packet.family;
+    const length = ETHERNET_HEADER_LENGTH + (family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH) + TCP_HEADER_LENGTH;
+    const addressLength = family === 4 ? 4 : 16;
+    for (let i = 0; i < addressLength; i++) {
+      this.srcAddr[i] = bytes[packet.dstOffset + i];
+      this.dstAddr[i] = bytes[packet.srcOffset + i];
+    }
+    const flags = tcp.flags;
+    let seq = 0;
+    let ack = 0;
+    let outFlags = TcpFlag.Rst;
+    if ((flags & TcpFlag.Ack) !== 0) {
+      seq = tcp.ack;
+    } else {
+      outFlags |= TcpFlag.Ack;
+      ack = (tcp.seq + tcp.dataLength + ((flags & TcpFlag.Syn) !== 0 ? 1 : 0) + ((flags & TcpFlag.Fin) !== 0 ? 1 : 0)) >>> 0;
+    }
+    const list = this.reserve(length);
+    if (list === null || list.totalLength < length) {
+      if (list !== null) this.cancelOpen();
+      return;
+    }
+    this.ctx.counters.add(TcpEvent.RstToGuest);
+    this.emit(list, family, tcp.dstPort, tcp.srcPort, seq, ack, outFlags, 0, 0, false, 0, 0);
+  }
+
+  /** The window field we advertise: free send buffer space, scaled. */
+  private windowField(id: number): number {
+    const free = this.freeSendSpace(id);
+    const shift = this.ourWscale[id];
+    let field = Math.floor(free / (1 << shift));
+    if (field === 0 && free > 0) field = 1;
+    return Math.min(65535, field);
+  }
+
+  /** Bytes the socket's send buffer can still take (SO_SNDBUF minus SIOCOUTQ, with headroom for the kernel's overhead). */
+  private freeSendSpace(id: number): number {
+    const fd = this.flows.fd[id];
+    if (fd < 0) return 0;
+    if (this.sndbuf[id] === 0) this.refreshSndbuf(id);
+    let queued: number;
+    try {
+      queued = this.sockets.ioctlInt(fd, SIOCOUTQ);
+    } catch {
+      return 0;
+    }
+    // The kernel doubles SO_SNDBUF for its bookkeeping; about 3/4 of it holds payload.
+    const usable = Math.floor((this.sndbuf[id] * 3) / 4);
+    if (queued === 0) this.refreshSndbuf(id); // autotuning grows the buffer: look again while it is idle
+    return Math.max(0, usable - queued);
+  }
+
+  private refreshSndbuf(id: number): void {
+    try {
+      this.sndbuf[id] = this.sockets.getsockoptInt(this.flows.fd[id], SOL_SOCKET, SO_SNDBUF);
+    } catch {
+      this.sndbuf[id] = 65536;
+    }
+  }
+
+  /** port.reserve, remembering that a frame is open (so an exception cannot leave it open). */
+  private reserve(length: number): SegmentList | null {
+    const list = this.ctx.port.reserve(length);
+    this.open = list !== null;
+    return list;
+  }
+
+  /** Give back the open reservation, if any. */
+  private cancelOpen(): void {
+    if (!this.open) return;
+    this.open = false;
+    this.ctx.port.cancel();
+  }
+
+  /** Publish frames committed by this module. */
+  private flush(): void {
+    if (this.pending === 0) return;
+    this.pending = 0;
+    this.ctx.port.flush();
+  }
+
+  // ======================================================================
+  // Timers and teardown
+  // ======================================================================
+
+  /** Set the flow's deadline from its state: retransmission while data is unacknowledged, else FIN or idle timeout. */
+  private armTimer(id: number): void {
+    const now = this.ctx.clock.now();
+    if (this.sndNxt[id] !== this.sndUna[id] || seqDiff(this.sndMax[id], this.sndUna[id]) > 0) {
+      this.flows.deadline[id] = now + this.rto[id];
+    } else if (this.flows.state[id] === TcpState.Closing) {
+      this.flows.deadline[id] = now + FIN_TIMEOUT_MS;
+    } else {
+      this.flows.deadline[id] = this.activity[id] + IDLE_TIMEOUT_MS;
+    }
+  }
+
+  private onDeadline(id: number): void {
+    const now = this.ctx.clock.now();
+    const state = this.flows.state[id] as TcpState;
+    switch (state) {
+      case TcpState.Connecting:
+        this.ctx.counters.add(TcpEvent.Timeout);
+        this.abort(id, true, true);
+        return;
+      case TcpState.SynAckSent:
+      case TcpState.SynSent:
+        if (!this.backoff(id)) return;
+        this.sendSyn(id, state === TcpState.SynAckSent);
+        this.flows.deadline[id] = now + this.rto[id];
+        return;
+      default:
+    }
+    if (seqDiff(this.sndMax[id], this.sndUna[id]) > 0) {
+      if (!this.backoff(id)) return;
+      this.ctx.counters.add(TcpEvent.Retransmit);
+      this.rewind(id);
+      this.flows.deadline[id] = now + this.rto[id];
+      return;
+    }
+    if (state === TcpState.Closing) {
+      if (now - this.activity[id] >= FIN_TIMEOUT_MS) {
+        this.ctx.counters.add(TcpEvent.Timeout);
+        this.abort(id, true, true);
+        return;
+      }
+    } else if (now - this.activity[id] >= IDLE_TIMEOUT_MS) {
+      this.ctx.counters.add(TcpEvent.Timeout);
+      this.abort(id, true, true);
+      return;
+    }
+    if (this.sndWnd[id] === 0 && (this.flag[id] & F_FIN_SENT) === 0) {
+      // Zero window: probe with one byte (or the FIN) so the guest reports when it opens.
+      this.flag[id] |= F_READABLE;
+      this.sendData(id, true);
+      this.rto[id] = Math.min(RTO_MAX_MS, this.rto[id] * 2);
+      this.flows.deadline[id] = now + this.rto[id];
+      return;
+    }
+    this.armTimer(id);
+  }
+
+  /** One more retry with a doubled timeout; false (and the flow reset) when retries are exhausted. */
+  private backoff(id: number): boolean {
+    if (++this.retries[id] > MAX_RETRIES) {
+      this.ctx.counters.add(TcpEvent.Timeout);
+      this.abort(id, true, true);
+      return false;
+    }
+    this.rto[id] = Math.min(RTO_MAX_MS, this.rto[id] * 2);
+    return true;
+  }
+
+  /** Close a flow whose FINs went both ways and were ACKed. Returns true when it was closed. */
+  private finished(id: number): boolean {
+    const flag = this.flag[id];
+    if ((flag & F_GUEST_FIN) === 0 || (flag & F_FIN_ACKED) === 0) return false;
+    this.closeFlow(id, false);
+    return true;
+  }
+
+  /**
+   * Tear a flow down: RST to the guest (rstToGuest), reset to the peer
+   * (resetPeer: SO_LINGER 0 close) or a plain close.
+   */
+  private abort(id: number, rstToGuest: boolean, resetPeer: boolean): void {
+    if (rstToGuest) {
+      const state = this.flows.state[id] as TcpState;
+      if (state === TcpState.Connecting) {
+        // Refused or unreachable: RST|ACK for the guest's SYN.
+        this.sendFlagsWithSeq(id, TcpFlag.Rst | TcpFlag.Ack, 0);
+      } else {
+        this.sendFlagsWithSeq(id, TcpFlag.Rst | TcpFlag.Ack, this.sndNxt[id]);
+      }
+      this.ctx.counters.add(TcpEvent.RstToGuest);
+    }
+    this.closeFlow(id, resetPeer);
+  }
+
+  private sendFlagsWithSeq(id: number, flags: number, seq: number): void {
+    const family = this.flows.family[id];
+    const length = ETHERNET_HEADER_LENGTH + (family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH) + TCP_HEADER_LENGTH;
+    const list = this.reserve(length);
+    if (list === null || list.totalLength < length) {
+      if (list !== null) this.cancelOpen();
+      return;
+    }
+    this.writeSegment(id, list, flags, seq, 0, 0);
+  }
+
+  private closeFlow(id: number, resetPeer: boolean): void {
+    const fd = this.flows.fd[id];
+    if ((this.flag[id] & F_RX_BLOCKED) !== 0) this.rxBlocked--;
+    this.flag[id] = 0;
+    this.flows.release(id);
+    if (fd < 0) return;
+    this.ctx.watcher?.unwatch(fd);
+    this.events[id] = 0;
+    if (resetPeer) this.closeWithReset(fd);
+    else this.safeClose(fd);
+  }
+
+  /** Close with SO_LINGER 0: the peer sees a reset instead of a FIN. */
+  private closeWithReset(fd: number): void {
+    try {
+      this.sockets.setsockoptBytes(fd, SOL_SOCKET, SO_LINGER, this.linger);
+    } catch {
+      // Closing is all that is left either way.
+    }
+    this.safeClose(fd);
+  }
+
+  private safeClose(fd: number): void {
+    try {
+      this.sockets.close(fd);
+    } catch {
+      // The fd is gone either way.
+    }
+  }
+
+  // ======================================================================
+  // Readiness and addresses
+  // ======================================================================
+
+  private watch(id: number, events: number): void {
+    const watcher = this.ctx.watcher;
+    if (watcher === null) return;
+    watcher.watch(this.flows.fd[id], events, this);
+    this.events[id] = events;
+  }
+
+  /** Watch what the flow can act on: connect completion, then (edge-triggered) new data, EOF and room to send. */
+  private updateEvents(id: number): void {
+    if (!this.flows.isLive(id, FlowProtocol.Tcp)) return;
+    const flag = this.flag[id];
+    const state = this.flows.state[id] as TcpState;
+    let want = 0;
+    if (state === TcpState.Connecting) {
+      want = EPOLLOUT;
+    } else if (state === TcpState.Established || state === TcpState.Closing) {
+      want = (flag & F_SOCK_EOF) === 0 ? ESTABLISHED_EVENTS : EPOLLET;
+      if ((flag & F_SND_BLOCKED) !== 0) want |= EPOLLOUT;
+    }
+    if (want === this.events[id]) return;
+    this.events[id] = want;
+    this.ctx.watcher?.modify(this.flows.fd[id], want);
+  }
+
+  /** SO_BINDTODEVICE to the outbound interface; a failure is logged once and ignored. */
+  private bindToDevice(fd: number, name: string): void {
+    try {
+      this.sockets.setsockoptBytes(fd, SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(name + '\0', 'latin1'));
+    } catch (e) {
+      rateLimited('warn', 'tcp bind', () => `tcp: SO_BINDTODEVICE ${name}: ${errorCode(e)}`, 1, 600_000);
+    }
+  }
+
+  /**
+   * Where a guest connection to the packet's destination goes on the host,
+   * as a sockaddr (reused buffer), or null when it cannot be reached (IPv6
+   * link-local other than the mapped gateway: no scope to send it on).
+   */
+  private connectSockaddr(packet: IpPacket, bytes: Uint8Array, port: number): Uint8Array | null {
+    const dst = packet.dstOffset;
+    if (packet.family === 4) {
+      const ipv4 = this.ctx.config.ipv4!;
+      const sa = this.sockaddr4;
+      sa.fill(0);
+      writeFamily(sa, AF_INET);
+      setBe16(sa, 2, port);
+      if (ipv4.mapHostLoopback !== null && equalAt(bytes, dst, ipv4.mapHostLoopback, 4)) {
+        sa[4] = 127;
+        sa[7] = 1;
+      } else if (ipv4.mapGuestAddr !== null && equalAt(bytes, dst, ipv4.mapGuestAddr, 4)) {
+        sa.set(ipv4.address.subarray(0, 4), 4);
+      } else {
+        for (let i = 0; i < 4; i++) sa[4 + i] = bytes[dst + i];
+      }
+      return sa;
+    }
+    const ipv6 = this.ctx.config.ipv6!;
+    const sa = this.sockaddr6;
+    sa.fill(0);
+    writeFamily(sa, AF_INET6);
+    setBe16(sa, 2, port);
+    if (ipv6.mapHostLoopback !== null && equalAt(bytes, dst, ipv6.mapHostLoopback, 16)) {
+      sa[8 + 15] = 1;
+    } else if (ipv6.mapGuestAddr !== null && equalAt(bytes, dst, ipv6.mapGuestAddr, 16)) {
+      sa.set(ipv6.address.subarray(0, 16), 8);
+    } else if (bytes[dst] === 0xfe && (bytes[dst + 1] & 0xc0) === 0x80) {
+      return null;
+    } else {
+      for (let i = 0; i < 16; i++) sa[8 + i] = bytes[dst + i];
+    }
+    return sa;
+  }
+
+  /**
+   * The source address the guest sees for an inbound peer: the peer itself,
+   * except the host's loopback (-> the --map-host-loopback address) and the
+   * host's own address (-> --map-guest-addr, else the loopback mapping).
+   * null when there is no mapping to show.
+   */
+  private guestVisibleSource(family: 4 | 6, peer: Uint8Array): Uint8Array | null {
+    if (family === 4) {
+      const ipv4 = this.ctx.config.ipv4!;
+      if (peer[0] === 127) return ipv4.mapHostLoopback;
+      if (equalAt(peer, 0, ipv4.address, 4)) return ipv4.mapGuestAddr ?? ipv4.mapHostLoopback;
+      return peer;
+    }
+    const ipv6 = this.ctx.config.ipv6!;
+    if (isV6Loopback(peer, 0)) return ipv6.mapHostLoopback;
+    if (equalAt(peer, 0, ipv6.address, 16)) return ipv6.mapGuestAddr ?? ipv6.mapHostLoopback;
+    return peer;
+  }
+}
+
+/** A fresh initial sequence number. */
+function randomIsn(): number {
+  return (Math.random() * 0x100000000) >>> 0;
+}
+
+/** sa_family is in host byte order. */
+export function writeFamily(sa: Uint8Array, family: number): void {
+  if (LITTLE_ENDIAN) {
+    sa[0] = family & 0xff;
+    sa[1] = family >>> 8;
+  } else {
+    sa[0] = family >>> 8;
+    sa[1] = family & 0xff;
+  }
+}
+
+function equalAt(bytes: Uint8Array, offset: number, address: Uint8Array, length: number): boolean {
+  for (let i = 0; i < length; i++) if (bytes[offset + i] !== address[i]) return false;
+  return true;
+}
+
+function isV6Loopback(bytes: Uint8Array, offset: number): boolean {
+  for (let i = 0; i < 15; i++) if (bytes[offset + i] !== 0) return false;
+  return bytes[offset + 15] === 1;
+}
+
+function isMulticastOrBroadcast(family: number, bytes: Uint8Array, offset: number): boolean {
+  if (family === 6) return bytes[offset] === 0xff;
+  if (bytes[offset] >= 224) return true;
+  return bytes[offset] === 0 && bytes[offset + 1] === 0 && bytes[offset + 2] === 0 && bytes[offset + 3] === 0;
+}
