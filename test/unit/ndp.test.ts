@@ -246,14 +246,18 @@ describe('ndp responder', () => {
   });
 
   it('answers an RS from the unspecified address to all nodes, and leaves out M/O without DHCPv6', () => {
-    const responder = new NdpResponder(makeConfig({ dhcpv6: false, searchDomains: [] }), null);
+    const responder = new NdpResponder(makeConfig({ dhcpv6: false, searchDomains: [], mtu: 0 }), null);
     const packet = ipv6Packet(new Uint8Array(16), parseIpv6('ff02::2')!, rs(false));
     const length = responder.handle(viewOf(packet), GUEST_MAC, 0, out, 0, out.length);
     const sent = parseSent(out, length);
     expect(sent.dst).to.equal('ff02::1');
     expect(sent.dstMac).to.equal('33:33:00:00:00:01');
     expect(sent.icmp[5] & 0xc0).to.equal(0);
-    expect(optionsOf(sent.icmp, 16).map(([t]) => t)).to.not.include(NdpOption.DNSSL);
+    const types = optionsOf(sent.icmp, 16).map(([t]) => t);
+    expect(types).to.not.include(NdpOption.DNSSL);
+    // -m 0: no MTU announced.
+    expect(types).to.not.include(NdpOption.MTU);
+    expect(types).to.include(NdpOption.PREFIX_INFORMATION);
   });
 
   it('drops NDP with a hop limit other than 255, bad checksums and malformed options, counting each', () => {
