@@ -121,13 +121,13 @@ export class ControlRequestError extends Error {
 }
 
 /**
- * Default control socket for instance `name`: /run/ferry/NAME.control for
- * root (where ferry@.service puts it), else
- * $XDG_RUNTIME_DIR/ferry/NAME.control (falling back to /run/user/UID).
+ * Default control socket for instance `name`: /run/ferry/NAME/control.sock
+ * for root (ferry@.service's RuntimeDirectory=ferry/%i), else
+ * $XDG_RUNTIME_DIR/ferry/NAME/control.sock (falling back to /run/user/UID).
  */
 export function defaultControlPath(name = 'ferry', env: NodeJS.ProcessEnv = process.env, uid: number = userInfo().uid): string {
   const runtime = uid === 0 ? '/run' : env.XDG_RUNTIME_DIR !== undefined && env.XDG_RUNTIME_DIR !== '' ? env.XDG_RUNTIME_DIR : `/run/user/${uid}`;
-  return join(runtime, 'ferry', `${name}.control`);
+  return join(runtime, 'ferry', name, 'control.sock');
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 
 import * as fs from 'fs';
 import * as net from 'net';
+import { dirname } from 'path';
 import type { Registry } from 'prom-client';
 import { log, rateLimited } from '../log';
 import { native } from '../native';
@@ -291,8 +292,8 @@ class ControlConnection {
 }
 
 /**
- * Serve the control API on UNIX socket `path` with `handler`. The socket is
- * created mode 0600 (umask 0177 while binding, then chmod), replacing a
+ * Serve the control API on UNIX socket `path` with `handler`. Missing
+ * parent directories are created (mode 0700). The socket is created mode 0600 (umask 0177 while binding, then chmod), replacing a
  * stale socket file; peers with another uid than ours (or root) are
  * refused. Resolves once listening; rejects if the path is taken or
  * unusable. Call close() on shutdown.
@@ -301,6 +302,8 @@ export async function startControlServer(path: string, handler: ControlHandler, 
   const maxConnections = options.maxConnections ?? 16;
   const handlerTimeoutMs = options.handlerTimeoutMs ?? 10_000;
   const extraUids = options.extraUids ?? [];
+  // The default path's directory (e.g. $XDG_RUNTIME_DIR/ferry/NAME) may not exist yet.
+  fs.mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   await removeStaleSocket(path);
 
   const connections = new Set<ControlConnection>();

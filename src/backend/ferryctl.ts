@@ -7,8 +7,9 @@
  * forward list, close FLOW_ID, log-level error|warn|info|debug.
  *
  * The socket is --control PATH, else $FERRY_CONTROL, else the default for
- * instance --name (default "ferry"): /run/ferry/NAME.control as root (as
- * ferry@.service sets up), $XDG_RUNTIME_DIR/ferry/NAME.control otherwise.
+ * instance --name (default "ferry"): /run/ferry/NAME/control.sock as root
+ * (as ferry@.service sets up), $XDG_RUNTIME_DIR/ferry/NAME/control.sock
+ * otherwise.
  * Output is aligned tables, or JSON with --json. Failures are one line on
  * stderr starting "ferryctl: "; exit status 0 on success, 1 when the
  * request failed or ferry could not be reached, 2 for a usage error.
@@ -77,7 +78,8 @@ Commands:
 
 Options:
   --control PATH      control socket (default: $FERRY_CONTROL, else per --name:
-                      /run/ferry/NAME.control as root, $XDG_RUNTIME_DIR/ferry/NAME.control otherwise)
+                      /run/ferry/NAME/control.sock as root,
+                      $XDG_RUNTIME_DIR/ferry/NAME/control.sock otherwise)
   --name NAME         instance name for the default socket path (default: ferry)
   --json              print JSON for scripts instead of tables
   --timeout SECONDS   give up waiting for an answer after SECONDS (default ${DEFAULT_TIMEOUT_SECONDS})

@@ -162,9 +162,9 @@ describe('control-protocol', () => {
   });
 
   it('defaultControlPath: /run/ferry for root, XDG_RUNTIME_DIR (or /run/user/UID) otherwise', () => {
-    expect(defaultControlPath('vm1', {}, 0)).to.equal('/run/ferry/vm1.control');
-    expect(defaultControlPath('vm1', { XDG_RUNTIME_DIR: '/run/user/1000' }, 1000)).to.equal('/run/user/1000/ferry/vm1.control');
-    expect(defaultControlPath('ferry', {}, 1001)).to.equal('/run/user/1001/ferry/ferry.control');
+    expect(defaultControlPath('vm1', {}, 0)).to.equal('/run/ferry/vm1/control.sock');
+    expect(defaultControlPath('vm1', { XDG_RUNTIME_DIR: '/run/user/1000' }, 1000)).to.equal('/run/user/1000/ferry/vm1/control.sock');
+    expect(defaultControlPath('ferry', {}, 1001)).to.equal('/run/user/1001/ferry/ferry/control.sock');
   });
 });
 
@@ -250,6 +250,17 @@ describe('control: server over a UNIX socket', function () {
     await server?.close();
     server = null;
     expect(fs.existsSync(socketPath)).to.equal(false);
+  });
+
+  it('creates missing parent directories of the socket, mode 0700', async () => {
+    const nested = path.join(dir, 'ferry', 'vm1', 'control.sock');
+    const other = await startControlServer(nested, handler);
+    try {
+      expect(fs.lstatSync(nested).isSocket()).to.equal(true);
+      expect(fs.statSync(path.dirname(nested)).mode & 0o777).to.equal(0o700);
+    } finally {
+      await other.close();
+    }
   });
 
   it('answers requests in order, pipelined in one write or split byte by byte', async () => {

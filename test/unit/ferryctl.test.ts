@@ -66,7 +66,7 @@ describe('ferryctl: arguments', () => {
     expect(parseFerryctlArgs(['--control=/a', 'stats'], { FERRY_CONTROL: '/b' }).controlPath).to.equal('/a');
     expect(parseFerryctlArgs(['stats'], { FERRY_CONTROL: '/b' }).controlPath).to.equal('/b');
     const root = process.getuid?.() === 0;
-    const expected = root ? '/run/ferry/vm1.control' : path.join(process.env.XDG_RUNTIME_DIR ?? `/run/user/${process.getuid?.()}`, 'ferry', 'vm1.control');
+    const expected = root ? '/run/ferry/vm1/control.sock' : path.join(process.env.XDG_RUNTIME_DIR ?? `/run/user/${process.getuid?.()}`, 'ferry', 'vm1', 'control.sock');
     expect(parseFerryctlArgs(['--name', 'vm1', 'stats'], { FERRY_CONTROL: '/b', XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR }).controlPath).to.equal(expected);
     expect(parseFerryctlArgs(['--json', '--timeout', '2.5', 'stats'], {}).timeoutMs).to.equal(2500);
   });
