@@ -3,6 +3,7 @@
  * front-ends one after another on the socket, and shuts down cleanly on
  * SIGTERM/SIGINT (socket file removed, workers stopped).
  */
+import './counter-layout'; // first: fixes the counter slot layout shared with the workers
 import * as fs from 'fs';
 import { log } from '../log';
 import { native } from '../native';

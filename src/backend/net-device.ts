@@ -80,9 +80,8 @@ export class NetDevice implements VhostUserDevice {
   }
 
   getProtocolFeatures(): bigint {
-    let features = VHOST_USER_PROTOCOL_F_RARP | VHOST_USER_PROTOCOL_F_MTU | VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS;
-    if (this.options.queuePairs > 1) features |= VHOST_USER_PROTOCOL_F_MQ;
-    return features;
+    // MQ is offered even with one queue pair: the spec asks back-ends to always offer it (GET_QUEUE_NUM then says 1).
+    return VHOST_USER_PROTOCOL_F_MQ | VHOST_USER_PROTOCOL_F_RARP | VHOST_USER_PROTOCOL_F_MTU | VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS;
   }
 
   setProtocolFeatures(): void {

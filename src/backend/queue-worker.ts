@@ -6,6 +6,7 @@
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { CounterBlock } from '../counters';
+import { SHARED_LAYOUT } from './counter-layout';
 import { log, LogLevel } from '../log';
 import type { WorkerInit, WorkerMessage, WorkerRequest } from './worker-protocol';
 
@@ -43,7 +44,9 @@ export class QueueWorker {
     this.worker.on('message', (message: WorkerMessage) => {
       switch (message.type) {
         case 'ready':
-          markReady();
+          if (message.counterLayout !== SHARED_LAYOUT) {
+            failReady(new Error(`queue pair ${init.queuePair}: counter layout ${message.counterLayout} differs from the main thread's ${SHARED_LAYOUT}`));
+          } else markReady();
           break;
         case 'log':
           onLog(message.level, message.message, init.queuePair);

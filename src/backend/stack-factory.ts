@@ -3,24 +3,10 @@
  * handler that exists installed.
  */
 import { Stack, StackOptions } from '../stack/stack';
-import { Ipv6Control } from '../stack/ipv6-control';
-
-/** A worker's stack and the periodic work it needs. */
-export interface WorkerStack {
-  stack: Stack;
-  /** Call every STACK_TIMER_INTERVAL_MS. */
-  onTimer(): void;
-}
+import { Ipv6ControlPlane } from '../stack/ndp';
 
 /** Create the stack over a worker's port, counters, fd watcher and sockets. */
-export function createStack(options: StackOptions): WorkerStack {
-  const ipv6Control = options.config.ipv6 !== null ? new Ipv6Control(options.config, options.counters) : null;
-  const stack = new Stack({ ...options, ipv6Control });
-  return {
-    stack,
-    onTimer: () => {
-      if (ipv6Control !== null) ipv6Control.onTimer(stack.ctx, stack.ctx.clock.now());
-      stack.onTimer();
-    },
-  };
+export function createStack(options: StackOptions): Stack {
+  const ipv6Control = options.config.ipv6 !== null ? new Ipv6ControlPlane(options.config, options.counters) : null;
+  return new Stack({ ...options, ipv6Control });
 }

@@ -4,6 +4,7 @@
  * the stack's host sockets, and moves frames between the virtqueues and the
  * stack. The main thread talks to it only through worker-protocol messages.
  */
+import { SHARED_LAYOUT } from './counter-layout'; // first: fixes the counter slot layout (see counter-layout.ts)
 import { parentPort, workerData } from 'worker_threads';
 import { native, Poller } from '../native';
 import { CounterBlock } from '../counters';
@@ -41,6 +42,11 @@ class RingSlot {
   started = false;
   /** The last configure attempt failed: don't retry on every kick. */
   configureError: string | null = null;
+  /**
+   * Stopped by GET_VRING_BASE: the front-end owns the ring again, so its kicks
+   * are not watched until it hands over a kick fd anew (as libvhost-user does).
+   */
+  handedBack = false;
 
   constructor(readonly index: number) {
     this.ring = new SplitRing(null);
@@ -83,10 +89,10 @@ class QueuePairWorker implements FdWatcher {
       onFrame: pcap !== null ? (_direction, frame, length) => pcap.write(frame, length) : null,
     });
     if (init.stack !== null) {
-      const { stack, onTimer } = createStack({ config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native });
+      const stack = createStack({ config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native });
       this.port.sink = stack;
       // Periodic stack work (idle flow expiry, router advertisements); unref'd so it never keeps the thread alive.
-      setInterval(onTimer, STACK_TIMER_INTERVAL_MS).unref();
+      setInterval(() => stack.onTimer(), STACK_TIMER_INTERVAL_MS).unref();
     } else {
       this.port.sink = new CountingSink();
     }
@@ -134,6 +140,12 @@ class QueuePairWorker implements FdWatcher {
         return 0;
       case 'vring-addr': {
         const slot = this.slot(request.ring);
+        const memory = this.memory;
+        if (memory !== null) {
+          for (const uva of [request.descriptorUserAddress, request.availableUserAddress, request.usedUserAddress]) {
+            if (memory.uvaToGpa(uva) < 0) throw new Error(`ring address 0x${uva.toString(16)} is outside guest memory`);
+          }
+        }
         slot.descriptorUserAddress = request.descriptorUserAddress;
         slot.availableUserAddress = request.availableUserAddress;
         slot.usedUserAddress = request.usedUserAddress;
@@ -151,6 +163,8 @@ class QueuePairWorker implements FdWatcher {
         const index = slot.started ? slot.ring.lastAvailIdx : slot.base;
         this.stopRing(slot);
         slot.base = index;
+        slot.handedBack = true;
+        if (slot.kickFd !== null) this.poller.remove(slot.kickFd);
         return index;
       }
       case 'vring-kick': {
@@ -192,9 +206,10 @@ class QueuePairWorker implements FdWatcher {
 
   private replaceKick(slot: RingSlot, fd: number | null): void {
     if (slot.kickFd !== null) {
-      this.poller.remove(slot.kickFd);
+      if (!slot.handedBack) this.poller.remove(slot.kickFd);
       closeQuietly(slot.kickFd);
     }
+    slot.handedBack = false;
     slot.kickFd = fd;
     if (fd !== null) this.poller.add(fd, native.constants.EPOLLIN);
     // vhost-user: a ring starts on its first kick. With no kick fd the front-end
@@ -255,7 +270,7 @@ class QueuePairWorker implements FdWatcher {
 
   /** The guest kicked (or a ring became enabled): do that ring's work. */
   private serviceRing(slot: RingSlot): void {
-    if (!slot.enabled || !this.startRing(slot)) return;
+    if (!slot.enabled || slot.handedBack || !this.startRing(slot)) return;
     if (slot.index === TX_RING) this.drainTx();
     else this.port.rxKicked();
   }
@@ -305,9 +320,10 @@ class QueuePairWorker implements FdWatcher {
     for (const slot of this.slots) {
       this.stopRing(slot);
       if (slot.kickFd !== null) {
-        this.poller.remove(slot.kickFd);
+        if (!slot.handedBack) this.poller.remove(slot.kickFd);
         closeQuietly(slot.kickFd);
       }
+      slot.handedBack = false;
       if (slot.callFd !== null) closeQuietly(slot.callFd);
       slot.kickFd = null;
       slot.callFd = null;
@@ -350,7 +366,7 @@ function main(): void {
       post({ type: 'reply', id: request.id, ok: false, error: error instanceof Error ? error.message : String(error) });
     }
   });
-  post({ type: 'ready' });
+  post({ type: 'ready', counterLayout: SHARED_LAYOUT });
 }
 
 main();

@@ -36,7 +36,8 @@ export type WorkerMessage =
   | { type: 'reply'; id: number; ok: true; value?: number }
   | { type: 'reply'; id: number; ok: false; error: string }
   | { type: 'log'; level: 'error' | 'warn' | 'info' | 'debug'; message: string }
-  | { type: 'ready' };
+  /** counterLayout: the worker's counter-layout.ts SHARED_LAYOUT, checked against main's. */
+  | { type: 'ready'; counterLayout: string };
 
 /** What a worker is started with (workerData). */
 export interface WorkerInit {

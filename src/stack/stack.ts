@@ -49,6 +49,8 @@ export interface Ipv6ControlHandler {
    * checksum). Return true when consumed; false passes it to udpHandler.
    */
   handleDhcpv6(ctx: StackContext, frame: RxFrame, packet: IpPacket, udp: UdpView): boolean;
+  /** Periodic work (unsolicited router advertisements), from Stack.onTimer; returns true when a frame was sent. */
+  onTimer?(ctx: StackContext, nowMs: number): boolean;
 }
 
 /**
@@ -137,6 +139,7 @@ export class Stack implements FrameSink {
   /** Periodic work (expire idle echo flows); call every STACK_TIMER_INTERVAL_MS. */
   onTimer(now = this.ctx.clock.now()): void {
     this.echo.expire(now);
+    if (this.ipv6Control !== null && this.ipv6Control.onTimer !== undefined) this.ipv6Control.onTimer(this.ctx, now);
     this.ctx.flush();
   }
 

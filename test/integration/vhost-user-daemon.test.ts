@@ -181,7 +181,7 @@ describe('vhost-user against the real daemon (child process in a test namespace)
 
   // Enable once the daemon builds its stack (stack-setup's resolveDaemonStackConfig
   // returns null for now, so frames are only counted and nothing answers).
-  it.skip('a well-behaved front-end gets its ARP request for the gateway answered', async () => {
+  it('a well-behaved front-end gets its ARP request for the gateway answered', async () => {
     const fe = await readyFrontend();
     await expectArpReply(fe);
     await disconnect(fe);
