@@ -15,6 +15,7 @@ import * as path from 'path';
 import { IoVecList, native } from '../../src/native';
 import { bootGuest, commandAvailable, Guest, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
 import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, TEST_NET, TestNetwork } from '../support/netns';
+import { allowedSyscalls, serviceSyscallFilter } from '../support/systemd-units';
 
 /** sockaddr_un for a filesystem path: sun_family (host order) then the NUL-terminated path. */
 function sockaddrUn(socketPath: string): Uint8Array {
@@ -77,6 +78,35 @@ function captureOutput(child: ChildProcess): { text: () => string } {
   return { text: () => output };
 }
 
+/** ferry as ferry@.service runs it, with its socket from systemd-socket-activate (which binds it and waits for the first connection). */
+function activationCommand(socketPath: string, notifySocketPath: string): string[] {
+  return [
+    'systemd-socket-activate',
+    '--listen', socketPath,
+    '--setenv', `NOTIFY_SOCKET=${notifySocketPath}`,
+    process.execPath, path.join(REPO_ROOT, 'bin', 'ferry.js'), '--name', 'vm1', '--foreground',
+  ];
+}
+
+/** Resolves once `file` exists (bounded by timeoutMs). */
+async function waitForFile(file: string, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!fs.existsSync(file) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  return fs.existsSync(file);
+}
+
+/** System call names in an `strace -f` log, from the exec of node on. */
+export function tracedSyscalls(trace: string): Set<string> {
+  const lines = trace.split('\n');
+  const exec = lines.findIndex((line) => /execve\("[^"]*\/node"/.test(line));
+  const names = new Set<string>();
+  for (const line of lines.slice(Math.max(0, exec))) {
+    const match = /^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]/.exec(line);
+    if (match !== null) names.add(match[1]);
+  }
+  return names;
+}
+
 describe('e2e: systemd socket activation with a real guest', function () {
   this.timeout(180000);
   let net: TestNetwork | null = null;
@@ -107,21 +137,12 @@ describe('e2e: systemd socket activation with a real guest', function () {
     workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-activation-'));
     const socketPath = path.join(workDir, 'vm1.sock');
     notify = new NotifyListener(path.join(workDir, 'notify.sock'));
-
-    // As ferry@.service would run it, but the socket comes from systemd-socket-activate.
-    ferry = spawnIn(net.ns, [
-      'systemd-socket-activate',
-      '--listen', socketPath,
-      '--setenv', `NOTIFY_SOCKET=${notify.socketPath}`,
-      process.execPath, path.join(REPO_ROOT, 'bin', 'ferry.js'), '--name', 'vm1', '--foreground',
-    ]);
+    ferry = spawnIn(net.ns, activationCommand(socketPath, notify.socketPath));
     const output = captureOutput(ferry);
     const diagnostics = (): string => `--- ferry output ---\n${output.text()}\n${guest?.vm.diagnostics() ?? ''}`;
 
     // systemd-socket-activate binds the socket and waits for the first connection before starting ferry.
-    const deadline = Date.now() + 10000;
-    while (!fs.existsSync(socketPath) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(fs.existsSync(socketPath), diagnostics()).to.equal(true);
+    expect(await waitForFile(socketPath, 10000), diagnostics()).to.equal(true);
     expect(notify.messages).to.deep.equal([]);
 
     guest = bootGuest({ net, nic: { kind: 'vhost-user', socketPath }, append: ['ferry.ipv6_wait=0'], workDir: path.join(workDir, 'guest') });
@@ -148,5 +169,44 @@ describe('e2e: systemd socket activation with a real guest', function () {
     await notify.waitFor('STOPPING=1', 10000);
     expect(await exited, diagnostics()).to.equal(0);
     ferry = null;
+  });
+
+  it("every system call ferry makes while serving a guest is allowed by ferry@.service's SystemCallFilter", async function () {
+    if (!commandAvailable('strace') || !commandAvailable('systemd-analyze')) {
+      if (process.env.CI === 'true') throw new Error('strace and systemd-analyze are needed (Debian packages strace, systemd)');
+      this.skip();
+    }
+    net = await createTestNetwork();
+    workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-activation-'));
+    const socketPath = path.join(workDir, 'vm1.sock');
+    const traceFile = path.join(workDir, 'trace');
+    notify = new NotifyListener(path.join(workDir, 'notify.sock'));
+    ferry = spawnIn(net.ns, ['strace', '-f', '-qq', '-o', traceFile, '--', ...activationCommand(socketPath, notify.socketPath)]);
+    const output = captureOutput(ferry);
+    const diagnostics = (): string => `--- ferry output ---\n${output.text()}\n${guest?.vm.diagnostics() ?? ''}`;
+    expect(await waitForFile(socketPath, 20000), diagnostics()).to.equal(true);
+
+    guest = bootGuest({ net, nic: { kind: 'vhost-user', socketPath }, append: ['ferry.ipv6_wait=0'], workDir: path.join(workDir, 'guest') });
+    await notify.waitFor('READY=1', 60000);
+    await guest.waitForMarker('lease ', 120000).catch((error: Error) => {
+      throw new Error(`${error.message}\n${diagnostics()}`);
+    });
+
+    // strace's one child is node (systemd-socket-activate exec'd it in place): stop it as systemd would.
+    const stracePid = ferry.pid ?? -1;
+    const children = fs.readFileSync(`/proc/${stracePid}/task/${stracePid}/children`, 'utf8').trim().split(/\s+/).map(Number);
+    expect(children.length, `children of strace: ${children.join(' ')}`).to.equal(1);
+    expect(fs.readFileSync(`/proc/${children[0]}/cmdline`, 'utf8')).to.contain('bin/ferry.js');
+    const exited = new Promise<number | null>((resolve) => ferry?.once('exit', (code) => resolve(code)));
+    process.kill(children[0], 'SIGTERM');
+    await notify.waitFor('STOPPING=1', 20000);
+    expect(await exited, diagnostics()).to.equal(0);
+    ferry = null;
+
+    const used = tracedSyscalls(fs.readFileSync(traceFile, 'utf8'));
+    expect(used.size, 'syscalls traced').to.be.greaterThan(20);
+    expect([...used], 'the data path was traced').to.include.members(['epoll_pwait', 'recvmsg', 'mmap', 'eventfd2']);
+    const allowed = allowedSyscalls(serviceSyscallFilter());
+    expect([...used].filter((name) => !allowed.has(name)).sort(), 'syscalls ferry made that SystemCallFilter refuses').to.deep.equal([]);
   });
 });

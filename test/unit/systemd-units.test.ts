@@ -13,46 +13,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { defaultControlPath } from '../../src/backend/control-protocol';
 import { parseOptions } from '../../src/backend/options';
+import { allowedSyscalls, readUnit, serviceSyscallFilter, setting, UNIT_DIR } from '../support/systemd-units';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
-const UNIT_DIR = path.join(REPO_ROOT, 'systemd');
-
-/** A unit file as section -> key -> values (a key may repeat; an empty value is kept, as it resets in systemd). */
-type UnitFile = Map<string, Map<string, string[]>>;
-
-/** Parse systemd's INI-like unit syntax (comments, sections, key=value, backslash continuations). */
-function parseUnit(text: string): UnitFile {
-  const unit: UnitFile = new Map();
-  let section: Map<string, string[]> | null = null;
-  const lines = text.replace(/\\\n/g, ' ').split('\n');
-  for (const raw of lines) {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header !== null) {
-      section = new Map();
-      unit.set(header[1], section);
-      continue;
-    }
-    const equals = line.indexOf('=');
-    if (section === null || equals === -1) throw new Error(`unparsable unit line: ${line}`);
-    const key = line.slice(0, equals).trim();
-    const values = section.get(key) ?? [];
-    values.push(line.slice(equals + 1).trim());
-    section.set(key, values);
-  }
-  return unit;
-}
-
-function readUnit(name: string): UnitFile {
-  return parseUnit(fs.readFileSync(path.join(UNIT_DIR, name), 'utf8'));
-}
-
-/** The last value of a key (systemd's "last one wins" for single-valued settings). */
-function setting(unit: UnitFile, section: string, key: string): string | undefined {
-  const values = unit.get(section)?.get(key);
-  return values?.[values.length - 1];
-}
 
 /** Skip when a tool is missing locally; under CI a missing tool is a failure. */
 function requireCommand(ctx: Mocha.Context, command: string, debianPackage: string): void {
@@ -71,52 +34,6 @@ function unitsForVerify(): string {
     fs.writeFileSync(path.join(dir, name), text);
   }
   return dir;
-}
-
-/**
- * The system calls a SystemCallFilter allow list permits: groups (`@name`)
- * expanded from `systemd-analyze syscall-filter`, then the `~` lines removed.
- */
-export function allowedSyscalls(filterLines: readonly string[]): Set<string> {
-  const listing = spawnSync('systemd-analyze', ['syscall-filter'], { encoding: 'utf8' }).stdout;
-  const groups = new Map<string, string[]>();
-  let current: string[] | null = null;
-  for (const raw of listing.split('\n')) {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#')) continue;
-    if (!raw.startsWith(' ') && line.startsWith('@')) {
-      current = [];
-      groups.set(line, current);
-    } else if (current !== null) {
-      current.push(line);
-    }
-  }
-  const expand = (item: string, into: Set<string>, depth = 0): void => {
-    if (depth > 10) throw new Error(`syscall group nesting too deep at ${item}`);
-    if (!item.startsWith('@')) {
-      into.add(item);
-      return;
-    }
-    const members = groups.get(item);
-    if (members === undefined) throw new Error(`unknown syscall group ${item}`);
-    for (const member of members) expand(member, into, depth + 1);
-  };
-  const allowed = new Set<string>();
-  for (const line of filterLines) {
-    if (line.startsWith('~')) {
-      const denied = new Set<string>();
-      for (const item of line.slice(1).split(/\s+/).filter((x) => x !== '')) expand(item, denied);
-      for (const name of denied) allowed.delete(name);
-    } else {
-      for (const item of line.split(/\s+/).filter((x) => x !== '')) expand(item, allowed);
-    }
-  }
-  return allowed;
-}
-
-/** The SystemCallFilter= lines of ferry@.service. */
-export function serviceSyscallFilter(): string[] {
-  return readUnit('ferry@.service').get('Service')?.get('SystemCallFilter') ?? [];
 }
 
 describe('systemd units', function () {
@@ -222,7 +139,7 @@ describe('systemd units', function () {
       // the stack's data path
       'sendmmsg', 'recvmmsg', 'sendto', 'recvfrom', 'splice', 'pipe2', 'ioctl', 'getsockname', 'getpeername', 'shutdown',
       // node: threads, timers, files, randomness, fd limit
-      'clone3', 'clone', 'futex', 'rt_sigaction', 'rt_sigprocmask', 'statx', 'openat', 'read', 'write', 'readv', 'writev', 'close', 'getrandom', 'prlimit64', 'sched_getaffinity', 'timerfd_create', 'timerfd_settime', 'fchmod', 'fstat', 'newfstatat', 'memfd_create',
+      'clone3', 'clone', 'futex', 'rt_sigaction', 'rt_sigprocmask', 'statx', 'openat', 'read', 'write', 'readv', 'writev', 'close', 'getrandom', 'prlimit64', 'sched_getaffinity', 'timerfd_create', 'timerfd_settime', 'fchmod', 'fstat', 'newfstatat', 'memfd_create', 'pkey_alloc',
     ];
     expect(needed.filter((name) => !allowed.has(name))).to.deep.equal([]);
     // ...and keeps out what ferry never needs.
