@@ -1,0 +1,419 @@
+/**
+ * The TCP translator (src/stack/tcp.ts) against real kernel sockets: the
+ * guest side is FakeGuestTcp over a FakeFramePort, the host side is Node's
+ * net module in the same process.
+ *
+ * Packets move through real sockets, so the scenarios run in a child mocha
+ * inside a network namespace this file creates (its loopback also holds
+ * 192.0.2.2/24 and 2001:db8::2/64, documentation ranges only): the
+ * outer test creates it, re-runs this file there with FERRY_TCP_NETNS=1 and
+ * expects it to pass.
+ */
+import { expect } from 'chai';
+import { spawn } from 'child_process';
+import * as net from 'net';
+import * as path from 'path';
+import { canCreateNamespaces, runChecked } from '../support/netns';
+import { ACK, FIN, FakeGuestTcp, RST, SYN, TcpHarness, patternBytes, sha256 } from '../support/tcp-guest';
+import { TcpEvent } from '../../src/stack/tcp';
+import { GATEWAY_V4 } from '../support/stack-fakes';
+
+const INSIDE = process.env.FERRY_TCP_NETNS === '1';
+const SERVER_V4 = Uint8Array.from([192, 0, 2, 2]);
+const SERVER_V6 = Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+const MiB = 1024 * 1024;
+
+if (!INSIDE) {
+  describe('tcp translator (scenarios run inside a fresh network namespace)', function () {
+    this.timeout(240_000);
+    it('passes every scenario', async function () {
+      if (!canCreateNamespaces()) this.skip();
+      const ns = `ferry-e2e-${process.pid}-7${Math.floor(Math.random() * 1000)}`;
+      await runChecked(['ip', 'netns', 'add', ns]);
+      try {
+        await runChecked(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+        // The "remote" server addresses live on the namespace's loopback.
+        await runChecked(['ip', '-n', ns, 'addr', 'add', '192.0.2.2/24', 'dev', 'lo']);
+        await runChecked(['ip', '-n', ns, '-6', 'addr', 'add', '2001:db8::2/64', 'dev', 'lo', 'nodad']);
+        const mocha = path.resolve(__dirname, '..', '..', '..', 'node_modules', 'mocha', 'bin', 'mocha.js');
+        const result = await new Promise<{ code: number | null; output: string }>((resolve) => {
+          const child = spawn('ip', ['netns', 'exec', ns, process.execPath, mocha, '--timeout', '60000', __filename], {
+            env: { ...process.env, FERRY_TCP_NETNS: '1' },
+            stdio: ['ignore', 'pipe', 'pipe'],
+          });
+          let output = '';
+          const timer = setTimeout(() => child.kill('SIGKILL'), 230_000);
+          child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+          child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+          child.on('close', (code) => {
+            clearTimeout(timer);
+            resolve({ code, output });
+          });
+        });
+        if (result.code !== 0) console.log(result.output);
+        else if (process.env.FERRY_TCP_VERBOSE) console.log(result.output);
+        expect(result.code, 'inner mocha exit status').to.equal(0);
+      } finally {
+        await runChecked(['ip', 'netns', 'del', ns]).catch(() => undefined);
+      }
+    });
+  });
+} else {
+  describe('tcp translator with real sockets', () => {
+    let harness: TcpHarness;
+    const servers: net.Server[] = [];
+    let nextGuestPort = 40000;
+
+    afterEach(async () => {
+      harness?.close();
+      for (const server of servers.splice(0)) await new Promise((r) => server.close(() => r(undefined)));
+    });
+
+    /** A server on host:0; returns its port. */
+    async function listen(host: string, onConnection: (socket: net.Socket) => void): Promise<number> {
+      const server = net.createServer(onConnection);
+      servers.push(server);
+      await new Promise<void>((resolve) => server.listen(0, host, resolve));
+      return (server.address() as net.AddressInfo).port;
+    }
+
+    /** Server that hashes what it receives and answers with `reply` after the guest's FIN. */
+    function hashingServer(reply: Uint8Array, result: { hash?: string; bytes: number; closed: boolean }) {
+      return (socket: net.Socket): void => {
+        const h = require('crypto').createHash('sha256');
+        socket.on('data', (d: Buffer) => {
+          h.update(d);
+          result.bytes += d.length;
+        });
+        socket.on('end', () => {
+          result.hash = h.digest('hex');
+          socket.end(Buffer.from(reply));
+        });
+        socket.on('close', () => (result.closed = true));
+        socket.on('error', () => undefined);
+      };
+    }
+
+    function guest(remote: Uint8Array, remotePort: number, options: Partial<ConstructorParameters<typeof FakeGuestTcp>[1]> = {}): FakeGuestTcp {
+      return new FakeGuestTcp(harness, { remote, remotePort, guestPort: nextGuestPort++, ...options });
+    }
+
+    async function transfer(remote: Uint8Array, host: string, family: 4 | 6, up: number, down: number): Promise<FakeGuestTcp> {
+      const toServer = patternBytes(up, 7);
+      const fromServer = patternBytes(down, 11);
+      const result = { bytes: 0, closed: false } as { hash?: string; bytes: number; closed: boolean };
+      const port = await listen(host, hashingServer(fromServer, result));
+      const g = guest(remote, port, { family });
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      g.write(toServer);
+      g.end();
+      await harness.until(() => g.finReceived && g.finAcked, 60_000, 'both FINs');
+      await harness.until(() => harness.tcp.flowCount === 0, 5000, 'flow closed');
+      expect(result.bytes).to.equal(up);
+      expect(result.hash).to.equal(sha256(toServer));
+      expect(g.received).to.equal(down);
+      expect(g.digest()).to.equal(sha256(fromServer));
+      expect(g.windowViolations).to.equal(0);
+      return g;
+    }
+
+    it('moves 4 MiB each way over IPv4 through the gateway (host loopback), byte for byte', async () => {
+      harness = new TcpHarness();
+      const g = await transfer(GATEWAY_V4, '127.0.0.1', 4, 4 * MiB, 4 * MiB);
+      expect(g.synAck!.src).to.deep.equal(GATEWAY_V4);
+      expect(g.synAck!.mss).to.equal(65520 - 40);
+      expect(g.synAck!.wscale).to.be.greaterThan(0);
+    });
+
+    it('moves 2 MiB each way over IPv6 to a real address, byte for byte', async () => {
+      harness = new TcpHarness();
+      const g = await transfer(SERVER_V6, '2001:db8::2', 6, 2 * MiB, 2 * MiB);
+      expect(g.synAck!.mss).to.equal(65520 - 60);
+    });
+
+    it('works with small, split guest RX buffers (headers written through scratch)', async () => {
+      harness = new TcpHarness({}, {}, [40, 1000, 1000, 1000]);
+      await transfer(SERVER_V4, '192.0.2.2', 4, 256 * 1024, 512 * 1024);
+    });
+
+    it('works without SO_PEEK_OFF (peek from the start, discard the prefix)', async () => {
+      harness = new TcpHarness({}, { usePeekOffset: false });
+      await transfer(SERVER_V4, '192.0.2.2', 4, 1 * MiB, 3 * MiB);
+    });
+
+    it('answers a refused connection with RST|ACK for the SYN', async () => {
+      harness = new TcpHarness();
+      // A port with nothing listening: bind a server and close it to find one.
+      const port = await listen('192.0.2.2', () => undefined);
+      await new Promise((r) => servers.pop()!.close(() => r(undefined)));
+      const g = guest(SERVER_V4, port);
+      g.recordSegments = true;
+      g.connect();
+      await harness.until(() => g.rstReceived, 5000, 'RST');
+      const rst = g.segments.find((s) => (s.flags & RST) !== 0)!;
+      expect(rst.flags & ACK).to.equal(ACK);
+      expect(rst.ack).to.equal((g.iss + 1) >>> 0);
+      expect(harness.tcp.flowCount).to.equal(0);
+      expect(harness.counters.get(TcpEvent.ConnectFailed)).to.equal(1);
+    });
+
+    it('half-close from the guest: the server still sends after the guest FIN', async () => {
+      harness = new TcpHarness();
+      const reply = patternBytes(300_000, 3);
+      let serverSawEnd = false;
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('data', () => undefined);
+        socket.on('end', () => {
+          serverSawEnd = true;
+          // Keep sending for a while after the guest's FIN, then close.
+          setTimeout(() => socket.end(Buffer.from(reply)), 50);
+        });
+        socket.on('error', () => undefined);
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      g.end();
+      await harness.until(() => serverSawEnd && g.finAcked, 5000, 'guest FIN delivered');
+      await harness.until(() => g.finReceived, 10_000, 'server FIN');
+      expect(g.digest()).to.equal(sha256(reply));
+      await harness.until(() => harness.tcp.flowCount === 0, 5000, 'flow closed');
+    });
+
+    it('half-close from the server: the guest still sends after the server FIN', async () => {
+      harness = new TcpHarness();
+      const data = patternBytes(500_000, 5);
+      const result = { bytes: 0, hash: '' };
+      const port = await listen('192.0.2.2', (socket) => {
+        const h = require('crypto').createHash('sha256');
+        socket.allowHalfOpen = true;
+        socket.end(); // FIN first
+        socket.on('data', (d: Buffer) => {
+          h.update(d);
+          result.bytes += d.length;
+        });
+        socket.on('end', () => (result.hash = h.digest('hex')));
+        socket.on('error', () => undefined);
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.finReceived, 5000, 'server FIN');
+      expect(harness.tcp.flowCount).to.equal(1);
+      g.write(data);
+      g.end();
+      await harness.until(() => g.finAcked && result.hash !== '', 10_000, 'guest data and FIN');
+      expect(result.bytes).to.equal(data.length);
+      expect(result.hash).to.equal(sha256(data));
+      await harness.until(() => harness.tcp.flowCount === 0, 5000, 'flow closed');
+    });
+
+    it('RST from the guest resets the host connection', async () => {
+      harness = new TcpHarness();
+      let serverError = '';
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', (e: NodeJS.ErrnoException) => (serverError = e.code ?? 'error'));
+        socket.on('data', () => undefined);
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      g.write(patternBytes(1000));
+      await harness.until(() => g.unacked === 0, 5000, 'data ACKed');
+      g.raw(g.sndNxt, g.rcvNxt, RST | ACK);
+      expect(harness.tcp.flowCount).to.equal(0);
+      await harness.until(() => serverError !== '', 5000, 'server sees the reset');
+      expect(serverError).to.equal('ECONNRESET');
+    });
+
+    it('a reset from the server becomes an RST to the guest', async () => {
+      harness = new TcpHarness();
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', () => undefined);
+        setTimeout(() => socket.resetAndDestroy(), 20);
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.rstReceived, 5000, 'RST to the guest');
+      expect(harness.tcp.flowCount).to.equal(0);
+    });
+
+    it('never sends beyond a small unscaled guest window, and resumes as it is ACKed', async () => {
+      harness = new TcpHarness();
+      const data = patternBytes(200_000, 9);
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', () => undefined);
+        socket.end(Buffer.from(data));
+      });
+      const g = guest(SERVER_V4, port, { window: 2048, wscale: -1 });
+      g.recordSegments = true;
+      g.connect();
+      await harness.until(() => g.finReceived, 20_000, 'all data and FIN');
+      expect(g.synAck!.wscale).to.equal(-1); // no scaling offered back when the guest has none
+      expect(g.windowViolations).to.equal(0);
+      expect(Math.max(...g.segments.map((s) => s.payload.length))).to.be.at.most(2048);
+      expect(g.digest()).to.equal(sha256(data));
+    });
+
+    it('with a zero guest window, stops sending, and resumes on a window update', async () => {
+      harness = new TcpHarness();
+      const data = patternBytes(100_000, 13);
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', () => undefined);
+        socket.end(Buffer.from(data));
+      });
+      const g = guest(SERVER_V4, port, { window: 0 });
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      await new Promise((r) => setTimeout(r, 100));
+      harness.deliver();
+      expect(g.received).to.equal(0);
+      g.window = 512; // scaled by 2^7: 64 KiB
+      g.ack();
+      await harness.until(() => g.finReceived, 10_000, 'data after the window opened');
+      expect(g.digest()).to.equal(sha256(data));
+      expect(g.windowViolations).to.equal(0);
+    });
+
+    it('retransmits a dropped segment (duplicate ACKs and timeout), data intact', async () => {
+      harness = new TcpHarness();
+      const data = patternBytes(1 * MiB, 17);
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', () => undefined);
+        socket.end(Buffer.from(data));
+      });
+      let dropped = 0;
+      harness.dropFilter = (s) => s.payload.length > 0 && dropped++ < 1;
+      const g = guest(SERVER_V4, port, { window: 1024, wscale: 4 }); // 16 KiB: several segments in flight
+      g.connect();
+      await harness.until(() => g.finReceived || harness.counters.get(TcpEvent.FastRetransmit) > 0, 10_000, 'fast retransmit');
+      // Drop one more and recover by timeout.
+      dropped = 0;
+      harness.dropFilter = (s) => s.payload.length > 0 && dropped++ < 1;
+      const deadline = Date.now() + 20_000;
+      while (!g.finReceived && Date.now() < deadline) {
+        await harness.until(() => true);
+        harness.tcp.onTimer(performance.now() + 3000);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(g.finReceived).to.equal(true);
+      expect(g.digest()).to.equal(sha256(data));
+      expect(harness.counters.get(TcpEvent.FastRetransmit)).to.be.greaterThan(0);
+    });
+
+    it('ACKs only what the socket accepted when the peer stops reading; the rest arrives after retransmission', async () => {
+      harness = new TcpHarness();
+      const data = patternBytes(16 * MiB, 19);
+      let serverSocket: net.Socket | null = null;
+      const result = { bytes: 0, hash: '' };
+      const h = require('crypto').createHash('sha256');
+      const port = await listen('192.0.2.2', (socket) => {
+        serverSocket = socket;
+        socket.pause();
+        socket.on('data', (d: Buffer) => {
+          h.update(d);
+          result.bytes += d.length;
+        });
+        socket.on('end', () => {
+          result.hash = h.digest('hex');
+          socket.end();
+        });
+        socket.on('error', () => undefined);
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.established && serverSocket !== null, 5000, 'handshake');
+      g.write(data);
+      g.end();
+      // The socket buffers fill up: the guest is ACKed less than it sent.
+      await harness.until(() => harness.counters.get(TcpEvent.PartialSend) > 0 || g.unacked === 0, 10_000, 'a partial send');
+      expect(g.unacked).to.be.greaterThan(0);
+      serverSocket!.resume();
+      await harness.until(() => result.hash !== '', 60_000, 'all data at the server');
+      expect(result.bytes).to.equal(data.length);
+      expect(result.hash).to.equal(sha256(data));
+    });
+
+    it('answers a keepalive probe with an ACK', async () => {
+      harness = new TcpHarness();
+      const port = await listen('192.0.2.2', (socket) => socket.on('error', () => undefined));
+      const g = guest(SERVER_V4, port);
+      g.recordSegments = true;
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      g.segments = [];
+      g.raw((g.sndNxt - 1) >>> 0, g.rcvNxt, ACK);
+      harness.deliver();
+      expect(g.segments.length).to.equal(1);
+      expect(g.segments[0].flags).to.equal(ACK);
+      expect(g.segments[0].ack).to.equal(g.rcvNxt);
+    });
+
+    it('refuses a SYN beyond --max-flows with an RST and counts it', async () => {
+      harness = new TcpHarness({ maxFlows: 2 });
+      const port = await listen('192.0.2.2', (socket) => socket.on('error', () => undefined));
+      const a = guest(SERVER_V4, port);
+      const b = guest(SERVER_V4, port);
+      const c = guest(SERVER_V4, port);
+      a.connect();
+      b.connect();
+      await harness.until(() => a.established && b.established, 5000, 'two connections');
+      c.connect();
+      harness.deliver();
+      expect(c.rstReceived).to.equal(true);
+      expect(harness.counters.get(TcpEvent.TableFull)).to.equal(1);
+      expect(harness.tcp.flowCount).to.equal(2);
+      const flows = [...harness.tcp.flows.flows(performance.now())];
+      expect(flows.map((f) => f.state)).to.deep.equal(['established', 'established']);
+    });
+
+    it('answers a segment for no connection with an RST', async () => {
+      harness = new TcpHarness();
+      const g = guest(SERVER_V4, 9);
+      g.recordSegments = true;
+      g.established = true;
+      g.raw(5000, 7000, ACK, patternBytes(10));
+      harness.deliver();
+      expect(g.segments.length).to.equal(1);
+      expect(g.segments[0].flags).to.equal(RST);
+      expect(g.segments[0].seq).to.equal(7000);
+    });
+
+    it('drops a segment with a bad checksum', async () => {
+      harness = new TcpHarness();
+      const g = guest(SERVER_V4, 9);
+      g.recordSegments = true;
+      const frame = require('../support/tcp-guest').guestTcpFrame(4, g.guest, SERVER_V4, g.guestPort, 9, 1, 0, SYN, 1000);
+      frame[frame.length - 3] ^= 0xff; // the TCP checksum field
+      harness.send(frame);
+      harness.deliver();
+      expect(g.segments.length).to.equal(0);
+      expect(harness.counters.get(TcpEvent.BadChecksum)).to.equal(1);
+      expect(harness.tcp.flowCount).to.equal(0);
+    });
+
+    it('handles a guest frame whose headers are split across descriptors', async () => {
+      harness = new TcpHarness();
+      const data = patternBytes(5000, 23);
+      const result = { bytes: 0, hash: '' };
+      const port = await listen('192.0.2.2', (socket) => {
+        const h = require('crypto').createHash('sha256');
+        socket.on('data', (d: Buffer) => {
+          h.update(d);
+          result.bytes += d.length;
+        });
+        socket.on('end', () => (result.hash = h.digest('hex')));
+        socket.on('error', () => undefined);
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      const frame = require('../support/tcp-guest').guestTcpFrame(4, g.guest, SERVER_V4, g.guestPort, port, g.sndNxt, g.rcvNxt, ACK | FIN, 65535, data);
+      harness.send(frame, [10, 30, 50, 300, 2000]);
+      g.sndNxt = (g.sndNxt + data.length + 1) >>> 0;
+      g.finSent = true;
+      await harness.until(() => result.hash !== '', 5000, 'data at the server');
+      expect(result.hash).to.equal(sha256(data));
+    });
+  });
+}
