@@ -71,6 +71,25 @@ export class ControlError extends Error {
   }
 }
 
+/**
+ * A complete ControlHandler from the commands a daemon implements so far:
+ * the missing ones answer UNIMPLEMENTED ("this ferry cannot <command> yet").
+ */
+export function partialControlHandler(parts: Partial<ControlHandler>): ControlHandler {
+  const missing = (what: string) => async (): Promise<never> => {
+    throw new ControlError('UNIMPLEMENTED', `this ferry cannot ${what} yet`);
+  };
+  return {
+    listFlows: parts.listFlows?.bind(parts) ?? missing('list flows'),
+    stats: parts.stats?.bind(parts) ?? missing('report stats'),
+    addForward: parts.addForward?.bind(parts) ?? missing('add forwards at run time'),
+    removeForward: parts.removeForward?.bind(parts) ?? missing('remove forwards at run time'),
+    listForwards: parts.listForwards?.bind(parts) ?? missing('list forwards'),
+    closeFlow: parts.closeFlow?.bind(parts) ?? missing('close flows'),
+    setLogLevel: parts.setLogLevel?.bind(parts) ?? missing('change the log level'),
+  };
+}
+
 export interface ControlServerOptions {
   /** Simultaneous client connections (default 16); more are closed at once. */
   maxConnections?: number;

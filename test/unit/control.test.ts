@@ -11,7 +11,7 @@ import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import * as protobuf from 'protobufjs';
-import { answerRequest, ControlServer, startControlServer, statsFromRegistry } from '../../src/backend/control';
+import { answerRequest, ControlServer, partialControlHandler, startControlServer, statsFromRegistry } from '../../src/backend/control';
 import {
   controlProtoPath,
   ControlResponse,
@@ -181,6 +181,16 @@ describe('control: answerRequest', () => {
     handler.hang = true;
     const slow = await answerRequest(handler, encodeRequest({ id: 4, command: { kind: 'getStats' } }), 50);
     expect(slow).to.include({ id: 4, status: 'INTERNAL', message: 'timed out after 50 ms' });
+  });
+
+  it('partialControlHandler answers UNIMPLEMENTED for what the daemon does not provide', async () => {
+    const handler = partialControlHandler({ stats: async () => [{ name: 'x', labels: {}, value: 1 }] });
+    const stats = await answerRequest(handler, encodeRequest({ id: 1, command: { kind: 'getStats' } }));
+    expect(stats).to.deep.equal({ id: 1, status: 'OK', message: '', payload: { kind: 'stats', stats: [{ name: 'x', labels: {}, value: 1 }] } });
+    const flows = await answerRequest(handler, encodeRequest({ id: 2, command: { kind: 'listFlows', protocol: null } }));
+    expect(flows).to.deep.equal({ id: 2, status: 'UNIMPLEMENTED', message: 'this ferry cannot list flows yet', payload: null });
+    const add = await answerRequest(handler, encodeRequest({ id: 3, command: { kind: 'addForward', protocol: 'tcp', spec: '8080' } }));
+    expect(add).to.include({ status: 'UNIMPLEMENTED', message: 'this ferry cannot add forwards at run time yet' });
   });
 
   it('parses forward specs with -t/-u rules before calling the handler', async () => {
