@@ -32,6 +32,9 @@ if ldd "$BUSYBOX" >/dev/null 2>&1; then
 fi
 IPERF3="$(command -v iperf3 || true)"
 [ -n "$IPERF3" ] || fail "iperf3 not found (install iperf3)"
+# busybox has no DHCPv6 client: the guest gets a small static one built here.
+CC="${CC:-$(command -v gcc || command -v cc || true)}"
+[ -n "$CC" ] || fail "no C compiler to build test/guest/dhcp6-client.c (install gcc and libc6-dev)"
 
 # Shared objects iperf3 needs, as the paths the dynamic loader will look for.
 iperf3_libs() {
@@ -50,7 +53,7 @@ done <"$GUEST_SRC/modules"
 input_digest() {
   {
     echo "deb $(basename "$KERNEL_DEB") $(stat -c %s "$KERNEL_DEB")"
-    sha256sum "$0" "$GUEST_SRC"/init "$GUEST_SRC"/udhcpc.script "$GUEST_SRC"/modules "$BUSYBOX" "$IPERF3" | awk '{ print $1 }'
+    sha256sum "$0" "$GUEST_SRC"/init "$GUEST_SRC"/udhcpc.script "$GUEST_SRC"/modules "$GUEST_SRC"/dhcp6-client.c "$BUSYBOX" "$IPERF3" | awk '{ print $1 }'
     for lib in $(iperf3_libs); do
       echo "$lib $(sha256sum "$lib" | awk '{ print $1 }')"
     done
@@ -108,6 +111,8 @@ install -m 0755 "$GUEST_SRC/init" "$ROOT/init"
 install -m 0755 "$GUEST_SRC/udhcpc.script" "$ROOT/etc/udhcpc.script"
 
 cp "$IPERF3" "$ROOT/usr/bin/iperf3"
+"$CC" -static -Os -Wall -o "$ROOT/usr/bin/dhcp6-client" "$GUEST_SRC/dhcp6-client.c" \
+  || fail "cannot build a static dhcp6-client (needs gcc and libc6-dev)"
 for lib in $(iperf3_libs); do
   mkdir -p "$ROOT$(dirname "$lib")"
   cp -L "$lib" "$ROOT$lib"

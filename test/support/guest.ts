@@ -141,6 +141,37 @@ export interface GuestLease {
   search: string[];
 }
 
+/** Outcome of one guest ping printed by pingScript(). */
+export interface PingResult {
+  transmitted: number;
+  received: number;
+  exitCode: number;
+}
+
+/**
+ * Shell for a guest /test.sh: pings every target `count` times, all targets
+ * at once (a boot's time is precious), and prints one line per target:
+ *   FERRY-GUEST: ping <target> transmitted N received M rc R
+ * (read back with Guest.pings()). Each ping is bounded by -w.
+ */
+export function pingScript(targets: string[], count = 3, intervalSeconds = 0.5): string {
+  const lines = ['ping_dir=$(mktemp -d)'];
+  targets.forEach((t, i) => {
+    const family = t.includes(':') ? '-6' : '-4';
+    lines.push(`(ping ${family} -c ${count} -i ${intervalSeconds} -W 2 -w ${count + 4} ${t} >"$ping_dir/${i}" 2>&1; echo "rc $?" >>"$ping_dir/${i}") &`);
+  });
+  lines.push('wait');
+  targets.forEach((t, i) => {
+    lines.push(
+      `awk '/packets transmitted/ { print $1, $4 }' "$ping_dir/${i}" | ` +
+        `{ read -r tx rx; echo "FERRY-GUEST: ping ${t} transmitted \${tx:-0} received \${rx:-0} rc $(sed -n 's/^rc //p' "$ping_dir/${i}")"; }`,
+    );
+    // A failed ping's own words, for the failure message.
+    lines.push(`grep -q '^rc 0$' "$ping_dir/${i}" || sed 's/^/FERRY-GUEST: ping-output ${t}: /' "$ping_dir/${i}"`);
+  });
+  return lines.join('\n') + '\n';
+}
+
 /** A booted (or booting) test guest. */
 export class Guest {
   constructor(readonly vm: QemuVm, readonly workDir: string) {}
@@ -183,6 +214,28 @@ export class Guest {
     const text = this.vm.serialLines;
     for (let m = re.exec(text); m; m = re.exec(text)) {
       out.push({ family: m[1] as 'inet' | 'inet6', address: m[2], prefixLength: Number(m[3]), scope: m[4] });
+    }
+    return out;
+  }
+
+  /** The DHCPv6 lease the guest reported ("dhcp6 lease A dns B,C"; boot with ferry.dhcp6=1), or null. */
+  dhcp6Lease(): { address: string; dns: string[] } | null {
+    const m = /FERRY-GUEST: dhcp6 lease (\S+) dns (\S+)/.exec(this.vm.serialLines);
+    if (!m) return null;
+    return { address: m[1], dns: m[2] === 'none' ? [] : m[2].split(',') };
+  }
+
+  /** Default IPv6 routes the guest reported ("route6 default via ..."), one line each. */
+  routes6(): string[] {
+    return [...this.vm.serialLines.matchAll(/FERRY-GUEST: route6 (.*?)\r?\n/g)].map((m) => m[1].trim());
+  }
+
+  /** Echo results printed by pingScript(), by target, in the order they were printed. */
+  pings(): Map<string, PingResult> {
+    const out = new Map<string, PingResult>();
+    const re = /FERRY-GUEST: ping (\S+) transmitted (\d+) received (\d+) rc (\d+)/g;
+    for (const m of this.vm.serialLines.matchAll(re)) {
+      out.set(m[1], { transmitted: Number(m[2]), received: Number(m[3]), exitCode: Number(m[4]) });
     }
     return out;
   }
