@@ -6,13 +6,29 @@
  */
 
 import { existsSync, readFileSync } from 'fs';
-import { dirname, join } from 'path';
+import { basename, dirname, join } from 'path';
 import { log } from '../log';
 import { closeLogging, setupLogging } from './logging';
-import { DaemonOptions, OptionError, optionHelp, parseOptions, readEphemeralRange } from './options';
+import {
+  DaemonOptions,
+  OptionError,
+  optionHelp,
+  ParsedCommandLine,
+  parseOptions,
+  parsePastaCommandLine,
+  pastaOptionHelp,
+  PastaOptions,
+  readEphemeralRange,
+} from './options';
 
 /** The daemon entry point as cli.ts sees it (src/backend/daemon.ts). */
 export type RunDaemon = (options: DaemonOptions) => Promise<number>;
+
+/** Front-ends other than vhost-user, run as `ferry stream ...` and `ferry pasta ...` (or as `pasta`). */
+export type Subcommand = 'stream' | 'pasta';
+
+/** A subcommand's entry point: src/backend/stream.ts runStream, src/backend/pasta.ts runPasta. */
+export type RunSubcommand = (options: DaemonOptions, pasta: PastaOptions | null) => Promise<number>;
 
 /** What `run` talks to; tests replace parts of it. */
 export interface CliIo {
@@ -22,6 +38,8 @@ export interface CliIo {
   loadDaemon: () => RunDaemon;
   /** Set up logging for a daemon run (default: setupLogging). */
   setupLogging: (options: DaemonOptions) => void;
+  /** Loads a subcommand's entry point lazily (default: require its module). */
+  loadSubcommand: (name: Subcommand) => RunSubcommand;
 }
 
 /** The vhost-user back-end capabilities (vhost-user.rst, "Backend program conventions"): a net device. */
@@ -47,11 +65,40 @@ export function packageVersion(start: string = __dirname): string {
   return 'unknown';
 }
 
+/** Option help lines aligned in two columns. */
+function formatHelp(lines: Array<[string, string]>): string[] {
+  const width = Math.min(40, Math.max(...lines.map(([names]) => names.length)));
+  return lines.map(([names, help]) => (names.length > width ? `  ${names}\n  ${' '.repeat(width)}  ${help}` : `  ${names.padEnd(width)}  ${help}`));
+}
+
+/** The --help text of a subcommand. */
+export function subcommandUsageText(name: Subcommand): string {
+  if (name === 'stream') {
+    return [
+      'Usage: ferry stream [OPTION]...',
+      'ferry\'s stack behind a UNIX stream socket with 4-byte length-prefixed frames (QEMU -netdev stream/socket, passt without --vhost-user).',
+      '',
+      ...formatHelp(optionHelp()),
+      '',
+      'Example: ferry stream --socket /tmp/vm1.sock  (QEMU: -netdev stream,id=n0,server=off,addr.type=unix,addr.path=/tmp/vm1.sock)',
+      '',
+    ].join('\n');
+  }
+  return [
+    'Usage: ferry pasta [OPTION]... [[--] COMMAND [ARG]...]',
+    '       ferry pasta [OPTION]... PID | --netns PATH|NAME',
+    'Run COMMAND (default: $SHELL) in a new user and network namespace whose tap device is served by ferry\'s stack.',
+    '',
+    ...formatHelp([...pastaOptionHelp(), ...optionHelp()]),
+    '',
+    'Example: ferry pasta --config-net -- curl http://example.org/',
+    '',
+  ].join('\n');
+}
+
 /** The --help text: synopsis plus every option, aligned. */
 export function usageText(): string {
-  const lines = optionHelp();
-  const width = Math.min(40, Math.max(...lines.map(([names]) => names.length)));
-  const body = lines.map(([names, help]) => (names.length > width ? `  ${names}\n  ${' '.repeat(width)}  ${help}` : `  ${names.padEnd(width)}  ${help}`));
+  const body = formatHelp(optionHelp());
   return [
     'Usage: ferry [OPTION]...',
     'Rootless userspace network back-end for VMs: vhost-user virtio-net in, host sockets out.',
@@ -72,7 +119,19 @@ function defaultLoadDaemon(): RunDaemon {
   return daemon.runDaemon as RunDaemon;
 }
 
+function defaultLoadSubcommand(name: Subcommand): RunSubcommand {
+  if (name === 'stream') {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const stream = require('./stream') as typeof import('./stream');
+    return (options) => stream.runStream(options);
+  }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const pasta = require('./pasta') as typeof import('./pasta');
+  return (options, extra) => pasta.runPasta(options, extra as PastaOptions);
+}
+
 const defaultIo: CliIo = {
+  loadSubcommand: defaultLoadSubcommand,
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
   loadDaemon: defaultLoadDaemon,
@@ -92,10 +151,13 @@ function describe(error: unknown): string {
  * bad usage or failure, or whatever the daemon returns). Does not exit.
  */
 export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Promise<number> {
-  const { stdout, stderr, loadDaemon, setupLogging: startLogging } = { ...defaultIo, ...io };
-  let parsed;
+  const { stdout, stderr, loadDaemon, loadSubcommand, setupLogging: startLogging } = { ...defaultIo, ...io };
+  const subcommand: Subcommand | null = argv[0] === 'stream' || argv[0] === 'pasta' ? argv[0] : null;
+  let parsed: ParsedCommandLine;
+  let pasta: PastaOptions | null = null;
   try {
-    parsed = parseOptions(argv, { ephemeral: readEphemeralRange() });
+    if (subcommand === 'pasta') ({ parsed, pasta } = parsePastaCommandLine(argv.slice(1), { ephemeral: readEphemeralRange() }));
+    else parsed = parseOptions(subcommand === null ? argv : argv.slice(1), { ephemeral: readEphemeralRange() });
   } catch (error) {
     if (error instanceof OptionError) {
       stderr(`ferry: ${error.message}\n`);
@@ -105,7 +167,7 @@ export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Pro
   }
   switch (parsed.action) {
     case 'help':
-      stdout(usageText());
+      stdout(subcommand === null ? usageText() : subcommandUsageText(subcommand));
       return 0;
     case 'version':
       stdout(`ferry ${packageVersion()}\n`);
@@ -118,7 +180,11 @@ export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Pro
   }
   let runDaemon: RunDaemon;
   try {
-    runDaemon = loadDaemon();
+    if (subcommand === null) runDaemon = loadDaemon();
+    else {
+      const runSubcommand = loadSubcommand(subcommand);
+      runDaemon = (options) => runSubcommand(options, pasta);
+    }
   } catch (error) {
     stderr(`ferry: cannot load the daemon: ${describe(error)}\n`);
     return 1;
@@ -142,7 +208,9 @@ export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Pro
 
 /** bin/ferry.js entry point: run, flush the log, exit with the code. */
 export function main(argv: readonly string[]): void {
-  run(argv).then(
+  // Installed as `pasta` (a link to bin/ferry.js): behave as `ferry pasta`.
+  const invokedAs = basename(process.argv[1] ?? '');
+  run(invokedAs === 'pasta' ? ['pasta', ...argv] : argv).then(
     async (code) => {
       // Bounded: a stuck log destination must not keep the process alive.
       await Promise.race([closeLogging().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);

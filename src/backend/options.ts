@@ -813,3 +813,133 @@ export function parseOptions(argv: readonly string[], environment: ParseEnvironm
   finish(state);
   return done();
 }
+
+// ---------------------------------------------------------------------------
+// `ferry pasta`: the namespace options pasta(1) adds, and the command to run.
+
+/** pasta's own options (everything else is shared with the daemon and parsed by parseOptions). */
+export interface PastaOptions {
+  /** -I/--ns-ifname: name of the tap device in the namespace (default: the host's interface name). */
+  nsIfname: string | null;
+  /** --netns PATH|NAME or a PID (positional or --netns PID): join this network namespace instead of creating one. */
+  netns: string | null;
+  /** --userns PATH|PID: user namespace to join with --netns (default: none, or the target PID's). */
+  userns: string | null;
+  /** --config-net: configure the tap over netlink (addresses, routes, MTU, link up). */
+  configNet: boolean;
+  /** false with --no-splice: no splice() fast path between the loopbacks. */
+  splice: boolean;
+  /** The command to run in the namespace; empty = the user's shell (or, with --netns, none). */
+  command: string[];
+}
+
+/** A namespace spec as a path: a PID means /proc/PID/ns/KIND, a bare name a file under /run/netns (net only). */
+export function namespacePath(spec: string, kind: 'net' | 'user'): string {
+  if (/^[0-9]+$/.test(spec)) return `/proc/${spec}/ns/${kind}`;
+  if (kind === 'net' && !spec.includes('/')) return `/run/netns/${spec}`;
+  return spec;
+}
+
+/** Does this option (as typed, '--name' or '-x') take a value? undefined when unknown. */
+function sharedOptionTakesValue(name: string, long: boolean): boolean | undefined {
+  const spec = long ? byLong.get(name) : byShort.get(name);
+  return spec === undefined ? undefined : spec.value !== undefined;
+}
+
+const PASTA_VALUE_OPTIONS: Record<string, keyof PastaOptions> = { 'ns-ifname': 'nsIfname', I: 'nsIfname', netns: 'netns', userns: 'userns' };
+const PASTA_FLAGS: Record<string, () => Partial<PastaOptions>> = {
+  'config-net': () => ({ configNet: true }),
+  'no-splice': () => ({ splice: false }),
+};
+
+/** pasta's options for its --help, after the shared ones. */
+export function pastaOptionHelp(): Array<[string, string]> {
+  return [
+    ['-I, --ns-ifname NAME', 'Name of the tap device in the namespace (default: the host\'s interface name)'],
+    ['--netns PATH|NAME|PID', 'Join this network namespace instead of creating one (a PID: its namespace)'],
+    ['--userns PATH|PID', 'User namespace to join with --netns'],
+    ['--config-net', 'Configure the tap: the host\'s addresses, routes and MTU, link and loopback up'],
+    ['--no-splice', 'No splice() fast path between the namespace\'s and the host\'s loopback'],
+  ];
+}
+
+/**
+ * Parse `ferry pasta [OPTION]... [--] [COMMAND [ARG]...]` (or `... PID`):
+ * pasta's own options are taken out here, the rest goes to parseOptions; the
+ * first argument that is not an option (or everything after `--`) is the
+ * command. Throws OptionError like parseOptions.
+ */
+export function parsePastaCommandLine(argv: readonly string[], environment: ParseEnvironment = { ephemeral: DEFAULT_EPHEMERAL_RANGE }): { parsed: ParsedCommandLine; pasta: PastaOptions } {
+  const pasta: PastaOptions = { nsIfname: null, netns: null, userns: null, configNet: false, splice: true, command: [] };
+  const shared: string[] = [];
+  let commandAfterDashes = false;
+  let index = 0;
+  const valueFor = (shown: string, inline: string | null): string => {
+    if (inline !== null) return inline;
+    if (index < argv.length) return argv[index++];
+    return fail(shown, 'needs a value');
+  };
+  while (index < argv.length) {
+    const argument = argv[index++];
+    if (argument === '--') {
+      pasta.command = argv.slice(index);
+      commandAfterDashes = true;
+      break;
+    }
+    if (argument.startsWith('--')) {
+      const equals = argument.indexOf('=');
+      const name = equals === -1 ? argument.slice(2) : argument.slice(2, equals);
+      const inline = equals === -1 ? null : argument.slice(equals + 1);
+      const field = PASTA_VALUE_OPTIONS[name];
+      if (field !== undefined) {
+        setPastaValue(pasta, field, `--${name}`, valueFor(`--${name}`, inline));
+        continue;
+      }
+      const flag = PASTA_FLAGS[name];
+      if (flag !== undefined) {
+        if (inline !== null) fail(`--${name}`, 'does not take a value');
+        Object.assign(pasta, flag());
+        continue;
+      }
+      shared.push(argument);
+      if (inline === null && sharedOptionTakesValue(name, true) === true && index < argv.length) shared.push(argv[index++]);
+      continue;
+    }
+    if (argument.startsWith('-') && argument.length > 1) {
+      if (argument[1] === 'I') {
+        setPastaValue(pasta, 'nsIfname', '-I', valueFor('-I', argument.length > 2 ? argument.slice(2) : null));
+        continue;
+      }
+      shared.push(argument);
+      // A bundle: its first option taking a value swallows the rest, or the next argument.
+      for (let position = 1; position < argument.length; position++) {
+        const takes = sharedOptionTakesValue(argument[position], false);
+        if (takes !== true) continue;
+        if (position + 1 === argument.length && index < argv.length) shared.push(argv[index++]);
+        break;
+      }
+      continue;
+    }
+    pasta.command = argv.slice(index - 1);
+    break;
+  }
+  if (!commandAfterDashes && pasta.command.length === 1 && /^[0-9]+$/.test(pasta.command[0]) && pasta.netns === null) {
+    // `pasta PID`: attach to that process's namespaces, as pasta does.
+    pasta.netns = pasta.command[0];
+    pasta.command = [];
+  }
+  const parsed = parseOptions(shared, environment);
+  if (parsed.action === 'run' && !nameOptionGiven(shared)) parsed.options.logging.name = 'pasta';
+  return { parsed, pasta };
+}
+
+function setPastaValue(pasta: PastaOptions, field: keyof PastaOptions, shown: string, value: string): void {
+  if (field === 'nsIfname') pasta.nsIfname = interfaceNameValue(shown, value);
+  else if (field === 'netns') pasta.netns = nonEmpty(shown, value, 'namespace');
+  else if (field === 'userns') pasta.userns = nonEmpty(shown, value, 'namespace');
+}
+
+/** True when --name was among the shared options (then it names the instance, not 'pasta'). */
+function nameOptionGiven(shared: readonly string[]): boolean {
+  return shared.some((a) => a === '--name' || a.startsWith('--name='));
+}

@@ -1,0 +1,122 @@
+/**
+ * A single-threaded event loop driver for the plain-fd frontends (tap for
+ * `ferry pasta`, the length-prefixed stream socket for `ferry stream`): one
+ * epoll Poller on the main thread's libuv loop, serving both the frontend's
+ * fd and the stack's host sockets, plus the stack's periodic timer.
+ *
+ * It is worker-main.ts without the virtqueues: there a worker thread per
+ * queue pair is needed because guest memory and rings are per queue; a tap
+ * or a stream socket is one fd with one queue, so the stack runs right on
+ * the main thread and no frame ever crosses a thread.
+ */
+import { native, Poller } from '../native';
+import type { CounterBlock } from '../counters';
+import type { StackConfig } from '../stack/config';
+import type { FdWatcher, ReadyHandler } from '../stack/context';
+import type { FramePort, FrameSink } from '../stack/frame-io';
+import { Stack, STACK_TIMER_INTERVAL_MS } from '../stack/stack';
+import { createStack } from './stack-factory';
+
+/** Ready fds taken per wake-up (the Poller's batch). */
+const POLL_BATCH = 256;
+
+/** Owns a Poller and dispatches readiness to registered handlers (FdWatcher for the stack). */
+export class FrontendLoop implements FdWatcher {
+  private readonly events = new Int32Array(POLL_BATCH * 2);
+  private readonly poller: Poller;
+  private readonly handlers = new Map<number, ReadyHandler>();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly batchEndHooks: (() => void)[] = [];
+  private closed = false;
+
+  constructor() {
+    this.poller = new native.Poller(this.events, (count) => this.onPoll(count));
+  }
+
+  /** Watch fd for epoll `events`; `handler.onReady(fd, bits)` runs when it is ready. */
+  watch(fd: number, events: number, handler: ReadyHandler): void {
+    if (this.closed) return;
+    if (this.handlers.has(fd)) this.poller.modify(fd, events);
+    else this.poller.add(fd, events);
+    this.handlers.set(fd, handler);
+  }
+
+  /** Change the events watched on fd. */
+  modify(fd: number, events: number): void {
+    if (this.handlers.has(fd)) this.poller.modify(fd, events);
+  }
+
+  /** Stop watching fd (before it is closed). */
+  unwatch(fd: number): void {
+    if (this.handlers.delete(fd)) this.poller.remove(fd);
+  }
+
+  /** Run `hook` after every batch of ready fds (e.g. flush the port once per batch). */
+  onBatchEnd(hook: () => void): void {
+    this.batchEndHooks.push(hook);
+  }
+
+  /** Call `tick` every `intervalMs` until close(); the timer does not keep the process alive on its own. */
+  every(intervalMs: number, tick: () => void): void {
+    if (this.closed) return;
+    const timer = setInterval(tick, intervalMs);
+    timer.unref();
+    this.timers.push(timer);
+  }
+
+  /** Let the loop keep the process alive (true, the default) or not. */
+  keepAlive(on: boolean): void {
+    if (on) this.poller.ref();
+    else this.poller.unref();
+  }
+
+  /** Stop timers and the Poller; no callbacks after this. Idempotent. Does not close the watched fds. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const timer of this.timers) clearInterval(timer);
+    this.timers.length = 0;
+    this.handlers.clear();
+    this.poller.close();
+  }
+
+  private onPoll(count: number): void {
+    const events = this.events;
+    for (let i = 0; i < count && !this.closed; i++) {
+      const fd = events[2 * i];
+      const handler = this.handlers.get(fd);
+      if (handler !== undefined) handler.onReady(fd, events[2 * i + 1]);
+    }
+    for (const hook of this.batchEndHooks) hook();
+  }
+}
+
+/** A FramePort that also takes frames from its fd and hands them to a sink. */
+export interface FrontendPort extends FramePort {
+  sink: FrameSink | null;
+}
+
+/**
+ * Build the stack over `port` on this loop: the stack's host sockets are
+ * watched by the loop, its timer runs every STACK_TIMER_INTERVAL_MS, and
+ * after every batch of ready fds committed frames are flushed once.
+ * Returns the stack (close it with the loop).
+ */
+export function runStackOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock): Stack {
+  const stack = createStack({ config, port, counters, watcher: loop, sockets: native });
+  port.sink = stack;
+  loop.every(STACK_TIMER_INTERVAL_MS, () => stack.onTimer());
+  loop.onBatchEnd(() => {
+    stack.flush();
+    port.flush();
+  });
+  return stack;
+}
+
+/** Largest frame for an MTU (0 = "announce none": the default MTU then applies to frames). */
+export function maxFrameLengthFor(mtu: number): number {
+  return (mtu > 0 ? mtu : DEFAULT_FRAME_MTU) + ETHERNET_HEADER_LENGTH;
+}
+
+const DEFAULT_FRAME_MTU = 65520;
+const ETHERNET_HEADER_LENGTH = 14;
