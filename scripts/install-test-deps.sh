@@ -16,8 +16,9 @@ export DEBIAN_FRONTEND=noninteractive
 
 # The packages the tests use: QEMU for the real guest, busybox-static and
 # iperf3 to build it, iproute2 for namespaces, tcpdump for captures, curl and
-# procps for probes; gcc and libc6-dev build the guest's static DHCPv6 client.
-PACKAGES=(qemu-system-x86 busybox-static iperf3 iproute2 tcpdump curl procps gcc libc6-dev)
+# procps for probes; gcc and libc6-dev build the guest's static DHCPv6 client;
+# systemd (systemd-analyze, systemd-socket-activate) and strace for the unit tests.
+PACKAGES=(qemu-system-x86 busybox-static iperf3 iproute2 tcpdump curl procps gcc libc6-dev systemd strace)
 # The guest kernel: this meta package depends on the versioned image package.
 KERNEL_META=linux-image-cloud-amd64
 

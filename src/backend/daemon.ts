@@ -15,7 +15,8 @@ import { VhostUserServer } from './vhost-user/server';
 import { createPcapFile } from './pcap';
 import { resolveDaemonStackConfig } from './stack-setup';
 import { systemdListenFds, systemdNotify } from './systemd';
-import { logFromWorker } from './logging';
+import { logFromWorker, setLogLevel } from './logging';
+import { ControlServer, partialControlHandler, startControlServer, statsFromRegistry } from './control';
 import { FerryMetrics, MetricsServer, startMetricsServer } from './metrics';
 
 /** Where the vhost-user socket goes when neither --socket-path nor --fd is given. */
@@ -72,11 +73,23 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     ...(socketGroup !== undefined ? { socketGroup } : {}),
   });
 
+  // Index = queue pair; main's own block (vhost-user server counters) last.
+  const metrics = new FerryMetrics(() => [...workers.map((w) => w.counters), mainCounters]);
   let metricsServer: MetricsServer | null = null;
   if (options.metrics !== null) {
-    const metrics = new FerryMetrics(() => [...workers.map((w) => w.counters), mainCounters]);
     metricsServer = await startMetricsServer(options.metrics, metrics);
     log.info(`metrics on ${metricsServer.address}`);
+  }
+  let control: ControlServer | null = null;
+  if (options.controlPath !== null) {
+    control = await startControlServer(
+      options.controlPath,
+      partialControlHandler({
+        stats: async () => statsFromRegistry(metrics.registry),
+        setLogLevel: async (level) => setLogLevel(level),
+      }),
+    );
+    log.info(`control API on ${control.path}`);
   }
 
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
@@ -98,6 +111,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       }
       await Promise.all(workers.map((w) => w.terminate()));
       if (metricsServer !== null) await metricsServer.close();
+      if (control !== null) await control.close();
       if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
       process.removeListener('SIGTERM', onTerm);
       process.removeListener('SIGINT', onInt);

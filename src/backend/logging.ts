@@ -156,6 +156,13 @@ export function logFromWorker(level: unknown, message: unknown, workerId: number
   else process.stderr.write(`${currentName}: ${safeLevel}: ${oneLine(text)}\n`);
 }
 
+/** Change the level of the installed logger and its transports at run time (control API). */
+export function setLogLevel(level: LogLevel): void {
+  if (current === null) return;
+  current.logger.level = level;
+  for (const transport of current.logger.transports) transport.level = level;
+}
+
 /** Flush and close the installed logger (before exit); later lines go straight to stderr. */
 export async function closeLogging(): Promise<void> {
   const closing = current;
