@@ -245,6 +245,8 @@ export class TcpService implements ReadyHandler {
   private readonly dueHandler = (id: number): void => this.onDeadline(id);
   /** Frames committed by this module since the last flush. */
   private pending = 0;
+  /** The time onTimer() runs for. */
+  private timerNow = 0;
   /** A reservation is open on the port. */
   private open = false;
   /** Flows with F_RX_BLOCKED. */
@@ -319,6 +321,7 @@ export class TcpService implements ReadyHandler {
 
   /** Timers: retransmissions, SYN/FIN/idle timeouts. Call every STACK_TIMER_INTERVAL_MS or sooner. */
   onTimer(now = this.ctx.clock.now()): void {
+    this.timerNow = now;
     try {
       this.flows.forEachDue(now, FlowProtocol.Tcp, this.dueHandler);
     } finally {
@@ -1152,9 +1155,18 @@ export class TcpService implements ReadyHandler {
     this.emit(list, family, tcp.dstPort, tcp.srcPort, seq, ack, outFlags, 0, 0, false, 0, 0);
   }
 
-  /** The window field we advertise: free send buffer space, scaled. */
+  /**
+   * The window field we advertise: free send buffer space, scaled. When it
+   * is smaller than a segment, EPOLLOUT is watched so the guest hears when
+   * the socket drains (a window update) instead of waiting for its persist
+   * timer.
+   */
   private windowField(id: number): number {
     const free = this.freeSendSpace(id);
+    if (free < this.mss[id] && (this.flag[id] & F_SND_BLOCKED) === 0 && this.flows.state[id] >= TcpState.Established) {
+      this.flag[id] |= F_SND_BLOCKED;
+      this.updateEvents(id);
+    }
     const shift = this.ourWscale[id];
     let field = Math.floor(free / (1 << shift));
     if (field === 0 && free > 0) field = 1;
@@ -1224,7 +1236,7 @@ export class TcpService implements ReadyHandler {
   }
 
   private onDeadline(id: number): void {
-    const now = this.ctx.clock.now();
+    const now = this.timerNow;
     const state = this.flows.state[id] as TcpState;
     switch (state) {
       case TcpState.Connecting:

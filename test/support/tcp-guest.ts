@@ -192,12 +192,22 @@ export class TcpHarness {
   /** When set, returns true for segments the "wire" should lose before the guest sees them. */
   dropFilter: ((segment: Segment) => boolean) | null = null;
 
+  /** Added to the real clock: advance() moves the stack's time forward. */
+  clockOffset = 0;
+
   constructor(patch: Partial<StackConfig> = {}, options: TcpServiceOptions = {}, segmentSizes?: number[]) {
     this.config = testConfig({ guestMac: GUEST_MAC, ...patch });
     this.port = new FakeFramePort(segmentSizes);
-    this.stack = new Stack({ config: this.config, port: this.port, counters: this.counters, watcher: this.watcher, sockets: native });
+    const clock = { now: (): number => performance.now() + this.clockOffset };
+    this.stack = new Stack({ config: this.config, port: this.port, counters: this.counters, watcher: this.watcher, sockets: native, clock });
     this.tcp = new TcpService(this.stack.ctx, options);
     this.stack.tcpHandler = this.tcp;
+  }
+
+  /** Move the stack's clock forward by ms and run the TCP timers. */
+  advance(ms: number): void {
+    this.clockOffset += ms;
+    this.tcp.onTimer();
   }
 
   /** Hand a frame to the stack as the guest's TX. */
