@@ -17,8 +17,10 @@ export DEBIAN_FRONTEND=noninteractive
 # The packages the tests use: QEMU for the real guest, busybox-static and
 # iperf3 to build it, iproute2 for namespaces, tcpdump for captures, curl and
 # procps for probes; gcc and libc6-dev build the guest's static DHCPv6 client;
-# systemd (systemd-analyze, systemd-socket-activate) and strace for the unit tests.
-PACKAGES=(qemu-system-x86 busybox-static iperf3 iproute2 tcpdump curl procps gcc libc6-dev systemd strace)
+# systemd (systemd-analyze, systemd-socket-activate) and strace for the unit tests;
+# libvirt's daemon, QEMU driver and virsh for the libvirt e2e test (no default network).
+PACKAGES=(qemu-system-x86 busybox-static iperf3 iproute2 tcpdump curl procps gcc libc6-dev systemd strace
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 # The guest kernel: this meta package depends on the versioned image package.
 KERNEL_META=linux-image-cloud-amd64
 
@@ -52,6 +54,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt_update_once
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || fail "apt-get install ${missing[*]} did not succeed"
+fi
+
+# libvirt 9.0's QEMU driver refuses to start without a libvirt-qemu user and
+# group (libvirt-daemon-system would create them; the test does not need it).
+if ! getent group libvirt-qemu >/dev/null; then
+  groupadd --system libvirt-qemu || fail "groupadd libvirt-qemu did not succeed"
+fi
+if ! getent passwd libvirt-qemu >/dev/null; then
+  useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt --no-create-home \
+    --shell /usr/sbin/nologin libvirt-qemu || fail "useradd libvirt-qemu did not succeed"
 fi
 
 # The guest kernel package: fetched once into the cache, never installed.
