@@ -147,6 +147,7 @@ const F_RX_BLOCKED = 1 << 5; // waiting for guest RX buffers
 const F_SND_BLOCKED = 1 << 6; // the socket refused guest data: watching EPOLLOUT for a window update
 const F_READABLE = 1 << 7; // the socket may hold data not yet sent to the guest (cleared when a peek finds nothing new)
 const F_EVER_FIN = 1 << 8; // finSeq is valid
+const F_RECOVERY = 1 << 10; // rewound: duplicate ACKs are not counted until `recover` is ACKed
 const F_PEER_CLOSED = 1 << 9; // EPOLLRDHUP/EPOLLHUP seen: the socket stays readable until the peek finds the end
 
 /** Events counted by the TCP translator (ferry_tcp_events_total{event}). */
@@ -206,6 +207,8 @@ export class TcpService implements ReadyHandler {
   private readonly sndNxt: Uint32Array;
   /** Highest sequence number sent so far (sndNxt before a rewind). */
   private readonly sndMax: Uint32Array;
+  /** sndMax when we last rewound: duplicate ACKs before it is ACKed are echoes of the old flight. */
+  private readonly recover: Uint32Array;
   /** Sequence number of our FIN (valid with F_EVER_FIN). */
   private readonly finSeq: Uint32Array;
   /** Next sequence number expected from the guest (what we ACK). */
@@ -261,6 +264,7 @@ export class TcpService implements ReadyHandler {
     this.sndNxt = new Uint32Array(n);
     this.sndMax = new Uint32Array(n);
     this.finSeq = new Uint32Array(n);
+    this.recover = new Uint32Array(n);
     this.rcvNxt = new Uint32Array(n);
     this.sndWnd = new Float64Array(n);
     this.guestWscale = new Uint8Array(n);
@@ -652,12 +656,13 @@ export class TcpService implements ReadyHandler {
       this.dupAcks[id] = 0;
       this.retries[id] = 0;
       this.rto[id] = RTO_INITIAL_MS;
+      if ((this.flag[id] & F_RECOVERY) !== 0 && seqDiff(ack, this.recover[id]) >= 0) this.flag[id] &= ~F_RECOVERY;
       this.sndWnd[id] = window;
       this.armTimer(id);
       return;
     }
     // acked === 0
-    if (!carriesData && window === this.sndWnd[id] && this.sndNxt[id] !== una) {
+    if (!carriesData && window === this.sndWnd[id] && this.sndNxt[id] !== una && (this.flag[id] & F_RECOVERY) === 0) {
       if (++this.dupAcks[id] === DUP_ACK_THRESHOLD) {
         this.ctx.counters.add(TcpEvent.FastRetransmit);
         this.rewind(id);
@@ -992,7 +997,8 @@ export class TcpService implements ReadyHandler {
   private rewind(id: number): void {
     this.sndNxt[id] = this.sndUna[id];
     this.dupAcks[id] = 0;
-    this.flag[id] |= F_READABLE;
+    this.recover[id] = this.sndMax[id];
+    this.flag[id] |= F_READABLE | F_RECOVERY;
     if ((this.flag[id] & F_FIN_ACKED) === 0) this.flag[id] &= ~F_FIN_SENT;
     this.setPeekOffset(id);
     this.sendData(id, false);

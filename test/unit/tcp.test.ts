@@ -302,6 +302,7 @@ if (!INSIDE) {
       }
       expect(g.finReceived).to.equal(true);
       expect(g.digest()).to.equal(sha256(data));
+      expect(harness.counters.get(TcpEvent.Retransmit)).to.be.greaterThan(0);
       expect(harness.counters.get(TcpEvent.FastRetransmit)).to.be.greaterThan(0);
     });
 
