@@ -1,0 +1,223 @@
+/**
+ * The tap frontend (`ferry pasta`): Ethernet frames to and from a tap device
+ * (IFF_TAP | IFF_NO_PI, no virtio-net header yet) whose fd ferry holds while
+ * the device itself lives in the container's network namespace.
+ *
+ * A tap fd is message-oriented: one read() returns one frame, one write()
+ * sends one. There is no batching system call for it (no recvmmsg/sendmmsg
+ * on a character device), so:
+ *
+ * From the namespace: on readiness, frames are read one per read() into
+ * consecutive slots of a preallocated pool, up to READ_BATCH frames or until
+ * the tap is empty, and only then handed to the sink one after the other:
+ * the reads of a burst are not interleaved with the stack's socket calls.
+ * The batch is bounded, and epoll is level-triggered, so a busy tap cannot
+ * starve the host sockets.
+ *
+ * To the namespace (FramePort): reserve() hands out one preallocated frame
+ * buffer and commit() writes it at once (the tap copies it into an skb
+ * during write(), so the buffer is free again right after). Writes do not
+ * block; a tap that refuses a frame (interface down, queue full) costs that
+ * frame, counted by reason.
+ */
+import { CounterBlock, defineCounter } from '../counters';
+import { rateLimited } from '../log';
+import { native } from '../native';
+import type { FdWatcher, ReadyHandler } from '../stack/context';
+import type { FramePort, FrameSink, OffloadInfo } from '../stack/frame-io';
+import { SegmentList } from '../stack/frame-io';
+import type { FrameTap } from './virtio-net-port';
+import { PORT_COUNTERS } from './virtio-net-port';
+
+/** Frames read per readable wake-up before they are handed to the stack. */
+export const READ_BATCH = 64;
+/** Shortest frame passed to the stack: an Ethernet header. */
+const MIN_FRAME_LENGTH = 14;
+
+const DROPS_HELP = 'Frames or descriptor chains dropped, by direction and reason';
+/** Drop reasons of the tap frontend. */
+export const TAP_DROPS = {
+  runt: defineCounter('ferry_drops_total', DROPS_HELP, { direction: 'tx', reason: 'runt' }),
+  oversized: defineCounter('ferry_drops_total', DROPS_HELP, { direction: 'tx', reason: 'oversized' }),
+  sinkError: defineCounter('ferry_drops_total', DROPS_HELP, { direction: 'tx', reason: 'sink_error' }),
+  tapBusy: defineCounter('ferry_drops_total', DROPS_HELP, { direction: 'rx', reason: 'tap_busy' }),
+  tapWriteError: defineCounter('ferry_drops_total', DROPS_HELP, { direction: 'rx', reason: 'tap_write_error' }),
+};
+
+const OFFLOAD_NONE: OffloadInfo = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
+
+/** What a TapPort is made from. */
+export interface TapPortOptions {
+  /** The tap fd (non-blocking); the port owns it from now on. */
+  fd: number;
+  counters: CounterBlock;
+  watcher: FdWatcher;
+  /** Largest frame either way (the tap's MTU + 14). */
+  maxFrameLength: number;
+  /** Frames read per wake-up (default READ_BATCH). */
+  readBatch?: number;
+  onFrame?: FrameTap | null;
+}
+
+/** A tap fd as the stack's FramePort and frame source. */
+export class TapPort implements FramePort, ReadyHandler {
+  sink: FrameSink | null = null;
+  onWritable: (() => void) | null = null;
+  /** Called once when the tap fails for good (read error or EOF: the namespace is gone). */
+  onClosed: ((reason: string) => void) | null = null;
+  readonly maxFrameLength: number;
+
+  private fd: number;
+  private readonly counters: CounterBlock;
+  private readonly watcher: FdWatcher;
+  private readonly onFrame: FrameTap | null;
+
+  /** Read slots: frame i of a batch is read into pool[i * slotLength ...]. */
+  private readonly pool: Uint8Array;
+  private readonly slotLength: number;
+  private readonly readBatch: number;
+  private readonly batchLengths: Int32Array;
+  private readonly frame = new SegmentList(1);
+
+  private readonly output: Uint8Array;
+  private readonly reserved = new SegmentList(1);
+  private reservedOpen = false;
+
+  constructor(options: TapPortOptions) {
+    this.fd = options.fd;
+    this.counters = options.counters;
+    this.watcher = options.watcher;
+    this.onFrame = options.onFrame ?? null;
+    this.maxFrameLength = options.maxFrameLength;
+    this.readBatch = Math.max(1, options.readBatch ?? READ_BATCH);
+    // One spare byte: a read that fills the slot completely was a frame longer than we accept.
+    this.slotLength = this.maxFrameLength + 1;
+    this.pool = new Uint8Array(this.slotLength * this.readBatch);
+    this.batchLengths = new Int32Array(this.readBatch);
+    this.output = new Uint8Array(this.maxFrameLength);
+    this.watcher.watch(this.fd, native.constants.EPOLLIN, this);
+  }
+
+  /** True until the tap failed or close() was called. */
+  get open(): boolean {
+    return this.fd >= 0;
+  }
+
+  /** Stop watching and close the tap fd (the device goes with its namespace, or with this fd). Idempotent. */
+  close(reason = 'closed'): void {
+    if (this.fd < 0) return;
+    const fd = this.fd;
+    this.fd = -1;
+    this.watcher.unwatch(fd);
+    try {
+      native.close(fd);
+    } catch {
+      // already gone
+    }
+    if (this.onClosed !== null) this.onClosed(reason);
+  }
+
+  /** Readiness of the tap fd (ReadyHandler). */
+  onReady(fd: number, events: number): void {
+    if (fd !== this.fd) return;
+    if ((events & (native.constants.EPOLLIN | native.constants.EPOLLERR | native.constants.EPOLLHUP)) !== 0) this.readFrames();
+  }
+
+  // ---------------------------------------------------------------- from the namespace
+
+  /** Read up to readBatch frames, then hand them to the sink; returns how many were read. */
+  readFrames(): number {
+    let count = 0;
+    for (; count < this.readBatch && this.fd >= 0; count++) {
+      let n: number;
+      try {
+        n = native.read(this.fd, this.pool, count * this.slotLength, this.slotLength);
+      } catch (e) {
+        this.close(`tap read failed: ${(e as Error).message}`);
+        break;
+      }
+      if (n < 0) break; // EAGAIN: the tap is empty
+      if (n === 0) {
+        this.close('tap closed');
+        break;
+      }
+      this.batchLengths[count] = n;
+    }
+    for (let i = 0; i < count; i++) this.deliver(i * this.slotLength, this.batchLengths[i]);
+    return count;
+  }
+
+  private deliver(start: number, length: number): void {
+    if (length < MIN_FRAME_LENGTH) {
+      this.counters.add(TAP_DROPS.runt);
+      rateLimited('warn', 'tap runt', () => `tap: dropped a ${length}-byte frame (shorter than an Ethernet header)`);
+      return;
+    }
+    if (length > this.maxFrameLength) {
+      this.counters.add(TAP_DROPS.oversized);
+      rateLimited('warn', 'tap oversized', () => `tap: dropped a frame longer than ${this.maxFrameLength} bytes (is the tap's MTU above ferry's?)`);
+      return;
+    }
+    const frame = this.frame;
+    frame.clear();
+    frame.push(this.pool, start, length);
+    this.counters.add(PORT_COUNTERS.txFrames);
+    this.counters.add(PORT_COUNTERS.txBytes, length);
+    if (this.onFrame !== null) this.onFrame('tx', frame, length);
+    if (this.sink === null) return;
+    try {
+      this.sink.receiveFrame(frame, OFFLOAD_NONE);
+    } catch (e) {
+      this.counters.add(TAP_DROPS.sinkError);
+      rateLimited('error', 'tap sink_error', () => `tap: frame handler threw: ${String(e)}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- to the namespace
+
+  /** The frame buffer, up to min(maxLength, maxFrameLength) bytes (FramePort); null once the tap is closed. */
+  reserve(maxLength: number): SegmentList | null {
+    if (this.fd < 0) return null;
+    this.reservedOpen = true;
+    const list = this.reserved;
+    list.clear();
+    list.push(this.output, 0, Math.max(0, Math.min(maxLength, this.maxFrameLength)));
+    return list;
+  }
+
+  /** Write the reserved frame to the tap now (FramePort). */
+  commit(length: number, _offload?: OffloadInfo): void {
+    if (!this.reservedOpen) return;
+    this.reservedOpen = false;
+    const frameLength = Math.min(Math.max(0, length), this.reserved.totalLength);
+    if (frameLength === 0 || this.fd < 0) return;
+    let written: number;
+    try {
+      written = native.write(this.fd, this.output, 0, frameLength);
+    } catch (e) {
+      this.counters.add(TAP_DROPS.tapWriteError);
+      rateLimited('warn', 'tap write', () => `tap: frame to the namespace dropped: ${(e as Error).message}`);
+      return;
+    }
+    if (written < 0) {
+      this.counters.add(TAP_DROPS.tapBusy);
+      return;
+    }
+    this.counters.add(PORT_COUNTERS.rxFrames);
+    this.counters.add(PORT_COUNTERS.rxBytes, frameLength);
+    if (this.onFrame !== null) {
+      this.reserved.lengths[0] = frameLength;
+      this.onFrame('rx', this.reserved, frameLength);
+    }
+  }
+
+  /** Give the reservation back (FramePort). */
+  cancel(): void {
+    this.reservedOpen = false;
+  }
+
+  /** Nothing to publish: commit() already wrote the frame (FramePort). */
+  flush(): void {
+    // Frames leave at commit (see the header comment).
+  }
+}
