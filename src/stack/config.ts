@@ -6,6 +6,7 @@
  * Addresses are kept as bytes (4 for IPv4, 16 for IPv6) so the hot path can
  * compare them against packet bytes without parsing strings.
  */
+import type { ForwardSpec } from './forward-spec';
 
 export interface Ipv4Config {
   /** The address the guest is given (the host's own, passt's model). */
@@ -63,4 +64,8 @@ export interface StackConfig {
   maxFlows: number;
   /** UDP flow idle timeout in milliseconds. */
   udpIdleMs: number;
+  /** Parsed -t/--tcp-ports specs (inbound TCP forwarding); absent or empty = none. */
+  tcpForwards?: ForwardSpec[];
+  /** Parsed -u/--udp-ports specs (inbound UDP forwarding); absent or empty = none. */
+  udpForwards?: ForwardSpec[];
 }

@@ -1,0 +1,936 @@
+/**
+ * UDP between the guest and the world through ordinary host sockets, in
+ * passt's way (no NAT: the guest has the host's addresses).
+ *
+ * Outbound flows: the first datagram from a guest (address, port) to a
+ * (destination, port) opens a flow with its own non-blocking host socket
+ * connected to the destination as mapped by udp-address-map.ts (the
+ * --map-host-loopback address, the gateway by default, to 127.0.0.1 / ::1;
+ * --map-guest-addr to the host's address; --dns-forward port 53 to
+ * --dns-host port 53). Replies are read from that socket and reach the guest
+ * from the address and port it used, so DNS answers come from the
+ * --dns-forward address and loopback services from the gateway.
+ *
+ * Inbound flows (-u/--udp-ports): a bound socket per forwarded host port
+ * and family; a datagram creates (or reuses) a flow to the guest's mapped
+ * port, from the sender's real address (loopback senders appear as the
+ * gateway), and the guest's replies are sent back from the forwarded port
+ * to the original sender (sendmsg with its address on the bound socket).
+ *
+ * Data path, with no per-datagram allocation:
+ * - guest to host: the payload goes from guest memory straight into
+ *   sendmsg iovecs (views over the TX frame's SegmentList);
+ * - host to guest: FIONREAD gives the next datagram's exact size, one RX
+ *   reservation of that size is taken, recvmsg fills the payload straight
+ *   into it after the headers, which are written in place afterwards with
+ *   the checksum summed over the reservation.
+ * Batching: the FramePort contract allows one open reservation at a time
+ * and the stack receives one TX frame per call (guest memory must not be
+ * held after it returns), so datagrams are read with one recvmsg each and
+ * sent with one sendmsg each; what is batched is the guest notification
+ * (one flush per readiness callback, up to READS_PER_WAKEUP datagrams).
+ * recvmmsg straight into RX buffers would need a FramePort that hands out
+ * several reservations at once (proposed in the issue report).
+ *
+ * ICMP errors: every host socket has IP_RECVERR / IPV6_RECVERR on; errors
+ * from the error queue (port/host unreachable, fragmentation needed /
+ * packet too big with the MTU, time exceeded) become the matching ICMP
+ * error to the guest quoting a datagram rebuilt from the flow
+ * (icmp-errors.ts), so a connected guest socket sees ECONNREFUSED.
+ *
+ * Fragments: the stack's dispatch drops IPv4 and IPv6 fragments from the
+ * guest and counts them (ipv4_fragment / ipv6_fragment); they are not
+ * reassembled. The guest is given the MTU (65520 by default, larger than
+ * any UDP datagram) and Linux guests fragment only datagrams above it, so
+ * fragments only appear with a small -m; reassembly would hold up to 64 KiB
+ * per datagram of untrusted state for that case. Counted, not silent.
+ *
+ * Flows live in the worker's shared FlowTable (flow-table.ts; protocol 17,
+ * states 'outbound' and 'inbound'), with UDP's own per-flow arrays indexed
+ * by flow id. An idle flow (no datagram either way for config.udpIdleMs)
+ * is closed by onTimer(); the table's size bounds UDP flows (--max-flows),
+ * refusals counted in ferry_flows_refused_total{protocol="udp"}.
+ */
+import type { IoVecList, Native } from '../native';
+import { defineCounter } from '../counters';
+import { log, rateLimited } from '../log';
+import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
+import type { SegmentList } from './frame-io';
+import type { ForwardSpec } from './forward-spec';
+import { ADDRESS_SLOT, FlowProtocol, FlowTable, NO_FLOW, defineFlowStates } from './flow-table';
+import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
+import { IPV4_HEADER_LENGTH, IpProtocol, emitIpv4 } from './wire/ipv4';
+import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
+import { UDP_HEADER_LENGTH } from './wire/udp';
+import { be16, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
+import { DropReason, countDrop } from './drops';
+import {
+  SOCKADDR_IN6_LENGTH,
+  equalAt,
+  guestVisibleSource,
+  isGroupOrUnspecified,
+  mapDestination,
+  sockaddrAddressOffset,
+  sockaddrFamily,
+  sockaddrPort,
+  writeSockaddr,
+} from './udp-address-map';
+import { ExtendedError, IcmpErrorPlan, QuotedDatagram, parseExtendedError, planIcmpError, sendIcmpError } from './icmp-errors';
+
+/** The addon calls UDP needs (a subset, so tests can wrap or fake them). */
+export type UdpSockets = Pick<
+  Native,
+  'socket' | 'bind' | 'connect' | 'close' | 'setsockoptInt' | 'setsockoptBytes' | 'sendmsg' | 'recvmsg' | 'recvErrqueue' | 'ioctlInt'
+>;
+
+// ---- Linux constants (the addon passes numbers through unchanged) ----
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_DGRAM = 2;
+const SOL_SOCKET = 1;
+const SO_BINDTODEVICE = 25;
+const SOL_IP = 0;
+const SOL_IPV6 = 41;
+const IP_RECVERR = 11;
+const IPV6_RECVERR = 25;
+const IPV6_V6ONLY = 26;
+const MSG_PEEK = 2;
+const MSG_TRUNC = 32;
+const FIONREAD = 0x541b;
+const EPOLLIN = 0x001;
+const EPOLLERR = 0x008;
+
+// ---- tunables ----
+/** Datagrams read per socket per readiness callback, so one flow cannot starve the others. */
+export const READS_PER_WAKEUP = 64;
+/** Error-queue entries handled per readiness callback. */
+export const ERRORS_PER_WAKEUP = 16;
+/** Largest UDP payload over IPv4 / IPv6 (65535 minus the headers). */
+const MAX_PAYLOAD_V4 = 65535 - IPV4_HEADER_LENGTH - UDP_HEADER_LENGTH;
+const MAX_PAYLOAD_V6 = 65535 - UDP_HEADER_LENGTH;
+/** Ethernet + IP + UDP header bytes of a frame to the guest. */
+const HEADERS_V4 = ETHERNET_HEADER_LENGTH + IPV4_HEADER_LENGTH + UDP_HEADER_LENGTH;
+const HEADERS_V6 = ETHERNET_HEADER_LENGTH + IPV6_HEADER_LENGTH + UDP_HEADER_LENGTH;
+/** Iovec entries for one datagram (guest frames have few segments; the RX reservation too). */
+const IOV_ENTRIES = 1024;
+/** Bound on listening sockets (-u all over two families is about 2 x 49k). */
+export const MAX_LISTENERS = 131072;
+
+/** Flow states of UDP flows in the shared table. */
+export const enum UdpFlowState {
+  Outbound = 0,
+  Inbound = 1,
+}
+/** State names for the ferry_flows gauges, in UdpFlowState order. */
+export const UDP_FLOW_STATE_NAMES: readonly string[] = ['outbound', 'inbound'];
+defineFlowStates(FlowProtocol.Udp, 'udp', UDP_FLOW_STATE_NAMES);
+
+const EVENT_HELP = 'UDP events, by kind';
+/** Counter slots of ferry_udp_events_total{event}. */
+export const UdpEvent = {
+  DatagramsFromGuest: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'datagram_from_guest' }),
+  DatagramsToGuest: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'datagram_to_guest' }),
+  /** Table full (--max-flows): the datagram was dropped. */
+  TableFull: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'table_full' }),
+  /** No host address for the destination (family disabled, foreign IPv6 link-local, DNS forward without resolver). */
+  Unreachable: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'unreachable' }),
+  /** Multicast, broadcast or unspecified destination. */
+  GroupDestination: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'group_destination' }),
+  /** Port 0 on either side. */
+  PortZero: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'port_zero' }),
+  SocketFailed: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'socket_failed' }),
+  /** sendmsg failed (buffer full, or a synchronous error). */
+  SendFailed: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'send_failed' }),
+  /** A datagram too large for the guest's frames (or its buffers) was discarded. */
+  TooBig: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'too_big' }),
+  /** An inbound datagram from a peer the guest cannot be shown (loopback without a mapping). */
+  UnmappableSource: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'unmappable_source' }),
+  IcmpErrorRelayed: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'icmp_error_relayed' }),
+  IcmpErrorIgnored: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'icmp_error_ignored' }),
+  /** Reading paused because the guest had no RX buffers. */
+  RxBlocked: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'rx_blocked' }),
+  ListenFailed: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'listen_failed' }),
+  FlowExpired: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'flow_expired' }),
+} as const;
+
+/** Why an addon call failed. */
+function errorCode(e: unknown): string {
+  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
+}
+
+/** Errors a socket reports asynchronously (from an earlier ICMP): the send is retried once. */
+function isAsyncError(code: string): boolean {
+  return code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EHOSTDOWN' || code === 'EMSGSIZE';
+}
+
+/** Options of UdpService. */
+export interface UdpServiceOptions {
+  /** Addon calls (default: the real addon). */
+  sockets?: UdpSockets;
+  /** The worker's flow table shared with TCP/ICMP (default: a table of config.maxFlows). */
+  flows?: FlowTable;
+}
+
+/**
+ * The UDP translator: one per stack (worker). Install as the stack's
+ * udpHandler, open inbound forwards with listen(), call onTimer()
+ * periodically and close() at the end.
+ */
+export class UdpService implements ReadyHandler {
+  readonly flows: FlowTable;
+  private readonly sockets: UdpSockets;
+
+  // ---- per-flow UDP state, indexed by flow id ----
+  /** Listener index of an inbound flow, -1 for an outbound flow (own socket in flows.fd). */
+  private readonly listenerOf: Int32Array;
+  /** The host-side peer as a sockaddr (SOCKADDR_IN6_LENGTH bytes per flow): the mapped destination, or the inbound sender. */
+  private readonly peer: Uint8Array;
+
+  // ---- listening sockets (inbound forwards), indexed by listener number ----
+  private listenerFd: Int32Array = new Int32Array(0);
+  private listenerFamily: Uint8Array = new Uint8Array(0);
+  private listenerGuestPort: Uint16Array = new Uint16Array(0);
+  private listenerCount = 0;
+  private readonly listenerByFd = new Map<number, number>();
+
+  /** Sockets whose EPOLLIN is disarmed until the guest posts RX buffers. */
+  private readonly blocked = new Set<number>();
+
+  // ---- reusable scratch ----
+  private readonly txIov: IoVecList;
+  private readonly rxIov: IoVecList;
+  private readonly emptyIov: IoVecList;
+  private readonly sockaddr = new Uint8Array(SOCKADDR_IN6_LENGTH);
+  private readonly fromAddr = new Uint8Array(SOCKADDR_IN6_LENGTH);
+  private readonly remoteScratch = new Uint8Array(16);
+  private readonly headerScratch = new Uint8Array(HEADERS_V6);
+  private readonly meta = new Int32Array(3);
+  private readonly errControl = new Uint8Array(512);
+  private readonly errAddr = new Uint8Array(SOCKADDR_IN6_LENGTH);
+  private readonly errMeta = new Int32Array(3);
+  private readonly extended = new ExtendedError();
+  private readonly plan = new IcmpErrorPlan();
+  private readonly quoted: QuotedDatagram;
+  private readonly expireHandler = (id: number): void => this.expireFlow(id);
+  /** Frames committed by this module since the last flush. */
+  private pending = 0;
+
+  constructor(private readonly ctx: StackContext, options: UdpServiceOptions = {}) {
+    this.sockets = options.sockets ?? (require('../native') as { native: Native }).native;
+    this.flows = options.flows ?? new FlowTable(Math.max(1, ctx.config.maxFlows), ctx.counters);
+    const n = this.flows.capacity;
+    this.listenerOf = new Int32Array(n).fill(-1);
+    this.peer = new Uint8Array(n * SOCKADDR_IN6_LENGTH);
+    const iov = (): IoVecList => ({ buffers: new Array<Uint8Array>(IOV_ENTRIES), offsets: new Float64Array(IOV_ENTRIES), lengths: new Float64Array(IOV_ENTRIES), count: 0 });
+    this.txIov = iov();
+    this.rxIov = iov();
+    this.emptyIov = { buffers: [this.headerScratch], offsets: new Float64Array(1), lengths: new Float64Array(1), count: 1 };
+    this.quoted = {
+      family: 4,
+      guest: this.flows.guestAddress,
+      guestOffset: 0,
+      guestPort: 0,
+      remote: this.flows.remoteAddress,
+      remoteOffset: 0,
+      remotePort: 0,
+      payloadLength: 0,
+      payload: ctx.scratch,
+      payloadAvailable: 0,
+    };
+    // Resume reading when the guest posts RX buffers; keep any earlier listener (TCP's).
+    const previous = ctx.port.onWritable;
+    ctx.port.onWritable = previous === null ? () => this.onWritable() : () => {
+      previous();
+      this.onWritable();
+    };
+  }
+
+  /** UDP flows in use. */
+  get flowCount(): number {
+    return this.flows.countOf(FlowProtocol.Udp);
+  }
+
+  /** Listening sockets open for inbound forwards. */
+  get listenerTotal(): number {
+    return this.listenerCount;
+  }
+
+  // ======================================================================
+  // Guest to host
+  // ======================================================================
+
+  /**
+   * TransportHandler: one UDP datagram from the guest (the stack validated
+   * the header and the length field; DHCP was taken before). Sends it on
+   * the flow's socket; drops are counted.
+   */
+  handle(ctx: StackContext, frame: RxFrame, packet: IpPacket): void {
+    void ctx;
+    try {
+      this.fromGuest(frame, packet);
+    } finally {
+      this.flush();
+    }
+  }
+
+  private fromGuest(frame: RxFrame, packet: IpPacket): void {
+    const ctx = this.ctx;
+    const bytes = frame.bytes;
+    const udp = packet.l4Offset;
+    const family = packet.family;
+    const srcPort = be16(bytes, udp);
+    const dstPort = be16(bytes, udp + 2);
+    const udpLength = be16(bytes, udp + 4);
+    const segments = frame.segments;
+    if (segments === null || udpLength < UDP_HEADER_LENGTH || udpLength > packet.l4Length) {
+      countDrop(ctx.counters, DropReason.UdpMalformed, () => `UDP length ${udpLength} over IP payload ${packet.l4Length}`);
+      return;
+    }
+    const checksum = be16(bytes, udp + 6);
+    if (!frame.checksumPartial && (checksum !== 0 || family === 6)) {
+      // RFC 8200 8.1: a zero UDP checksum is invalid over IPv6.
+      const pseudo = family === 4
+        ? pseudoHeaderSumIpv4(bytes, packet.ipv4.srcOffset, bytes, packet.ipv4.dstOffset, IpProtocol.Udp, udpLength)
+        : pseudoHeaderSumIpv6(bytes, packet.ipv6.srcOffset, bytes, packet.ipv6.dstOffset, IpProtocol.Udp, udpLength);
+      if (checksum === 0 || finishChecksum(sumSegments(segments, udp - frame.base, udpLength, pseudo)) !== 0) {
+        countDrop(ctx.counters, DropReason.UdpBadChecksum);
+        return;
+      }
+    }
+    if (srcPort === 0 || dstPort === 0) {
+      ctx.counters.add(UdpEvent.PortZero);
+      return;
+    }
+    const src = packet.srcOffset;
+    const dst = packet.dstOffset;
+    if (isGroupOrUnspecified(family, bytes, dst)) {
+      ctx.counters.add(UdpEvent.GroupDestination);
+      return;
+    }
+    const flows = this.flows;
+    let id = flows.lookup(FlowProtocol.Udp, family, bytes, src, srcPort, bytes, dst, dstPort);
+    if (id === NO_FLOW) {
+      id = this.openOutbound(family, bytes, src, srcPort, dst, dstPort);
+      if (id === NO_FLOW) return;
+    }
+    const dataLength = udpLength - UDP_HEADER_LENGTH;
+    if (!this.gather(segments, udp - frame.base + UDP_HEADER_LENGTH, dataLength)) {
+      countDrop(ctx.counters, DropReason.SplitHeadersTooLong, () => 'UDP payload in too many segments');
+      return;
+    }
+    const listener = this.listenerOf[id];
+    const fd = listener >= 0 ? this.listenerFd[listener] : flows.fd[id];
+    const to = listener >= 0 ? this.peerSockaddr(id) : null;
+    if (!this.send(fd, to)) {
+      ctx.counters.add(UdpEvent.SendFailed);
+      return;
+    }
+    ctx.counters.add(UdpEvent.DatagramsFromGuest);
+    flows.bytesFromGuest[id] += dataLength;
+    flows.deadline[id] = ctx.clock.now() + ctx.config.udpIdleMs;
+  }
+
+  /** sendmsg of txIov; one retry after an asynchronous error (which the failed call consumed). Returns true when sent. */
+  private send(fd: number, to: Uint8Array | null): boolean {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        return this.sockets.sendmsg(fd, this.txIov, to, 0) >= 0;
+      } catch (e) {
+        const code = errorCode(e);
+        if (attempt === 0 && isAsyncError(code)) continue;
+        rateLimited('warn', 'udp send', () => `udp: sendmsg failed: ${code}`);
+        return false;
+      }
+    }
+    return false;
+  }
+
+  /** Point txIov at bytes [from, from+length) of the guest frame; false when it needs too many entries. */
+  private gather(segments: SegmentList, from: number, length: number): boolean {
+    const iov = this.txIov;
+    iov.count = 0;
+    let skip = from;
+    let left = length;
+    for (let i = 0; i < segments.count && left > 0; i++) {
+      const segLength = segments.lengths[i];
+      if (skip >= segLength) {
+        skip -= segLength;
+        continue;
+      }
+      if (iov.count >= IOV_ENTRIES) return false;
+      const n = Math.min(segLength - skip, left);
+      iov.buffers[iov.count] = segments.buffers[i];
+      iov.offsets[iov.count] = segments.offsets[i] + skip;
+      iov.lengths[iov.count] = n;
+      iov.count++;
+      left -= n;
+      skip = 0;
+    }
+    return left === 0;
+  }
+
+  /** Open an outbound flow for a guest datagram; returns its id, or NO_FLOW (counted). */
+  private openOutbound(family: 4 | 6, bytes: Uint8Array, src: number, srcPort: number, dst: number, dstPort: number): number {
+    const ctx = this.ctx;
+    const flows = this.flows;
+    const sockets = this.sockets;
+    if (ctx.watcher === null) {
+      ctx.counters.add(UdpEvent.SocketFailed);
+      return NO_FLOW;
+    }
+    if (flows.full) {
+      flows.countRefused(FlowProtocol.Udp);
+      ctx.counters.add(UdpEvent.TableFull);
+      rateLimited('warn', 'udp table full', () => `udp: flow table full (${flows.capacity} flows, --max-flows); datagram dropped`);
+      return NO_FLOW;
+    }
+    const sockaddr = this.sockaddr;
+    const sockaddrLength = mapDestination(ctx.config, family, bytes, dst, dstPort, sockaddr);
+    if (sockaddrLength === 0) {
+      ctx.counters.add(UdpEvent.Unreachable);
+      return NO_FLOW;
+    }
+    const target = sockaddr.subarray(0, sockaddrLength);
+    let fd: number;
+    try {
+      fd = sockets.socket(family === 4 ? AF_INET : AF_INET6, SOCK_DGRAM, 0);
+    } catch (e) {
+      rateLimited('warn', 'udp socket', () => `udp: socket() failed: ${errorCode(e)}`);
+      ctx.counters.add(UdpEvent.SocketFailed);
+      return NO_FLOW;
+    }
+    try {
+      sockets.setsockoptInt(fd, family === 4 ? SOL_IP : SOL_IPV6, family === 4 ? IP_RECVERR : IPV6_RECVERR, 1);
+      const loopback = family === 4 ? sockaddr[4] === 127 : isV6LoopbackSockaddr(sockaddr);
+      if (ctx.config.interfaceName !== null && !loopback) this.bindToDevice(fd, ctx.config.interfaceName);
+      sockets.connect(fd, target);
+    } catch (e) {
+      rateLimited('warn', 'udp connect', () => `udp: connect failed: ${errorCode(e)}`);
+      this.safeClose(fd);
+      ctx.counters.add(UdpEvent.Unreachable);
+      return NO_FLOW;
+    }
+    const id = flows.allocate(FlowProtocol.Udp, family, bytes, src, srcPort, bytes, dst, dstPort, UdpFlowState.Outbound, ctx.clock.now());
+    if (id === NO_FLOW) {
+      this.safeClose(fd);
+      ctx.counters.add(UdpEvent.TableFull);
+      return NO_FLOW;
+    }
+    this.listenerOf[id] = -1;
+    this.peer.set(target, id * SOCKADDR_IN6_LENGTH);
+    flows.setFd(id, fd);
+    flows.deadline[id] = ctx.clock.now() + ctx.config.udpIdleMs;
+    ctx.watcher.watch(fd, EPOLLIN, this);
+    return id;
+  }
+
+  // ======================================================================
+  // Inbound forwards
+  // ======================================================================
+
+  /**
+   * Open listening sockets for -u specs: one per forwarded host port and
+   * family (the spec's bind address picks the family, else both enabled
+   * ones, IPv6 with V6ONLY). Ports that cannot be bound are logged (one
+   * line per spec) and skipped. Returns the number of sockets opened.
+   */
+  listen(specs: readonly ForwardSpec[]): number {
+    const ctx = this.ctx;
+    let opened = 0;
+    for (const spec of specs) {
+      if (spec.mode === 'none' || spec.mode === 'auto') continue;
+      const families: (4 | 6)[] = [];
+      if (spec.bindAddress !== null) families.push(spec.bindAddress.length === 4 ? 4 : 6);
+      else {
+        if (ctx.config.ipv4 !== null) families.push(4);
+        if (ctx.config.ipv6 !== null) families.push(6);
+      }
+      let failures = 0;
+      let firstFailure = '';
+      for (const mapping of spec.mappings) {
+        for (let port = mapping.hostPortFirst; port <= mapping.hostPortLast; port++) {
+          const guestPort = mapping.guestPortFirst + (port - mapping.hostPortFirst);
+          for (const family of families) {
+            if ((family === 4 ? ctx.config.ipv4 : ctx.config.ipv6) === null) continue;
+            const error = this.openListener(family, spec, port, guestPort);
+            if (error === null) opened++;
+            else {
+              if (failures === 0) firstFailure = `port ${port} (IPv${family}): ${error}`;
+              failures++;
+            }
+          }
+        }
+      }
+      if (failures > 0) {
+        ctx.counters.add(UdpEvent.ListenFailed, failures);
+        const line = `udp: -u ${spec.text}: ${failures} socket(s) not bound, first ${firstFailure}`;
+        if (spec.bestEffort) log.info(line);
+        else log.warn(line);
+      }
+    }
+    return opened;
+  }
+
+  /** Bind one listening socket; returns null, or why it failed. */
+  private openListener(family: 4 | 6, spec: ForwardSpec, port: number, guestPort: number): string | null {
+    const ctx = this.ctx;
+    const sockets = this.sockets;
+    if (ctx.watcher === null) return 'no fd watcher';
+    if (this.listenerCount >= MAX_LISTENERS) return `more than ${MAX_LISTENERS} listening sockets`;
+    let fd: number;
+    try {
+      fd = sockets.socket(family === 4 ? AF_INET : AF_INET6, SOCK_DGRAM, 0);
+    } catch (e) {
+      return errorCode(e);
+    }
+    try {
+      sockets.setsockoptInt(fd, family === 4 ? SOL_IP : SOL_IPV6, family === 4 ? IP_RECVERR : IPV6_RECVERR, 1);
+      if (family === 6) sockets.setsockoptInt(fd, SOL_IPV6, IPV6_V6ONLY, 1);
+      if (spec.interfaceName !== null) {
+        sockets.setsockoptBytes(fd, SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(spec.interfaceName + '\0', 'latin1'));
+      }
+      const any = new Uint8Array(16);
+      const length = writeSockaddr(this.sockaddr, family, spec.bindAddress ?? any, 0, port);
+      sockets.bind(fd, this.sockaddr.subarray(0, length));
+    } catch (e) {
+      this.safeClose(fd);
+      return errorCode(e);
+    }
+    const index = this.listenerCount++;
+    if (index >= this.listenerFd.length) this.growListeners(Math.min(MAX_LISTENERS, Math.max(16, this.listenerFd.length * 2)));
+    this.listenerFd[index] = fd;
+    this.listenerFamily[index] = family;
+    this.listenerGuestPort[index] = guestPort;
+    this.listenerByFd.set(fd, index);
+    ctx.watcher.watch(fd, EPOLLIN, this);
+    return null;
+  }
+
+  private growListeners(capacity: number): void {
+    const fds = new Int32Array(capacity);
+    fds.set(this.listenerFd);
+    const families = new Uint8Array(capacity);
+    families.set(this.listenerFamily);
+    const ports = new Uint16Array(capacity);
+    ports.set(this.listenerGuestPort);
+    this.listenerFd = fds;
+    this.listenerFamily = families;
+    this.listenerGuestPort = ports;
+  }
+
+  /**
+   * The flow for a datagram from the sender in fromAddr on listener `index`
+   * (created when new), or NO_FLOW (counted).
+   */
+  private inboundFlow(index: number, fromLength: number): number {
+    const ctx = this.ctx;
+    const family = this.listenerFamily[index] as 4 | 6;
+    const from = this.fromAddr;
+    if (fromLength < (family === 4 ? 16 : 24) || sockaddrFamily(from) !== family) return NO_FLOW;
+    const remote = guestVisibleSource(ctx.config, family, from, sockaddrAddressOffset(family), this.remoteScratch);
+    const cfg = family === 4 ? ctx.config.ipv4 : ctx.config.ipv6;
+    if (remote === null || cfg === null) {
+      ctx.counters.add(UdpEvent.UnmappableSource);
+      return NO_FLOW;
+    }
+    const peerPort = sockaddrPort(from);
+    const guestPort = this.listenerGuestPort[index];
+    const flows = this.flows;
+    let id = flows.lookup(FlowProtocol.Udp, family, cfg.address, 0, guestPort, remote, 0, peerPort);
+    if (id !== NO_FLOW) return id;
+    id = flows.allocate(FlowProtocol.Udp, family, cfg.address, 0, guestPort, remote, 0, peerPort, UdpFlowState.Inbound, ctx.clock.now());
+    if (id === NO_FLOW) {
+      ctx.counters.add(UdpEvent.TableFull);
+      return NO_FLOW;
+    }
+    this.listenerOf[id] = index;
+    this.peer.fill(0, id * SOCKADDR_IN6_LENGTH, (id + 1) * SOCKADDR_IN6_LENGTH);
+    this.peer.set(from.subarray(0, family === 4 ? 16 : SOCKADDR_IN6_LENGTH), id * SOCKADDR_IN6_LENGTH);
+    return id;
+  }
+
+  /** The stored host peer of a flow as a sockaddr view (allocation-free: reuses this.sockaddr). */
+  private peerSockaddr(id: number): Uint8Array {
+    const base = id * SOCKADDR_IN6_LENGTH;
+    const length = this.flows.family[id] === 4 ? 16 : SOCKADDR_IN6_LENGTH;
+    for (let i = 0; i < length; i++) this.sockaddr[i] = this.peer[base + i];
+    return length === SOCKADDR_IN6_LENGTH ? this.sockaddr : this.sockaddr4View;
+  }
+
+  private readonly sockaddr4View = this.sockaddr.subarray(0, 16);
+
+  // ======================================================================
+  // Host to guest
+  // ======================================================================
+
+  /** Socket readiness: errors from the error queue first, then datagrams to the guest. */
+  onReady(fd: number, events: number): void {
+    const listener = this.listenerByFd.get(fd);
+    let id = NO_FLOW;
+    if (listener === undefined) {
+      id = this.flows.flowOfFd(fd);
+      if (!this.flows.isLive(id, FlowProtocol.Udp)) {
+        this.ctx.watcher?.unwatch(fd);
+        return;
+      }
+    }
+    try {
+      if ((events & EPOLLERR) !== 0) this.drainErrors(fd, listener ?? -1, id);
+      if ((events & EPOLLIN) !== 0) this.readSocket(fd, listener ?? -1, id);
+    } finally {
+      this.flush();
+    }
+  }
+
+  /**
+   * Read up to READS_PER_WAKEUP datagrams from fd (a flow's socket, or
+   * listener `listener`) straight into RX reservations.
+   */
+  private readSocket(fd: number, listener: number, flowId: number): void {
+    const ctx = this.ctx;
+    const sockets = this.sockets;
+    const port = ctx.port;
+    const family = listener >= 0 ? (this.listenerFamily[listener] as 4 | 6) : (this.flows.family[flowId] as 4 | 6);
+    const headers = family === 4 ? HEADERS_V4 : HEADERS_V6;
+    const maxPayload = Math.min(family === 4 ? MAX_PAYLOAD_V4 : MAX_PAYLOAD_V6, port.maxFrameLength - headers);
+    const meta = this.meta;
+    for (let i = 0; i < READS_PER_WAKEUP; i++) {
+      let size: number;
+      try {
+        size = sockets.ioctlInt(fd, FIONREAD);
+      } catch {
+        size = 0;
+      }
+      if (size === 0 && !this.hasDatagram(fd)) return;
+      if (size > maxPayload) {
+        // Larger than any frame the guest takes: discard it (a zero-length read drops a datagram).
+        this.discardDatagram(fd);
+        ctx.counters.add(UdpEvent.TooBig);
+        continue;
+      }
+      const list = port.reserve(headers + size);
+      if (list === null || list.totalLength < headers + size) {
+        if (list !== null) port.cancel();
+        this.block(fd);
+        return;
+      }
+      this.scatter(list, headers, size);
+      let n: number;
+      try {
+        n = sockets.recvmsg(fd, this.rxIov, 0, listener >= 0 ? this.fromAddr : null, meta);
+      } catch (e) {
+        port.cancel();
+        // A pending asynchronous error (the ICMP behind it is in the error queue).
+        const code = errorCode(e);
+        log.debug(`udp: recvmsg: ${code}`);
+        this.drainErrors(fd, listener, flowId);
+        continue;
+      }
+      if (n < 0) {
+        port.cancel();
+        return;
+      }
+      if ((meta[1] & MSG_TRUNC) !== 0) {
+        port.cancel();
+        ctx.counters.add(UdpEvent.TooBig);
+        continue;
+      }
+      const id = listener >= 0 ? this.inboundFlow(listener, meta[0]) : flowId;
+      if (id === NO_FLOW) {
+        port.cancel();
+        continue;
+      }
+      this.writeHeaders(list, id, n);
+      port.commit(headers + n);
+      this.pending++;
+      ctx.counters.add(UdpEvent.DatagramsToGuest);
+      this.flows.bytesToGuest[id] += n;
+      this.flows.deadline[id] = ctx.clock.now() + ctx.config.udpIdleMs;
+    }
+  }
+
+  /** True when a datagram (possibly empty) is queued: FIONREAD says 0 for both "empty" and "nothing". */
+  private hasDatagram(fd: number): boolean {
+    this.emptyIov.lengths[0] = 0;
+    try {
+      return this.sockets.recvmsg(fd, this.emptyIov, MSG_PEEK, null, this.meta) >= 0;
+    } catch {
+      return false;
+    }
+  }
+
+  private discardDatagram(fd: number): void {
+    this.emptyIov.lengths[0] = 0;
+    try {
+      this.sockets.recvmsg(fd, this.emptyIov, 0, null, this.meta);
+    } catch {
+      // An error was reported instead; the error queue is read on EPOLLERR.
+    }
+  }
+
+  /** Point rxIov at bytes [from, from+length) of the reservation. */
+  private scatter(list: SegmentList, from: number, length: number): void {
+    const iov = this.rxIov;
+    iov.count = 0;
+    let skip = from;
+    let left = length;
+    for (let i = 0; i < list.count && iov.count < IOV_ENTRIES; i++) {
+      const segLength = list.lengths[i];
+      if (skip >= segLength) {
+        skip -= segLength;
+        continue;
+      }
+      const n = left > 0 ? Math.min(segLength - skip, left) : 0;
+      iov.buffers[iov.count] = list.buffers[i];
+      iov.offsets[iov.count] = list.offsets[i] + skip;
+      iov.lengths[iov.count] = n;
+      iov.count++;
+      left -= n;
+      skip = 0;
+      if (left <= 0) break;
+    }
+  }
+
+  /**
+   * Write Ethernet + IP + UDP headers for `dataLength` bytes of data already
+   * in the reservation after them, from the flow's remote to the guest, with
+   * the UDP checksum summed over the data in place.
+   */
+  private writeHeaders(list: SegmentList, id: number, dataLength: number): void {
+    const ctx = this.ctx;
+    const flows = this.flows;
+    const family = flows.family[id];
+    const headers = family === 4 ? HEADERS_V4 : HEADERS_V6;
+    const inPlace = list.lengths[0] >= headers;
+    const out = inPlace ? list.buffers[0] : this.headerScratch;
+    const base = inPlace ? list.offsets[0] : 0;
+    const addressBase = id * ADDRESS_SLOT;
+    const remote = flows.remoteAddress;
+    const guest = flows.guestAddress;
+    const udpLength = UDP_HEADER_LENGTH + dataLength;
+    let at: number;
+    let pseudo: number;
+    if (family === 4) {
+      at = emitEthernet(out, base, ctx.guestMac, ctx.config.ourMac, EtherType.Ipv4);
+      at = emitIpv4Flow(out, at, remote, guest, addressBase, udpLength);
+      pseudo = pseudoHeaderSumIpv4(remote, addressBase, guest, addressBase, IpProtocol.Udp, udpLength);
+    } else {
+      at = emitEthernet(out, base, ctx.guestMac, ctx.config.ourMac, EtherType.Ipv6);
+      at = emitIpv6Flow(out, at, remote, guest, addressBase, udpLength);
+      pseudo = pseudoHeaderSumIpv6(remote, addressBase, guest, addressBase, IpProtocol.Udp, udpLength);
+    }
+    setBe16(out, at, flows.remotePort[id]);
+    setBe16(out, at + 2, flows.guestPort[id]);
+    setBe16(out, at + 4, udpLength);
+    setBe16(out, at + 6, 0);
+    const sum = sumSegments(list, headers, dataLength, sumBytes(out, at, UDP_HEADER_LENGTH, pseudo));
+    const checksum = finishChecksum(sum);
+    setBe16(out, at + 6, checksum === 0 ? 0xffff : checksum);
+    if (!inPlace) list.copyIn(0, out, 0, headers);
+  }
+
+  // ======================================================================
+  // ICMP errors
+  // ======================================================================
+
+  /** Read the socket's error queue and relay what means something to the guest. */
+  private drainErrors(fd: number, listener: number, flowId: number): void {
+    const ctx = this.ctx;
+    const data = ctx.scratch;
+    for (let i = 0; i < ERRORS_PER_WAKEUP; i++) {
+      let n: number;
+      try {
+        n = this.sockets.recvErrqueue(fd, data, this.errControl, this.errMeta, this.errAddr);
+      } catch (e) {
+        log.debug(`udp: error queue: ${errorCode(e)}`);
+        return;
+      }
+      if (n < 0) return;
+      const id = listener >= 0 ? this.flowOfListenerError(listener) : flowId;
+      if (id === NO_FLOW || !parseExtendedError(this.errControl, this.errMeta[0], this.extended)) {
+        ctx.counters.add(UdpEvent.IcmpErrorIgnored);
+        continue;
+      }
+      const family = this.flows.family[id] as 4 | 6;
+      if (!planIcmpError(family, this.extended, this.plan)) {
+        ctx.counters.add(UdpEvent.IcmpErrorIgnored);
+        continue;
+      }
+      const source = this.icmpSource(id);
+      if (source === null) {
+        ctx.counters.add(UdpEvent.IcmpErrorIgnored);
+        continue;
+      }
+      const quoted = this.quoted;
+      const base = id * ADDRESS_SLOT;
+      quoted.family = family;
+      quoted.guestOffset = base;
+      quoted.remoteOffset = base;
+      quoted.guestPort = this.flows.guestPort[id];
+      quoted.remotePort = this.flows.remotePort[id];
+      quoted.payloadLength = n;
+      quoted.payloadAvailable = Math.min(n, data.length);
+      if (sendIcmpError(ctx, this.plan, source, quoted)) {
+        this.pending++;
+        ctx.counters.add(UdpEvent.IcmpErrorRelayed);
+      } else {
+        countDrop(ctx.counters, DropReason.NoGuestBuffers);
+      }
+    }
+  }
+
+  /** The inbound flow an error on a listener belongs to (errAddr = the datagram's destination, the peer). */
+  private flowOfListenerError(listener: number): number {
+    const family = this.listenerFamily[listener] as 4 | 6;
+    const length = this.errMeta[2];
+    if (length < (family === 4 ? 16 : 24) || sockaddrFamily(this.errAddr) !== family) return NO_FLOW;
+    const cfg = family === 4 ? this.ctx.config.ipv4 : this.ctx.config.ipv6;
+    const remote = guestVisibleSource(this.ctx.config, family, this.errAddr, sockaddrAddressOffset(family), this.remoteScratch);
+    if (cfg === null || remote === null) return NO_FLOW;
+    return this.flows.lookup(FlowProtocol.Udp, family, cfg.address, 0, this.listenerGuestPort[listener], remote, 0, sockaddrPort(this.errAddr));
+  }
+
+  /**
+   * The source of an ICMP error to the guest: the destination it used when
+   * the host's peer itself (or loopback) answered; the gateway for local
+   * errors and errors the host's own stack generated; else the real
+   * offender (a router on the path, as the guest would see it without us).
+   */
+  private icmpSource(id: number): Uint8Array | null {
+    const config = this.ctx.config;
+    const family = this.flows.family[id] as 4 | 6;
+    const cfg = family === 4 ? config.ipv4 : config.ipv6;
+    if (cfg === null) return null;
+    const length = family === 4 ? 4 : 16;
+    const base = id * ADDRESS_SLOT;
+    const remote = this.remoteScratch;
+    for (let i = 0; i < length; i++) remote[i] = this.flows.remoteAddress[base + i];
+    const error = this.extended;
+    if (this.plan.fromGateway || error.offenderFamily !== family) return this.plan.fromGateway ? cfg.gateway : remote;
+    const offender = error.offender;
+    const peerAddress = id * SOCKADDR_IN6_LENGTH + sockaddrAddressOffset(family);
+    if (equalAt(this.peer, peerAddress, offender, length)) return remote;
+    if (family === 4 ? offender[0] === 127 : isV6Loopback(offender)) return remote;
+    if (equalAt(offender, 0, cfg.address, length)) return cfg.gateway;
+    return offender;
+  }
+
+  // ======================================================================
+  // Flow control, timers, teardown
+  // ======================================================================
+
+  /** Stop reading fd until the guest posts RX buffers. */
+  private block(fd: number): void {
+    if (this.blocked.has(fd)) return;
+    this.blocked.add(fd);
+    this.ctx.counters.add(UdpEvent.RxBlocked);
+    this.ctx.watcher?.modify(fd, 0);
+  }
+
+  /** The guest posted RX buffers: re-arm every blocked socket (level-triggered, so queued datagrams fire at once). */
+  onWritable(): void {
+    if (this.blocked.size === 0) return;
+    const watcher = this.ctx.watcher;
+    for (const fd of this.blocked) watcher?.modify(fd, EPOLLIN);
+    this.blocked.clear();
+  }
+
+  /** Close UDP flows idle for config.udpIdleMs; call every STACK_TIMER_INTERVAL_MS. */
+  onTimer(now = this.ctx.clock.now()): void {
+    if (this.flows.countOf(FlowProtocol.Udp) === 0) return;
+    this.flows.forEachDue(now, FlowProtocol.Udp, this.expireHandler);
+  }
+
+  private expireFlow(id: number): void {
+    this.ctx.counters.add(UdpEvent.FlowExpired);
+    this.closeFlow(id);
+  }
+
+  /** Close one flow (its socket, unless it shares a listener's). */
+  closeFlow(id: number): void {
+    if (!this.flows.isLive(id, FlowProtocol.Udp)) return;
+    if (this.listenerOf[id] < 0) {
+      const fd = this.flows.fd[id];
+      if (fd >= 0) {
+        this.ctx.watcher?.unwatch(fd);
+        this.blocked.delete(fd);
+        this.safeClose(fd);
+      }
+    }
+    this.listenerOf[id] = -1;
+    this.flows.release(id);
+  }
+
+  /** Close every UDP flow and listening socket. */
+  close(): void {
+    for (let id = 0; id < this.flows.capacity; id++) this.closeFlow(id);
+    for (let i = 0; i < this.listenerCount; i++) {
+      const fd = this.listenerFd[i];
+      this.ctx.watcher?.unwatch(fd);
+      this.blocked.delete(fd);
+      this.safeClose(fd);
+    }
+    this.listenerByFd.clear();
+    this.listenerCount = 0;
+  }
+
+  /** Publish frames committed by this module (one notification per batch). */
+  private flush(): void {
+    if (this.pending === 0) return;
+    this.pending = 0;
+    this.ctx.port.flush();
+  }
+
+  /** SO_BINDTODEVICE to the outbound interface; a failure is logged rarely and ignored. */
+  private bindToDevice(fd: number, name: string): void {
+    try {
+      this.sockets.setsockoptBytes(fd, SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(name + '\0', 'latin1'));
+    } catch (e) {
+      rateLimited('warn', 'udp bind', () => `udp: SO_BINDTODEVICE ${name}: ${errorCode(e)}`, 1, 600_000);
+    }
+  }
+
+  private safeClose(fd: number): void {
+    try {
+      this.sockets.close(fd);
+    } catch {
+      // The fd is gone either way.
+    }
+  }
+}
+
+/** emitIpv4 from addresses stored at a flow's slot offset (no subarray per datagram). */
+function emitIpv4Flow(out: Uint8Array, at: number, src: Uint8Array, dst: Uint8Array, base: number, udpLength: number): number {
+  const end = emitIpv4(out, at, ZERO16, ZERO16, IpProtocol.Udp, udpLength);
+  for (let i = 0; i < 4; i++) {
+    out[at + 12 + i] = src[base + i];
+    out[at + 16 + i] = dst[base + i];
+  }
+  // The header checksum was computed over zero addresses: add them in.
+  const old = be16(out, at + 10);
+  const sum = (~old & 0xffff) + sumBytes(out, at + 12, 8);
+  setBe16(out, at + 10, finishChecksum(sum));
+  return end;
+}
+
+/** emitIpv6 from addresses stored at a flow's slot offset. */
+function emitIpv6Flow(out: Uint8Array, at: number, src: Uint8Array, dst: Uint8Array, base: number, udpLength: number): number {
+  const end = emitIpv6(out, at, ZERO16, ZERO16, IpProtocol.Udp, udpLength);
+  for (let i = 0; i < 16; i++) {
+    out[at + 8 + i] = src[base + i];
+    out[at + 24 + i] = dst[base + i];
+  }
+  return end;
+}
+
+const ZERO16 = new Uint8Array(16);
+
+function isV6LoopbackSockaddr(sa: Uint8Array): boolean {
+  for (let i = 8; i < 23; i++) if (sa[i] !== 0) return false;
+  return sa[23] === 1;
+}
+
+function isV6Loopback(bytes: Uint8Array): boolean {
+  for (let i = 0; i < 15; i++) if (bytes[i] !== 0) return false;
+  return bytes[15] === 1;
+}
