@@ -5,6 +5,7 @@
  */
 import { ChildProcess } from 'child_process';
 import * as fs from 'fs';
+import * as http from 'http';
 import * as path from 'path';
 import { spawnIn, stopChild } from '../support/netns';
 import { REPO_ROOT } from '../support/guest';
@@ -17,6 +18,13 @@ export interface FerryProcess {
   log(): string;
   /** SIGTERM (then SIGKILL after a grace period); resolves with its exit code (null if signalled). */
   stop(): Promise<number | null>;
+  /** Resolves when ferry has exited: its exit code, null if a signal ended it. */
+  exited: Promise<number | null>;
+  /**
+   * Resolves with the first match of `re` in ferry's output (searched from
+   * character `from`); rejects after `timeoutMs` or when ferry exits first.
+   */
+  waitForLog(re: RegExp, timeoutMs: number, from?: number): Promise<RegExpExecArray>;
 }
 
 /** Path of ferry's entry point. */
@@ -35,6 +43,8 @@ export async function startFerry(ns: string, socketPath: string, args: string[],
   child.stdout?.setEncoding('utf8').on('data', (d: string) => (output += d));
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (output += d));
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  let closed = false;
+  void exited.then(() => (closed = true));
   const ferry: FerryProcess = {
     child,
     socketPath,
@@ -42,6 +52,17 @@ export async function startFerry(ns: string, socketPath: string, args: string[],
     stop: async () => {
       await stopChild(child, 3000);
       return exited;
+    },
+    exited,
+    waitForLog: async (re, timeoutMs, from = 0) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const m = re.exec(output.slice(from));
+        if (m) return m;
+        if (closed) throw new Error(`ferry exited before ${re} appeared in its log:\n${output}`);
+        if (Date.now() > deadline) throw new Error(`${re} not in ferry's log after ${timeoutMs} ms:\n${output}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
     },
   };
   const deadline = Date.now() + timeoutMs;
@@ -56,4 +77,45 @@ export async function startFerry(ns: string, socketPath: string, args: string[],
     await new Promise((r) => setTimeout(r, 50));
   }
   return ferry;
+}
+
+/** One sample line of ferry's Prometheus text: metric name, labels, value. */
+export interface MetricSample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** GET /metrics from ferry's `--metrics unix:PATH` endpoint; resolves with the body. */
+export function scrapeMetrics(socketPath: string, timeoutMs = 5000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ socketPath, path: '/metrics', timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`GET /metrics: ${res.statusCode}\n${body}`))));
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET /metrics on ${socketPath} timed out`)));
+    req.on('error', reject);
+  });
+}
+
+/** The samples of metric `name` in Prometheus text `body`. */
+export function metricSamples(body: string, name: string): MetricSample[] {
+  const out: MetricSample[] = [];
+  for (const line of body.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
+    out.push({ name, labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+/** Sum of metric `name`'s samples whose labels include all of `match`. */
+export function metricSum(body: string, name: string, match: Record<string, string> = {}): number {
+  return metricSamples(body, name)
+    .filter((s) => Object.entries(match).every(([k, v]) => s.labels[k] === v))
+    .reduce((sum, s) => sum + s.value, 0);
 }

@@ -1,0 +1,129 @@
+/**
+ * QEMU with `reconnect=1` on its vhost-user chardev gets a working device
+ * again after ferry dies and a new ferry starts on the same socket path
+ * (issue 2): ferry is SIGKILLed while the guest runs (its socket file is left
+ * behind, as after a crash), the guest sees its carrier drop, a new ferry
+ * process removes the stale socket and listens, QEMU reconnects by itself,
+ * the carrier comes back and the guest takes a second DHCP lease and pings
+ * over IPv4 and IPv6 through the new ferry.
+ */
+import { expect } from 'chai';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { createTestNetwork, destroyTestNetwork, killPid, TestNetwork, TEST_NET } from '../support/netns';
+import { bootGuest, Guest, pingScript, requireGuestPrerequisites } from '../support/guest';
+import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
+
+const TARGETS = [TEST_NET.serverV4, TEST_NET.serverV6];
+
+/** Guest side: one ping, wait for the carrier to go and come back (bounded), DHCP again, ping again. */
+const TEST_SCRIPT = `
+say() { echo "FERRY-GUEST: $*"; }
+carrier() { cat /sys/class/net/eth0/carrier 2>/dev/null || echo 0; }
+if ping -4 -c 1 -W 3 ${TEST_NET.serverV4} >/dev/null 2>&1; then say "first ping ok"; else say "first ping failed"; fi
+say "ready for restart"
+i=0
+while [ "$(carrier)" = 1 ] && [ "$i" -lt 300 ]; do usleep 100000; i=$((i + 1)); done
+say "carrier lost $(carrier)"
+i=0
+while [ "$(carrier)" != 1 ] && [ "$i" -lt 300 ]; do usleep 100000; i=$((i + 1)); done
+say "carrier back $(carrier)"
+udhcpc -i eth0 -s /etc/udhcpc.script -f -q -n -t 5 -T 1 -A 1 -O mtu -O search 2>/tmp/udhcpc2.log || say "second dhcp failed: $(tail -n 1 /tmp/udhcpc2.log)"
+${pingScript(TARGETS)}
+`;
+
+describe('e2e: QEMU reconnects to a restarted ferry (reconnect=1)', function () {
+  this.timeout(150000);
+
+  let net: TestNetwork | null = null;
+  let firstFerry: FerryProcess | null = null;
+  let secondFerry: FerryProcess | null = null;
+  let guest: Guest | null = null;
+  let workDir = '';
+  let exitCode: number | null = null;
+  let bootError: Error | null = null;
+  let staleSocketLeft = false;
+  let restartError: Error | null = null;
+
+  before(async function () {
+    requireGuestPrerequisites(this, fs.existsSync(FERRY_CLI_MODULE) ? [] : [`the built daemon (${FERRY_CLI_MODULE})`]);
+    net = await createTestNetwork();
+    workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-e2e-'));
+    const socketPath = path.join(workDir, 'ferry.sock');
+    firstFerry = await startFerry(net.ns, socketPath, []);
+    guest = bootGuest({
+      net,
+      nic: { kind: 'vhost-user', socketPath, reconnectSeconds: 1 },
+      testScript: TEST_SCRIPT,
+      append: ['ferry.dhcp_tries=3', 'ferry.ipv6_wait=5', 'ferry.test_timeout=90'],
+      timeoutMs: 120000,
+    });
+    try {
+      await guest.waitForMarker('ready for restart', 60000);
+      // A crash, not a shutdown: no chance to remove the socket file.
+      killPid(firstFerry.child.pid, 'SIGKILL');
+      await firstFerry.exited;
+      staleSocketLeft = fs.existsSync(socketPath);
+      secondFerry = await startFerry(net.ns, socketPath, []);
+      await secondFerry.waitForLog(/listening for vhost-user front-ends/, 10000);
+    } catch (err) {
+      restartError = err as Error;
+    }
+    try {
+      exitCode = await guest.waitDone(90000);
+    } catch (err) {
+      bootError = err as Error;
+    }
+  });
+
+  after(async function () {
+    if (guest) await guest.destroy();
+    if (firstFerry) await firstFerry.stop();
+    if (secondFerry) await secondFerry.stop();
+    if (net) await destroyTestNetwork(net);
+    if (workDir) fs.rmSync(workDir, { recursive: true, force: true });
+    guest = null;
+    firstFerry = null;
+    secondFerry = null;
+    net = null;
+  });
+
+  function diagnostics(): string {
+    const tail = (f: FerryProcess | null): string => f?.log().split('\n').slice(-20).join('\n') ?? '(not started)';
+    return `${guest?.vm.diagnostics(60) ?? ''}\n--- first ferry log ---\n${tail(firstFerry)}\n--- second ferry log ---\n${tail(secondFerry)}`;
+  }
+
+  it('the guest works on the first ferry', function () {
+    expect(restartError, `${restartError?.message}\n${diagnostics()}`).to.equal(null);
+    expect(guest?.lease()?.address, diagnostics()).to.equal(TEST_NET.hostV4);
+    expect(guest?.vm.serialLines ?? '', diagnostics()).to.match(/FERRY-GUEST: first ping ok/);
+  });
+
+  it('the killed ferry leaves its socket file behind, and the second ferry listens on that path anyway', function () {
+    expect(staleSocketLeft, diagnostics()).to.equal(true);
+    expect(secondFerry?.log() ?? '', diagnostics()).to.match(/listening for vhost-user front-ends/);
+  });
+
+  it('the guest sees its carrier drop when ferry dies and come back after QEMU reconnects', function () {
+    expect(guest?.vm.serialLines ?? '', diagnostics()).to.match(/FERRY-GUEST: carrier lost 0\r?\n/);
+    expect(guest?.vm.serialLines ?? '', diagnostics()).to.match(/FERRY-GUEST: carrier back 1\r?\n/);
+    expect(secondFerry?.log() ?? '', diagnostics()).to.match(/front-end \S+ connected/);
+  });
+
+  it('the guest takes a second DHCP lease from the new ferry', function () {
+    const leases = [...(guest?.vm.serialLines ?? '').matchAll(/FERRY-GUEST: lease (\S+)\//g)].map((m) => m[1]);
+    expect(leases, diagnostics()).to.deep.equal([TEST_NET.hostV4, TEST_NET.hostV4]);
+  });
+
+  for (const target of TARGETS) {
+    it(`after the restart, ping -c3 ${target} gets 3 replies`, function () {
+      expect(guest?.pings().get(target), diagnostics()).to.deep.equal({ transmitted: 3, received: 3, exitCode: 0 });
+    });
+  }
+
+  it('the guest finishes its checks and powers off', function () {
+    expect(bootError, diagnostics()).to.equal(null);
+    expect(exitCode, diagnostics()).to.equal(0);
+  });
+});
