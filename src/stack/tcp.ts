@@ -342,6 +342,11 @@ export class TcpService implements ReadyHandler {
     this.flush();
   }
 
+  /** The addon calls in use (shared with tcp-listen.ts). */
+  get socketCalls(): TcpSockets {
+    return this.sockets;
+  }
+
   /** TCP flows in use. */
   get flowCount(): number {
     return this.flows.countOf(FlowProtocol.Tcp);
@@ -363,7 +368,6 @@ export class TcpService implements ReadyHandler {
       this.closeWithReset(fd);
       return false;
     }
-    const length = family === 4 ? 4 : 16;
     let id = this.flows.lookup(FlowProtocol.Tcp, family, cfg.address, 0, guestPort, remote, 0, peerPort);
     if (id !== NO_FLOW) {
       // The same 4-tuple is still in use: the old flow is stale.
@@ -375,7 +379,6 @@ export class TcpService implements ReadyHandler {
       this.closeWithReset(fd);
       return false;
     }
-    void length;
     this.initFlow(id, now);
     this.flows.setFd(id, fd);
     const isn = randomIsn();

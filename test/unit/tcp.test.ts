@@ -16,6 +16,9 @@ import * as path from 'path';
 import { canCreateNamespaces, runChecked } from '../support/netns';
 import { ACK, FIN, FakeGuestTcp, RST, SYN, TcpHarness, patternBytes, sha256 } from '../support/tcp-guest';
 import { TcpEvent } from '../../src/stack/tcp';
+import { TcpListeners } from '../../src/stack/tcp-listen';
+import { parseForwardSpec } from '../../src/stack/forward-spec';
+import type { Segment } from '../support/tcp-guest';
 import { GATEWAY_V4 } from '../support/stack-fakes';
 
 const INSIDE = process.env.FERRY_TCP_NETNS === '1';
@@ -397,6 +400,123 @@ if (!INSIDE) {
       expect(g.segments.length).to.equal(0);
       expect(harness.counters.get(TcpEvent.BadChecksum)).to.equal(1);
       expect(harness.tcp.flowCount).to.equal(0);
+    });
+
+    describe('inbound forwarding (-t)', () => {
+      let listeners: TcpListeners | null = null;
+      afterEach(() => {
+        listeners?.close();
+        listeners = null;
+      });
+
+      /** A free TCP port on the namespace (bound and released). */
+      async function freePort(): Promise<number> {
+        const s = net.createServer();
+        await new Promise<void>((r) => s.listen(0, '0.0.0.0', r));
+        const port = (s.address() as net.AddressInfo).port;
+        await new Promise((r) => s.close(() => r(undefined)));
+        return port;
+      }
+
+      /** The next SYN ferry sends to the guest (not yet answered). */
+      async function nextSyn(): Promise<Segment> {
+        let syn: Segment | undefined;
+        await harness.until(() => (syn = harness.unrouted.find((s) => (s.flags & (SYN | ACK)) === SYN)) !== undefined, 5000, 'SYN to the guest');
+        harness.unrouted.splice(harness.unrouted.indexOf(syn!), 1);
+        return syn!;
+      }
+
+      it('a loopback client reaches the guest port from the gateway address; data both ways intact', async () => {
+        harness = new TcpHarness();
+        const hostPort = await freePort();
+        listeners = new TcpListeners(harness.stack.ctx, harness.tcp);
+        const opened = listeners.open([parseForwardSpec(`${hostPort}:8080`)]);
+        expect(opened).to.deep.equal({ opened: 2, failures: [] }); // IPv4 and IPv6
+        const up = patternBytes(1 * MiB, 29);
+        const down = patternBytes(2 * MiB, 31);
+        const client = net.connect({ host: '127.0.0.1', port: hostPort, allowHalfOpen: true });
+        const clientHash = require('crypto').createHash('sha256');
+        let clientBytes = 0;
+        let clientEnded = false;
+        client.on('data', (d: Buffer) => {
+          clientHash.update(d);
+          clientBytes += d.length;
+        });
+        client.on('end', () => (clientEnded = true));
+        client.on('error', () => undefined);
+        client.write(Buffer.from(up));
+        client.end();
+        const syn = await nextSyn();
+        expect(syn.src).to.deep.equal(GATEWAY_V4);
+        expect(syn.dst).to.deep.equal(harness.config.ipv4!.address);
+        expect(syn.dstPort).to.equal(8080);
+        expect(syn.srcPort).to.equal(client.localPort);
+        expect(syn.wscale).to.equal(8);
+        const g = new FakeGuestTcp(harness, { remote: syn.src, remotePort: syn.srcPort, guestPort: syn.dstPort });
+        g.accept(syn);
+        await harness.until(() => g.finReceived, 10_000, 'client data and FIN at the guest');
+        expect(g.digest()).to.equal(sha256(up));
+        g.write(down);
+        g.end();
+        await harness.until(() => clientEnded, 20_000, 'guest data and FIN at the client');
+        expect(clientBytes).to.equal(down.length);
+        expect(clientHash.digest('hex')).to.equal(sha256(down));
+        await harness.until(() => harness.tcp.flowCount === 0, 5000, 'flow closed');
+        client.destroy();
+      });
+
+      it('a client on another address appears with its own address (no NAT); IPv6', async () => {
+        harness = new TcpHarness();
+        const hostPort = await freePort();
+        listeners = new TcpListeners(harness.stack.ctx, harness.tcp);
+        listeners.open([parseForwardSpec(`[2001:db8::2]/${hostPort}`)]);
+        expect(listeners.count).to.equal(1);
+        const client = net.connect({ host: '2001:db8::2', port: hostPort, localAddress: '2001:db8::2' });
+        client.on('error', () => undefined);
+        const syn = await nextSyn();
+        expect(syn.family).to.equal(6);
+        expect(syn.src).to.deep.equal(SERVER_V6);
+        expect(syn.dstPort).to.equal(hostPort);
+        const g = new FakeGuestTcp(harness, { family: 6, remote: syn.src, remotePort: syn.srcPort, guestPort: syn.dstPort });
+        g.accept(syn);
+        g.write(patternBytes(1000));
+        let got = 0;
+        client.on('data', (d: Buffer) => (got += d.length));
+        await harness.until(() => got === 1000, 5000, 'data at the client');
+        client.destroy();
+      });
+
+      it('a guest RST to the SYN resets the client; an unanswered SYN is retransmitted', async () => {
+        harness = new TcpHarness();
+        const hostPort = await freePort();
+        listeners = new TcpListeners(harness.stack.ctx, harness.tcp);
+        listeners.open([parseForwardSpec(`127.0.0.1/${hostPort}`)]);
+        let clientError = '';
+        const client = net.connect({ host: '127.0.0.1', port: hostPort });
+        client.on('error', (e: NodeJS.ErrnoException) => (clientError = e.code ?? 'error'));
+        const syn = await nextSyn();
+        harness.advance(1500); // past the first retransmission timeout
+        const again = await nextSyn();
+        expect(again.seq).to.equal(syn.seq);
+        const g = new FakeGuestTcp(harness, { remote: syn.src, remotePort: syn.srcPort, guestPort: syn.dstPort });
+        g.raw(0, (syn.seq + 1) >>> 0, RST | ACK);
+        expect(harness.tcp.flowCount).to.equal(0);
+        await harness.until(() => clientError !== '', 5000, 'client reset');
+        expect(clientError).to.equal('ECONNRESET');
+      });
+
+      it('reports ports it cannot bind, unless the spec is best effort', async () => {
+        harness = new TcpHarness();
+        const blocker = net.createServer();
+        servers.push(blocker);
+        await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+        const port = (blocker.address() as net.AddressInfo).port;
+        listeners = new TcpListeners(harness.stack.ctx, harness.tcp);
+        const result = listeners.open([parseForwardSpec(`127.0.0.1/${port}`)]);
+        expect(result.opened).to.equal(0);
+        expect(result.failures).to.have.length(1);
+        expect(result.failures[0]).to.match(/EADDRINUSE/);
+      });
     });
 
     it('handles a guest frame whose headers are split across descriptors', async () => {

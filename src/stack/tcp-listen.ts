@@ -1,0 +1,188 @@
+/**
+ * Inbound TCP forwarding (-t/--tcp-ports): one listening host socket per
+ * forwarded port and family, bound to the spec's address and interface. An
+ * accepted connection is handed to TcpService.acceptInbound, which shows it
+ * to the guest as a SYN from the peer's real address (no NAT), or from the
+ * gateway (--map-host-loopback) address when the peer is the host's loopback.
+ *
+ * Optional per worker: in a multi-worker setup one worker owns the listeners
+ * (the lead decides sharding later). Configuration-time code may allocate;
+ * the accept path does not, beyond what the addon returns.
+ */
+import { endianness } from 'os';
+import { log, rateLimited } from '../log';
+import type { ReadyHandler, StackContext } from './context';
+import type { ForwardSpec } from './forward-spec';
+import type { TcpService, TcpSockets } from './tcp';
+import { writeFamily } from './tcp';
+import { setBe16 } from './wire/checksum';
+
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_STREAM = 1;
+const SOL_SOCKET = 1;
+const SO_REUSEADDR = 2;
+const SO_BINDTODEVICE = 25;
+const IPPROTO_IPV6 = 41;
+const IPV6_V6ONLY = 26;
+const EPOLLIN = 0x001;
+/** listen() backlog (the kernel caps it at net.core.somaxconn). */
+const BACKLOG = 4096;
+/** Connections accepted per readiness callback, so one busy port cannot starve the rest. */
+const ACCEPTS_PER_WAKEUP = 64;
+
+const LITTLE_ENDIAN = endianness() === 'LE';
+
+function errorCode(e: unknown): string {
+  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
+}
+
+/** What open() did: sockets listening, and one line per port that could not be bound (non-best-effort specs only). */
+export interface ListenResult {
+  opened: number;
+  failures: string[];
+}
+
+/** The listening sockets of a worker and their accept loop. */
+export class TcpListeners implements ReadyHandler {
+  private readonly family = new Map<number, 4 | 6>();
+  private readonly guestPort = new Map<number, number>();
+  private readonly peer = new Uint8Array(128);
+  private readonly peerLength = new Int32Array(1);
+  private readonly peerAddress4 = new Uint8Array(4);
+  private readonly peerAddress6 = new Uint8Array(16);
+
+  constructor(private readonly ctx: StackContext, private readonly tcp: TcpService, private readonly sockets: TcpSockets = ctxSockets(tcp)) {}
+
+  /** Listening sockets open. */
+  get count(): number {
+    return this.family.size;
+  }
+
+  /**
+   * Open listeners for every port of every spec, for each enabled family
+   * (only the bind address's family when the spec has one). Ports that
+   * cannot be bound are skipped: silently for best-effort specs (`all`,
+   * exclusion-only), reported in `failures` otherwise.
+   */
+  open(specs: readonly ForwardSpec[]): ListenResult {
+    const result: ListenResult = { opened: 0, failures: [] };
+    for (const spec of specs) {
+      if (spec.mode === 'none' || spec.mode === 'auto') continue;
+      for (const family of [4, 6] as const) {
+        if ((family === 4 ? this.ctx.config.ipv4 : this.ctx.config.ipv6) === null) continue;
+        if (spec.bindAddress !== null && spec.bindAddress.length !== (family === 4 ? 4 : 16)) continue;
+        for (const mapping of spec.mappings) {
+          for (let port = mapping.hostPortFirst; port <= mapping.hostPortLast; port++) {
+            const guestPort = mapping.guestPortFirst + (port - mapping.hostPortFirst);
+            const error = this.listenOne(family, spec, port, guestPort);
+            if (error === null) result.opened++;
+            else if (!spec.bestEffort) result.failures.push(`tcp port ${port} (IPv${family}, '${spec.text}'): ${error}`);
+          }
+        }
+      }
+    }
+    if (result.opened > 0) log.info(`tcp: listening on ${result.opened} forwarded port sockets`);
+    return result;
+  }
+
+  /** Open one listener; returns null or the reason it failed. */
+  private listenOne(family: 4 | 6, spec: ForwardSpec, port: number, guestPort: number): string | null {
+    let fd: number;
+    try {
+      fd = this.sockets.socket(family === 4 ? AF_INET : AF_INET6, SOCK_STREAM, 0);
+    } catch (e) {
+      return errorCode(e);
+    }
+    try {
+      this.sockets.setsockoptInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+      if (family === 6) this.sockets.setsockoptInt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1);
+      if (spec.interfaceName !== null) this.sockets.setsockoptBytes(fd, SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(spec.interfaceName + '\0', 'latin1'));
+      this.sockets.bind(fd, listenSockaddr(family, spec.bindAddress, port));
+      this.sockets.listen(fd, BACKLOG);
+    } catch (e) {
+      try {
+        this.sockets.close(fd);
+      } catch {
+        // Nothing more to undo.
+      }
+      return errorCode(e);
+    }
+    this.family.set(fd, family);
+    this.guestPort.set(fd, guestPort);
+    this.ctx.watcher?.watch(fd, EPOLLIN, this);
+    return null;
+  }
+
+  /** ReadyHandler: accept what is pending and pass each connection to the translator. */
+  onReady(fd: number, events: number): void {
+    void events;
+    const family = this.family.get(fd);
+    const guestPort = this.guestPort.get(fd);
+    if (family === undefined || guestPort === undefined) {
+      this.ctx.watcher?.unwatch(fd);
+      return;
+    }
+    for (let i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
+      let conn: number;
+      try {
+        conn = this.sockets.acceptFrom(fd, this.peer, this.peerLength);
+      } catch (e) {
+        // ECONNABORTED, EMFILE...: log and try again on the next wake-up.
+        rateLimited('warn', 'tcp accept', () => `tcp: accept failed: ${errorCode(e)}`);
+        break;
+      }
+      if (conn < 0) break;
+      const peerFamily = readFamily(this.peer);
+      let address: Uint8Array;
+      const peerPort = (this.peer[2] << 8) | this.peer[3];
+      if (peerFamily === AF_INET && family === 4) {
+        address = this.peerAddress4;
+        for (let j = 0; j < 4; j++) address[j] = this.peer[4 + j];
+      } else if (peerFamily === AF_INET6 && family === 6) {
+        address = this.peerAddress6;
+        for (let j = 0; j < 16; j++) address[j] = this.peer[8 + j];
+      } else {
+        try {
+          this.sockets.close(conn);
+        } catch {
+          // Gone already.
+        }
+        continue;
+      }
+      this.tcp.acceptInbound(conn, family, address, peerPort, guestPort);
+    }
+  }
+
+  /** Close every listening socket. */
+  close(): void {
+    for (const fd of this.family.keys()) {
+      this.ctx.watcher?.unwatch(fd);
+      try {
+        this.sockets.close(fd);
+      } catch {
+        // Gone already.
+      }
+    }
+    this.family.clear();
+    this.guestPort.clear();
+  }
+}
+
+/** The socket calls of the translator (default for TcpListeners). */
+function ctxSockets(tcp: TcpService): TcpSockets {
+  return tcp.socketCalls;
+}
+
+/** sockaddr_in / sockaddr_in6 for a listener (any address when bindAddress is null). */
+function listenSockaddr(family: 4 | 6, bindAddress: Uint8Array | null, port: number): Uint8Array {
+  const sa = new Uint8Array(family === 4 ? 16 : 28);
+  writeFamily(sa, family === 4 ? AF_INET : AF_INET6);
+  setBe16(sa, 2, port);
+  if (bindAddress !== null) sa.set(bindAddress, family === 4 ? 4 : 8);
+  return sa;
+}
+
+function readFamily(sa: Uint8Array): number {
+  return LITTLE_ENDIAN ? sa[0] | (sa[1] << 8) : (sa[0] << 8) | sa[1];
+}
