@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitMem(env, exports);
   ferry::InitPoller(env, exports);
   ferry::InitSock(env, exports);
+  ferry::InitNs(env, exports);  // after InitSock: adds to its constants
   return exports;
 }
 

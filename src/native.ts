@@ -78,6 +78,16 @@ export interface IoVecList {
   count: number;
 }
 
+/** What nsOpen opened inside the namespaces. */
+export interface NsOpenResult {
+  /** The tap/tun fd (O_NONBLOCK, CLOEXEC), or -1 when none was asked for. */
+  tunFd: number;
+  /** The device's actual name (the kernel's choice when '' or a pattern like 'tap%d' was given); '' without a tap. */
+  tunName: string;
+  /** One fd per requested socket, in request order (SOCK_NONBLOCK|SOCK_CLOEXEC). */
+  sockets: number[];
+}
+
 export interface Native {
   // ---- generic fd calls ----
   close(fd: number): void;
@@ -213,6 +223,26 @@ export interface Native {
   /** ioctl(fd, request, &int) returning the int, e.g. SIOCOUTQ / SIOCINQ queue sizes. */
   ioctlInt(fd: number, request: number): number;
 
+  // ---- namespaces and tap devices (ferry pasta) ----
+  /**
+   * Open a tap and/or sockets inside other namespaces. Forks a
+   * single-threaded child (a multi-threaded process cannot join a user
+   * namespace) that setns()es into each of `namespaceFds` in order (a user
+   * namespace before the network namespace it owns), then, if tunName is
+   * not null, opens /dev/net/tun with TUNSETIFF(tunName, tunFlags), then
+   * creates one socket per [domain, type, protocol] triple of the flat
+   * `sockets` array (at most 16), and passes everything back with
+   * SCM_RIGHTS before exiting. Blocks the calling thread until then (at most
+   * timeoutMs, default 5000; the child is killed on timeout). All or
+   * nothing: on failure no fd is left open and the error's `syscall` names
+   * the failing step ('setns', 'open /dev/net/tun', 'ioctl TUNSETIFF',
+   * 'socket'), `code` its errno. An fd keeps its namespace: the tap stays in
+   * the target namespace, the sockets bind and connect there.
+   */
+  nsOpen(namespaceFds: number[], tunName: string | null, tunFlags: number, sockets: number[], timeoutMs?: number | null): NsOpenResult;
+  /** open /dev/net/tun (O_NONBLOCK, CLOEXEC) + TUNSETIFF in the calling thread's namespace: [fd, actual name]. */
+  tunOpen(name: string, flags: number): [number, string];
+
   /**
    * A full memory barrier (atomic_thread_fence seq_cst). Needed between
    * publishing the used index and reading the guest's notification flags, a
@@ -225,7 +255,8 @@ export interface Native {
    * Numbers from the system headers: EPOLL*, AF_*, SOCK_*, IPPROTO_*, SOL_*,
    * SO_*, TCP_*, IP_*, IPV6_*, SO_EE_ORIGIN_*, MSG_*, SCM_*, SHUT_*,
    * NETLINK_*, RTMGRP_*, SIOCINQ, SIOCOUTQ, TIOCOUTQ, FIONREAD, S_IF*, errno values
-   * (EAGAIN, EINPROGRESS, ECONNREFUSED, ...), IOV_MAX, SOMAXCONN, PAGE_SIZE.
+   * (EAGAIN, EINPROGRESS, ECONNREFUSED, ...), IOV_MAX, SOMAXCONN, PAGE_SIZE,
+   * IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, CLONE_NEWNET, CLONE_NEWUSER.
    * EPOLLET is the int32 value (negative), as it appears in Poller batches.
    */
   constants: Record<string, number>;

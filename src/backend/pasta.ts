@@ -1,9 +1,304 @@
 /**
- * `ferry pasta`: placeholder until the tap frontend lands (next commit).
+ * `ferry pasta [OPTION]... [[--] COMMAND [ARG]...]`: ferry's stack for a
+ * container instead of a VM. COMMAND runs in its own user and network
+ * namespace whose only link is a tap device; ferry holds the tap's fd and
+ * moves its frames through the same stack a VM gets over vhost-user, with
+ * ferry's host sockets in ferry's own (the host's) namespace.
+ *
+ * Design. Node is multi-threaded, and a multi-threaded process can neither
+ * unshare(CLONE_NEWUSER) nor setns() into a user namespace (EINVAL). So
+ * ferry never changes its own namespaces:
+ *
+ *   1. The namespace is made by a child process: util-linux
+ *      `unshare --user --map-root-user --net --fork --kill-child -- sh -c GATE`
+ *      where GATE is a few lines of shell that write one byte on fd 3 (a
+ *      socketpair to ferry: "the namespaces exist") and then block reading
+ *      fd 3 until ferry answers "go", and only then exec COMMAND. The command
+ *      therefore never runs before its network is ready, and its exit status
+ *      is unshare's, which is ferry's.
+ *   2. ferry opens the tap inside that namespace with native.nsOpen: the
+ *      addon forks a single-threaded child that setns()es into
+ *      /proc/PID/ns/user and /proc/PID/ns/net, opens /dev/net/tun with
+ *      TUNSETIFF (IFF_TAP | IFF_NO_PI) and a NETLINK_ROUTE socket there,
+ *      passes both fds back with SCM_RIGHTS and exits. An fd keeps the
+ *      namespace it was opened in: the tap device stays in the container,
+ *      the fd works from ferry.
+ *   3. Over that netlink socket ferry brings the namespace's loopback and
+ *      the tap up (with the stack's MTU) and, with --config-net, adds the
+ *      host's addresses and default routes to the tap, as pasta does.
+ *      Without --config-net the command can use DHCP, NDP and DHCPv6 from
+ *      the stack, as a VM would.
+ *   4. The tap is served on the main thread (FrontendLoop + TapPort + the
+ *      stack); ferry writes "go" and waits for the command to exit.
+ *
+ * With --netns PATH|NAME|PID (or a bare PID) ferry joins an existing
+ * namespace instead (plus --userns, or the PID's user namespace when it is
+ * not ours): the tap is opened there the same way; a COMMAND then runs
+ * through `nsenter`, and without one ferry serves the tap until SIGTERM,
+ * until the PID exits or until the tap goes away with its namespace.
+ *
+ * The tap is named after the host's interface carrying the default route
+ * (-I/--ns-ifname overrides), as in pasta. Forwarding (-t/-u/-T/-U) and
+ * the splice path are not wired yet.
  */
-import type { DaemonOptions, PastaOptions } from './options';
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import type { Duplex } from 'stream';
+import { CounterBlock } from '../counters';
+import { log } from '../log';
+import { native } from '../native';
+import type { StackConfig } from '../stack/config';
+import { discoverHost } from '../stack/host-discovery';
+import { describeStackConfig, resolveStackConfig } from '../stack/resolve-config';
+import { FrontendLoop, maxFrameLengthFor, runStackOnLoop } from './frontend-loop';
+import { NamespaceNetwork, NetlinkConfigurator } from './netlink-config';
+import { DaemonOptions, namespacePath, PastaOptions } from './options';
+import { createPcapFile, PcapWriter } from './pcap';
+import { addressOverridesFrom } from './stack-setup';
+import { TapPort } from './tap-port';
 
-/** Run COMMAND in a namespace served by ferry; resolves with its exit status. */
-export async function runPasta(_options: DaemonOptions, _pasta: PastaOptions): Promise<number> {
-  throw new Error('ferry pasta is not implemented yet');
+/** Tap name when neither -I nor host discovery gives one. */
+export const FALLBACK_TAP_NAME = 'tap0';
+/** How long the namespace may take to appear, and the helper to open the tap. */
+const SETUP_TIMEOUT_MS = 10000;
+/** Grace between SIGTERM and SIGKILL for the command when ferry is told to stop. */
+const STOP_GRACE_MS = 3000;
+/** Exit status when the namespace could not be set up (what `env` uses for "could not run"). */
+export const EXIT_SETUP_FAILED = 125;
+
+/**
+ * The shell between unshare and COMMAND: announce the namespace on fd 3,
+ * wait for ferry's "go" (EOF or anything else: ferry failed, give up with
+ * 125), close fd 3 so COMMAND does not inherit it, exec COMMAND.
+ */
+export const GATE_SCRIPT = 'printf R >&3 && read -r go <&3 && [ "$go" = go ] || exit 125; exec 3<&-; exec "$@"';
+
+/** The unshare command line that runs `command` behind the gate in new user and network namespaces. */
+export function unshareArgv(command: readonly string[]): string[] {
+  return ['unshare', '--user', '--map-root-user', '--net', '--fork', '--kill-child', '--', '/bin/sh', '-c', GATE_SCRIPT, 'ferry-pasta', ...command];
+}
+
+/** The nsenter command line that runs `command` in joined namespaces. */
+export function nsenterArgv(netPath: string, userPath: string | null, command: readonly string[]): string[] {
+  return ['nsenter', `--net=${netPath}`, ...(userPath !== null ? [`--user=${userPath}`] : []), '--', ...command];
+}
+
+/** Addresses, gateways and MTU for --config-net, from the stack configuration. */
+export function namespaceNetwork(config: StackConfig, ifname: string): NamespaceNetwork {
+  const network: NamespaceNetwork = { ifname, mtu: config.mtu, addresses: [], gateways: [] };
+  if (config.ipv4 !== null) {
+    network.addresses.push({ address: config.ipv4.address, prefixLength: config.ipv4.prefixLength });
+    network.gateways.push(config.ipv4.gateway);
+  }
+  if (config.ipv6 !== null) {
+    network.addresses.push({ address: config.ipv6.address, prefixLength: config.ipv6.prefixLength });
+    network.gateways.push(config.ipv6.gateway);
+  }
+  return network;
+}
+
+/** An exit status from how a child ended (128 + signal number for a signal, as shells report it). */
+export function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  const number = signal !== null ? os.constants.signals[signal] : undefined;
+  return number !== undefined ? 128 + number : 1;
+}
+
+/** Where the tap lives: paths of the namespaces to enter, and the process that made them (if ours). */
+interface NamespaceTarget {
+  netPath: string;
+  userPath: string | null;
+  /** The unshare child (created mode), or null when joining. */
+  child: ChildProcess | null;
+  /** fd 3 of the gate, to say "go" (created mode). */
+  gate: Duplex | null;
+  /** A process whose exit ends the session (joined by PID), or null. */
+  watchPid: number | null;
+}
+
+/** Inode of a namespace file, to tell whether a target namespace is our own. */
+function namespaceId(path: string): string {
+  const stat = fs.statSync(path);
+  return `${stat.dev}:${stat.ino}`;
+}
+
+/** Start unshare with the gate and resolve once the namespaces exist. */
+async function createNamespaces(command: readonly string[]): Promise<NamespaceTarget> {
+  const argv = unshareArgv(command);
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
+  const gate = child.stdio[3] as Duplex | null;
+  if (gate === null || gate === undefined) throw new Error('pasta: no gate socket to the namespace');
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error(`the namespace did not come up within ${SETUP_TIMEOUT_MS} ms`)), SETUP_TIMEOUT_MS);
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      gate.removeListener('data', onData);
+      child.removeListener('exit', onExit);
+      child.removeListener('error', fail);
+    };
+    function fail(error: Error): void {
+      cleanup();
+      reject(error);
+    }
+    function onData(): void {
+      cleanup();
+      resolve();
+    }
+    function onExit(code: number | null, signal: NodeJS.Signals | null): void {
+      fail(new Error(`unshare exited (${code ?? signal}) before the namespace was ready: are user namespaces allowed?`));
+    }
+    gate.once('data', onData);
+    child.once('exit', onExit);
+    child.once('error', fail);
+  });
+  return { netPath: `/proc/${child.pid}/ns/net`, userPath: `/proc/${child.pid}/ns/user`, child, gate, watchPid: null };
+}
+
+/** The namespaces named by --netns/--userns (or a bare PID). */
+function joinNamespaces(pasta: PastaOptions): NamespaceTarget {
+  const spec = pasta.netns as string;
+  const netPath = namespacePath(spec, 'net');
+  let userPath = pasta.userns !== null ? namespacePath(pasta.userns, 'user') : null;
+  if (userPath === null && /^[0-9]+$/.test(spec)) {
+    const candidate = namespacePath(spec, 'user');
+    // Entering our own user namespace again is refused (EINVAL): only a foreign one is joined.
+    if (namespaceId(candidate) !== namespaceId('/proc/self/ns/user')) userPath = candidate;
+  }
+  return { netPath, userPath, child: null, gate: null, watchPid: /^[0-9]+$/.test(spec) ? Number(spec) : null };
+}
+
+/** Open the tap and a NETLINK_ROUTE socket inside the target namespaces. */
+function openInNamespace(target: NamespaceTarget, ifname: string): { tapFd: number; tapName: string; netlinkFd: number } {
+  const c = native.constants;
+  const paths = target.userPath !== null ? [target.userPath, target.netPath] : [target.netPath];
+  const nsFds = paths.map((p) => fs.openSync(p, 'r'));
+  try {
+    const opened = native.nsOpen(nsFds, ifname, c.IFF_TAP | c.IFF_NO_PI, [c.AF_NETLINK, c.SOCK_RAW, c.NETLINK_ROUTE ?? 0], SETUP_TIMEOUT_MS);
+    return { tapFd: opened.tunFd, tapName: opened.tunName, netlinkFd: opened.sockets[0] };
+  } finally {
+    for (const fd of nsFds) fs.closeSync(fd);
+  }
+}
+
+/** Resolve the stack configuration the way the daemon does, keeping the discovered interface name for the tap. */
+function resolvePastaConfig(options: DaemonOptions): { config: StackConfig; hostIfname: string | null } {
+  const discovered = discoverHost(native, { interfaceName: options.network.interface });
+  const config = resolveStackConfig(addressOverridesFrom(options), discovered, (level, line) => log[level](line));
+  for (const line of describeStackConfig(config)) log.info(line);
+  return { config, hostIfname: options.network.interface ?? discovered.ipv4?.interfaceName ?? discovered.ipv6?.interfaceName ?? null };
+}
+
+/** Run `ferry pasta`; resolves with the command's exit status (0 when serving a joined namespace until told to stop). */
+export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Promise<number> {
+  const { config, hostIfname } = resolvePastaConfig(options);
+  const ifname = pasta.nsIfname ?? hostIfname ?? FALLBACK_TAP_NAME;
+  const joining = pasta.netns !== null;
+  const command = pasta.command.length > 0 ? pasta.command : joining ? [] : [process.env.SHELL ?? '/bin/sh'];
+
+  let target: NamespaceTarget;
+  try {
+    target = joining ? joinNamespaces(pasta) : await createNamespaces(command);
+  } catch (error) {
+    log.error(`cannot set up the namespace: ${(error as Error).message}`);
+    return EXIT_SETUP_FAILED;
+  }
+  let tapFd = -1;
+  let tapName = ifname;
+  try {
+    const opened = openInNamespace(target, ifname);
+    tapFd = opened.tapFd;
+    tapName = opened.tapName;
+    try {
+      const netlink = new NetlinkConfigurator(native, opened.netlinkFd);
+      if (pasta.configNet) netlink.configure(namespaceNetwork(config, tapName));
+      else {
+        // Links up (so DHCP/NDP can run), no addresses or routes: the command configures itself.
+        netlink.linkUp(netlink.linkIndex('lo'));
+        netlink.linkUp(netlink.linkIndex(tapName), config.mtu);
+      }
+    } finally {
+      native.close(opened.netlinkFd);
+    }
+  } catch (error) {
+    log.error(`cannot set up ${ifname} in the namespace: ${(error as Error).message}`);
+    if (tapFd >= 0) native.close(tapFd);
+    target.gate?.end('stop\n');
+    target.child?.kill('SIGKILL');
+    return EXIT_SETUP_FAILED;
+  }
+  log.info(`tap ${tapName} in ${target.netPath}${pasta.configNet ? ' configured with the host\'s addresses and routes' : ''}`);
+
+  const counters = new CounterBlock();
+  let pcap: PcapWriter | null = null;
+  if (options.pcapFile !== null) {
+    createPcapFile(options.pcapFile);
+    pcap = new PcapWriter(options.pcapFile);
+  }
+  const capture = pcap;
+  const loop = new FrontendLoop();
+  const port = new TapPort({
+    fd: tapFd,
+    counters,
+    watcher: loop,
+    maxFrameLength: maxFrameLengthFor(config.mtu),
+    onFrame: capture !== null ? (_direction, frame, length) => capture.write(frame, length) : null,
+  });
+  const stack = runStackOnLoop(loop, config, port, counters);
+  if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
+
+  // The command: released from the gate (created), or started through nsenter (joined with a command).
+  let child = target.child;
+  if (target.gate !== null) target.gate.end('go\n');
+  else if (command.length > 0) {
+    const argv = nsenterArgv(target.netPath, target.userPath, command);
+    child = spawn(argv[0], argv.slice(1), { stdio: 'inherit' });
+  }
+
+  return new Promise<number>((resolve) => {
+    let finished = false;
+    let watchTimer: NodeJS.Timeout | null = null;
+    const finish = (code: number, reason: string): void => {
+      if (finished) return;
+      finished = true;
+      log.info(reason);
+      if (watchTimer !== null) clearInterval(watchTimer);
+      process.removeListener('SIGTERM', onTerm);
+      process.removeListener('SIGINT', onInt);
+      port.onClosed = null;
+      port.close();
+      stack.close();
+      loop.close();
+      if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
+      resolve(code);
+    };
+    const stop = (signal: NodeJS.Signals): void => {
+      if (child !== null && child.exitCode === null && child.signalCode === null) {
+        // The command ends the session: pass the signal on and let its exit finish (SIGKILL after a grace).
+        child.kill('SIGTERM');
+        setTimeout(() => child?.kill('SIGKILL'), STOP_GRACE_MS).unref();
+        return;
+      }
+      finish(0, `${signal}: stopping`);
+    };
+    const onTerm = (): void => stop('SIGTERM');
+    const onInt = (): void => stop('SIGINT');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+    if (child !== null) {
+      child.once('exit', (code, signal) => finish(exitStatus(code, signal), `the command exited (${code ?? signal})`));
+      child.once('error', (error) => finish(EXIT_SETUP_FAILED, `cannot run the command: ${error.message}`));
+    }
+    port.onClosed = (reason) => {
+      // The tap went away with its namespace; a running command has lost its network.
+      if (child === null) finish(0, `${reason}: the namespace is gone`);
+      else log.warn(reason);
+    };
+    const watchPid = target.watchPid;
+    if (child === null && watchPid !== null) {
+      watchTimer = setInterval(() => {
+        if (!fs.existsSync(`/proc/${watchPid}`)) finish(0, `process ${watchPid} exited`);
+      }, 1000);
+    }
+  });
 }

@@ -1,0 +1,134 @@
+/**
+ * `ferry pasta` for real, inside a test network (test/support/netns.ts):
+ * ferry runs in the test namespace (uplink0 with 192.0.2.1/24 and
+ * 2001:db8::1/64, gateways .254 and ::fe), creates a nested user+network
+ * namespace with a tap named after uplink0, and runs a command there.
+ * Checked: the netlink configuration (--config-net), the exit status, -I,
+ * DHCP from the stack without --config-net, ICMP echo from the namespace to
+ * the server in the test network, and joining an existing namespace
+ * (--netns) served until SIGTERM.
+ */
+import { expect } from 'chai';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import {
+  canCreateNamespaces,
+  CommandResult,
+  createTestNetwork,
+  destroyTestNetwork,
+  run,
+  runChecked,
+  runIn,
+  spawnIn,
+  stopChild,
+  TestNetwork,
+  TEST_NET,
+} from '../support/netns';
+import { REPO_ROOT } from '../support/guest';
+
+const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
+const TEST_DNS_V4 = '192.0.2.53';
+
+/** `ferry pasta ARGS` in the test namespace, to completion. */
+function pasta(net: TestNetwork, args: string[], timeoutMs = 20000): Promise<CommandResult> {
+  return runIn(net.ns, [process.execPath, FERRY_BIN, 'pasta', '--dns', TEST_DNS_V4, ...args], { timeoutMs });
+}
+
+function describeResult(r: CommandResult): string {
+  return `exit ${r.code ?? r.signal}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
+}
+
+describe('integration: ferry pasta in a test namespace', function () {
+  this.timeout(60000);
+  let net: TestNetwork | null = null;
+
+  before(async function () {
+    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'cli.js'))) this.skip();
+    if ((await run(['unshare', '--user', '--map-root-user', '--net', 'true'])).code !== 0) this.skip();
+    net = await createTestNetwork();
+  });
+
+  after(async function () {
+    if (net) await destroyTestNetwork(net);
+    net = null;
+  });
+
+  it('--config-net: the tap carries the host\'s addresses, default routes and MTU; loopback is up', async function () {
+    const r = await pasta(net as TestNetwork, ['--config-net', '--', 'sh', '-c', 'ip -o addr show; ip route show; ip -6 route show; ip -o link show']);
+    expect(r.code, describeResult(r)).to.equal(0);
+    const tap = TEST_NET.uplinkName;
+    expect(r.stdout).to.match(new RegExp(`\\d+: ${tap}\\s+inet ${TEST_NET.hostV4}/${TEST_NET.prefixV4} `));
+    expect(r.stdout).to.match(new RegExp(`\\d+: ${tap}\\s+inet6 ${TEST_NET.hostV6}/${TEST_NET.prefixV6} `));
+    expect(r.stdout).to.match(new RegExp(`default via ${TEST_NET.routerV4} dev ${tap}`));
+    expect(r.stdout).to.match(new RegExp(`default via ${TEST_NET.routerV6} dev ${tap}`));
+    expect(r.stdout).to.match(new RegExp(`\\d+: ${tap}: <[^>]*\\bUP\\b[^>]*> mtu 65520 `));
+    expect(r.stdout).to.match(/\d+: lo: <[^>]*\bUP\b/);
+  });
+
+  it('exits with the command\'s status (128 + N for a signal)', async function () {
+    const seven = await pasta(net as TestNetwork, ['--', 'sh', '-c', 'exit 7']);
+    expect(seven.code, describeResult(seven)).to.equal(7);
+    const killed = await pasta(net as TestNetwork, ['--', 'sh', '-c', 'kill -TERM $$']);
+    expect(killed.code, describeResult(killed)).to.equal(143);
+    const ok = await pasta(net as TestNetwork, ['true']);
+    expect(ok.code, describeResult(ok)).to.equal(0);
+  });
+
+  it('-I names the tap; without --config-net it is up with no address', async function () {
+    const r = await pasta(net as TestNetwork, ['-I', 'eth7', '--', 'sh', '-c', 'ip -o link show eth7; ip -o -4 addr show dev eth7; echo end']);
+    expect(r.code, describeResult(r)).to.equal(0);
+    expect(r.stdout).to.match(/\d+: eth7: <[^>]*\bUP\b/);
+    expect(r.stdout).to.not.match(/inet /);
+  });
+
+  it('without --config-net, a DHCP client in the namespace is leased the host\'s address by the stack', async function () {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-pasta-dhcp-'));
+    try {
+      const script = path.join(dir, 'udhcpc.script');
+      fs.writeFileSync(script, '#!/bin/sh\n[ "$1" = bound ] && echo "LEASE ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu"\nexit 0\n', { mode: 0o755 });
+      const r = await pasta(net as TestNetwork, ['--', 'busybox', 'udhcpc', '-i', TEST_NET.uplinkName, '-f', '-q', '-n', '-t', '4', '-T', '1', '-s', script]);
+      expect(r.code, describeResult(r)).to.equal(0);
+      expect(r.stdout, describeResult(r)).to.include(`LEASE ip=${TEST_NET.hostV4} mask=${TEST_NET.prefixV4} router=${TEST_NET.routerV4} dns=${TEST_DNS_V4} mtu=65520`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('ping from the namespace reaches the server in the test network (ICMP echo through ferry)', async function () {
+    const r = await pasta(net as TestNetwork, ['--config-net', '--', 'busybox', 'ping', '-c', '3', '-W', '2', '-w', '8', TEST_NET.serverV4]);
+    expect(r.code, describeResult(r)).to.equal(0);
+    expect(r.stdout).to.match(/3 packets transmitted, 3 packets received/);
+  });
+
+  it('--netns joins an existing namespace and serves its tap until SIGTERM', async function () {
+    const target = `ferry-pasta-join-${process.pid}`;
+    await runChecked(['ip', 'netns', 'add', target]);
+    const ferry = spawnIn((net as TestNetwork).ns, [process.execPath, FERRY_BIN, 'pasta', '--dns', TEST_DNS_V4, '--config-net', '-I', 'tapj0', '--netns', target]);
+    let log = '';
+    ferry.stderr?.setEncoding('utf8').on('data', (d: string) => (log += d));
+    const exited = new Promise<number | null>((resolve) => ferry.on('close', (code) => resolve(code)));
+    try {
+      // Bounded wait for ferry to configure the tap in the target.
+      let addresses = '';
+      for (let i = 0; i < 100 && !addresses.includes(`inet ${TEST_NET.hostV4}/`); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        addresses = (await run(['ip', '-n', target, '-o', 'addr', 'show', 'dev', 'tapj0'])).stdout;
+      }
+      expect(addresses, log).to.include(`inet ${TEST_NET.hostV4}/${TEST_NET.prefixV4}`);
+      const ping = await run(['ip', 'netns', 'exec', target, 'busybox', 'ping', '-c', '2', '-W', '2', '-w', '6', TEST_NET.serverV4], { timeoutMs: 10000 });
+      expect(ping.code, `${describeResult(ping)}\n--- ferry ---\n${log}`).to.equal(0);
+      await stopChild(ferry, 3000);
+      expect(await exited, log).to.equal(0);
+    } finally {
+      await stopChild(ferry, 1000);
+      await run(['ip', 'netns', 'del', target]);
+    }
+  });
+
+  it('a namespace that cannot be joined fails with status 125 and one error line', async function () {
+    const r = await pasta(net as TestNetwork, ['--netns', '/nonexistent/ns', '--', 'true']);
+    expect(r.code, describeResult(r)).to.equal(125);
+    expect(r.stderr).to.match(/cannot set up/);
+  });
+});
