@@ -7,7 +7,8 @@
  *   - IPv6: the host's own 2001:db8::1 by DHCPv6, a SLAAC address in the
  *     host's /64, a default route from the router advertisement;
  *   - ICMP/ICMPv6 echo to the gateway and to a second address of the test
- *     network, 3 of 3 answered, over both families.
+ *     network, 3 of 3 answered, over both families, and 60 kB echoes (one
+ *     frame each way at that MTU).
  */
 import { expect } from 'chai';
 import * as fs from 'fs';
@@ -20,6 +21,9 @@ import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
 /** Resolvers given to ferry so the guest is never told about the machine's real ones. */
 const TEST_DNS = ['192.0.2.53', '2001:db8::53'];
 const PING_TARGETS = [TEST_NET.routerV4, TEST_NET.serverV4, TEST_NET.routerV6, TEST_NET.serverV6];
+const BIG_PING_TARGETS = [TEST_NET.serverV4, TEST_NET.serverV6];
+/** Echo payload close to the MTU of 65520: the request and the reply each travel as one frame. */
+const BIG_PING_BYTES = 60000;
 
 /** Guest-side report of what it ended up with, after DHCP, SLAAC and DHCPv6. */
 const REPORT_SCRIPT = [
@@ -27,6 +31,8 @@ const REPORT_SCRIPT = [
   'ip -4 route show default | while read -r line; do echo "FERRY-GUEST: route4 $line"; done',
   'ip -4 -o addr show dev eth0 | wc -l | sed "s/^/FERRY-GUEST: inet count /"',
   pingScript(PING_TARGETS),
+  // One 60 kB frame each way: big TX descriptors chains and mergeable RX buffers.
+  pingScript(BIG_PING_TARGETS, 3, 0.5, BIG_PING_BYTES),
 ].join('\n');
 
 describe('e2e: the guest configures itself from ferry (DHCP, NDP, DHCPv6, echo)', function () {
@@ -128,6 +134,13 @@ describe('e2e: the guest configures itself from ferry (DHCP, NDP, DHCPv6, echo)'
     it(`ping -c3 ${target} from the guest gets 3 replies`, function () {
       const result = guest?.pings().get(target);
       expect(result, diagnostics()).to.not.equal(undefined);
+      expect(result, diagnostics()).to.deep.equal({ transmitted: 3, received: 3, exitCode: 0 });
+    });
+  }
+
+  for (const target of BIG_PING_TARGETS) {
+    it(`ping -c3 -s ${BIG_PING_BYTES} ${target} (one frame each way at MTU 65520) gets 3 replies`, function () {
+      const result = guest?.pings().get(`${target}@${BIG_PING_BYTES}`);
       expect(result, diagnostics()).to.deep.equal({ transmitted: 3, received: 3, exitCode: 0 });
     });
   }

@@ -69,7 +69,7 @@ describe('e2e: ferry options seen by a real guest', function () {
 
     before(async function () {
       await bootGuestOnFerry(this, run, {
-        ferryArgs: ['-6', '-a', '2001:db8::77'],
+        ferryArgs: ['-6', '-a', '2001:db8::77', '-D', '2001:db8::53'],
         testScript: [
           // With no lease, give the guest the host's IPv4 address by hand:
           // an echo that then gets no answer shows ferry ignoring IPv4.

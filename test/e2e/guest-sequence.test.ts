@@ -14,6 +14,8 @@ import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
 import { FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
 
 const PINGS = 10;
+/** Resolver given to ferry so the guest is never told about the machine's real one. */
+const TEST_DNS = '192.0.2.53';
 
 /**
  * Guest side: after the lease, announce the traffic, give the host a moment
@@ -94,7 +96,7 @@ describe('e2e: one ferry serves two guests in sequence, and counts their traffic
     workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-e2e-'));
     const socketPath = path.join(workDir, 'ferry.sock');
     metricsPath = path.join(workDir, 'metrics.sock');
-    ferry = await startFerry(net.ns, socketPath, ['--metrics', `unix:${metricsPath}`]);
+    ferry = await startFerry(net.ns, socketPath, ['--metrics', `unix:${metricsPath}`, '--dns', TEST_DNS]);
     await ferry.waitForLog(/metrics on /, 10000);
     ferryPidAtStart = ferry.child.pid;
     runs.push(await runGuest(socketPath));

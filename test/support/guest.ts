@@ -152,15 +152,19 @@ export interface PingResult {
  * Shell for a guest /test.sh: pings every target `count` times, all targets
  * at once (a boot's time is precious), and prints one line per target:
  *   FERRY-GUEST: ping <target> transmitted N received M rc R
- * (read back with Guest.pings()). Each ping is bounded by -w.
+ * (read back with Guest.pings()). Each ping is bounded by -w. With
+ * `payloadBytes` (ping -s) the target is reported as "<target>@<size>".
  */
-export function pingScript(targets: string[], count = 3, intervalSeconds = 0.5): string {
+export function pingScript(targets: string[], count = 3, intervalSeconds = 0.5, payloadBytes?: number): string {
   const lines = ['ping_dir=$(mktemp -d)'];
+  const size = payloadBytes !== undefined ? ` -s ${payloadBytes}` : '';
   targets.forEach((t, i) => {
     const family = t.includes(':') ? '-6' : '-4';
-    lines.push(`(ping ${family} -c ${count} -i ${intervalSeconds} -W 2 -w ${count + 4} ${t} >"$ping_dir/${i}" 2>&1; echo "rc $?" >>"$ping_dir/${i}") &`);
+    lines.push(`(ping ${family} -c ${count} -i ${intervalSeconds}${size} -W 2 -w ${count + 4} ${t} >"$ping_dir/${i}" 2>&1; echo "rc $?" >>"$ping_dir/${i}") &`);
   });
   lines.push('wait');
+  // With a payload size the results are keyed "<target>@<size>".
+  targets = targets.map((t) => (payloadBytes !== undefined ? `${t}@${payloadBytes}` : t));
   targets.forEach((t, i) => {
     lines.push(
       `awk '/packets transmitted/ { print $1, $4 }' "$ping_dir/${i}" | ` +
