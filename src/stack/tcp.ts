@@ -148,6 +148,7 @@ const F_SND_BLOCKED = 1 << 6; // the socket refused guest data: watching EPOLLOU
 const F_READABLE = 1 << 7; // the socket may hold data not yet sent to the guest (cleared when a peek finds nothing new)
 const F_EVER_FIN = 1 << 8; // finSeq is valid
 const F_RECOVERY = 1 << 10; // rewound: duplicate ACKs are not counted until `recover` is ACKed
+const F_NO_REBLOCK = 1 << 11; // sending a window update after EPOLLOUT
 const F_PEER_CLOSED = 1 << 9; // EPOLLRDHUP/EPOLLHUP seen: the socket stays readable until the peek finds the end
 
 /** Events counted by the TCP translator (ferry_tcp_events_total{event}). */
@@ -825,10 +826,13 @@ export class TcpService implements ReadyHandler {
       return;
     }
     if ((events & EPOLLOUT) !== 0 && (this.flag[id] & F_SND_BLOCKED) !== 0) {
-      // Room in the send buffer again: tell the guest (window update).
-      this.flag[id] &= ~F_SND_BLOCKED;
-      this.sendFlags(id, TcpFlag.Ack);
+      // Room in the send buffer again: tell the guest (window update). The
+      // kernel calls this writable: do not re-arm EPOLLOUT for this update
+      // even if our estimate is still small, or edge re-arming would spin.
+      this.flag[id] = (this.flag[id] & ~F_SND_BLOCKED) | F_NO_REBLOCK;
       this.updateEvents(id);
+      this.sendFlags(id, TcpFlag.Ack);
+      this.flag[id] &= ~F_NO_REBLOCK;
     }
     if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) !== 0) {
       this.flag[id] |= F_READABLE;
@@ -1166,13 +1170,15 @@ export class TcpService implements ReadyHandler {
 
   /**
    * The window field we advertise: free send buffer space, scaled. When it
-   * is smaller than a segment, EPOLLOUT is watched so the guest hears when
-   * the socket drains (a window update) instead of waiting for its persist
-   * timer.
+   * is small (below a segment or a quarter of the buffer), EPOLLOUT is
+   * watched so the guest hears when the socket drains (a window update)
+   * instead of waiting for its persist timer.
    */
   private windowField(id: number): number {
     const free = this.freeSendSpace(id);
-    if (free < this.mss[id] && (this.flag[id] & F_SND_BLOCKED) === 0 && this.flows.state[id] >= TcpState.Established) {
+    const flag = this.flag[id];
+    const small = free < Math.min(this.mss[id], this.usableSendSpace(id) / 4);
+    if (small && (flag & (F_SND_BLOCKED | F_NO_REBLOCK | F_GUEST_FIN)) === 0 && this.flows.state[id] >= TcpState.Established) {
       this.flag[id] |= F_SND_BLOCKED;
       this.updateEvents(id);
     }
@@ -1193,10 +1199,19 @@ export class TcpService implements ReadyHandler {
     } catch {
       return 0;
     }
-    // The kernel doubles SO_SNDBUF for its bookkeeping; about 3/4 of it holds payload.
-    const usable = Math.floor((this.sndbuf[id] * 3) / 4);
-    if (queued === 0) this.refreshSndbuf(id); // autotuning grows the buffer: look again while it is idle
-    return Math.max(0, usable - queued);
+    // Autotuning grows the buffer with the congestion window: look again.
+    this.refreshSndbuf(id);
+    return Math.max(0, this.usableSendSpace(id) - queued);
+  }
+
+  /**
+   * Payload bytes the send buffer holds: SO_SNDBUF counts the kernel's
+   * per-skb overhead too, small for large segments; keep 1/16 for it, so
+   * the space the kernel calls writable (a third of the buffer free) is
+   * always above the "small window" threshold in windowField.
+   */
+  private usableSendSpace(id: number): number {
+    return this.sndbuf[id] - (this.sndbuf[id] >>> 4);
   }
 
   private refreshSndbuf(id: number): void {
