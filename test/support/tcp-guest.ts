@@ -191,6 +191,10 @@ export class TcpHarness {
   readonly unrouted: Segment[] = [];
   /** When set, returns true for segments the "wire" should lose before the guest sees them. */
   dropFilter: ((segment: Segment) => boolean) | null = null;
+  /** Fault injection on both directions (tests only): probabilities per frame. */
+  faults: Faults | null = null;
+  private heldToGuest: Segment | null = null;
+  private heldFromGuest: Uint8Array | null = null;
 
   /** Added to the real clock: advance() moves the stack's time forward. */
   clockOffset = 0;
@@ -212,7 +216,31 @@ export class TcpHarness {
 
   /** Hand a frame to the stack as the guest's TX. */
   send(frame: Uint8Array, cuts: number[] = []): void {
+    const faults = this.faults;
+    if (faults !== null) {
+      const r = faults.random();
+      if (r < faults.drop) return;
+      if (r < faults.drop + faults.reorder && this.heldFromGuest === null) {
+        this.heldFromGuest = frame; // goes after the next frame
+        return;
+      }
+      if (r < faults.drop + faults.reorder + faults.duplicate) this.stack.receiveFrame(segmentsOf(frame, cuts), NO_OFFLOAD);
+    }
     this.stack.receiveFrame(segmentsOf(frame, cuts), NO_OFFLOAD);
+    this.releaseHeldFromGuest();
+  }
+
+  private releaseHeldFromGuest(): void {
+    const held = this.heldFromGuest;
+    if (held === null) return;
+    this.heldFromGuest = null;
+    this.stack.receiveFrame(segmentsOf(held), NO_OFFLOAD);
+  }
+
+  private route(segment: Segment): void {
+    const endpoint = this.endpoints.get(segment.dstPort);
+    if (endpoint === undefined) this.unrouted.push(segment);
+    else endpoint.receive(segment);
   }
 
   register(endpoint: FakeGuestTcp): void {
@@ -228,11 +256,31 @@ export class TcpHarness {
       const segment = parseTcpFrame(frame);
       if (segment === null) continue;
       if (this.dropFilter !== null && this.dropFilter(segment)) continue;
-      const endpoint = this.endpoints.get(segment.dstPort);
-      if (endpoint === undefined) this.unrouted.push(segment);
-      else endpoint.receive(segment);
       count++;
+      const faults = this.faults;
+      if (faults !== null) {
+        const r = faults.random();
+        if (r < faults.drop) continue;
+        if (r < faults.drop + faults.reorder && this.heldToGuest === null) {
+          this.heldToGuest = segment;
+          continue;
+        }
+        if (r < faults.drop + faults.reorder + faults.duplicate) this.route(segment);
+      }
+      this.route(segment);
+      if (this.heldToGuest !== null && this.heldToGuest !== segment) {
+        const held = this.heldToGuest;
+        this.heldToGuest = null;
+        this.route(held);
+      }
     }
+    if (this.heldToGuest !== null) {
+      // Nothing came after it in this batch: let it through now (late).
+      const held = this.heldToGuest;
+      this.heldToGuest = null;
+      this.route(held);
+    }
+    this.releaseHeldFromGuest();
     return count;
   }
 
@@ -260,6 +308,26 @@ export class TcpHarness {
     this.tcp.close();
     this.watcher.close();
   }
+}
+
+/** Fault injection rates (0..1 per frame) and the random source. */
+export interface Faults {
+  drop: number;
+  duplicate: number;
+  reorder: number;
+  random: () => number;
+}
+
+/** A seeded PRNG in [0, 1) (mulberry32), so fault patterns reproduce. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 /** Options of a fake guest connection. */
