@@ -25,6 +25,25 @@ const BIG_PING_TARGETS = [TEST_NET.serverV4, TEST_NET.serverV6];
 /** Echo payload close to the MTU of 65520: the request and the reply each travel as one frame. */
 const BIG_PING_BYTES = 60000;
 
+/**
+ * A second udhcpc run by the guest: bound (1st lease line), renewed on
+ * SIGUSR1 (2nd), released on SIGUSR2; each step awaited for at most 5 s.
+ */
+const DHCP_RENEW_RELEASE_SCRIPT = `
+udhcpc -i eth0 -s /etc/udhcpc.script -f -t 3 -T 1 -A 1 -p /tmp/udhcpc.pid >/tmp/udhcpc-renew.log 2>&1 &
+wait_udhcpc() {
+  i=0
+  while [ "$(grep -c "$1" /tmp/udhcpc-renew.log)" -lt "$2" ] && [ "$i" -lt 50 ]; do usleep 100000; i=$((i + 1)); done
+}
+wait_udhcpc 'lease of .* obtained' 1
+kill -USR1 "$(cat /tmp/udhcpc.pid)"
+wait_udhcpc 'lease of .* obtained' 2
+kill -USR2 "$(cat /tmp/udhcpc.pid)"
+wait_udhcpc 'entering released state' 1
+kill "$(cat /tmp/udhcpc.pid)"
+sed 's/^/FERRY-GUEST: udhcpc: /' /tmp/udhcpc-renew.log
+`;
+
 /** Guest-side report of what it ended up with, after DHCP, SLAAC and DHCPv6. */
 const REPORT_SCRIPT = [
   'echo "FERRY-GUEST: mtu $(cat /sys/class/net/eth0/mtu)"',
@@ -33,6 +52,15 @@ const REPORT_SCRIPT = [
   pingScript(PING_TARGETS),
   // One 60 kB frame each way: big TX descriptors chains and mergeable RX buffers.
   pingScript(BIG_PING_TARGETS, 3, 0.5, BIG_PING_BYTES),
+  // ARP: a duplicate-address probe for the guest's own address must go
+  // unanswered (arping -D exits 0), any other address is ferry's.
+  'arping -D -c 2 -w 3 -I eth0 192.0.2.1 >/dev/null 2>&1; echo "FERRY-GUEST: arp dad rc $?"',
+  'arping -c 1 -w 2 -I eth0 192.0.2.77 2>&1 | sed -n "s/^Unicast reply from \\(\\S*\\) \\[\\(.*\\)\\].*/FERRY-GUEST: arp reply \\1 \\2/p"',
+  // DHCPv6 the long way: SOLICIT without rapid commit, ADVERTISE, REQUEST, REPLY.
+  'echo "FERRY-GUEST: dhcp6 no-rapid-commit $(dhcp6-client eth0 3 no-rapid-commit 2>&1)"',
+  // DHCP renewal (unicast REQUEST to the server identifier) and release,
+  // last: the release takes the address away.
+  DHCP_RENEW_RELEASE_SCRIPT,
 ].join('\n');
 
 describe('e2e: the guest configures itself from ferry (DHCP, NDP, DHCPv6, echo)', function () {
@@ -50,7 +78,8 @@ describe('e2e: the guest configures itself from ferry (DHCP, NDP, DHCPv6, echo)'
     net = await createTestNetwork();
     workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-e2e-'));
     const socketPath = path.join(workDir, 'ferry.sock');
-    ferry = await startFerry(net.ns, socketPath, TEST_DNS.flatMap((d) => ['--dns', d]));
+    // --debug: ferry's log then says when the guest releases its lease.
+    ferry = await startFerry(net.ns, socketPath, ['--debug', ...TEST_DNS.flatMap((d) => ['--dns', d])]);
     guest = bootGuest({
       net,
       nic: { kind: 'vhost-user', socketPath },
@@ -144,4 +173,22 @@ describe('e2e: the guest configures itself from ferry (DHCP, NDP, DHCPv6, echo)'
       expect(result, diagnostics()).to.deep.equal({ transmitted: 3, received: 3, exitCode: 0 });
     });
   }
+
+  it("ARP: ferry answers for another address with its own MAC, never for the guest's own address", function () {
+    expect(marker('arp reply'), diagnostics()).to.equal('192.0.2.77 9a:55:9a:55:9a:55');
+    expect(marker('arp dad rc'), diagnostics()).to.equal('0');
+  });
+
+  it('DHCPv6 without rapid commit (SOLICIT, ADVERTISE, REQUEST, REPLY) gives the same address', function () {
+    expect(marker('dhcp6 no-rapid-commit'), diagnostics()).to.equal(`address ${TEST_NET.hostV6} after-request dns ${TEST_DNS[1]}`);
+  });
+
+  it('DHCP: a renewal unicast to the server identifier is acknowledged, and a release reaches ferry', function () {
+    const lines = [...(guest?.vm.serialLines ?? '').matchAll(/FERRY-GUEST: udhcpc: (?:udhcpc: )?(.*?)\r?\n/g)].map((m) => m[1]);
+    const renewAt = lines.findIndex((l) => l.startsWith(`sending renew to server ${TEST_NET.routerV4}`));
+    expect(renewAt, diagnostics()).to.be.at.least(0);
+    expect(lines.slice(renewAt + 1).some((l) => l.startsWith(`lease of ${TEST_NET.hostV4} obtained`)), diagnostics()).to.equal(true);
+    expect(lines.some((l) => /entering released state/.test(l)), diagnostics()).to.equal(true);
+    expect(ferry?.log() ?? '', diagnostics()).to.match(/dhcp: guest released its address/);
+  });
 });

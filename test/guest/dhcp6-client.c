@@ -4,13 +4,14 @@
  * address by DHCPv6 (the kernel's SLAAC only gives an address derived from
  * the MAC).
  *
- *   dhcp6-client IFNAME [TRIES]
+ *   dhcp6-client IFNAME [TRIES [no-rapid-commit]]
  *
- * Sends SOLICIT with rapid commit and one IA_NA from the interface's
- * link-local address to ff02::1:2, one try per second; takes a REPLY (rapid
- * commit) directly, or answers an ADVERTISE with a REQUEST. Prints on stdout
+ * Sends SOLICIT with rapid commit (unless told not to) and one IA_NA from the
+ * interface's link-local address to ff02::1:2, one try per second; takes a
+ * REPLY (rapid commit) directly, or answers an ADVERTISE with a REQUEST.
+ * Prints on stdout
  *
- *   address <ipv6> dns <a,b|none>
+ *   address <ipv6> rapid-commit|after-request dns <a,b|none>
  *
  * and exits 0, or prints "failed: <reason>" and exits 1. It configures
  * nothing itself: the guest's init applies the address.
@@ -74,7 +75,7 @@ static size_t put_option_header(unsigned char *p, unsigned code, unsigned length
 
 /* Builds a SOLICIT or REQUEST into out (at least 256 bytes); returns its length. */
 static size_t build_message(unsigned char *out, int type, const unsigned char xid[3], const unsigned char mac[6],
-                            const struct lease *advertised) {
+                            const struct lease *advertised, int rapid_commit) {
   size_t at = 0;
   out[at++] = (unsigned char)type;
   memcpy(out + at, xid, 3);
@@ -95,7 +96,7 @@ static size_t build_message(unsigned char *out, int type, const unsigned char xi
   at += put_option_header(out + at, OPT_ORO, 4);
   at += put16(out + at, OPT_DNS_SERVERS);
   at += put16(out + at, OPT_DOMAIN_LIST);
-  if (type == SOLICIT) at += put_option_header(out + at, OPT_RAPID_COMMIT, 0);
+  if (type == SOLICIT && rapid_commit) at += put_option_header(out + at, OPT_RAPID_COMMIT, 0);
   /* IA_NA: IAID 1, T1 and T2 left to the server. */
   at += put_option_header(out + at, OPT_IA_NA, 12);
   memset(out + at, 0, 12);
@@ -162,12 +163,13 @@ static int fail(const char *what) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: %s IFNAME [TRIES]\n", argv[0]);
+    fprintf(stderr, "usage: %s IFNAME [TRIES [no-rapid-commit]]\n", argv[0]);
     return 2;
   }
   const char *ifname = argv[1];
   int tries = argc > 2 ? atoi(argv[2]) : 5;
   if (tries < 1 || tries > 60) tries = 5;
+  int rapid_commit = !(argc > 3 && strcmp(argv[3], "no-rapid-commit") == 0);
   unsigned ifindex = if_nametoindex(ifname);
   if (ifindex == 0) return fail("no such interface");
 
@@ -200,7 +202,7 @@ int main(int argc, char **argv) {
   memset(&advertised, 0, sizeof advertised);
   int type = SOLICIT;
   for (int attempt = 0; attempt < tries; attempt++) {
-    size_t length = build_message(out, type, xid, mac, &advertised);
+    size_t length = build_message(out, type, xid, mac, &advertised, rapid_commit);
     /* A tentative link-local source (DAD still running) refuses to send: try again next round. */
     if (sendto(fd, out, length, 0, (struct sockaddr *)&servers, sizeof servers) < 0 && errno != EADDRNOTAVAIL) {
       return fail("sendto");
@@ -217,7 +219,7 @@ int main(int argc, char **argv) {
       if (kind == REPLY && lease.have_address) {
         char text[INET6_ADDRSTRLEN];
         inet_ntop(AF_INET6, lease.address, text, sizeof text);
-        printf("address %s dns ", text);
+        printf("address %s %s dns ", text, type == REQUEST ? "after-request" : "rapid-commit");
         for (int i = 0; i < lease.dns_count; i++) {
           inet_ntop(AF_INET6, lease.dns[i], text, sizeof text);
           printf("%s%s", i ? "," : "", text);
