@@ -17,20 +17,25 @@
  * gateway), and the guest's replies are sent back from the forwarded port
  * to the original sender (sendmsg with its address on the bound socket).
  *
- * Data path, with no per-datagram allocation:
+ * Data path:
  * - guest to host: the payload goes from guest memory straight into
- *   sendmsg iovecs (views over the TX frame's SegmentList);
- * - host to guest: FIONREAD gives the next datagram's exact size, one RX
- *   reservation of that size is taken, recvmsg fills the payload straight
- *   into it after the headers, which are written in place afterwards with
- *   the checksum summed over the reservation.
- * Batching: the FramePort contract allows one open reservation at a time
- * and the stack receives one TX frame per call (guest memory must not be
- * held after it returns), so datagrams are read with one recvmsg each and
- * sent with one sendmsg each; what is batched is the guest notification
- * (one flush per readiness callback, up to READS_PER_WAKEUP datagrams).
- * recvmmsg straight into RX buffers would need a FramePort that hands out
- * several reservations at once (proposed in the issue report).
+ *   sendmsg iovecs (views over the TX frame's SegmentList), one sendmsg per
+ *   datagram: the stack receives one TX frame per call and guest memory
+ *   must not be held after it returns, so there is nothing to sendmmsg;
+ * - host to guest: FIONREAD gives the size of the next datagram. Up to
+ *   COPY_THRESHOLD bytes, recvmmsg takes up to BATCH_SLOTS datagrams at
+ *   once into scratch slots and each is copied into its own RX reservation
+ *   (one syscall for a burst of small datagrams; the FramePort contract
+ *   allows one open reservation at a time, so recvmmsg cannot fill several
+ *   RX reservations directly). A larger datagram gets one RX reservation of
+ *   its exact size and recvmsg fills it in place after the headers (no
+ *   copy). Headers are written in place afterwards, the UDP checksum summed
+ *   over the reservation; one guest notification per readiness callback.
+ *   Nothing is allocated per datagram except the short-lived views of the
+ *   copy (SegmentList.copyIn).
+ * - back-pressure: when the guest has no RX buffers, the socket's EPOLLIN
+ *   is disarmed (datagrams stay in the kernel, or in the batch backlog)
+ *   until port.onWritable.
  *
  * ICMP errors: every host socket has IP_RECVERR / IPV6_RECVERR on; errors
  * from the error queue (port/host unreachable, fragmentation needed /
@@ -80,7 +85,7 @@ import { ExtendedError, IcmpErrorPlan, QuotedDatagram, parseExtendedError, planI
 /** The addon calls UDP needs (a subset, so tests can wrap or fake them). */
 export type UdpSockets = Pick<
   Native,
-  'socket' | 'bind' | 'connect' | 'close' | 'setsockoptInt' | 'setsockoptBytes' | 'sendmsg' | 'recvmsg' | 'recvErrqueue' | 'ioctlInt'
+  'socket' | 'bind' | 'connect' | 'close' | 'setsockoptInt' | 'setsockoptBytes' | 'sendmsg' | 'recvmsg' | 'recvmmsg' | 'recvErrqueue' | 'ioctlInt'
 >;
 
 // ---- Linux constants (the addon passes numbers through unchanged) ----
@@ -94,7 +99,6 @@ const SOL_IPV6 = 41;
 const IP_RECVERR = 11;
 const IPV6_RECVERR = 25;
 const IPV6_V6ONLY = 26;
-const MSG_PEEK = 2;
 const MSG_TRUNC = 32;
 const FIONREAD = 0x541b;
 const EPOLLIN = 0x001;
@@ -113,6 +117,17 @@ const HEADERS_V4 = ETHERNET_HEADER_LENGTH + IPV4_HEADER_LENGTH + UDP_HEADER_LENG
 const HEADERS_V6 = ETHERNET_HEADER_LENGTH + IPV6_HEADER_LENGTH + UDP_HEADER_LENGTH;
 /** Iovec entries for one datagram (guest frames have few segments; the RX reservation too). */
 const IOV_ENTRIES = 1024;
+/** Datagrams one recvmmsg takes (the batched path). */
+export const BATCH_SLOTS = 32;
+/** Bytes per batch slot: any UDP datagram fits, so nothing is truncated. */
+const BATCH_SLOT_SIZE = 65536;
+/**
+ * A next datagram of at most this many bytes goes the batched path
+ * (recvmmsg into scratch, then a copy into RX buffers: one syscall for many
+ * small datagrams); a larger one is read by recvmsg straight into its RX
+ * reservation (no copy, where copying would cost more than the syscall).
+ */
+export const COPY_THRESHOLD = 8192;
 /** Bound on listening sockets (-u all over two families is about 2 x 49k). */
 export const MAX_LISTENERS = 131072;
 
@@ -214,6 +229,23 @@ export class UdpService implements ReadyHandler {
   private readonly expireHandler = (id: number): void => this.expireFlow(id);
   /** Frames committed by this module since the last flush. */
   private pending = 0;
+
+  // ---- the batched path: recvmmsg into scratch slots, then copied to RX buffers ----
+  /** BATCH_SLOTS x BATCH_SLOT_SIZE bytes, allocated on first use. */
+  private batchIov: IoVecList | null = null;
+  private readonly batchLengths = new Int32Array(BATCH_SLOTS);
+  private readonly batchFlags = new Int32Array(BATCH_SLOTS);
+  private readonly batchAddrs: Uint8Array[] = Array.from({ length: BATCH_SLOTS }, () => new Uint8Array(SOCKADDR_IN6_LENGTH));
+  private readonly batchAddrLengths = new Int32Array(BATCH_SLOTS);
+  /**
+   * Datagrams received but not yet given to the guest (it ran out of RX
+   * buffers): slots [backlogHead, backlogTail) with their flow and length.
+   * While it is not empty, readable sockets are paused (block()).
+   */
+  private readonly backlogFlow = new Int32Array(BATCH_SLOTS);
+  private readonly backlogLength = new Int32Array(BATCH_SLOTS);
+  private backlogHead = 0;
+  private backlogTail = 0;
 
   constructor(private readonly ctx: StackContext, options: UdpServiceOptions = {}) {
     this.sockets = options.sockets ?? (require('../native') as { native: Native }).native;
@@ -519,13 +551,12 @@ export class UdpService implements ReadyHandler {
   }
 
   /**
-   * The flow for a datagram from the sender in fromAddr on listener `index`
+   * The flow for a datagram from the sender `from` (a sockaddr of fromLength bytes) on listener `index`
    * (created when new), or NO_FLOW (counted).
    */
-  private inboundFlow(index: number, fromLength: number): number {
+  private inboundFlow(index: number, from: Uint8Array, fromLength: number): number {
     const ctx = this.ctx;
     const family = this.listenerFamily[index] as 4 | 6;
-    const from = this.fromAddr;
     if (fromLength < (family === 4 ? 16 : 24) || sockaddrFamily(from) !== family) return NO_FLOW;
     const remote = guestVisibleSource(ctx.config, family, from, sockaddrAddressOffset(family), this.remoteScratch);
     const cfg = family === 4 ? ctx.config.ipv4 : ctx.config.ipv6;
@@ -584,7 +615,8 @@ export class UdpService implements ReadyHandler {
 
   /**
    * Read up to READS_PER_WAKEUP datagrams from fd (a flow's socket, or
-   * listener `listener`) straight into RX reservations.
+   * listener `listener`) for the guest: small ones batched with recvmmsg,
+   * large ones by recvmsg straight into their RX reservation.
    */
   private readSocket(fd: number, listener: number, flowId: number): void {
     const ctx = this.ctx;
@@ -594,14 +626,32 @@ export class UdpService implements ReadyHandler {
     const headers = family === 4 ? HEADERS_V4 : HEADERS_V6;
     const maxPayload = Math.min(family === 4 ? MAX_PAYLOAD_V4 : MAX_PAYLOAD_V6, port.maxFrameLength - headers);
     const meta = this.meta;
-    for (let i = 0; i < READS_PER_WAKEUP; i++) {
+    for (let budget = READS_PER_WAKEUP; budget > 0; ) {
+      if (this.backlogHead < this.backlogTail && !this.drainBacklog()) {
+        this.block(fd);
+        return;
+      }
       let size: number;
       try {
         size = sockets.ioctlInt(fd, FIONREAD);
       } catch {
         size = 0;
       }
-      if (size === 0 && !this.hasDatagram(fd)) return;
+      if (size <= COPY_THRESHOLD) {
+        // FIONREAD says 0 both for "nothing" and for an empty datagram: recvmmsg tells them apart.
+        const want = Math.min(budget, BATCH_SLOTS);
+        const received = this.receiveBatch(fd, listener, flowId, want);
+        if (received < 0) return;
+        budget -= Math.max(1, received);
+        if (!this.drainBacklog()) {
+          this.block(fd);
+          return;
+        }
+        // Fewer than asked: the socket is drained (or reported an error); epoll calls again if more came.
+        if (received < want) return;
+        continue;
+      }
+      budget--;
       if (size > maxPayload) {
         // Larger than any frame the guest takes: discard it (a zero-length read drops a datagram).
         this.discardDatagram(fd);
@@ -621,8 +671,7 @@ export class UdpService implements ReadyHandler {
       } catch (e) {
         port.cancel();
         // A pending asynchronous error (the ICMP behind it is in the error queue).
-        const code = errorCode(e);
-        log.debug(`udp: recvmsg: ${code}`);
+        log.debug(`udp: recvmsg: ${errorCode(e)}`);
         this.drainErrors(fd, listener, flowId);
         continue;
       }
@@ -635,28 +684,109 @@ export class UdpService implements ReadyHandler {
         ctx.counters.add(UdpEvent.TooBig);
         continue;
       }
-      const id = listener >= 0 ? this.inboundFlow(listener, meta[0]) : flowId;
+      const id = listener >= 0 ? this.inboundFlow(listener, this.fromAddr, meta[0]) : flowId;
       if (id === NO_FLOW) {
         port.cancel();
         continue;
       }
       this.writeHeaders(list, id, n);
       port.commit(headers + n);
-      this.pending++;
-      ctx.counters.add(UdpEvent.DatagramsToGuest);
-      this.flows.bytesToGuest[id] += n;
-      this.flows.deadline[id] = ctx.clock.now() + ctx.config.udpIdleMs;
+      this.delivered(id, n);
     }
   }
 
-  /** True when a datagram (possibly empty) is queued: FIONREAD says 0 for both "empty" and "nothing". */
-  private hasDatagram(fd: number): boolean {
-    this.emptyIov.lengths[0] = 0;
+  /** Count a datagram given to the guest and refresh its flow's idle deadline. */
+  private delivered(id: number, length: number): void {
+    const ctx = this.ctx;
+    this.pending++;
+    ctx.counters.add(UdpEvent.DatagramsToGuest);
+    this.flows.bytesToGuest[id] += length;
+    this.flows.deadline[id] = ctx.clock.now() + ctx.config.udpIdleMs;
+  }
+
+  /**
+   * recvmmsg up to `count` datagrams from fd into the batch slots and queue
+   * them in the backlog (empty on entry) with their flows. Returns how many
+   * were received, or -1 when none were queued.
+   */
+  private receiveBatch(fd: number, listener: number, flowId: number, count: number): number {
+    const ctx = this.ctx;
+    const iov = this.batchIov ?? this.allocateBatch();
+    let n: number;
     try {
-      return this.sockets.recvmsg(fd, this.emptyIov, MSG_PEEK, null, this.meta) >= 0;
-    } catch {
-      return false;
+      n = this.sockets.recvmmsg(
+        fd,
+        iov,
+        this.batchLengths,
+        listener >= 0 ? this.batchAddrs : null,
+        listener >= 0 ? this.batchAddrLengths : null,
+        count,
+        0,
+        this.batchFlags,
+      );
+    } catch (e) {
+      log.debug(`udp: recvmmsg: ${errorCode(e)}`);
+      this.drainErrors(fd, listener, flowId);
+      return 0;
     }
+    if (n <= 0) return -1;
+    for (let j = 0; j < n; j++) {
+      let id = flowId;
+      if ((this.batchFlags[j] & MSG_TRUNC) !== 0) {
+        ctx.counters.add(UdpEvent.TooBig);
+        id = NO_FLOW;
+      } else if (listener >= 0) {
+        id = this.inboundFlow(listener, this.batchAddrs[j], this.batchAddrLengths[j]);
+      }
+      this.backlogFlow[j] = id;
+      this.backlogLength[j] = this.batchLengths[j];
+    }
+    this.backlogHead = 0;
+    this.backlogTail = n;
+    return n;
+  }
+
+  private allocateBatch(): IoVecList {
+    const memory = new Uint8Array(BATCH_SLOTS * BATCH_SLOT_SIZE);
+    const iov: IoVecList = { buffers: new Array<Uint8Array>(BATCH_SLOTS).fill(memory), offsets: new Float64Array(BATCH_SLOTS), lengths: new Float64Array(BATCH_SLOTS).fill(BATCH_SLOT_SIZE), count: BATCH_SLOTS };
+    for (let j = 0; j < BATCH_SLOTS; j++) iov.offsets[j] = j * BATCH_SLOT_SIZE;
+    this.batchIov = iov;
+    return iov;
+  }
+
+  /**
+   * Give backlog datagrams to the guest, in order, each copied into its own
+   * RX reservation. Returns false when the guest ran out of buffers (the
+   * rest stays queued for onWritable).
+   */
+  private drainBacklog(): boolean {
+    const ctx = this.ctx;
+    const port = ctx.port;
+    const flows = this.flows;
+    const memory = this.batchIov === null ? null : (this.batchIov.buffers[0] as Uint8Array);
+    for (; this.backlogHead < this.backlogTail; this.backlogHead++) {
+      const j = this.backlogHead;
+      const id = this.backlogFlow[j];
+      if (memory === null || id === NO_FLOW || !flows.isLive(id, FlowProtocol.Udp)) continue;
+      const length = this.backlogLength[j];
+      const headers = flows.family[id] === 4 ? HEADERS_V4 : HEADERS_V6;
+      if (headers + length > port.maxFrameLength || length > (flows.family[id] === 4 ? MAX_PAYLOAD_V4 : MAX_PAYLOAD_V6)) {
+        ctx.counters.add(UdpEvent.TooBig);
+        continue;
+      }
+      const list = port.reserve(headers + length);
+      if (list === null || list.totalLength < headers + length) {
+        if (list !== null) port.cancel();
+        return false;
+      }
+      if (length > 0) list.copyIn(headers, memory, j * BATCH_SLOT_SIZE, length);
+      this.writeHeaders(list, id, length);
+      port.commit(headers + length);
+      this.delivered(id, length);
+    }
+    this.backlogHead = 0;
+    this.backlogTail = 0;
+    return true;
   }
 
   private discardDatagram(fd: number): void {
@@ -829,6 +959,11 @@ export class UdpService implements ReadyHandler {
 
   /** The guest posted RX buffers: re-arm every blocked socket (level-triggered, so queued datagrams fire at once). */
   onWritable(): void {
+    if (this.backlogHead < this.backlogTail) {
+      const drained = this.drainBacklog();
+      this.flush();
+      if (!drained) return;
+    }
     if (this.blocked.size === 0) return;
     const watcher = this.ctx.watcher;
     for (const fd of this.blocked) watcher?.modify(fd, EPOLLIN);
@@ -857,6 +992,7 @@ export class UdpService implements ReadyHandler {
         this.safeClose(fd);
       }
     }
+    for (let j = this.backlogHead; j < this.backlogTail; j++) if (this.backlogFlow[j] === id) this.backlogFlow[j] = NO_FLOW;
     this.listenerOf[id] = -1;
     this.flows.release(id);
   }

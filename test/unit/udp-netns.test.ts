@@ -15,7 +15,7 @@ import { native, Poller } from '../../src/native';
 import { CounterBlock } from '../../src/counters';
 import { Stack } from '../../src/stack/stack';
 import type { FdWatcher, ReadyHandler } from '../../src/stack/context';
-import { UdpEvent, UdpService } from '../../src/stack/udp';
+import { BATCH_SLOTS, UdpEvent, UdpService, UdpSockets } from '../../src/stack/udp';
 import { FlowTable } from '../../src/stack/flow-table';
 import { parseForwardSpec } from '../../src/stack/forward-spec';
 import { be16, finishChecksum, internetChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, sumBytes } from '../../src/stack/wire/checksum';
@@ -69,16 +69,61 @@ class PollerWatcher implements FdWatcher {
   }
 }
 
+/** A watcher that only records: the test calls onReady itself (deterministic batches). */
+class ManualWatcher implements FdWatcher {
+  readonly handlers = new Map<number, ReadyHandler>();
+  readonly poller = { close: (): void => undefined };
+  watch(fd: number, _events: number, handler: ReadyHandler): void {
+    this.handlers.set(fd, handler);
+  }
+  modify(): void {}
+  unwatch(fd: number): void {
+    this.handlers.delete(fd);
+  }
+  get watched(): number {
+    return this.handlers.size;
+  }
+  /** Report every watched fd readable once. */
+  fire(): void {
+    for (const [fd, handler] of [...this.handlers]) handler.onReady(fd, 0x001);
+  }
+}
+
+/** The real addon with recvmsg/recvmmsg calls counted. */
+function countingSockets(): UdpSockets & { calls: { recvmsg: number; recvmmsg: number } } {
+  const calls = { recvmsg: 0, recvmmsg: 0 };
+  return {
+    calls,
+    socket: native.socket,
+    bind: native.bind,
+    connect: native.connect,
+    close: native.close,
+    setsockoptInt: native.setsockoptInt,
+    setsockoptBytes: native.setsockoptBytes,
+    sendmsg: native.sendmsg,
+    recvErrqueue: native.recvErrqueue,
+    ioctlInt: native.ioctlInt,
+    recvmsg: (...args: Parameters<typeof native.recvmsg>) => {
+      calls.recvmsg++;
+      return native.recvmsg(...args);
+    },
+    recvmmsg: (...args: Parameters<typeof native.recvmmsg>) => {
+      calls.recvmmsg++;
+      return native.recvmmsg(...args);
+    },
+  };
+}
+
 interface Rig {
   stack: Stack;
   udp: UdpService;
   port: FakeFramePort;
   counters: CounterBlock;
-  watcher: PollerWatcher;
+  watcher: PollerWatcher | ManualWatcher;
   config: StackConfig;
 }
 
-function makeRig(patch: Partial<StackConfig> = {}, segmentSizes?: number[]): Rig {
+function makeRig(patch: Partial<StackConfig> = {}, segmentSizes?: number[], manual?: { sockets: UdpSockets }): Rig {
   const base = testConfig();
   const config = testConfig({
     // Inbound datagrams may come before any guest frame: the guest's MAC is configured (-M).
@@ -89,9 +134,9 @@ function makeRig(patch: Partial<StackConfig> = {}, segmentSizes?: number[]): Rig
   });
   const port = new FakeFramePort(segmentSizes);
   const counters = new CounterBlock();
-  const watcher = new PollerWatcher();
+  const watcher = manual ? new ManualWatcher() : new PollerWatcher();
   const stack = new Stack({ config, port, counters, watcher, sockets: native });
-  const udp = new UdpService(stack.ctx, { flows: new FlowTable(Math.max(1, config.maxFlows), counters) });
+  const udp = new UdpService(stack.ctx, { flows: new FlowTable(Math.max(1, config.maxFlows), counters), sockets: manual?.sockets });
   stack.udpHandler = udp;
   return { stack, udp, port, counters, watcher, config };
 }
@@ -396,6 +441,85 @@ if (!IN_NETNS) {
       rig.port.onWritable?.();
       await until('five echoes', () => rig.port.frames.length >= 5);
       expect(rig.port.frames.map(parseFrame).map((f) => f.data.toString())).to.deep.equal(['n0', 'n1', 'n2', 'n3', 'n4']);
+    });
+  });
+
+  describe('udp in a private namespace: batched reads', function () {
+    let rig: Rig;
+    const sockets: dgram.Socket[] = [];
+    afterEach(async () => {
+      destroyRig(rig);
+      for (const s of sockets.splice(0)) await closeSocket(s);
+    });
+
+    it('a burst of small datagrams is read with one recvmmsg per BATCH_SLOTS and delivered in order', async () => {
+      const counting = countingSockets();
+      rig = makeRig({}, undefined, { sockets: counting });
+      const burst = BATCH_SLOTS + 8;
+      const server = dgram.createSocket('udp4');
+      sockets.push(server);
+      let sender = '';
+      server.on('message', (_m, r) => {
+        sender = `${r.address}:${r.port}`;
+        for (let i = 0; i < burst; i++) server.send(`d${i}`, r.port, r.address);
+      });
+      await new Promise<void>((resolve) => server.bind(7020, '192.0.2.2', () => resolve()));
+      guestSend(rig, GUEST4, SERVER4, 40100, 7020, Buffer.from('go'));
+      await until('request at the server', () => sender !== '');
+      await new Promise((r) => setTimeout(r, 100)); // the burst is queued on the flow's socket
+      (rig.watcher as ManualWatcher).fire();
+      expect(rig.port.frames.map(parseFrame).map((f) => f.data.toString())).to.deep.equal(Array.from({ length: burst }, (_, i) => `d${i}`));
+      // Two full batches at most plus the read that finds the socket empty.
+      expect(counting.calls.recvmmsg).to.be.at.most(3);
+      expect(counting.calls.recvmsg).to.equal(0);
+      expect(rig.port.flushes).to.equal(1);
+    });
+
+    it('a large datagram at the head of the queue is read by recvmsg straight into its RX buffers, the small ones after it batched', async () => {
+      const counting = countingSockets();
+      rig = makeRig({}, [1000, 65536], { sockets: counting });
+      const server = dgram.createSocket('udp4');
+      sockets.push(server);
+      const big = Buffer.alloc(30000, 0x5a);
+      let got = false;
+      server.on('message', (_m, r) => {
+        got = true;
+        server.send(big, r.port, r.address);
+        server.send('small1', r.port, r.address);
+        server.send('small2', r.port, r.address);
+      });
+      await new Promise<void>((resolve) => server.bind(7021, '192.0.2.2', () => resolve()));
+      guestSend(rig, GUEST4, SERVER4, 40101, 7021, Buffer.from('go'));
+      await until('request at the server', () => got);
+      await new Promise((r) => setTimeout(r, 100));
+      (rig.watcher as ManualWatcher).fire();
+      const data = rig.port.frames.map(parseFrame).map((f) => f.data);
+      expect(data.map((d) => d.length)).to.deep.equal([30000, 6, 6]);
+      expect(Buffer.compare(data[0], big)).to.equal(0);
+      expect(counting.calls.recvmsg).to.equal(1);
+      expect(counting.calls.recvmmsg).to.be.at.least(1);
+    });
+
+    it('an inbound burst from two senders is batched with their addresses, one flow each', async () => {
+      rig = makeRig({}, undefined, { sockets: countingSockets() });
+      rig.udp.listen([parseForwardSpec('192.0.2.1/7102')]);
+      const a = dgram.createSocket('udp4');
+      const b = dgram.createSocket('udp4');
+      sockets.push(a, b);
+      await new Promise<void>((resolve) => a.bind(0, '192.0.2.2', () => resolve()));
+      await new Promise<void>((resolve) => b.bind(0, '127.0.0.1', () => resolve()));
+      for (let i = 0; i < 4; i++) {
+        a.send(`a${i}`, 7102, '192.0.2.1');
+        b.send(`b${i}`, 7102, '192.0.2.1');
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      (rig.watcher as ManualWatcher).fire();
+      const frames = rig.port.frames.map(parseFrame);
+      expect(frames).to.have.length(8);
+      const from = (p: string): string[] => frames.filter((f) => f.data.toString().startsWith(p)).map((f) => `${f.src}:${f.srcPort}>${f.dstPort}`);
+      expect(new Set(from('a'))).to.deep.equal(new Set([`192.0.2.2:${a.address().port}>7102`]));
+      expect(new Set(from('b'))).to.deep.equal(new Set([`192.0.2.254:${b.address().port}>7102`]));
+      expect(rig.udp.flowCount).to.equal(2);
     });
   });
 

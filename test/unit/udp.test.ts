@@ -77,6 +77,9 @@ class FakeSockets implements UdpSockets {
   recvmsg(): number {
     return -1;
   }
+  recvmmsg(): number {
+    return -1;
+  }
   recvErrqueue(): number {
     return -1;
   }
