@@ -82,6 +82,8 @@ const SO_LINGER = 13;
 const SO_BINDTODEVICE = 25;
 const SO_PEEK_OFF = 42;
 const SHUT_WR = 1;
+const IPPROTO_TCP = 6;
+const TCP_INFO = 11;
 const MSG_PEEK = 2;
 const MSG_TRUNC = 32;
 const SIOCOUTQ = 0x5411;
@@ -182,6 +184,27 @@ function errorCode(e: unknown): string {
   return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
 }
 
+/** What TcpService.hostInfo reports (TCP_INFO of the host socket plus ferry's view). */
+export interface TcpHostInfo {
+  /** ferry's state of the flow (TCP_STATE_NAMES). */
+  state: string;
+  /** tcpi_state (the kernel's TCP_* state number). */
+  kernelState: number;
+  rttUs: number;
+  rttVarUs: number;
+  sendCwnd: number;
+  totalRetransmits: number;
+  /** tcpi_bytes_acked / tcpi_bytes_received (-1 on kernels without them). */
+  bytesAcked: number;
+  bytesReceived: number;
+  /** Bytes in the socket's send queue (SIOCOUTQ). */
+  sendQueue: number;
+  /** Bytes sent to the guest and not yet ACKed by it. */
+  inFlightToGuest: number;
+  /** The guest's receive window in bytes. */
+  guestWindow: number;
+}
+
 /** Options of TcpService. */
 export interface TcpServiceOptions {
   /** Addon calls (default: the real addon). */
@@ -245,10 +268,14 @@ export class TcpService implements ReadyHandler {
   private readonly sockaddr4 = new Uint8Array(16);
   private readonly sockaddr6 = new Uint8Array(28);
   private readonly linger = new Uint8Array(8);
+  private readonly tcpInfo = new Uint8Array(256);
   private readonly meta = new Int32Array(3);
   private readonly dueHandler = (id: number): void => this.onDeadline(id);
   /** Frames committed by this module since the last flush. */
   private pending = 0;
+  /** Flow whose burst of segments sendData is building (-1: none), and the window computed for it (-1: not yet). */
+  private batchFlow = -1;
+  private batchWindow = -1;
   /** The time onTimer() runs for. */
   private timerNow = 0;
   /** A reservation is open on the port. */
@@ -341,6 +368,46 @@ export class TcpService implements ReadyHandler {
       if (this.flows.isLive(id, FlowProtocol.Tcp)) this.abort(id, true, true);
     }
     this.flush();
+  }
+
+  /**
+   * The host socket's view of a TCP flow (TCP_INFO), for the control API;
+   * null when id is not a TCP flow or the kernel said nothing. Allocates.
+   */
+  hostInfo(id: number): TcpHostInfo | null {
+    if (!this.flows.isLive(id, FlowProtocol.Tcp) || this.flows.fd[id] < 0) return null;
+    const info = this.tcpInfo;
+    let length: number;
+    try {
+      length = this.sockets.getsockoptBytes(this.flows.fd[id], IPPROTO_TCP, TCP_INFO, info);
+    } catch {
+      return null;
+    }
+    if (length < 104) return null;
+    const view = new DataView(info.buffer, info.byteOffset, length);
+    const u32 = (offset: number): number => view.getUint32(offset, LITTLE_ENDIAN);
+    const u64 = (offset: number): number => (length >= offset + 8 ? Number(view.getBigUint64(offset, LITTLE_ENDIAN)) : -1);
+    return {
+      state: TCP_STATE_NAMES[this.flows.state[id]],
+      kernelState: info[0],
+      rttUs: u32(68),
+      rttVarUs: u32(72),
+      sendCwnd: u32(80),
+      totalRetransmits: u32(100),
+      bytesAcked: u64(120),
+      bytesReceived: u64(128),
+      sendQueue: this.queuedBytes(id),
+      inFlightToGuest: seqDiff(this.sndNxt[id], this.sndUna[id]),
+      guestWindow: this.sndWnd[id],
+    };
+  }
+
+  private queuedBytes(id: number): number {
+    try {
+      return this.sockets.ioctlInt(this.flows.fd[id], SIOCOUTQ);
+    } catch {
+      return -1;
+    }
   }
 
   /** The addon calls in use (shared with tcp-listen.ts). */
@@ -899,6 +966,18 @@ export class TcpService implements ReadyHandler {
     const family = this.flows.family[id] as 4 | 6;
     const headerLength = ETHERNET_HEADER_LENGTH + (family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH) + TCP_HEADER_LENGTH;
     const fd = this.flows.fd[id];
+    this.batchFlow = id;
+    this.batchWindow = -1;
+    try {
+      this.sendSegments(id, probe, headerLength, fd);
+    } finally {
+      this.batchFlow = -1;
+    }
+    this.updateEvents(id);
+  }
+
+  /** The loop of sendData: peek and commit segments while window, buffers and data last. */
+  private sendSegments(id: number, probe: boolean, headerLength: number, fd: number): void {
     for (let count = 0; count < SEGMENTS_PER_CALL; count++) {
       const flag = this.flag[id];
       if ((flag & (F_FIN_SENT | F_RX_BLOCKED)) !== 0 || (flag & F_READABLE) === 0) break;
@@ -959,7 +1038,6 @@ export class TcpService implements ReadyHandler {
         break;
       }
     }
-    this.updateEvents(id);
   }
 
   /** Headers for `n` payload bytes already in list after the headers; commit. */
@@ -1044,7 +1122,15 @@ export class TcpService implements ReadyHandler {
     let optionLength = 0;
     const offerScale = optionKind === 1 && (this.flows.state[id] === TcpState.SynSent || this.ourWscale[id] !== 0);
     if (optionKind === 1) optionLength = offerScale ? 8 : 4;
-    const window = (flags & TcpFlag.Syn) !== 0 ? Math.min(65535, this.freeSendSpace(id)) : this.windowField(id);
+    let window: number;
+    if ((flags & TcpFlag.Syn) !== 0) {
+      window = Math.min(65535, this.freeSendSpace(id));
+    } else if (this.batchFlow === id && this.batchWindow >= 0) {
+      window = this.batchWindow; // one look at the send buffer per burst of segments
+    } else {
+      window = this.windowField(id);
+      if (this.batchFlow === id) this.batchWindow = window;
+    }
     this.emit(
       list, family, this.flows.remotePort[id], this.flows.guestPort[id], seq, this.rcvNxt[id], flags, window,
       optionLength, offerScale, this.segmentLimit(family), payloadLength,

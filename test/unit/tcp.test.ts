@@ -15,7 +15,7 @@ import * as net from 'net';
 import * as path from 'path';
 import { canCreateNamespaces, runChecked } from '../support/netns';
 import { ACK, FIN, FakeGuestTcp, RST, SYN, TcpHarness, patternBytes, seededRandom, sha256 } from '../support/tcp-guest';
-import { TcpEvent } from '../../src/stack/tcp';
+import { IDLE_TIMEOUT_MS, TcpEvent } from '../../src/stack/tcp';
 import { TcpListeners } from '../../src/stack/tcp-listen';
 import { parseForwardSpec } from '../../src/stack/forward-spec';
 import type { Segment } from '../support/tcp-guest';
@@ -376,6 +376,48 @@ if (!INSIDE) {
         expect(g.digest()).to.equal(sha256(fromServer));
       });
     }
+
+    it('stops when the guest has no RX buffers and resumes on onWritable', async () => {
+      harness = new TcpHarness();
+      const data = patternBytes(3 * MiB, 61);
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', () => undefined);
+        socket.end(Buffer.from(data));
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      harness.port.available = false;
+      await harness.until(() => harness.counters.get(TcpEvent.RxBlocked) > 0, 5000, 'RX blocked');
+      const before = g.received;
+      await new Promise((r) => setTimeout(r, 50));
+      harness.deliver();
+      expect(g.received).to.equal(before);
+      harness.port.available = true;
+      harness.port.onWritable!();
+      await harness.until(() => g.finReceived, 10_000, 'the rest after onWritable');
+      expect(g.digest()).to.equal(sha256(data));
+    });
+
+    it('reports the host socket (TCP_INFO) and resets an idle connection both ways', async () => {
+      harness = new TcpHarness();
+      let serverError = '';
+      const port = await listen('192.0.2.2', (socket) => socket.on('error', (e: NodeJS.ErrnoException) => (serverError = e.code ?? 'error')));
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      const [flow] = [...harness.tcp.flows.flows(performance.now())];
+      const info = harness.tcp.hostInfo(flow.id)!;
+      expect(info.state).to.equal('established');
+      expect(info.kernelState).to.equal(1); // TCP_ESTABLISHED
+      expect(info.sendQueue).to.equal(0);
+      harness.advance(IDLE_TIMEOUT_MS + 1000);
+      harness.deliver();
+      expect(g.rstReceived).to.equal(true);
+      expect(harness.tcp.flowCount).to.equal(0);
+      await harness.until(() => serverError !== '', 5000, 'server reset');
+      expect(serverError).to.equal('ECONNRESET');
+    });
 
     it('answers a keepalive probe with an ACK', async () => {
       harness = new TcpHarness();
