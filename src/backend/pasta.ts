@@ -189,6 +189,27 @@ function resolvePastaConfig(options: DaemonOptions): { config: StackConfig; host
   return { config, hostIfname: options.network.interface ?? discovered.ipv4?.interfaceName ?? discovered.ipv6?.interfaceName ?? null };
 }
 
+/** The first child of process `pid` (from procfs), or null. */
+export function firstChildPid(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const children = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/);
+    const first = Number(children[0]);
+    return Number.isInteger(first) && first > 0 ? first : null;
+  } catch {
+    return null;
+  }
+}
+
+function signalPid(pid: number | undefined, signal: NodeJS.Signals): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
 /** Run `ferry pasta`; resolves with the command's exit status (0 when serving a joined namespace until told to stop). */
 export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Promise<number> {
   const { config, hostIfname } = resolvePastaConfig(options);
@@ -275,7 +296,9 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     const stop = (signal: NodeJS.Signals): void => {
       if (child !== null && child.exitCode === null && child.signalCode === null) {
         // The command ends the session: pass the signal on and let its exit finish (SIGKILL after a grace).
-        child.kill('SIGTERM');
+        // unshare ignores SIGTERM/SIGINT while it waits, so the command itself (its child) is told.
+        const pid = target.gate !== null ? firstChildPid(child.pid) ?? child.pid : child.pid;
+        signalPid(pid, signal);
         setTimeout(() => child?.kill('SIGKILL'), STOP_GRACE_MS).unref();
         return;
       }

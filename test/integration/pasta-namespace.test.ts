@@ -75,6 +75,18 @@ describe('integration: ferry pasta in a test namespace', function () {
     expect(ok.code, describeResult(ok)).to.equal(0);
   });
 
+  it('SIGTERM to ferry reaches the command, whose exit status ferry returns', async function () {
+    const ferry = spawnIn((net as TestNetwork).ns, [process.execPath, FERRY_BIN, 'pasta', '-q', '--', 'sh', '-c', 'trap "echo got-term; kill $!; exit 3" TERM; echo ready; sleep 20 & wait']);
+    let out = '';
+    ferry.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((resolve) => ferry.on('close', (code) => resolve(code)));
+    for (let i = 0; i < 100 && !out.includes('ready'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(out).to.include('ready');
+    await stopChild(ferry, 5000);
+    expect(await exited, out).to.equal(3);
+    expect(out).to.include('got-term');
+  });
+
   it('-I names the tap; without --config-net it is up with no address', async function () {
     const r = await pasta(net as TestNetwork, ['-I', 'eth7', '--', 'sh', '-c', 'ip -o link show eth7; ip -o -4 addr show dev eth7; echo end']);
     expect(r.code, describeResult(r)).to.equal(0);
@@ -95,10 +107,22 @@ describe('integration: ferry pasta in a test namespace', function () {
     }
   });
 
-  it('ping from the namespace reaches the server in the test network (ICMP echo through ferry)', async function () {
-    const r = await pasta(net as TestNetwork, ['--config-net', '--', 'busybox', 'ping', '-c', '3', '-W', '2', '-w', '8', TEST_NET.serverV4]);
+  it('ping from the namespace reaches the server in the test network over IPv4 and IPv6 (ICMP echo through ferry)', async function () {
+    const script = `busybox ping -c 3 -W 2 -w 8 ${TEST_NET.serverV4}; echo rc4=$?; busybox ping -6 -c 3 -W 2 -w 8 ${TEST_NET.serverV6}; echo rc6=$?`;
+    const r = await pasta(net as TestNetwork, ['--config-net', '--', 'sh', '-c', script], 30000);
     expect(r.code, describeResult(r)).to.equal(0);
-    expect(r.stdout).to.match(/3 packets transmitted, 3 packets received/);
+    expect(r.stdout, describeResult(r)).to.include('rc4=0');
+    expect(r.stdout, describeResult(r)).to.include('rc6=0');
+    expect(r.stdout.match(/3 packets transmitted, 3 packets received/g), describeResult(r)).to.have.length(2);
+  });
+
+  it('without --config-net, the namespace\'s kernel takes ferry\'s router advertisement (SLAAC address, default route via ferry)', async function () {
+    // Bounded: the kernel solicits at link up and ferry answers at once; allow a few seconds.
+    const script = `for i in 1 2 3 4 5 6 7 8 9 10; do ip -6 route show default | grep -q 'via fe80::' && break; sleep 0.5; done; ip -6 -o addr show dev ${TEST_NET.uplinkName} scope global; ip -6 route show default`;
+    const r = await pasta(net as TestNetwork, ['--', 'sh', '-c', script], 30000);
+    expect(r.code, describeResult(r)).to.equal(0);
+    expect(r.stdout, describeResult(r)).to.match(/inet6 2001:db8::[0-9a-f:]+\/64 scope global/);
+    expect(r.stdout, describeResult(r)).to.match(new RegExp(`default via fe80::[0-9a-f:]+ dev ${TEST_NET.uplinkName} proto ra`));
   });
 
   it('--netns joins an existing namespace and serves its tap until SIGTERM', async function () {
