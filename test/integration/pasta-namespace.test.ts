@@ -76,7 +76,7 @@ describe('integration: ferry pasta in a test namespace', function () {
   });
 
   it('SIGTERM to ferry reaches the command, whose exit status ferry returns', async function () {
-    const ferry = spawnIn((net as TestNetwork).ns, [process.execPath, FERRY_BIN, 'pasta', '-q', '--', 'sh', '-c', 'trap "echo got-term; kill $!; exit 3" TERM; echo ready; sleep 20 & wait']);
+    const ferry = spawnIn((net as TestNetwork).ns, [process.execPath, FERRY_BIN, 'pasta', '-q', '--', 'sh', '-c', "trap 'echo got-term; kill $!; exit 3' TERM; echo ready; sleep 20 & wait"]);
     let out = '';
     ferry.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
     const exited = new Promise<number | null>((resolve) => ferry.on('close', (code) => resolve(code)));
