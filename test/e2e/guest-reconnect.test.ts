@@ -7,7 +7,9 @@
  * the carrier comes back and the guest takes a second DHCP lease and pings
  * over IPv4 and IPv6 through the new ferry. Then the guest reloads its
  * virtio-net driver (a device reset on the same connection: rings stopped
- * and set up again) and takes a third lease and pings.
+ * and set up again) and takes a third lease and pings. Last, ferry is
+ * stopped with SIGTERM while the guest is still connected: it exits
+ * promptly and cleanly.
  */
 import { expect } from 'chai';
 import * as fs from 'fs';
@@ -46,6 +48,11 @@ i=0
 while [ "$(carrier)" != 1 ] && [ "$i" -lt 50 ]; do usleep 100000; i=$((i + 1)); done
 udhcpc -i eth0 -s /etc/udhcpc.script -f -q -n -t 3 -T 1 -A 1 2>/tmp/udhcpc3.log || say "third dhcp failed: $(tail -n 1 /tmp/udhcpc3.log)"
 ${pingScript([TEST_NET.serverV4]).replace(/FERRY-GUEST: ping /g, 'FERRY-GUEST: ping after reset ')}
+# Finally ferry is stopped with SIGTERM while this guest is connected.
+say "ready for stop"
+i=0
+while [ "$(carrier)" = 1 ] && [ "$i" -lt 100 ]; do usleep 100000; i=$((i + 1)); done
+say "carrier after stop $(carrier)"
 `;
 
 describe('e2e: QEMU reconnects to a restarted ferry (reconnect=1)', function () {
@@ -60,6 +67,9 @@ describe('e2e: QEMU reconnects to a restarted ferry (reconnect=1)', function () 
   let bootError: Error | null = null;
   let staleSocketLeft = false;
   let restartError: Error | null = null;
+  let stopExit: number | null | 'hung' | undefined;
+  let stopMs = -1;
+  let socketLeftAfterStop = true;
 
   before(async function () {
     requireGuestPrerequisites(this, fs.existsSync(FERRY_CLI_MODULE) ? [] : [`the built daemon (${FERRY_CLI_MODULE})`]);
@@ -86,6 +96,14 @@ describe('e2e: QEMU reconnects to a restarted ferry (reconnect=1)', function () 
       restartError = err as Error;
     }
     try {
+      if (restartError === null && secondFerry !== null) {
+        await guest.waitForMarker('ready for stop', 90000);
+        const stopStart = Date.now();
+        killPid(secondFerry.child.pid, 'SIGTERM');
+        stopExit = await Promise.race([secondFerry.exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 5000))]);
+        stopMs = Date.now() - stopStart;
+        socketLeftAfterStop = fs.existsSync(socketPath);
+      }
       exitCode = await guest.waitDone(90000);
     } catch (err) {
       bootError = err as Error;
@@ -143,7 +161,16 @@ describe('e2e: QEMU reconnects to a restarted ferry (reconnect=1)', function () 
     expect(guest?.vm.serialLines ?? '', diagnostics()).to.match(
       new RegExp(`FERRY-GUEST: ping after reset ${TEST_NET.serverV4.replace(/\./g, '\\.')} transmitted 3 received 3 rc 0\r?\n`),
     );
-    expect(secondFerry?.log() ?? '', diagnostics()).to.not.match(/disconnected/);
+    // No reconnection needed: the front-end stayed connected until ferry was stopped.
+    const beforeStop = (secondFerry?.log() ?? '').split('stopping:')[0];
+    expect(beforeStop, diagnostics()).to.not.match(/disconnected/);
+  });
+
+  it('SIGTERM with the guest connected: ferry exits 0 within 3 s, removes its socket, the guest loses its carrier', function () {
+    expect(stopExit, diagnostics()).to.equal(0);
+    expect(stopMs, diagnostics()).to.be.below(3000);
+    expect(socketLeftAfterStop, diagnostics()).to.equal(false);
+    expect(guest?.vm.serialLines ?? '', diagnostics()).to.match(/FERRY-GUEST: carrier after stop 0\r?\n/);
   });
 
   it('the guest finishes its checks and powers off', function () {
