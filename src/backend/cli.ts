@@ -206,11 +206,21 @@ export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Pro
   }
 }
 
+/**
+ * The arguments `run` gets for a program name: installed as `pasta`, ferry
+ * behaves as `ferry pasta`; installed as `passt`, it speaks passt's classic
+ * stream protocol (`ferry stream`) unless --vhost-user (or the vhost-user
+ * probe --print-capabilities) asks for vhost-user, as passt does.
+ */
+export function argumentsForProgram(invokedAs: string, argv: readonly string[]): string[] {
+  if (invokedAs === 'pasta') return ['pasta', ...argv];
+  if (invokedAs === 'passt' && !argv.includes('--vhost-user') && !argv.includes('--print-capabilities')) return ['stream', ...argv];
+  return [...argv];
+}
+
 /** bin/ferry.js entry point: run, flush the log, exit with the code. */
 export function main(argv: readonly string[]): void {
-  // Installed as `pasta` (a link to bin/ferry.js): behave as `ferry pasta`.
-  const invokedAs = basename(process.argv[1] ?? '');
-  run(invokedAs === 'pasta' ? ['pasta', ...argv] : argv).then(
+  run(argumentsForProgram(basename(process.argv[1] ?? ''), argv)).then(
     async (code) => {
       // Bounded: a stuck log destination must not keep the process alive.
       await Promise.race([closeLogging().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);

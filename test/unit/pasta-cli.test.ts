@@ -4,7 +4,7 @@
  * non-option, `pasta PID`, and cli.run dispatching to the subcommands.
  */
 import { expect } from 'chai';
-import { run, RunSubcommand, Subcommand } from '../../src/backend/cli';
+import { argumentsForProgram, run, RunSubcommand, Subcommand } from '../../src/backend/cli';
 import { DaemonOptions, namespacePath, OptionError, PastaOptions, parsePastaCommandLine } from '../../src/backend/options';
 import { exitStatus, namespaceNetwork, nsenterArgv, unshareArgv } from '../../src/backend/pasta';
 import { testConfig } from '../support/stack-fakes';
@@ -103,6 +103,14 @@ describe('cli dispatch to subcommands', () => {
       },
     };
   }
+
+  it('the program name picks the mode: pasta, passt (stream unless --vhost-user), ferry', () => {
+    expect(argumentsForProgram('pasta', ['--config-net'])).to.deep.equal(['pasta', '--config-net']);
+    expect(argumentsForProgram('passt', ['--socket', '/tmp/s'])).to.deep.equal(['stream', '--socket', '/tmp/s']);
+    expect(argumentsForProgram('passt', ['--vhost-user', '--socket', '/tmp/s'])).to.deep.equal(['--vhost-user', '--socket', '/tmp/s']);
+    expect(argumentsForProgram('passt', ['--print-capabilities'])).to.deep.equal(['--print-capabilities']);
+    expect(argumentsForProgram('ferry.js', ['-s', '/tmp/s'])).to.deep.equal(['-s', '/tmp/s']);
+  });
 
   it('ferry stream OPTIONS runs the stream frontend with the shared options', async () => {
     const calls: Array<[Subcommand, DaemonOptions, PastaOptions | null]> = [];
