@@ -208,6 +208,16 @@ export class UdpService implements ReadyHandler {
   private listenerCount = 0;
   private readonly listenerByFd = new Map<number, number>();
 
+  /**
+   * The guest's address as last seen in its datagrams (passt's addr_seen),
+   * initially the configured one: inbound flows go there, so a guest that
+   * took another address (SLAAC next to the host's, a static one) still
+   * gets them once it has sent something. IPv6 link-local sources are not
+   * taken (inbound datagrams are for a global address).
+   */
+  private readonly seen4 = new Uint8Array(4);
+  private readonly seen6 = new Uint8Array(16);
+
   /** Sockets whose EPOLLIN is disarmed until the guest posts RX buffers. */
   private readonly blocked = new Set<number>();
 
@@ -269,6 +279,8 @@ export class UdpService implements ReadyHandler {
       payload: ctx.scratch,
       payloadAvailable: 0,
     };
+    if (ctx.config.ipv4 !== null) this.seen4.set(ctx.config.ipv4.address.subarray(0, 4));
+    if (ctx.config.ipv6 !== null) this.seen6.set(ctx.config.ipv6.address.subarray(0, 16));
     // Resume reading when the guest posts RX buffers; keep any earlier listener (TCP's).
     const previous = ctx.port.onWritable;
     ctx.port.onWritable = previous === null ? () => this.onWritable() : () => {
@@ -339,6 +351,7 @@ export class UdpService implements ReadyHandler {
       ctx.counters.add(UdpEvent.GroupDestination);
       return;
     }
+    this.noteGuestAddress(family, bytes, src);
     const flows = this.flows;
     let id = flows.lookup(FlowProtocol.Udp, family, bytes, src, srcPort, bytes, dst, dstPort);
     if (id === NO_FLOW) {
@@ -360,6 +373,17 @@ export class UdpService implements ReadyHandler {
     ctx.counters.add(UdpEvent.DatagramsFromGuest);
     flows.bytesFromGuest[id] += dataLength;
     flows.deadline[id] = ctx.clock.now() + ctx.config.udpIdleMs;
+  }
+
+  /** Remember the guest's source address (not unspecified, not IPv6 link-local) for inbound flows. */
+  private noteGuestAddress(family: 4 | 6, bytes: Uint8Array, src: number): void {
+    if (family === 4) {
+      if ((bytes[src] | bytes[src + 1] | bytes[src + 2] | bytes[src + 3]) === 0) return;
+      if (!equalAt(bytes, src, this.seen4, 4)) for (let i = 0; i < 4; i++) this.seen4[i] = bytes[src + i];
+      return;
+    }
+    if ((bytes[src] === 0xfe && (bytes[src + 1] & 0xc0) === 0x80) || isGroupOrUnspecified(6, bytes, src)) return;
+    if (!equalAt(bytes, src, this.seen6, 16)) for (let i = 0; i < 16; i++) this.seen6[i] = bytes[src + i];
   }
 
   /** sendmsg of txIov; one retry after an asynchronous error (which the failed call consumed). Returns true when sent. */
@@ -567,9 +591,10 @@ export class UdpService implements ReadyHandler {
     const peerPort = sockaddrPort(from);
     const guestPort = this.listenerGuestPort[index];
     const flows = this.flows;
-    let id = flows.lookup(FlowProtocol.Udp, family, cfg.address, 0, guestPort, remote, 0, peerPort);
+    const guest = family === 4 ? this.seen4 : this.seen6;
+    let id = flows.lookup(FlowProtocol.Udp, family, guest, 0, guestPort, remote, 0, peerPort);
     if (id !== NO_FLOW) return id;
-    id = flows.allocate(FlowProtocol.Udp, family, cfg.address, 0, guestPort, remote, 0, peerPort, UdpFlowState.Inbound, ctx.clock.now());
+    id = flows.allocate(FlowProtocol.Udp, family, guest, 0, guestPort, remote, 0, peerPort, UdpFlowState.Inbound, ctx.clock.now());
     if (id === NO_FLOW) {
       ctx.counters.add(UdpEvent.TableFull);
       return NO_FLOW;
@@ -917,7 +942,7 @@ export class UdpService implements ReadyHandler {
     const cfg = family === 4 ? this.ctx.config.ipv4 : this.ctx.config.ipv6;
     const remote = guestVisibleSource(this.ctx.config, family, this.errAddr, sockaddrAddressOffset(family), this.remoteScratch);
     if (cfg === null || remote === null) return NO_FLOW;
-    return this.flows.lookup(FlowProtocol.Udp, family, cfg.address, 0, this.listenerGuestPort[listener], remote, 0, sockaddrPort(this.errAddr));
+    return this.flows.lookup(FlowProtocol.Udp, family, family === 4 ? this.seen4 : this.seen6, 0, this.listenerGuestPort[listener], remote, 0, sockaddrPort(this.errAddr));
   }
 
   /**

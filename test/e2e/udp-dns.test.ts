@@ -12,9 +12,10 @@
  *     IPv4 and IPv6 (stop and wait, FERRY_UDP_E2E_COUNT per family);
  *   - a datagram to a closed port gives the guest ECONNREFUSED (ICMP and
  *     ICMPv6 port unreachable relayed from the error queue);
- *   - a host client in the peer namespace, and one on the test namespace's
- *     loopback, reach a UDP server in the guest through -u 5555 (the
- *     loopback one seen by the guest as the gateway).
+ *   - host clients in the peer namespace (IPv4 and IPv6) and one on the
+ *     test namespace's loopback reach a UDP server in the guest through
+ *     -u 5555 (the loopback one seen by the guest as the gateway; IPv6 ones
+ *     reach the guest's SLAAC address once it has been seen).
  */
 import { expect } from 'chai';
 import { spawnSync } from 'child_process';
@@ -108,7 +109,7 @@ say "refused6 $($T refused 2001:db8::2 9 2>&1)"
 say "echo4 $($T echo 192.0.2.2 ${ECHO_PORT} ${ECHO_COUNT} 2>&1 | tail -n 3 | tr '\\n' ' ')"
 say "echo6 $($T echo 2001:db8::2 ${ECHO_PORT} ${ECHO_COUNT} 2>&1 | tail -n 3 | tr '\\n' ' ')"
 # The host clients knock every 300 ms: give them time to be answered twice.
-i=0; while [ "$(grep -c 'serve got' /tmp/serve.log)" -lt 2 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
+i=0; while [ "$(grep -c 'serve got' /tmp/serve.log)" -lt 3 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
 kill $SERVE 2>/dev/null
 say "serve-log $(grep 'serve got' /tmp/serve.log | tr '\\n' ';')"
 exit 0
@@ -168,6 +169,7 @@ describe('e2e: UDP, DNS forwarding and ICMP errors through ferry (real guest)', 
     // The peer namespace also holds the router address: bind the server address so the sender is unambiguous.
     for (const [ns, address, message, source] of [
       [net.peerNs, '192.0.2.1', 'from-peer', '192.0.2.2'],
+      [net.peerNs, '2001:db8::1', 'from-peer6', '2001:db8::2'],
       [net.ns, '127.0.0.1', 'from-loopback', '127.0.0.1'],
     ] as const) {
       const child = spawnIn(ns, [process.execPath, clientJs, address, String(FORWARD_PORT), message, source]);
@@ -234,12 +236,14 @@ describe('e2e: UDP, DNS forwarding and ICMP errors through ferry (real guest)', 
     });
   }
 
-  it('host clients reach a UDP server in the guest through -u (a loopback client appears as the gateway)', function () {
+  it('host clients reach a UDP server in the guest through -u over IPv4 and IPv6 (a loopback client appears as the gateway)', function () {
     const serve = marker('serve-log') ?? '';
-    expect(serve, diagnostics()).to.match(/serve got 9 from 192\.0\.2\.2:\d+/);
-    expect(serve, diagnostics()).to.match(/serve got 13 from 192\.0\.2\.254:\d+/);
-    const [peer, loopback] = clients.map((c) => c.output());
+    expect(serve, diagnostics()).to.match(/serve got 9 from ::ffff:192\.0\.2\.2:\d+/);
+    expect(serve, diagnostics()).to.match(/serve got 10 from 2001:db8::2:\d+/);
+    expect(serve, diagnostics()).to.match(/serve got 13 from ::ffff:192\.0\.2\.254:\d+/);
+    const [peer, peer6, loopback] = clients.map((c) => c.output());
     expect(peer, diagnostics()).to.match(/^REPLY from-peer FROM 192\.0\.2\.1:5555$/m);
+    expect(peer6, diagnostics()).to.match(/^REPLY from-peer6 FROM 2001:db8::1:5555$/m);
     expect(loopback, diagnostics()).to.match(/^REPLY from-loopback FROM 127\.0\.0\.1:5555$/m);
   });
 });

@@ -9,7 +9,7 @@
  *       second 65000), each awaited (stop and wait, 2 s timeout) and checked
  *       byte for byte. Prints "echo ok COUNT lost L bad B bytes N".
  *   udp-tool serve PORT COUNT SECONDS
- *       Bind 0.0.0.0:PORT, print "serve ready PORT", echo up to COUNT
+ *       Bind [::]:PORT (dual-stack), print "serve ready PORT", echo up to COUNT
  *       datagrams (or until SECONDS pass), print "serve done N".
  *   udp-tool refused ADDR PORT
  *       connect() a UDP socket, send one datagram, recv with a 3 s timeout;
@@ -118,11 +118,14 @@ static int cmd_echo(const char *addr, int port, unsigned count) {
 }
 
 static int cmd_serve(int port, unsigned count, int seconds) {
-  int fd = socket(AF_INET, SOCK_DGRAM, 0);
-  struct sockaddr_in sa;
+  /* Dual-stack: IPv4 senders show up as ::ffff:a.b.c.d. */
+  int fd = socket(AF_INET6, SOCK_DGRAM, 0);
+  int off = 0;
+  struct sockaddr_in6 sa;
   memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons((uint16_t)port);
+  sa.sin6_family = AF_INET6;
+  sa.sin6_port = htons((uint16_t)port);
+  if (fd >= 0) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
   if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) return perror("serve bind"), 2;
   printf("serve ready %d\n", port);
   fflush(stdout);
@@ -130,13 +133,13 @@ static int cmd_serve(int port, unsigned count, int seconds) {
   time_t end = time(NULL) + seconds;
   unsigned served = 0;
   while (served < count && time(NULL) < end) {
-    struct sockaddr_storage from;
+    struct sockaddr_in6 from;
     socklen_t fromlen = sizeof from;
     ssize_t r = recvfrom(fd, in_buf, sizeof in_buf, 0, (struct sockaddr *)&from, &fromlen);
     if (r < 0) continue;
-    char text[64] = "?";
-    if (from.ss_family == AF_INET) inet_ntop(AF_INET, &((struct sockaddr_in *)&from)->sin_addr, text, sizeof text);
-    printf("serve got %zd from %s:%d\n", r, text, ntohs(((struct sockaddr_in *)&from)->sin_port));
+    char text[INET6_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET6, &from.sin6_addr, text, sizeof text);
+    printf("serve got %zd from %s:%d\n", r, text, ntohs(from.sin6_port));
     fflush(stdout);
     sendto(fd, in_buf, (size_t)r, 0, (struct sockaddr *)&from, fromlen);
     served++;

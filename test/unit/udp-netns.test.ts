@@ -526,9 +526,10 @@ if (!IN_NETNS) {
   describe('udp in a private namespace: inbound forwards (-u)', function () {
     let rig: Rig;
     const sockets: dgram.Socket[] = [];
+    const servers6: dgram.Socket[] = [];
     afterEach(async () => {
       destroyRig(rig);
-      for (const s of sockets.splice(0)) await closeSocket(s);
+      for (const s of [...sockets.splice(0), ...servers6.splice(0)]) await closeSocket(s);
     });
 
     async function client(type: 'udp4' | 'udp6', address: string): Promise<{ socket: dgram.Socket; received: { msg: string; from: string }[] }> {
@@ -574,6 +575,21 @@ if (!IN_NETNS) {
       await until('replies', () => c4.received.length >= 1 && c6.received.length >= 1);
       expect(c4.received[0]).to.deep.equal({ msg: 'r4', from: '127.0.0.1:7101' });
       expect(c6.received[0]).to.deep.equal({ msg: 'r6', from: '::1:7101' });
+    });
+
+    it('inbound datagrams go to the address the guest was last seen using (a SLAAC address next to the host one)', async () => {
+      rig = makeRig();
+      rig.udp.listen([parseForwardSpec('[2001:db8::1]/7103')]);
+      const slaac = Uint8Array.from(Buffer.from('20010db800000000505400fffe123456', 'hex'));
+      const server = await echoServer('udp6', '2001:db8::2', 7014);
+      servers6.push(server.socket);
+      guestSend(rig, slaac, SERVER6, 40200, 7014, Buffer.from('hi'));
+      await until('echo to the SLAAC address', () => rig.port.frames.length >= 1);
+      expect(parseFrame(rig.port.frames[0]).dst).to.equal(hex6(slaac));
+      const c = await client('udp6', '2001:db8::2');
+      c.socket.send('in', 7103, '2001:db8::1');
+      await until('inbound datagram', () => rig.port.frames.length >= 2);
+      expect(parseFrame(rig.port.frames[1])).to.include({ dst: hex6(slaac), dstPort: 7103, src: hex6(SERVER6) });
     });
 
     it('a port already in use is logged and skipped, not fatal', async () => {
