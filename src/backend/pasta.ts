@@ -185,6 +185,9 @@ function openInNamespace(target: NamespaceTarget, ifname: string): { tapFd: numb
 function resolvePastaConfig(options: DaemonOptions): { config: StackConfig; hostIfname: string | null } {
   const discovered = discoverHost(native, { interfaceName: options.network.interface });
   const config = resolveStackConfig(addressOverridesFrom(options), discovered, (level, line) => log[level](line));
+  // -t/-u: the stack's inbound listeners (in ferry's namespace) forward into the namespace as into a VM.
+  if (options.forwards.udp.length > 0) config.udpForwards = options.forwards.udp;
+  if (options.forwards.tcp.length > 0) config.tcpForwards = options.forwards.tcp;
   for (const line of describeStackConfig(config)) log.info(line);
   return { config, hostIfname: options.network.interface ?? discovered.ipv4?.interfaceName ?? discovered.ipv6?.interfaceName ?? null };
 }

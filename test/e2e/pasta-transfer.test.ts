@@ -102,6 +102,25 @@ describe('e2e: data through ferry pasta', function () {
     expect(r.stdout, describeResult(r)).to.include('ECHOED 6');
   });
 
+  it('-u forwards host UDP ports into the namespace: a server inside answers clients on the host\'s loopback and in the test network', async function () {
+    const n = net as TestNetwork;
+    const server = `const s=require('dgram').createSocket('udp4');s.on('message',(m,r)=>s.send(Buffer.concat([Buffer.from('echo:'),m]),r.port,r.address));s.bind(${UDP_PORT + 1},()=>console.log('ready'));setTimeout(()=>process.exit(0),20000);`;
+    const ferry = spawnIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '-q', '--config-net', '-u', String(UDP_PORT + 1), '--', process.execPath, '-e', server]);
+    servers.push(ferry);
+    let out = '';
+    ferry.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    ferry.stderr?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    for (let i = 0; i < 200 && !out.includes('ready'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(out).to.include('ready');
+    const client = (address: string, text: string): string =>
+      `const s=require('dgram').createSocket('udp4');s.on('message',m=>{console.log('REPLY '+m);process.exit(0)});s.send('${text}',${UDP_PORT + 1},'${address}');setTimeout(()=>{console.log('NO REPLY');process.exit(1)},3000);`;
+    const local = await runIn(n.ns, [process.execPath, '-e', client('127.0.0.1', 'from-loopback')]);
+    expect(local.stdout, `${describeResult(local)}\n--- pasta ---\n${out}`).to.include('REPLY echo:from-loopback');
+    const remote = await runIn(n.peerNs, [process.execPath, '-e', client(TEST_NET.hostV4, 'from-peer')]);
+    expect(remote.stdout, `${describeResult(remote)}\n--- pasta ---\n${out}`).to.include('REPLY echo:from-peer');
+    await stopChild(ferry, 3000);
+  });
+
   it('a command inside ferry pasta fetches a 4 MiB file over TCP from the test network and its sha256 matches', async function () {
     if (!stackHasTcp()) {
       // Pending on purpose, not faked: the stack has no TCP translator installed yet (src/backend/stack-factory.ts).
