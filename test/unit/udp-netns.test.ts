@@ -592,6 +592,23 @@ if (!IN_NETNS) {
       expect(parseFrame(rig.port.frames[1])).to.include({ dst: hex6(slaac), dstPort: 7103, src: hex6(SERVER6) });
     });
 
+    it("a guest reply to a -u sender that went away gives the guest ICMP port unreachable from the sender's address", async () => {
+      rig = makeRig();
+      rig.udp.listen([parseForwardSpec('7104')]);
+      const c = await client('udp4', '192.0.2.2');
+      const clientPort = c.socket.address().port;
+      c.socket.send('hello', 7104, '192.0.2.1');
+      await until('inbound datagram', () => rig.port.frames.length >= 1);
+      await closeSocket(sockets.splice(sockets.indexOf(c.socket), 1)[0]);
+      guestSend(rig, GUEST4, SERVER4, 7104, clientPort, Buffer.from('late reply'));
+      await until('ICMP error', () => rig.port.frames.length >= 2);
+      const f = parseFrame(rig.port.frames[1]);
+      expect(f).to.include({ protocol: 1, src: '192.0.2.2', dst: '192.0.2.1' });
+      expect([f.l4[0], f.l4[1]]).to.deep.equal([3, 3]);
+      const quote = f.l4.subarray(8);
+      expect([quote.readUInt16BE(20), quote.readUInt16BE(22)]).to.deep.equal([7104, clientPort]);
+    });
+
     it('a port already in use is logged and skipped, not fatal', async () => {
       rig = makeRig();
       const busy = await client('udp4', '0.0.0.0');
