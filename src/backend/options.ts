@@ -930,6 +930,8 @@ export function parsePastaCommandLine(argv: readonly string[], environment: Pars
   }
   const parsed = parseOptions(shared, environment);
   if (parsed.action === 'run' && !nameOptionGiven(shared)) parsed.options.logging.name = 'pasta';
+  // The command shares ferry's terminal: warnings and errors only unless -d/--trace asked for more ('info' is only ever the default).
+  if (parsed.options.logging.level === 'info') parsed.options.logging.level = 'warn';
   return { parsed, pasta };
 }
 

@@ -298,6 +298,9 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     };
     const stop = (signal: NodeJS.Signals): void => {
       if (child !== null && child.exitCode === null && child.signalCode === null) {
+        // Ctrl-C on a terminal already reached the command (same foreground process group);
+        // an interactive shell ignores it and must not be killed for it.
+        if (signal === 'SIGINT') return;
         // The command ends the session: pass the signal on and let its exit finish (SIGKILL after a grace).
         // unshare ignores SIGTERM/SIGINT while it waits, so the command itself (its child) is told.
         const pid = target.gate !== null ? firstChildPid(child.pid) ?? child.pid : child.pid;

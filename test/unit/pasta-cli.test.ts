@@ -49,6 +49,13 @@ describe('ferry pasta command line', () => {
     expect(() => parsePastaCommandLine(['--bogus'])).to.throw(OptionError, /unknown option '--bogus'/);
   });
 
+  it('logs warnings only by default; -d and --trace still raise the level', () => {
+    expect(parsePastaCommandLine([]).parsed.options.logging.level).to.equal('warn');
+    expect(parsePastaCommandLine(['-d']).parsed.options.logging.level).to.equal('debug');
+    expect(parsePastaCommandLine(['--trace', 'true']).parsed.options.logging.level).to.equal('debug');
+    expect(parsePastaCommandLine(['-q']).parsed.options.logging.level).to.equal('warn');
+  });
+
   it('the instance name defaults to pasta, --name wins', () => {
     expect(parsePastaCommandLine([]).parsed.options.logging.name).to.equal('pasta');
     expect(parsePastaCommandLine(['--name', 'box1']).parsed.options.logging.name).to.equal('box1');
