@@ -67,6 +67,26 @@ describe('e2e: libvirt domain with a vhostuser interface on ferry', function () 
   let ferryAliveAtEnd = false;
   let ferryExitCode: number | null = null;
   const timings: string[] = [];
+  let kernel = '';
+  let initrd = '';
+
+  /**
+   * Writes the domain of docs/libvirt.md into the work dir as `file`, with
+   * the test's socket, guest image and console file; returns its path.
+   */
+  function writeDomain(file: string, socketPath: string, consolePath: string): string {
+    const xml = testedDomainXml(fs.readFileSync(LIBVIRT_DOC, 'utf8'), [
+      ['/run/ferry/vm1.sock', xmlEscape(socketPath)],
+      ['/var/lib/ferry/guest/vmlinuz', xmlEscape(kernel)],
+      ['/var/lib/ferry/guest/initramfs.cpio.gz', xmlEscape(initrd)],
+      ['/var/log/ferry/vm1-console.log', xmlEscape(consolePath)],
+      // Few DHCP tries, no wait for IPv6: a broken lease fails fast.
+      ['</cmdline>', ' ferry.dhcp_tries=3 ferry.ipv6_wait=0</cmdline>'],
+    ]);
+    const out = path.join(workDir, file);
+    fs.writeFileSync(out, xml);
+    return out;
+  }
 
   before(async function () {
     requireGuestPrerequisites(this, [
@@ -84,8 +104,8 @@ describe('e2e: libvirt domain with a vhostuser interface on ferry', function () 
 
     // The guest image is copied beside the socket: its cache directory may not be readable by libvirt-qemu.
     const image = guestImage();
-    const kernel = path.join(workDir, 'vmlinuz');
-    const initrd = path.join(workDir, 'initramfs.cpio.gz');
+    kernel = path.join(workDir, 'vmlinuz');
+    initrd = path.join(workDir, 'initramfs.cpio.gz');
     fs.copyFileSync(image.kernel, kernel);
     fs.copyFileSync(image.initrd, initrd);
     fs.chmodSync(kernel, 0o644);
@@ -99,16 +119,7 @@ describe('e2e: libvirt domain with a vhostuser interface on ferry', function () 
     mark('libvirtd ready');
 
     consoleFile = new ConsoleFile(path.join(workDir, 'console.log'));
-    const xml = testedDomainXml(fs.readFileSync(LIBVIRT_DOC, 'utf8'), [
-      ['/run/ferry/vm1.sock', xmlEscape(socketPath)],
-      ['/var/lib/ferry/guest/vmlinuz', xmlEscape(kernel)],
-      ['/var/lib/ferry/guest/initramfs.cpio.gz', xmlEscape(initrd)],
-      ['/var/log/ferry/vm1-console.log', xmlEscape(consoleFile.file)],
-      // Few DHCP tries, no wait for IPv6: a broken lease fails fast.
-      ['</cmdline>', ' ferry.dhcp_tries=3 ferry.ipv6_wait=0</cmdline>'],
-    ]);
-    const domainFile = path.join(workDir, 'domain.xml');
-    fs.writeFileSync(domainFile, xml);
+    const domainFile = writeDomain('domain.xml', socketPath, consoleFile.file);
 
     // Bounded: a back-end that stops answering leaves virsh create hanging.
     create = await libvirtd.virsh(['create', domainFile], 60000);
@@ -217,5 +228,22 @@ describe('e2e: libvirt domain with a vhostuser interface on ferry', function () 
   it('ferry keeps running through the domain and exits cleanly on SIGTERM', function () {
     expect(ferryAliveAtEnd, diagnostics()).to.equal(true);
     expect(ferryExitCode, diagnostics()).to.equal(0);
+  });
+
+  it(`without --socket-group and --socket-mode, ${LIBVIRT_QEMU_USER}'s QEMU is refused the socket and virsh create fails`, async function () {
+    if (!libvirtd || !net || !libvirtd.alive) throw new Error(`libvirtd is not running\n${diagnostics()}`);
+    const socketPath = path.join(workDir, 'ferry-default-mode.sock');
+    const plain = await startFerry(net.ns, socketPath, ['--dns', TEST_DNS_V4]);
+    try {
+      expect(fs.statSync(socketPath).mode & 0o002, 'socket not writable by others').to.equal(0);
+      const domainFile = writeDomain('domain-default-mode.xml', socketPath, path.join(workDir, 'console-default-mode.log'));
+      const refused = await libvirtd.virsh(['create', domainFile], 30000);
+      expect(refused.code, `${refused.stdout}\n${refused.stderr}`).to.not.equal(0);
+      expect(refused.stderr).to.match(/Failed to connect to '[^']*ferry-default-mode\.sock': Permission denied/);
+      expect(plain.child.exitCode, plain.log()).to.equal(null);
+    } finally {
+      await libvirtd.destroyDomain(DOMAIN, libvirtd.qemuPid(DOMAIN));
+      await plain.stop();
+    }
   });
 });

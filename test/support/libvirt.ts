@@ -158,11 +158,17 @@ export class Libvirtd {
     return run(['virsh', '-q', '-c', this.uri, ...args], { timeoutMs });
   }
 
-  /** PID of domain `name`'s QEMU from libvirt's pid file, or null. */
+  /**
+   * PID of domain `name`'s QEMU from libvirt's pid file, or null. The PID is
+   * remembered: QEMU is daemonized (not our child), so if the test process
+   * exits without cleaning up, an exit hook kills it.
+   */
   qemuPid(name: string): number | null {
     try {
       const pid = Number(fs.readFileSync(path.join(this.workDir, 'run', 'libvirt', 'qemu', `${name}.pid`), 'utf8').trim());
-      return Number.isInteger(pid) && pid > 0 ? pid : null;
+      if (!Number.isInteger(pid) || pid <= 0) return null;
+      rememberQemu(pid);
+      return pid;
     } catch {
       return null;
     }
@@ -212,6 +218,28 @@ export class Libvirtd {
     await stopChild(this.child, 5000);
     await this.exited;
   }
+}
+
+/** QEMU PIDs read from libvirt's pid files, killed at exit if still QEMU and alive. */
+const knownQemuPids = new Set<number>();
+let exitHookInstalled = false;
+
+function rememberQemu(pid: number): void {
+  knownQemuPids.add(pid);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const qemu of knownQemuPids) {
+      // The PID may have been reused since: kill it only if it is still a QEMU.
+      let cmdline = '';
+      try {
+        cmdline = fs.readFileSync(`/proc/${qemu}/cmdline`, 'utf8');
+      } catch {
+        continue;
+      }
+      if (cmdline.includes('qemu-system')) killPid(qemu, 'SIGKILL');
+    }
+  });
 }
 
 /** True if a process with this PID exists (and is not a zombie). */
