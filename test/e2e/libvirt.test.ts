@@ -49,7 +49,7 @@ function processIds(pid: number): { uid: number; gid: number } | null {
 }
 
 describe('e2e: libvirt domain with a vhostuser interface on ferry', function () {
-  this.timeout(150000);
+  this.timeout(200000);
 
   let net: TestNetwork | null = null;
   let ferry: FerryProcess | null = null;
@@ -115,14 +115,14 @@ describe('e2e: libvirt domain with a vhostuser interface on ferry', function () 
     ferry = await startFerry(net.ns, socketPath, ['--socket-mode', '0660', '--socket-group', LIBVIRT_QEMU_USER, '--dns', TEST_DNS_V4]);
     socketStat = fs.statSync(socketPath);
     mark('ferry listening');
-    await libvirtd.waitReady(60000);
+    await libvirtd.waitReady(45000);
     mark('libvirtd ready');
 
     consoleFile = new ConsoleFile(path.join(workDir, 'console.log'));
     const domainFile = writeDomain('domain.xml', socketPath, consoleFile.file);
 
     // Bounded: a back-end that stops answering leaves virsh create hanging.
-    create = await libvirtd.virsh(['create', domainFile], 60000);
+    create = await libvirtd.virsh(['create', domainFile], 45000);
     mark('virsh create returned');
     qemuPid = libvirtd.qemuPid(DOMAIN);
     if (qemuPid !== null) qemuIds = processIds(qemuPid);
