@@ -129,6 +129,8 @@ export interface BootOptions {
   workDir?: string;
   /** Extra QEMU arguments (e.g. a filter-dump object on netdev net0). */
   extraArgs?: string[];
+  /** vCPUs (default 1). */
+  cpus?: number;
 }
 
 /** The DHCP lease the guest reported. */
@@ -268,6 +270,7 @@ export function bootGuest(opts: BootOptions): Guest {
     mac: opts.mac,
     timeoutMs: opts.timeoutMs ?? 90000,
     extraArgs: opts.extraArgs,
+    cpus: opts.cpus,
   });
   return new Guest(vm, workDir);
 }

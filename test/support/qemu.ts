@@ -12,7 +12,13 @@ export const QEMU_BINARY = 'qemu-system-x86_64';
 /** The network backend of the guest's one virtio-net NIC. */
 export type GuestNic =
   /** vhost-user over a UNIX socket that the backend (ferry) listens on. */
-  | { kind: 'vhost-user'; socketPath: string; reconnectSeconds?: number }
+  | {
+      kind: 'vhost-user';
+      socketPath: string;
+      reconnectSeconds?: number;
+      /** Queue pairs (QEMU's queues= and mq=on when above 1; give the guest as many vCPUs to use them all). */
+      queues?: number;
+    }
   /**
    * QEMU's own user-mode network (slirp), restricted (no outside access) and
    * numbered from documentation ranges: for validating the guest image
@@ -41,6 +47,8 @@ export interface QemuOptions {
   timeoutMs?: number;
   /** Extra QEMU arguments, appended last. */
   extraArgs?: string[];
+  /** vCPUs (default 1: these machines have 2 cores, shared). */
+  cpus?: number;
 }
 
 export const DEFAULT_GUEST_MAC = '52:54:00:12:34:56';
@@ -67,10 +75,11 @@ export function nicArgs(nic: GuestNic, mac: string): string[] {
   switch (nic.kind) {
     case 'vhost-user': {
       const reconnect = nic.reconnectSeconds !== undefined ? `,reconnect=${nic.reconnectSeconds}` : '';
+      const queues = nic.queues ?? 1;
       return [
         '-chardev', `socket,id=chr0,path=${nic.socketPath}${reconnect}`,
-        '-netdev', 'vhost-user,id=net0,chardev=chr0',
-        ...device,
+        '-netdev', `vhost-user,id=net0,chardev=chr0${queues > 1 ? `,queues=${queues}` : ''}`,
+        ...(queues > 1 ? [device[0], `${device[1]},mq=on`] : device),
       ];
     }
     case 'user':
@@ -97,7 +106,7 @@ export function qemuArgv(opts: QemuOptions): string[] {
   return [
     QEMU_BINARY,
     '-accel', 'tcg',
-    '-smp', '1',
+    '-smp', String(opts.cpus ?? 1),
     '-m', `${mem}M`,
     // vhost-user maps guest memory in the backend: it must be a shared fd.
     '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
