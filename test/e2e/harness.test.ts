@@ -166,4 +166,17 @@ describe('e2e harness: initramfs append and QEMU command line', function () {
     expect(joined).to.match(/virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile=,vectors=0/);
     expect(nicArgs({ kind: 'none' }, 'x')).to.deep.equal([]);
   });
+
+  it('asks for multiqueue only above one queue pair, and for the given vCPUs', function () {
+    const one = nicArgs({ kind: 'vhost-user', socketPath: '/s' }, 'm').join(' ');
+    expect(one).to.contain('vhost-user,id=net0,chardev=chr0 ');
+    expect(one).to.not.contain('mq=on');
+    const two = nicArgs({ kind: 'vhost-user', socketPath: '/s', queues: 2 }, 'm').join(' ');
+    expect(two).to.contain('vhost-user,id=net0,chardev=chr0,queues=2');
+    expect(two).to.match(/virtio-net-pci,netdev=net0,mac=m,romfile=,vectors=0,mq=on$/);
+    const argv = qemuArgv({ netns: 'n', kernel: 'k', initrd: 'i', nic: { kind: 'none' }, cpus: 2 });
+    expect(argv[argv.indexOf('-smp') + 1]).to.equal('2');
+    const defaults = qemuArgv({ netns: 'n', kernel: 'k', initrd: 'i', nic: { kind: 'none' } });
+    expect(defaults[defaults.indexOf('-smp') + 1]).to.equal('1');
+  });
 });
