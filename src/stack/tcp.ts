@@ -22,8 +22,8 @@
  * Connections: a guest SYN opens a non-blocking socket to the same
  * destination (the --map-host-loopback address, the gateway by default, goes
  * to 127.0.0.1 / ::1; --map-guest-addr to the host's own address) and is
- * answered with a SYN-ACK only once connect() completes, or an RST when it
- * fails. Inbound connections accepted by tcp-listen.ts become a SYN to the
+ * answered with a SYN-ACK only once connect() completes, or, when it
+ * fails, an ICMP unreachable (no route to the network or host) or an RST. Inbound connections accepted by tcp-listen.ts become a SYN to the
  * guest (acceptInbound). FIN is carried both ways (guest FIN -> shutdown(WR)
  * once its data is in the socket; socket EOF -> FIN after the data), RST both
  * ways (SO_LINGER 0 close so the peer sees a reset).
@@ -42,13 +42,14 @@ import type { IoVecList, Native } from '../native';
 import { defineCounter } from '../counters';
 import { log, rateLimited } from '../log';
 import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
+import { IPV4_L4_OFFSET, IPV6_L4_OFFSET } from './context';
 import type { SegmentList } from './frame-io';
 import { ADDRESS_SLOT, FlowProtocol, FlowTable, NO_FLOW, defineFlowStates } from './flow-table';
 import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
 import { IPV4_HEADER_LENGTH, IpProtocol, emitIpv4 } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
 import { TCP_HEADER_LENGTH, TcpError, TcpFlag, TcpOption, TcpOptions, TcpView, emitTcp } from './wire/tcp';
-import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
+import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes, sumSegments } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
 
 /** The addon calls TCP needs (a subset, so tests could pass a fake). */
@@ -82,6 +83,12 @@ const SO_LINGER = 13;
 const SO_BINDTODEVICE = 25;
 const SO_PEEK_OFF = 42;
 const SHUT_WR = 1;
+const ENETUNREACH = 101;
+const EHOSTUNREACH = 113;
+const ICMP4_NET_UNREACHABLE = 0;
+const ICMP4_HOST_UNREACHABLE = 1;
+const ICMP6_NO_ROUTE = 0;
+const ICMP6_ADDRESS_UNREACHABLE = 3;
 const IPPROTO_TCP = 6;
 const TCP_INFO = 11;
 const MSG_PEEK = 2;
@@ -168,6 +175,7 @@ export const TcpEvent = {
   RxBlocked: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'rx_blocked' }),
   Timeout: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'timeout' }),
   SocketError: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'socket_error' }),
+  IcmpToGuest: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'icmp_unreachable_to_guest' }),
 } as const;
 const BYTES_HELP = 'TCP payload bytes moved, by direction';
 const BYTES_FROM_GUEST = defineCounter('ferry_tcp_bytes_total', BYTES_HELP, { direction: 'from_guest' });
@@ -560,8 +568,7 @@ export class TcpService implements ReadyHandler {
       connected = this.sockets.connect(fd, sockaddr);
     } catch (e) {
       log.debug(`tcp: connect failed: ${errorCode(e)}`);
-      ctx.counters.add(TcpEvent.ConnectFailed);
-      this.abort(id, true, false);
+      this.connectFailed(id, typeof e === 'object' && e !== null && 'errno' in e ? Number((e as { errno: unknown }).errno) : 0);
       return;
     }
     this.flows.deadline[id] = now + SYN_TIMEOUT_MS;
@@ -870,8 +877,7 @@ export class TcpService implements ReadyHandler {
       const error = this.soError(id);
       if (error !== 0) {
         log.debug(`tcp: connect failed: errno ${error}`);
-        this.ctx.counters.add(TcpEvent.ConnectFailed);
-        this.abort(id, true, false);
+        this.connectFailed(id, error);
         return;
       }
       this.connectDone(id);
@@ -907,6 +913,68 @@ export class TcpService implements ReadyHandler {
       this.sendData(id, false);
     }
     if (this.flows.isLive(id, FlowProtocol.Tcp)) this.finished(id);
+  }
+
+  /**
+   * The host connect() failed with errno: an unreachable network or host
+   * becomes the matching ICMP/ICMPv6 error quoting the guest's SYN (so the
+   * guest reports "no route to host"); anything else (refused, timed out)
+   * an RST.
+   */
+  private connectFailed(id: number, errno: number): void {
+    this.ctx.counters.add(TcpEvent.ConnectFailed);
+    const v6 = this.flows.family[id] === 6;
+    let code = -1;
+    if (errno === ENETUNREACH) code = v6 ? ICMP6_NO_ROUTE : ICMP4_NET_UNREACHABLE;
+    else if (errno === EHOSTUNREACH) code = v6 ? ICMP6_ADDRESS_UNREACHABLE : ICMP4_HOST_UNREACHABLE;
+    if (code >= 0 && this.sendUnreachable(id, code)) {
+      this.ctx.counters.add(TcpEvent.IcmpToGuest);
+      this.closeFlow(id, false);
+      return;
+    }
+    this.abort(id, true, false);
+  }
+
+  /**
+   * ICMP destination unreachable (IPv4 type 3, ICMPv6 type 1) with `code`
+   * from the remote to the guest, quoting the guest's SYN: its IP header
+   * and the first 8 bytes of TCP (ports and sequence number), which is all
+   * RFC 792 asks for and all the guest needs to find its socket. Returns
+   * false when the guest had no buffer for it.
+   */
+  private sendUnreachable(id: number, code: number): boolean {
+    const ctx = this.ctx;
+    const v6 = this.flows.family[id] === 6;
+    const addressLength = v6 ? 16 : 4;
+    const base = id * ADDRESS_SLOT;
+    for (let i = 0; i < addressLength; i++) {
+      this.srcAddr[i] = this.flows.remoteAddress[base + i];
+      this.dstAddr[i] = this.flows.guestAddress[base + i];
+    }
+    const ipHeader = v6 ? IPV6_HEADER_LENGTH : IPV4_HEADER_LENGTH;
+    const icmpLength = 8 + ipHeader + 8;
+    const l4 = v6 ? IPV6_L4_OFFSET : IPV4_L4_OFFSET;
+    if (ctx.openFrame(l4 + icmpLength) < l4 + icmpLength) {
+      ctx.cancelFrame();
+      return false;
+    }
+    const out = ctx.out;
+    const icmp = ctx.outOffset + l4;
+    out.fill(0, icmp, icmp + 8);
+    out[icmp] = v6 ? 1 : 3;
+    out[icmp + 1] = code;
+    // The quoted SYN as the guest sent it: guest -> remote, sequence number rcvNxt - 1.
+    const inner = v6
+      ? emitIpv6(out, icmp + 8, this.dstAddr, this.srcAddr, IpProtocol.Tcp, TCP_HEADER_LENGTH)
+      : emitIpv4(out, icmp + 8, this.dstAddr, this.srcAddr, IpProtocol.Tcp, TCP_HEADER_LENGTH);
+    setBe16(out, inner, this.flows.guestPort[id]);
+    setBe16(out, inner + 2, this.flows.remotePort[id]);
+    setBe32(out, inner + 4, (this.rcvNxt[id] - 1) >>> 0);
+    const pseudo = v6 ? pseudoHeaderSumIpv6(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Icmpv6, icmpLength) : 0;
+    setBe16(out, icmp + 2, finishChecksum(sumBytes(out, icmp, icmpLength, pseudo)));
+    if (v6) ctx.finishIpv6(ctx.guestMac, this.srcAddr, this.dstAddr, IpProtocol.Icmpv6, icmpLength);
+    else ctx.finishIpv4(ctx.guestMac, this.srcAddr, this.dstAddr, IpProtocol.Icmp, icmpLength);
+    return true;
   }
 
   /** The host connect() completed: SYN-ACK to the guest. */
@@ -1324,6 +1392,8 @@ export class TcpService implements ReadyHandler {
 
   /** Publish frames committed by this module. */
   private flush(): void {
+    // Frames built through the context (ICMP errors) are counted there.
+    this.ctx.flush();
     if (this.pending === 0) return;
     this.pending = 0;
     this.ctx.port.flush();

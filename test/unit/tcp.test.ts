@@ -20,6 +20,7 @@ import { TcpListeners } from '../../src/stack/tcp-listen';
 import { parseForwardSpec } from '../../src/stack/forward-spec';
 import type { Segment } from '../support/tcp-guest';
 import { GATEWAY_V4 } from '../support/stack-fakes';
+import { finishChecksum, pseudoHeaderSumIpv6, sumBytes } from '../../src/stack/wire/checksum';
 
 const INSIDE = process.env.FERRY_TCP_NETNS === '1';
 const SERVER_V4 = Uint8Array.from([192, 0, 2, 2]);
@@ -165,6 +166,30 @@ if (!INSIDE) {
       expect(harness.tcp.flowCount).to.equal(0);
       expect(harness.counters.get(TcpEvent.ConnectFailed)).to.equal(1);
     });
+
+    for (const family of [4, 6] as const) {
+      it(`answers a SYN to an unreachable network with ICMP${family === 6 ? 'v6' : ''} unreachable quoting the SYN (IPv${family})`, () => {
+        harness = new TcpHarness();
+        // No route to 203.0.113.0/24 or 2001:db8:ffff::/48 in the namespace: connect() fails with ENETUNREACH.
+        const remote = family === 4 ? Uint8Array.from([203, 0, 113, 1]) : Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        const g = guest(remote, 80, { family });
+        g.connect();
+        const frame = harness.port.frames.find((f) => (family === 4 ? f[12] === 0x08 && f[23] === 1 : f[12] === 0x86 && f[20] === 58));
+        expect(frame, 'an ICMP error frame').to.not.equal(undefined);
+        const icmp = family === 4 ? 34 : 54;
+        const icmpLength = frame!.length - icmp;
+        const pseudo = family === 4 ? 0 : pseudoHeaderSumIpv6(frame!, 22, frame!, 38, 58, icmpLength);
+        expect(finishChecksum(sumBytes(frame!, icmp, icmpLength, pseudo)), 'ICMP checksum').to.equal(0);
+        expect(frame![icmp]).to.equal(family === 4 ? 3 : 1); // destination unreachable
+        expect(frame![icmp + 1]).to.equal(0); // network / no route
+        const quotedTcp = icmp + 8 + (family === 4 ? 20 : 40);
+        expect((frame![quotedTcp] << 8) | frame![quotedTcp + 1]).to.equal(g.guestPort);
+        expect((frame![quotedTcp + 2] << 8) | frame![quotedTcp + 3]).to.equal(80);
+        expect(Buffer.from(frame!.subarray(quotedTcp + 4, quotedTcp + 8)).readUInt32BE(0)).to.equal(g.iss);
+        expect(harness.tcp.flowCount).to.equal(0);
+        expect(harness.counters.get(TcpEvent.IcmpToGuest)).to.equal(1);
+      });
+    }
 
     it('half-close from the guest: the server still sends after the guest FIN', async () => {
       harness = new TcpHarness();
