@@ -1,10 +1,10 @@
 /**
  * ferry's address options (passt's names and meanings) as a real guest sees
  * them, one boot per option set:
- *   - `-a 192.0.2.77 -n 255.255.255.128 -g 192.0.2.100 -m 1400 -D -S`: the
- *     lease carries exactly those; the gateway, which exists nowhere in the
- *     test network, answers pings because ferry maps it to the host's
- *     loopback (passt's --map-host-loopback default);
+ *   - `-4 -a 192.0.2.77 -n 255.255.255.128 -g 192.0.2.100 -m 1400 -D -S`:
+ *     the lease carries exactly those; the gateway, which exists nowhere in
+ *     the test network, answers pings because ferry maps it to the host's
+ *     loopback (passt's --map-host-loopback default); no IPv6 at all;
  *   - `-6 -a 2001:db8::77`: no IPv4 lease and IPv4 echo goes nowhere, while
  *     DHCPv6 hands out the -a address and IPv6 echo works.
  */
@@ -16,7 +16,7 @@ import { bootGuestOnFerry, GuestOnFerry } from './guest-on-ferry';
 describe('e2e: ferry options seen by a real guest', function () {
   this.timeout(120000);
 
-  describe('-a 192.0.2.77 -n 255.255.255.128 -g 192.0.2.100 -m 1400 -D 192.0.2.99 -S "example.test lab.example.test"', function () {
+  describe('-4 -a 192.0.2.77 -n 255.255.255.128 -g 192.0.2.100 -m 1400 -D 192.0.2.99 -S "example.test lab.example.test"', function () {
     const run = new GuestOnFerry();
     /** The gateway given with -g: no namespace holds it, only ferry's loopback mapping can answer it. */
     const gateway = '192.0.2.100';
@@ -24,13 +24,17 @@ describe('e2e: ferry options seen by a real guest', function () {
 
     before(async function () {
       await bootGuestOnFerry(this, run, {
-        ferryArgs: ['-a', '192.0.2.77', '-n', '255.255.255.128', '-g', gateway, '-m', '1400', '-D', '192.0.2.99', '-S', 'example.test lab.example.test'],
+        ferryArgs: ['-4', '-a', '192.0.2.77', '-n', '255.255.255.128', '-g', gateway, '-m', '1400', '-D', '192.0.2.99', '-S', 'example.test lab.example.test'],
         testScript: [
           'echo "FERRY-GUEST: mtu $(cat /sys/class/net/eth0/mtu)"',
           'ip -4 route show default | while read -r line; do echo "FERRY-GUEST: route4 $line"; done',
-          pingScript(targets),
+          // With no router advertisement, give the guest the host's IPv6
+          // address by hand: an echo that then gets no answer shows ferry
+          // ignoring IPv6 (its neighbour solicitation goes unanswered).
+          'ip -6 addr add 2001:db8::1/64 dev eth0 nodad',
+          pingScript([...targets, TEST_NET.serverV6]),
         ].join('\n'),
-        append: ['ferry.dhcp_tries=3', 'ferry.ipv6=0'],
+        append: ['ferry.dhcp_tries=3', 'ferry.ipv6_wait=3', 'ferry.dhcp6=1', 'ferry.dhcp6_tries=2'],
       });
     });
     after(() => run.cleanup());
@@ -61,6 +65,20 @@ describe('e2e: ferry options seen by a real guest', function () {
         expect(run.guest?.pings().get(target), run.diagnostics()).to.deep.equal({ transmitted: 3, received: 3, exitCode: 0 });
       });
     }
+
+    it('-4: no router advertisement (no SLAAC address, no IPv6 default route), no DHCPv6 lease', function () {
+      const global6 = run.guest?.addresses().filter((a) => a.family === 'inet6' && a.scope === 'global') ?? [];
+      expect(global6, run.diagnostics()).to.deep.equal([]);
+      expect(run.guest?.routes6(), run.diagnostics()).to.deep.equal([]);
+      expect(run.guest?.dhcp6Lease(), run.diagnostics()).to.equal(null);
+      expect(run.guest?.vm.serialLines ?? '', run.diagnostics()).to.match(/FERRY-GUEST: dhcp6 failed/);
+    });
+
+    it('-4: IPv6 echo from a hand-set 2001:db8::1/64 gets no reply', function () {
+      const result = run.guest?.pings().get(TEST_NET.serverV6);
+      expect(result, run.diagnostics()).to.not.equal(undefined);
+      expect(result?.received, run.diagnostics()).to.equal(0);
+    });
   });
 
   describe('-6 -a 2001:db8::77', function () {
