@@ -3,7 +3,8 @@
  * passt's way (no NAT: the guest has the host's addresses).
  *
  * Outbound flows: the first datagram from a guest (address, port) to a
- * (destination, port) opens a flow with its own non-blocking host socket
+ * (destination, port) opens a flow with its own non-blocking host socket,
+ * bound to the guest's source port when the host allows it, and
  * connected to the destination as mapped by udp-address-map.ts (the
  * --map-host-loopback address, the gateway by default, to 127.0.0.1 / ::1;
  * --map-guest-addr to the host's address; --dns-forward port 53 to
@@ -93,6 +94,7 @@ const AF_INET = 2;
 const AF_INET6 = 10;
 const SOCK_DGRAM = 2;
 const SOL_SOCKET = 1;
+const SO_REUSEADDR = 2;
 const SO_BINDTODEVICE = 25;
 const SOL_IP = 0;
 const SOL_IPV6 = 41;
@@ -166,6 +168,8 @@ export const UdpEvent = {
   RxBlocked: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'rx_blocked' }),
   ListenFailed: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'listen_failed' }),
   FlowExpired: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'flow_expired' }),
+  /** The guest's source port could not be kept on the host (in use, or below 1024 without privilege). */
+  SourcePortChanged: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'source_port_changed' }),
 } as const;
 
 /** Why an addon call failed. */
@@ -227,6 +231,7 @@ export class UdpService implements ReadyHandler {
   private readonly emptyIov: IoVecList;
   private readonly sockaddr = new Uint8Array(SOCKADDR_IN6_LENGTH);
   private readonly fromAddr = new Uint8Array(SOCKADDR_IN6_LENGTH);
+  private readonly bindAddr = new Uint8Array(SOCKADDR_IN6_LENGTH);
   private readonly remoteScratch = new Uint8Array(16);
   private readonly headerScratch = new Uint8Array(HEADERS_V6);
   private readonly meta = new Int32Array(3);
@@ -375,6 +380,27 @@ export class UdpService implements ReadyHandler {
     flows.deadline[id] = ctx.clock.now() + ctx.config.udpIdleMs;
   }
 
+  /**
+   * Bind the flow's socket to the guest's source port, as passt does, so
+   * the world sees the port the guest chose (protocols that carry or check
+   * ports keep working). SO_REUSEADDR lets several connected flows from one
+   * guest port share it (the kernel prefers the connected 4-tuple). When the
+   * port cannot be had (a host service holds it, or a port below 1024
+   * without privilege) connect() picks an ephemeral one: counted, not fatal.
+   */
+  private keepSourcePort(fd: number, family: 4 | 6, port: number): void {
+    const sockets = this.sockets;
+    try {
+      sockets.setsockoptInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+      // A wildcard IPv6 bind would also claim the IPv4 port.
+      if (family === 6) sockets.setsockoptInt(fd, SOL_IPV6, IPV6_V6ONLY, 1);
+      const length = writeSockaddr(this.bindAddr, family, ZERO16, 0, port);
+      sockets.bind(fd, this.bindAddr.subarray(0, length));
+    } catch {
+      this.ctx.counters.add(UdpEvent.SourcePortChanged);
+    }
+  }
+
   /** Remember the guest's source address (not unspecified, not IPv6 link-local) for inbound flows. */
   private noteGuestAddress(family: 4 | 6, bytes: Uint8Array, src: number): void {
     if (family === 4) {
@@ -459,6 +485,7 @@ export class UdpService implements ReadyHandler {
       sockets.setsockoptInt(fd, family === 4 ? SOL_IP : SOL_IPV6, family === 4 ? IP_RECVERR : IPV6_RECVERR, 1);
       const loopback = family === 4 ? sockaddr[4] === 127 : isV6LoopbackSockaddr(sockaddr);
       if (ctx.config.interfaceName !== null && !loopback) this.bindToDevice(fd, ctx.config.interfaceName);
+      this.keepSourcePort(fd, family, srcPort);
       sockets.connect(fd, target);
     } catch (e) {
       rateLimited('warn', 'udp connect', () => `udp: connect failed: ${errorCode(e)}`);
