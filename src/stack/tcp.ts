@@ -49,7 +49,8 @@ import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet
 import { IPV4_HEADER_LENGTH, IpProtocol, emitIpv4 } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
 import { TCP_HEADER_LENGTH, TcpError, TcpFlag, TcpOption, TcpOptions, TcpView, emitTcp } from './wire/tcp';
-import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes, sumSegments } from './wire/checksum';
+import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from './wire/checksum';
+import { fastSumSegments } from './tcp-checksum';
 import { DropReason, countDrop } from './drops';
 
 /** The addon calls TCP needs (a subset, so tests could pass a fake). */
@@ -484,7 +485,7 @@ export class TcpService implements ReadyHandler {
       return;
     }
     const l4Position = packet.l4Offset - frame.base;
-    if (!frame.checksumPartial && finishChecksum(sumSegments(segments, l4Position, packet.l4Length, packet.pseudoSum(frame.bytes))) !== 0) {
+    if (!frame.checksumPartial && finishChecksum(fastSumSegments(segments, l4Position, packet.l4Length, packet.pseudoSum(frame.bytes))) !== 0) {
       ctx.counters.add(TcpEvent.BadChecksum);
       countDrop(ctx.counters, DropReason.TcpMalformed, () => 'TCP bad checksum');
       return;
@@ -1241,7 +1242,7 @@ export class TcpService implements ReadyHandler {
       ? pseudoHeaderSumIpv4(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Tcp, l4Length)
       : pseudoHeaderSumIpv6(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Tcp, l4Length);
     let sum = sumBytes(out, l4, tcpHeader, pseudo);
-    if (payloadLength > 0) sum += sumSegments(list, headerLength, payloadLength);
+    if (payloadLength > 0) sum += fastSumSegments(list, headerLength, payloadLength);
     setBe16(out, l4 + 16, finishChecksum(sum));
     if (!inPlace) list.copyIn(0, this.headerScratch, 0, headerLength);
     this.open = false;
