@@ -38,8 +38,14 @@
  * until the PID exits or until the tap goes away with its namespace.
  *
  * The tap is named after the host's interface carrying the default route
- * (-I/--ns-ifname overrides), as in pasta. Forwarding (-t/-u/-T/-U) and
- * the splice path are not wired yet.
+ * (-I/--ns-ifname overrides), as in pasta.
+ *
+ * Forwarding: -t/-u are the stack's inbound listeners, exactly as for a VM
+ * (connections and datagrams to the host's ports become frames on the tap).
+ * -T/-U never become frames: listening sockets are opened inside the
+ * namespace with the same nsOpen helper and bound to its loopback, and
+ * pasta-forward.ts relays them to the host's loopback (TCP with splice()
+ * unless --no-splice, UDP with recvmmsg/sendmmsg). `auto` is not done yet.
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -56,6 +62,7 @@ import { NamespaceNetwork, NetlinkConfigurator } from './netlink-config';
 import { DaemonOptions, namespacePath, PastaOptions } from './options';
 import { createPcapFile, PcapWriter } from './pcap';
 import { addressOverridesFrom } from './stack-setup';
+import { expandForwards, NamespaceSocketOpener, TcpNamespaceForwarder, UdpNamespaceForwarder } from './pasta-forward';
 import { TapPort } from './tap-port';
 
 /** Tap name when neither -I nor host discovery gives one. */
@@ -181,6 +188,19 @@ function openInNamespace(target: NamespaceTarget, ifname: string): { tapFd: numb
   }
 }
 
+/** Opens sockets inside the target namespaces (a forked helper per call, see native.nsOpen). */
+function socketOpener(target: NamespaceTarget): NamespaceSocketOpener {
+  return (triples) => {
+    const paths = target.userPath !== null ? [target.userPath, target.netPath] : [target.netPath];
+    const nsFds = paths.map((p) => fs.openSync(p, 'r'));
+    try {
+      return native.nsOpen(nsFds, null, 0, triples, SETUP_TIMEOUT_MS).sockets;
+    } finally {
+      for (const fd of nsFds) fs.closeSync(fd);
+    }
+  };
+}
+
 /** Resolve the stack configuration the way the daemon does, keeping the discovered interface name for the tap. */
 function resolvePastaConfig(options: DaemonOptions): { config: StackConfig; hostIfname: string | null } {
   const discovered = discoverHost(native, { interfaceName: options.network.interface });
@@ -269,6 +289,29 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     onFrame: capture !== null ? (_direction, frame, length) => capture.write(frame, length) : null,
   });
   const stack = runStackOnLoop(loop, config, port, counters);
+
+  // -T/-U: the namespace's loopback to the host's, outside the stack (after lo is up in the namespace).
+  let tcpForwarder: TcpNamespaceForwarder | null = null;
+  let udpForwarder: UdpNamespaceForwarder | null = null;
+  try {
+    for (const spec of [...options.forwards.tcpNs, ...options.forwards.udpNs]) {
+      if (spec.mode === 'auto') log.warn(`${spec.text}: automatic forwarding is not implemented yet; no ports forwarded for it`);
+    }
+    const tcpNs = expandForwards(options.forwards.tcpNs);
+    if (tcpNs.length > 0) {
+      tcpForwarder = new TcpNamespaceForwarder(loop, counters, pasta.splice);
+      tcpForwarder.listen(socketOpener(target), tcpNs);
+    }
+    const udpNs = expandForwards(options.forwards.udpNs);
+    if (udpNs.length > 0) {
+      const udp = new UdpNamespaceForwarder(loop, counters, options.udpTimeoutSeconds * 1000);
+      udpForwarder = udp;
+      udp.listen(socketOpener(target), udpNs);
+      loop.every(1000, () => udp.expire());
+    }
+  } catch (error) {
+    log.error(`cannot set up -T/-U forwarding: ${(error as Error).message}`);
+  }
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
 
   // The command: released from the gate (created), or started through nsenter (joined with a command).
@@ -291,6 +334,8 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
       process.removeListener('SIGINT', onInt);
       port.onClosed = null;
       port.close();
+      tcpForwarder?.close();
+      udpForwarder?.close();
       stack.close();
       loop.close();
       if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });

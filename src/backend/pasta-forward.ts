@@ -1,0 +1,510 @@
+/**
+ * pasta's -T/--tcp-ns and -U/--udp-ns: ports on the namespace's loopback
+ * forwarded to the host's loopback, without ever becoming frames.
+ *
+ * The listening sockets are created inside the namespace (native.nsOpen:
+ * a socket keeps the namespace it was made in) and bound to 127.0.0.1 and
+ * ::1 there; ferry accepts or receives on them from its own namespace and
+ * talks to the host's loopback with ordinary sockets.
+ *
+ * TCP: every accepted connection is joined to a new connection to the
+ * host's loopback. Bytes move with splice(2) through one pipe per
+ * direction (socket -> pipe -> socket, never through user memory), or with
+ * read/write through a buffer with --no-splice. One chunk is in flight per
+ * direction: a direction reads only while its pipe or buffer is empty and
+ * otherwise waits for its destination to be writable, so a slow reader
+ * holds back its writer (back-pressure) and nothing grows without bound.
+ * EOF is passed on with shutdown(SHUT_WR); the pair is closed once both
+ * directions are done, or on any error (ECONNRESET...).
+ *
+ * UDP: datagrams from a namespace client go out of a host socket connected
+ * to the host's loopback port (one per client address and port), replies
+ * come back through the namespace socket to the client, both with batched
+ * recvmmsg/sendmmsg. Idle flows are closed after the UDP timeout.
+ */
+import { CounterBlock, defineCounter } from '../counters';
+import { log, rateLimited } from '../log';
+import { IoVecList, native } from '../native';
+import type { FdWatcher, ReadyHandler } from '../stack/context';
+import type { ForwardSpec } from '../stack/forward-spec';
+import { writeSockaddr } from '../stack/udp-address-map';
+
+/** One forwarded port: listen on `listenPort` in the namespace, go to `targetPort` on the host's loopback. */
+export interface PortForward {
+  listenPort: number;
+  targetPort: number;
+}
+
+/** Bound on ports a spec may expand to (each needs sockets opened in the namespace). */
+export const MAX_FORWARDED_PORTS = 4096;
+/** Bound on concurrent TCP relays; more connections are accepted and closed at once. */
+export const MAX_TCP_RELAYS = 1024;
+/** Bytes per splice/read call: the default pipe capacity. */
+const CHUNK = 65536;
+/** Fill/drain rounds per readiness event for one direction (fairness between relays). */
+const ROUNDS_PER_EVENT = 16;
+
+const FORWARD_HELP = 'Connections or datagrams forwarded from the namespace\'s loopback to the host\'s (pasta -T/-U)';
+const COUNTERS = {
+  tcpAccepted: defineCounter('ferry_pasta_forwards_total', FORWARD_HELP, { protocol: 'tcp', event: 'accepted' }),
+  tcpRefused: defineCounter('ferry_pasta_forwards_total', FORWARD_HELP, { protocol: 'tcp', event: 'refused' }),
+  tcpBytes: defineCounter('ferry_pasta_forwards_total', FORWARD_HELP, { protocol: 'tcp', event: 'bytes' }),
+  udpDatagrams: defineCounter('ferry_pasta_forwards_total', FORWARD_HELP, { protocol: 'udp', event: 'datagrams' }),
+  udpDropped: defineCounter('ferry_pasta_forwards_total', FORWARD_HELP, { protocol: 'udp', event: 'dropped' }),
+};
+
+/** The (listen, target) port pairs of -T/-U specs, in order; throws past MAX_FORWARDED_PORTS. */
+export function expandForwards(specs: readonly ForwardSpec[]): PortForward[] {
+  const out: PortForward[] = [];
+  const seen = new Map<number, number>();
+  for (const spec of specs) {
+    for (const m of spec.mappings) {
+      for (let port = m.hostPortFirst; port <= m.hostPortLast; port++) {
+        const target = m.guestPortFirst + (port - m.hostPortFirst);
+        const at = seen.get(port);
+        // A later spec for the same port wins, as passt does.
+        if (at !== undefined) out[at] = { listenPort: port, targetPort: target };
+        else {
+          seen.set(port, out.length);
+          out.push({ listenPort: port, targetPort: target });
+        }
+        if (out.length > MAX_FORWARDED_PORTS) throw new Error(`more than ${MAX_FORWARDED_PORTS} forwarded ports`);
+      }
+    }
+  }
+  return out;
+}
+
+const LOOPBACK_V4 = Uint8Array.of(127, 0, 0, 1);
+const LOOPBACK_V6 = Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1);
+
+/** sockaddr for the loopback address of a family and a port. */
+export function loopbackSockaddr(family: 4 | 6, port: number): Uint8Array {
+  const out = new Uint8Array(28);
+  const length = writeSockaddr(out, family, family === 4 ? LOOPBACK_V4 : LOOPBACK_V6, 0, port);
+  return out.slice(0, length);
+}
+
+/** Opens sockets (domain, type, protocol triples) inside the namespace; see native.nsOpen. */
+export type NamespaceSocketOpener = (triples: number[]) => number[];
+
+/**
+ * Bind one socket per family in the namespace to its loopback and `port`
+ * (IPv6 only for ::1). A family whose bind fails (no ::1 when IPv6 is off)
+ * is left out with one log line. Returns the bound fds with their family.
+ */
+function bindLoopbackListeners(open: NamespaceSocketOpener, type: number, forwards: readonly PortForward[], what: string): Array<{ fd: number; family: 4 | 6; forward: PortForward }> {
+  const c = native.constants;
+  const bound: Array<{ fd: number; family: 4 | 6; forward: PortForward }> = [];
+  const wanted: Array<{ family: 4 | 6; forward: PortForward }> = [];
+  for (const forward of forwards) for (const family of [4, 6] as const) wanted.push({ family, forward });
+  // nsOpen passes at most 16 sockets per call.
+  for (let start = 0; start < wanted.length; start += 16) {
+    const batch = wanted.slice(start, start + 16);
+    const fds = open(batch.flatMap((w) => [w.family === 4 ? c.AF_INET : c.AF_INET6, type, 0]));
+    batch.forEach((w, i) => {
+      const fd = fds[i];
+      try {
+        native.setsockoptInt(fd, c.SOL_SOCKET, c.SO_REUSEADDR, 1);
+        if (w.family === 6) native.setsockoptInt(fd, c.IPPROTO_IPV6, c.IPV6_V6ONLY, 1);
+        native.bind(fd, loopbackSockaddr(w.family, w.forward.listenPort));
+        if (type === c.SOCK_STREAM) native.listen(fd, c.SOMAXCONN ?? 128);
+        bound.push({ fd, family: w.family, forward: w.forward });
+      } catch (e) {
+        native.close(fd);
+        log.warn(`${what} ${w.forward.listenPort}: cannot listen on the namespace's ${w.family === 4 ? '127.0.0.1' : '::1'}: ${(e as Error).message}`);
+      }
+    });
+  }
+  return bound;
+}
+
+// ---------------------------------------------------------------- TCP
+
+/** One direction of a relay: src -> (pipe | buffer) -> dst. */
+class Direction {
+  /** Bytes read from src not yet written to dst. */
+  pending = 0;
+  private bufferStart = 0;
+  eof = false;
+  shutDown = false;
+
+  constructor(
+    readonly src: number,
+    readonly dst: number,
+    private readonly pipe: [number, number] | null,
+    private readonly buffer: Uint8Array | null,
+    private readonly counters: CounterBlock,
+  ) {}
+
+  /** Move what can move now (bounded); throws on socket errors. Returns true when any byte moved. */
+  pump(): boolean {
+    let moved = false;
+    for (let round = 0; round < ROUNDS_PER_EVENT; round++) {
+      if (this.pending === 0 && !this.eof) {
+        const n = this.pipe !== null ? native.splice(this.src, this.pipe[1], CHUNK) : native.read(this.src, this.buffer as Uint8Array, 0, CHUNK);
+        if (n === 0) this.eof = true;
+        else if (n > 0) {
+          this.pending = n;
+          this.bufferStart = 0;
+        }
+      }
+      if (this.pending === 0) break;
+      const m = this.pipe !== null ? native.splice(this.pipe[0], this.dst, this.pending) : native.write(this.dst, this.buffer as Uint8Array, this.bufferStart, this.pending);
+      if (m <= 0) break; // dst full: wait for EPOLLOUT
+      this.pending -= m;
+      this.bufferStart += m;
+      this.counters.add(COUNTERS.tcpBytes, m);
+      moved = true;
+    }
+    if (this.eof && this.pending === 0 && !this.shutDown) {
+      this.shutDown = true;
+      native.shutdown(this.dst, native.constants.SHUT_WR);
+    }
+    return moved;
+  }
+
+  /** True while src should be watched for input. */
+  get wantsInput(): boolean {
+    return !this.eof && this.pending === 0;
+  }
+
+  get done(): boolean {
+    return this.shutDown;
+  }
+
+  close(): void {
+    if (this.pipe !== null) {
+      native.close(this.pipe[0]);
+      native.close(this.pipe[1]);
+    }
+  }
+}
+
+/** An accepted namespace connection joined to a host loopback connection. */
+class TcpRelay implements ReadyHandler {
+  private connecting = true;
+  private nsHungUp = false;
+  private hostHungUp = false;
+  private readonly toHost: Direction;
+  private readonly toNamespace: Direction;
+  private closed = false;
+
+  constructor(
+    private readonly owner: TcpNamespaceForwarder,
+    readonly nsFd: number,
+    readonly hostFd: number,
+    splice: boolean,
+    counters: CounterBlock,
+  ) {
+    const pipe = (): [number, number] | null => (splice ? native.pipe() : null);
+    const buffer = (): Uint8Array | null => (splice ? null : new Uint8Array(CHUNK));
+    this.toHost = new Direction(nsFd, hostFd, pipe(), buffer(), counters);
+    this.toNamespace = new Direction(hostFd, nsFd, pipe(), buffer(), counters);
+  }
+
+  onReady(fd: number, events: number): void {
+    if (this.closed) return;
+    const c = native.constants;
+    try {
+      if (this.connecting) {
+        if (fd !== this.hostFd) {
+          if ((events & (c.EPOLLERR | c.EPOLLHUP)) !== 0) this.close();
+          return;
+        }
+        const error = native.getsockoptInt(this.hostFd, c.SOL_SOCKET, c.SO_ERROR);
+        if (error !== 0) throw new Error(`connect to the host's loopback failed (errno ${error})`);
+        this.connecting = false;
+      }
+      if ((events & c.EPOLLERR) !== 0) throw new Error('socket error');
+      // A hung-up socket is reported on every wait, whatever we ask for: remember it, so it is
+      // left out of epoll while its data waits for the other side (see updateInterest).
+      if ((events & c.EPOLLHUP) !== 0) {
+        if (fd === this.nsFd) this.nsHungUp = true;
+        else this.hostHungUp = true;
+      }
+      this.toHost.pump();
+      this.toNamespace.pump();
+      if (this.toHost.done && this.toNamespace.done) return this.close();
+      this.updateInterest();
+    } catch (e) {
+      rateLimited('debug', 'pasta tcp relay', () => `pasta -T: connection closed: ${(e as Error).message}`);
+      this.close();
+    }
+  }
+
+  /** Watch each socket for what its directions need now (level-triggered). */
+  updateInterest(): void {
+    const c = native.constants;
+    const watcher = this.owner.watcher;
+    if (this.connecting) {
+      watcher.watch(this.hostFd, c.EPOLLOUT, this);
+      watcher.watch(this.nsFd, 0, this);
+      return;
+    }
+    const nsEvents = (this.toHost.wantsInput ? c.EPOLLIN | c.EPOLLRDHUP : 0) | (this.toNamespace.pending > 0 ? c.EPOLLOUT : 0);
+    const hostEvents = (this.toNamespace.wantsInput ? c.EPOLLIN | c.EPOLLRDHUP : 0) | (this.toHost.pending > 0 ? c.EPOLLOUT : 0);
+    this.setInterest(this.nsFd, nsEvents, this.nsHungUp);
+    this.setInterest(this.hostFd, hostEvents, this.hostHungUp);
+  }
+
+  private setInterest(fd: number, events: number, hungUp: boolean): void {
+    // Nothing wanted from a hung-up socket: out of epoll until something is (else EPOLLHUP spins).
+    if (hungUp && events === 0) this.owner.watcher.unwatch(fd);
+    else this.owner.watcher.watch(fd, events, this);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const fd of [this.nsFd, this.hostFd]) {
+      this.owner.watcher.unwatch(fd);
+      native.close(fd);
+    }
+    this.toHost.close();
+    this.toNamespace.close();
+    this.owner.released(this);
+  }
+}
+
+/** -T: TCP listeners on the namespace's loopback, each connection relayed to the host's loopback. */
+export class TcpNamespaceForwarder {
+  private readonly listeners = new Map<number, { family: 4 | 6; forward: PortForward }>();
+  private readonly relays = new Set<TcpRelay>();
+  private readonly addr = new Uint8Array(28);
+  private readonly addrLength = new Int32Array(1);
+
+  constructor(readonly watcher: FdWatcher, private readonly counters: CounterBlock, private readonly splice: boolean) {}
+
+  /** Listen in the namespace for each forward (both families); returns how many sockets listen. */
+  listen(open: NamespaceSocketOpener, forwards: readonly PortForward[]): number {
+    for (const { fd, family, forward } of bindLoopbackListeners(open, native.constants.SOCK_STREAM, forwards, '-T')) {
+      this.listeners.set(fd, { family, forward });
+      this.watcher.watch(fd, native.constants.EPOLLIN, { onReady: (ready) => this.accept(ready) });
+    }
+    return this.listeners.size;
+  }
+
+  /** Relays open now (for tests and metrics). */
+  get relayCount(): number {
+    return this.relays.size;
+  }
+
+  private accept(listenFd: number): void {
+    const listener = this.listeners.get(listenFd);
+    if (listener === undefined) return;
+    const c = native.constants;
+    // Bounded: a burst of connections is taken in slices; epoll calls again for the rest.
+    for (let i = 0; i < 64; i++) {
+      const nsFd = native.acceptFrom(listenFd, this.addr, this.addrLength);
+      if (nsFd < 0) return;
+      if (this.relays.size >= MAX_TCP_RELAYS) {
+        this.counters.add(COUNTERS.tcpRefused);
+        rateLimited('warn', 'pasta -T full', () => `pasta -T: more than ${MAX_TCP_RELAYS} connections: refused one on port ${listener.forward.listenPort}`);
+        native.close(nsFd);
+        continue;
+      }
+      let hostFd = -1;
+      try {
+        hostFd = native.socket(listener.family === 4 ? c.AF_INET : c.AF_INET6, c.SOCK_STREAM, 0);
+        native.setsockoptInt(hostFd, c.IPPROTO_TCP, c.TCP_NODELAY, 1);
+        native.setsockoptInt(nsFd, c.IPPROTO_TCP, c.TCP_NODELAY, 1);
+        native.connect(hostFd, loopbackSockaddr(listener.family, listener.forward.targetPort));
+      } catch (e) {
+        this.counters.add(COUNTERS.tcpRefused);
+        rateLimited('warn', 'pasta -T connect', () => `pasta -T: port ${listener.forward.listenPort} -> host port ${listener.forward.targetPort}: ${(e as Error).message}`);
+        native.close(nsFd);
+        if (hostFd >= 0) native.close(hostFd);
+        continue;
+      }
+      this.counters.add(COUNTERS.tcpAccepted);
+      const relay = new TcpRelay(this, nsFd, hostFd, this.splice, this.counters);
+      this.relays.add(relay);
+      relay.updateInterest();
+    }
+  }
+
+  /** Called by a relay when it closed. */
+  released(relay: TcpRelay): void {
+    this.relays.delete(relay);
+  }
+
+  /** Close every listener and relay. */
+  close(): void {
+    for (const relay of [...this.relays]) relay.close();
+    for (const fd of this.listeners.keys()) {
+      this.watcher.unwatch(fd);
+      native.close(fd);
+    }
+    this.listeners.clear();
+  }
+}
+
+// ---------------------------------------------------------------- UDP
+
+/** Datagrams per recvmmsg/sendmmsg batch. */
+const UDP_BATCH = 32;
+const MAX_DATAGRAM = 65535;
+/** Bound on client flows per forwarder. */
+export const MAX_UDP_FLOWS = 1024;
+
+/** A namespace client (address, port) and its host socket. */
+interface UdpFlow {
+  hostFd: number;
+  listenFd: number;
+  /** The client's sockaddr in the namespace (replies go there). */
+  client: Uint8Array;
+  lastUsed: number;
+}
+
+/** -U: UDP sockets on the namespace's loopback, each client relayed through a host socket connected to the host's loopback. */
+export class UdpNamespaceForwarder {
+  private readonly listeners = new Map<number, { family: 4 | 6; forward: PortForward }>();
+  /** Flows by (listen fd, client sockaddr) as text: at most MAX_UDP_FLOWS, looked up once per batch entry. */
+  private readonly flows = new Map<string, UdpFlow>();
+  private readonly byHostFd = new Map<number, UdpFlow>();
+  private readonly buffers: Uint8Array[] = [];
+  private readonly iov: IoVecList;
+  private readonly lengths = new Int32Array(UDP_BATCH);
+  private readonly addrs: Uint8Array[] = [];
+  private readonly addrLengths = new Int32Array(UDP_BATCH);
+  private readonly sendStart = new Int32Array(UDP_BATCH);
+  private readonly sendCount = new Int32Array(UDP_BATCH);
+  private readonly sendIov: IoVecList;
+
+  constructor(private readonly watcher: FdWatcher, private readonly counters: CounterBlock, private readonly idleMs: number, private readonly now: () => number = () => Date.now()) {
+    for (let i = 0; i < UDP_BATCH; i++) {
+      this.buffers.push(new Uint8Array(MAX_DATAGRAM));
+      this.addrs.push(new Uint8Array(28));
+    }
+    this.iov = { buffers: this.buffers, offsets: new Float64Array(UDP_BATCH), lengths: new Float64Array(UDP_BATCH).fill(MAX_DATAGRAM), count: UDP_BATCH };
+    this.sendIov = { buffers: new Array<Uint8Array>(UDP_BATCH), offsets: new Float64Array(UDP_BATCH), lengths: new Float64Array(UDP_BATCH), count: 0 };
+    for (let i = 0; i < UDP_BATCH; i++) {
+      this.sendStart[i] = i;
+      this.sendCount[i] = 1;
+    }
+  }
+
+  /** Bind in the namespace for each forward (both families); returns how many sockets are bound. */
+  listen(open: NamespaceSocketOpener, forwards: readonly PortForward[]): number {
+    for (const { fd, family, forward } of bindLoopbackListeners(open, native.constants.SOCK_DGRAM, forwards, '-U')) {
+      this.listeners.set(fd, { family, forward });
+      this.watcher.watch(fd, native.constants.EPOLLIN, { onReady: (ready) => this.fromNamespace(ready) });
+    }
+    return this.listeners.size;
+  }
+
+  /** Client flows open now. */
+  get flowCount(): number {
+    return this.flows.size;
+  }
+
+  /** A batch from namespace clients: each datagram out of its flow's host socket. */
+  private fromNamespace(listenFd: number): void {
+    const listener = this.listeners.get(listenFd);
+    if (listener === undefined) return;
+    const n = native.recvmmsg(listenFd, this.iov, this.lengths, this.addrs, this.addrLengths, UDP_BATCH, 0);
+    if (n <= 0) return;
+    const now = this.now();
+    for (let i = 0; i < n; i++) {
+      const client = this.addrs[i].subarray(0, this.addrLengths[i]);
+      const flow = this.flowFor(listenFd, listener, client, now);
+      if (flow === null) {
+        this.counters.add(COUNTERS.udpDropped);
+        continue;
+      }
+      flow.lastUsed = now;
+      // Connected host socket: one send per datagram of this batch (different flows may interleave).
+      let sent: number;
+      try {
+        sent = native.write(flow.hostFd, this.buffers[i], 0, this.lengths[i]);
+      } catch {
+        sent = -1; // ECONNREFUSED from an earlier datagram: nobody listens on the host port
+      }
+      this.counters.add(sent < 0 ? COUNTERS.udpDropped : COUNTERS.udpDatagrams);
+    }
+  }
+
+  private flowFor(listenFd: number, listener: { family: 4 | 6; forward: PortForward }, client: Uint8Array, now: number): UdpFlow | null {
+    const key = `${listenFd}/${Buffer.from(client.buffer, client.byteOffset, client.length).toString('hex')}`;
+    const existing = this.flows.get(key);
+    if (existing !== undefined) return existing;
+    if (this.flows.size >= MAX_UDP_FLOWS) {
+      rateLimited('warn', 'pasta -U full', () => `pasta -U: more than ${MAX_UDP_FLOWS} client flows: datagram dropped`);
+      return null;
+    }
+    const c = native.constants;
+    let hostFd = -1;
+    try {
+      hostFd = native.socket(listener.family === 4 ? c.AF_INET : c.AF_INET6, c.SOCK_DGRAM, 0);
+      native.connect(hostFd, loopbackSockaddr(listener.family, listener.forward.targetPort));
+    } catch (e) {
+      if (hostFd >= 0) native.close(hostFd);
+      rateLimited('warn', 'pasta -U socket', () => `pasta -U: port ${listener.forward.listenPort}: ${(e as Error).message}`);
+      return null;
+    }
+    const flow: UdpFlow = { hostFd, listenFd, client: Uint8Array.from(client), lastUsed: now };
+    this.flows.set(key, flow);
+    this.byHostFd.set(hostFd, flow);
+    this.watcher.watch(hostFd, c.EPOLLIN, { onReady: (ready) => this.fromHost(ready) });
+    return flow;
+  }
+
+  /** A batch of replies on a host socket: back to the client through the namespace socket. */
+  private fromHost(hostFd: number): void {
+    const flow = this.byHostFd.get(hostFd);
+    if (flow === undefined) return;
+    let n: number;
+    try {
+      n = native.recvmmsg(hostFd, this.iov, this.lengths, null, null, UDP_BATCH, 0);
+    } catch {
+      // ICMP port unreachable from the host's loopback (ECONNREFUSED): nothing to relay.
+      return;
+    }
+    if (n <= 0) return;
+    flow.lastUsed = this.now();
+    const send = this.sendIov;
+    const addrs: Uint8Array[] = [];
+    for (let i = 0; i < n; i++) {
+      send.buffers[i] = this.buffers[i];
+      send.offsets[i] = 0;
+      send.lengths[i] = this.lengths[i];
+      addrs.push(flow.client);
+    }
+    send.count = n;
+    let sent: number;
+    try {
+      sent = native.sendmmsg(flow.listenFd, send, this.sendStart, this.sendCount, addrs, n, 0);
+    } catch {
+      sent = 0; // the client's port is gone (ECONNREFUSED and the like)
+    }
+    const delivered = Math.max(0, sent);
+    this.counters.add(COUNTERS.udpDatagrams, delivered);
+    if (delivered < n) this.counters.add(COUNTERS.udpDropped, n - delivered);
+  }
+
+  /** Close flows idle for longer than the UDP timeout; call periodically. */
+  expire(now = this.now()): void {
+    for (const [key, flow] of this.flows) {
+      if (now - flow.lastUsed < this.idleMs) continue;
+      this.dropFlow(key, flow);
+    }
+  }
+
+  private dropFlow(key: string, flow: UdpFlow): void {
+    this.flows.delete(key);
+    this.byHostFd.delete(flow.hostFd);
+    this.watcher.unwatch(flow.hostFd);
+    native.close(flow.hostFd);
+  }
+
+  /** Close every socket. */
+  close(): void {
+    for (const [key, flow] of [...this.flows]) this.dropFlow(key, flow);
+    for (const fd of this.listeners.keys()) {
+      this.watcher.unwatch(fd);
+      native.close(fd);
+    }
+    this.listeners.clear();
+  }
+}
