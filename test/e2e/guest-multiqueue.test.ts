@@ -64,14 +64,23 @@ describe('e2e: multiqueue, two queue pairs used by a two-vCPU guest', function (
       append: ['ferry.dhcp_tries=3', 'ferry.ipv6_wait=5'],
       timeoutMs: 110000,
     });
+    // The known failure shows in ferry's log as soon as QEMU sets up the
+    // second queue pair: stop there rather than boot a guest with no network.
+    const knownBug = ferry.waitForLog(KNOWN_DUPLICATE_REGION_BUG, 100000).then(
+      () => 'known-bug' as const,
+      () => 'no' as const,
+    );
     try {
-      await guest.waitForMarker('traffic end', 100000);
-      metricsBody = await scrapeMetrics(metricsPath);
-      exitCode = await guest.waitDone(20000);
+      const first = await Promise.race([guest.waitForMarker('traffic end', 100000).then(() => 'traffic' as const), knownBug]);
+      if (first === 'traffic') {
+        metricsBody = await scrapeMetrics(metricsPath);
+        exitCode = await guest.waitDone(20000);
+      }
     } catch (err) {
       bootError = err as Error;
     }
     if (KNOWN_DUPLICATE_REGION_BUG.test(ferry.log())) {
+      await guest.vm.kill();
       // eslint-disable-next-line no-console
       console.warn('    (pending: ferry refuses the duplicate ADD_MEM_REG QEMU 7.2 sends for the second queue pair; see this file)');
       this.skip();
