@@ -38,7 +38,12 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
 
   const workers: QueueWorker[] = [];
   for (let queuePair = 0; queuePair < options.queues; queuePair++) {
-    workers.push(new QueueWorker({ queuePair, stack: stackConfig, pcapPath: options.pcapFile, debug: options.logging.level === 'debug' }, logFromWorker));
+    workers.push(
+      new QueueWorker(
+        { queuePair, stack: stackConfig, protocols: options.protocols, pcapPath: options.pcapFile, debug: options.logging.level === 'debug' },
+        logFromWorker,
+      ),
+    );
   }
   try {
     await Promise.all(workers.map((w) => w.whenReady()));

@@ -89,7 +89,10 @@ class QueuePairWorker implements FdWatcher {
       onFrame: pcap !== null ? (_direction, frame, length) => pcap.write(frame, length) : null,
     });
     if (init.stack !== null) {
-      const stack = createStack({ config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native });
+      const stack = createStack(
+        { config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native },
+        { ownsListeners: init.queuePair === 0, udp: init.protocols.udp },
+      );
       this.port.sink = stack;
       // Periodic stack work (idle flow expiry, router advertisements); unref'd so it never keeps the thread alive.
       setInterval(() => stack.onTimer(), STACK_TIMER_INTERVAL_MS).unref();

@@ -46,6 +46,8 @@ export interface WorkerInit {
   counters: SharedArrayBuffer;
   /** null: no stack (frames are only counted). */
   stack: StackConfig | null;
+  /** --no-tcp / --no-udp / --no-icmp: false turns that protocol's translation off. */
+  protocols: { tcp: boolean; udp: boolean; icmp: boolean };
   /** pcap file created by main, or null. */
   pcapPath: string | null;
   /** Negotiable: VIRTIO_NET_F_MRG_RXBUF etc. come through 'features'. */

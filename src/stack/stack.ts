@@ -61,6 +61,10 @@ export interface Ipv6ControlHandler {
  */
 export interface TransportHandler {
   handle(ctx: StackContext, frame: RxFrame, packet: IpPacket): void;
+  /** Periodic work (idle expiry, retransmission timers), from Stack.onTimer. */
+  onTimer?(now: number): void;
+  /** Release host sockets (the worker is stopping or the guest went away). */
+  close?(): void;
 }
 
 /** What a Stack is built from: the context's parts plus optional protocol handlers. */
@@ -139,6 +143,8 @@ export class Stack implements FrameSink {
   /** Periodic work (expire idle echo flows); call every STACK_TIMER_INTERVAL_MS. */
   onTimer(now = this.ctx.clock.now()): void {
     this.echo.expire(now);
+    this.tcpHandler?.onTimer?.(now);
+    if (this.udpHandler !== this.tcpHandler) this.udpHandler?.onTimer?.(now);
     if (this.ipv6Control !== null && this.ipv6Control.onTimer !== undefined) this.ipv6Control.onTimer(this.ctx, now);
     this.ctx.flush();
   }
@@ -151,6 +157,8 @@ export class Stack implements FrameSink {
   /** Close host sockets owned by the stack. */
   close(): void {
     this.echo.close();
+    this.tcpHandler?.close?.();
+    if (this.udpHandler !== this.tcpHandler) this.udpHandler?.close?.();
   }
 
   private drop(reason: DropReason, detail?: () => string): void {
