@@ -57,6 +57,10 @@ if (!INSIDE) {
         if (result.code !== 0) console.log(result.output);
         else if (process.env.FERRY_TCP_VERBOSE) console.log(result.output);
         expect(result.code, 'inner mocha exit status').to.equal(0);
+        // The inner run must really have run the scenarios (not skipped them all).
+        const passing = /(\d+) passing/.exec(result.output);
+        expect(passing === null ? 0 : Number(passing[1]), 'scenarios passed inside the namespace').to.be.at.least(25);
+        expect(result.output).to.not.match(/\d+ pending/);
       } finally {
         await runChecked(['ip', 'netns', 'del', ns]).catch(() => undefined);
       }
