@@ -3,7 +3,8 @@
  * new front-end is served after the old one exits, without restarting
  * ferry), and the guests' traffic is counted: ferry's `--metrics unix:PATH`
  * endpoint shows ferry_frames_total moving in both directions while each
- * guest pings (10 echo requests out, 10 replies in).
+ * guest pings (10 echo requests out, 10 replies in). The second guest has a
+ * different MAC address, as a new VM would.
  */
 import { expect } from 'chai';
 import * as fs from 'fs';
@@ -14,6 +15,11 @@ import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
 import { FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
 
 const PINGS = 10;
+/**
+ * The second guest has another MAC: ferry learns the guest's MAC from its
+ * frames, and must address the new guest, not the one that left.
+ */
+const GUEST_MACS = ['52:54:00:12:34:56', '52:54:00:ab:cd:02'];
 /** Resolver given to ferry so the guest is never told about the machine's real one. */
 const TEST_DNS = '192.0.2.53';
 
@@ -66,12 +72,13 @@ describe('e2e: one ferry serves two guests in sequence, and counts their traffic
     };
   }
 
-  async function runGuest(socketPath: string): Promise<GuestRun> {
+  async function runGuest(socketPath: string, mac: string): Promise<GuestRun> {
     const run: GuestRun = { guest: null, exitCode: null, error: null, atStart: null, atEnd: null };
     if (!net) throw new Error('no test network');
     run.guest = bootGuest({
       net,
       nic: { kind: 'vhost-user', socketPath },
+      mac,
       testScript: TEST_SCRIPT,
       append: ['ferry.dhcp_tries=3', 'ferry.ipv6=0'],
       timeoutMs: 70000,
@@ -99,8 +106,7 @@ describe('e2e: one ferry serves two guests in sequence, and counts their traffic
     ferry = await startFerry(net.ns, socketPath, ['--metrics', `unix:${metricsPath}`, '--dns', TEST_DNS]);
     await ferry.waitForLog(/metrics on /, 10000);
     ferryPidAtStart = ferry.child.pid;
-    runs.push(await runGuest(socketPath));
-    runs.push(await runGuest(socketPath));
+    for (const mac of GUEST_MACS) runs.push(await runGuest(socketPath, mac));
     ferryAliveAtEnd = ferry.child.exitCode === null && ferry.child.signalCode === null;
   });
 
@@ -124,7 +130,7 @@ describe('e2e: one ferry serves two guests in sequence, and counts their traffic
   }
 
   for (const [i, which] of [[0, 'first'], [1, 'second']] as const) {
-    it(`the ${which} guest gets the host's address and its ${PINGS} pings are answered`, function () {
+    it(`the ${which} guest (MAC ${GUEST_MACS[i]}) gets the host's address and its ${PINGS} pings are answered`, function () {
       expect(runs[i]?.error ?? null, diagnostics(i)).to.equal(null);
       expect(runs[i]?.guest?.lease()?.address, diagnostics(i)).to.equal(TEST_NET.hostV4);
       expect(runs[i]?.guest?.vm.serialLines ?? '', diagnostics(i)).to.match(new RegExp(`FERRY-GUEST: ping rc 0 ${PINGS} ${PINGS}\\r?\\n`));
