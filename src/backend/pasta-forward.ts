@@ -22,6 +22,7 @@
  * come back through the namespace socket to the client, both with batched
  * recvmmsg/sendmmsg. Idle flows are closed after the UDP timeout.
  */
+import * as fs from 'fs';
 import { CounterBlock, defineCounter } from '../counters';
 import { log, rateLimited } from '../log';
 import { IoVecList, native } from '../native';
@@ -285,6 +286,16 @@ export class TcpNamespaceForwarder {
     return this.listeners.size;
   }
 
+  /** Stop listening on `port` in the namespace (relays already open carry on). */
+  unlisten(port: number): void {
+    for (const [fd, listener] of [...this.listeners]) {
+      if (listener.forward.listenPort !== port) continue;
+      this.listeners.delete(fd);
+      this.watcher.unwatch(fd);
+      native.close(fd);
+    }
+  }
+
   /** Relays open now (for tests and metrics). */
   get relayCount(): number {
     return this.relays.size;
@@ -392,6 +403,17 @@ export class UdpNamespaceForwarder {
       this.watcher.watch(fd, native.constants.EPOLLIN, { onReady: (ready) => this.fromNamespace(ready) });
     }
     return this.listeners.size;
+  }
+
+  /** Stop receiving on `port` in the namespace; its client flows go with it. */
+  unlisten(port: number): void {
+    for (const [fd, listener] of [...this.listeners]) {
+      if (listener.forward.listenPort !== port) continue;
+      for (const [key, flow] of [...this.flows]) if (flow.listenFd === fd) this.dropFlow(key, flow);
+      this.listeners.delete(fd);
+      this.watcher.unwatch(fd);
+      native.close(fd);
+    }
   }
 
   /** Client flows open now. */
@@ -507,4 +529,139 @@ export class UdpNamespaceForwarder {
     }
     this.listeners.clear();
   }
+}
+
+// ---------------------------------------------------------------- auto (-T auto / -U auto)
+
+/** TCP_LISTEN in /proc/net/tcp; an unconnected UDP socket shows TCP_CLOSE (07). */
+const TCP_LISTEN = 0x0a;
+const UDP_UNCONNECTED = 0x07;
+
+/** Is a /proc/net local address (hex) reachable from the loopback: any, or loopback itself? */
+function loopbackReachable(hex: string): boolean {
+  if (hex.length === 8) {
+    // IPv4 in host byte order: little-endian hosts print 127.0.0.1 as 0100007F.
+    const value = Number.parseInt(hex, 16) >>> 0;
+    const bytes = LITTLE_ENDIAN_HOST ? [value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, value >>> 24] : [value >>> 24, (value >>> 16) & 0xff, (value >>> 8) & 0xff, value & 0xff];
+    return value === 0 || bytes[0] === 127;
+  }
+  if (hex.length === 32) {
+    // Four 32-bit words, each in host byte order: :: is all zeros, ::1 ends in 01000000 (little-endian).
+    if (/^0{32}$/.test(hex)) return true;
+    return hex.slice(0, 24) === '0'.repeat(24) && hex.slice(24) === (LITTLE_ENDIAN_HOST ? '01000000' : '00000001');
+  }
+  return false;
+}
+
+const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Ports with a listening socket (TCP) or an unconnected bound socket (UDP)
+ * reachable on the loopback, from /proc/net/{tcp,tcp6,udp,udp6} text,
+ * leaving out sockets whose inode is in `exclude` (ferry's own). Pure.
+ */
+export function boundLoopbackPorts(table: string, protocol: 'tcp' | 'udp', exclude: ReadonlySet<number>): Set<number> {
+  const ports = new Set<number>();
+  const wanted = protocol === 'tcp' ? TCP_LISTEN : UDP_UNCONNECTED;
+  const lines = table.split('\n');
+  // Bounded by the table itself; malformed lines are skipped.
+  for (const line of lines) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length < 10 || !/^\d+:$/.test(fields[0])) continue;
+    const [localAddress, localPort] = fields[1].split(':');
+    const remotePort = fields[2].split(':')[1];
+    if (Number.parseInt(fields[3], 16) !== wanted || localPort === undefined) continue;
+    if (protocol === 'udp' && remotePort !== '0000') continue;
+    const inode = Number(fields[9]);
+    if (exclude.has(inode) || !loopbackReachable(localAddress)) continue;
+    const port = Number.parseInt(localPort, 16);
+    if (port > 0 && port <= 65535) ports.add(port);
+  }
+  return ports;
+}
+
+/** Inodes of the sockets this process holds (its own listeners must not be forwarded to themselves). */
+export function ownSocketInodes(fdDirectory = '/proc/self/fd'): Set<number> {
+  const inodes = new Set<number>();
+  let names: string[];
+  try {
+    names = fs.readdirSync(fdDirectory);
+  } catch {
+    return inodes;
+  }
+  for (const name of names) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`${fdDirectory}/${name}`));
+      if (m !== null) inodes.add(Number(m[1]));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return inodes;
+}
+
+/** What an AutoForwarder drives: a forwarder whose ports can come and go. */
+export interface DynamicForwarder {
+  listen(open: NamespaceSocketOpener, forwards: readonly PortForward[]): number;
+  unlisten(port: number): void;
+}
+
+/**
+ * `-T auto` / `-U auto`: every tick, the ports bound on the host's loopback
+ * (ferry's own sockets left out; UDP ports in the ephemeral range too, those
+ * are clients) are compared with the ports forwarded so far; new ones get
+ * listeners in the namespace, vanished ones lose them. Ports whose listener
+ * could not be made are not retried until they vanish and come back.
+ */
+export class AutoForwarder {
+  private readonly current = new Set<number>();
+
+  constructor(
+    private readonly protocol: 'tcp' | 'udp',
+    private readonly forwarder: DynamicForwarder,
+    private readonly open: NamespaceSocketOpener,
+    private readonly ephemeral: { first: number; last: number },
+    private readonly readTables: () => string = () => readProcTables(protocol),
+  ) {}
+
+  /** Ports forwarded now. */
+  get ports(): number[] {
+    return [...this.current].sort((a, b) => a - b);
+  }
+
+  /** Rescan and apply the difference. */
+  tick(): void {
+    let found: Set<number>;
+    try {
+      found = boundLoopbackPorts(this.readTables(), this.protocol, ownSocketInodes());
+    } catch (e) {
+      rateLimited('warn', `pasta auto ${this.protocol}`, () => `pasta ${this.protocol} auto forwarding: cannot read the host's sockets: ${(e as Error).message}`);
+      return;
+    }
+    if (this.protocol === 'udp') for (const port of found) if (port >= this.ephemeral.first && port <= this.ephemeral.last) found.delete(port);
+    const added: PortForward[] = [];
+    for (const port of found) if (!this.current.has(port)) added.push({ listenPort: port, targetPort: port });
+    for (const port of [...this.current]) {
+      if (found.has(port)) continue;
+      this.current.delete(port);
+      this.forwarder.unlisten(port);
+    }
+    if (added.length === 0) return;
+    for (const forward of added) this.current.add(forward.listenPort);
+    this.forwarder.listen(this.open, added);
+    log.debug(`pasta ${this.protocol} auto: now forwarding ${this.ports.join(',') || 'nothing'}`);
+  }
+}
+
+/** The host's (ferry's namespace's) socket tables for a protocol, both families. */
+function readProcTables(protocol: 'tcp' | 'udp'): string {
+  let text = '';
+  for (const name of [protocol, `${protocol}6`]) {
+    try {
+      text += fs.readFileSync(`/proc/self/net/${name}`, 'utf8');
+    } catch {
+      // IPv6 disabled: no table
+    }
+  }
+  return text;
 }

@@ -45,7 +45,9 @@
  * -T/-U never become frames: listening sockets are opened inside the
  * namespace with the same nsOpen helper and bound to its loopback, and
  * pasta-forward.ts relays them to the host's loopback (TCP with splice()
- * unless --no-splice, UDP with recvmmsg/sendmmsg). `auto` is not done yet.
+ * unless --no-splice, UDP with recvmmsg/sendmmsg). -T/-U `auto` follow the
+ * ports bound on the host's loopback, rescanned every second; -t/-u `auto`
+ * (ports bound in the namespace, forwarded from the host) are not done yet.
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -59,10 +61,10 @@ import { discoverHost } from '../stack/host-discovery';
 import { describeStackConfig, resolveStackConfig } from '../stack/resolve-config';
 import { FrontendLoop, maxFrameLengthFor, runStackOnLoop } from './frontend-loop';
 import { NamespaceNetwork, NetlinkConfigurator } from './netlink-config';
-import { DaemonOptions, namespacePath, PastaOptions } from './options';
+import { DaemonOptions, namespacePath, PastaOptions, readEphemeralRange } from './options';
 import { createPcapFile, PcapWriter } from './pcap';
 import { addressOverridesFrom } from './stack-setup';
-import { expandForwards, NamespaceSocketOpener, TcpNamespaceForwarder, UdpNamespaceForwarder } from './pasta-forward';
+import { AutoForwarder, expandForwards, NamespaceSocketOpener, TcpNamespaceForwarder, UdpNamespaceForwarder } from './pasta-forward';
 import { TapPort } from './tap-port';
 
 /** Tap name when neither -I nor host discovery gives one. */
@@ -71,6 +73,8 @@ export const FALLBACK_TAP_NAME = 'tap0';
 const SETUP_TIMEOUT_MS = 10000;
 /** Grace between SIGTERM and SIGKILL for the command when ferry is told to stop. */
 const STOP_GRACE_MS = 3000;
+/** How often -T/-U auto look at the host's bound ports (pasta: every second). */
+const AUTO_SCAN_INTERVAL_MS = 1000;
 /** Exit status when the namespace could not be set up (what `env` uses for "could not run"). */
 export const EXIT_SETUP_FAILED = 125;
 
@@ -188,6 +192,12 @@ function openInNamespace(target: NamespaceTarget, ifname: string): { tapFd: numb
   }
 }
 
+/** -T/-U auto: scan now (before the command starts) and every second after. */
+function followHostPorts(loop: FrontendLoop, auto: AutoForwarder): void {
+  auto.tick();
+  loop.every(AUTO_SCAN_INTERVAL_MS, () => auto.tick());
+}
+
 /** Opens sockets inside the target namespaces (a forked helper per call, see native.nsOpen). */
 function socketOpener(target: NamespaceTarget): NamespaceSocketOpener {
   return (triples) => {
@@ -294,20 +304,23 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   let tcpForwarder: TcpNamespaceForwarder | null = null;
   let udpForwarder: UdpNamespaceForwarder | null = null;
   try {
-    for (const spec of [...options.forwards.tcpNs, ...options.forwards.udpNs]) {
-      if (spec.mode === 'auto') log.warn(`${spec.text}: automatic forwarding is not implemented yet; no ports forwarded for it`);
-    }
+    const open = socketOpener(target);
     const tcpNs = expandForwards(options.forwards.tcpNs);
-    if (tcpNs.length > 0) {
-      tcpForwarder = new TcpNamespaceForwarder(loop, counters, pasta.splice);
-      tcpForwarder.listen(socketOpener(target), tcpNs);
+    const tcpAuto = options.forwards.tcpNs.some((spec) => spec.mode === 'auto');
+    if (tcpNs.length > 0 || tcpAuto) {
+      const tcp = new TcpNamespaceForwarder(loop, counters, pasta.splice);
+      tcpForwarder = tcp;
+      tcp.listen(open, tcpNs);
+      if (tcpAuto) followHostPorts(loop, new AutoForwarder('tcp', tcp, open, readEphemeralRange()));
     }
     const udpNs = expandForwards(options.forwards.udpNs);
-    if (udpNs.length > 0) {
+    const udpAuto = options.forwards.udpNs.some((spec) => spec.mode === 'auto');
+    if (udpNs.length > 0 || udpAuto) {
       const udp = new UdpNamespaceForwarder(loop, counters, options.udpTimeoutSeconds * 1000);
       udpForwarder = udp;
-      udp.listen(socketOpener(target), udpNs);
+      udp.listen(open, udpNs);
       loop.every(1000, () => udp.expire());
+      if (udpAuto) followHostPorts(loop, new AutoForwarder('udp', udp, open, readEphemeralRange()));
     }
   } catch (error) {
     log.error(`cannot set up -T/-U forwarding: ${(error as Error).message}`);

@@ -110,6 +110,33 @@ describe('e2e: ferry pasta -T/-U (namespace loopback to host loopback)', functio
     expect(r.stdout, describeResult(r, server.output())).to.match(/RECEIVED 1000 /);
   });
 
+  it('-T auto follows a host server as it starts and stops (rescanned every second)', async function () {
+    const n = net as TestNetwork;
+    // Inside: connect to 9700 every 200 ms; report the first success, then the first refusal after it.
+    const client = [
+      "const net=require('net');let phase='waiting';",
+      "function attempt(){const c=net.connect(9700,'127.0.0.1');let got='';c.on('data',d=>got+=d);",
+      "c.on('end',()=>{if(phase==='waiting'){console.log('CONNECTED '+got);phase='connected'}setTimeout(attempt,200)});",
+      "c.on('error',e=>{if(phase==='connected'){console.log('GONE '+e.code);process.exit(0)}setTimeout(attempt,200)})}",
+      "attempt();setTimeout(()=>{console.log('TIMEOUT '+phase);process.exit(2)},20000);",
+    ].join('');
+    const ferry = spawnIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', '-T', 'auto', '--', process.execPath, '-e', client]);
+    servers.push(ferry);
+    let out = '';
+    ferry.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    ferry.stderr?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((resolve) => ferry.on('close', (code) => resolve(code)));
+    // Nothing listens on the host yet: the client keeps failing.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(out).to.not.include('CONNECTED');
+    const server = await startServer(n.ns, "require('net').createServer(c=>c.end('hello from the host')).listen(9700,'127.0.0.1',()=>console.log('ready'));");
+    for (let i = 0; i < 100 && !out.includes('CONNECTED'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(out, out).to.include('CONNECTED hello from the host');
+    await stopChild(server.child, 1000);
+    expect(await exited, out).to.equal(0);
+    expect(out).to.match(/GONE (ECONNREFUSED|ECONNRESET)/);
+  });
+
   it('-U relays UDP datagrams of 1 to 60000 bytes both ways, IPv4 and IPv6', async function () {
     const n = net as TestNetwork;
     for (const [family, address] of [['udp4', '127.0.0.1'], ['udp6', '::1']]) {

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { expandForwards, loopbackSockaddr, MAX_FORWARDED_PORTS } from '../../src/backend/pasta-forward';
+import { AutoForwarder, boundLoopbackPorts, DynamicForwarder, expandForwards, loopbackSockaddr, MAX_FORWARDED_PORTS, ownSocketInodes, PortForward } from '../../src/backend/pasta-forward';
 import { parseForwardSpec } from '../../src/stack/forward-spec';
 
 const NS_RULES = { allowBindAddress: false, allowAll: false, allowAuto: true };
@@ -32,5 +32,65 @@ describe('pasta -T/-U port expansion', () => {
     const v6 = loopbackSockaddr(6, 80);
     expect(v6).to.have.length(28);
     expect([v6[2], v6[3], v6[23]]).to.deep.equal([0, 80, 1]);
+  });
+});
+
+/** /proc/net/tcp as a little-endian host prints it (header line, then sockets). */
+const TCP_TABLE = [
+  '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
+  '   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0 100 0 0 10 0', // 0.0.0.0:8080 listen
+  '   1: 0100007F:2328 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1002 1 0 100 0 0 10 0', // 127.0.0.1:9000 listen
+  '   2: 010200C0:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1003 1 0 100 0 0 10 0', // 192.0.2.1:80 listen: not on loopback
+  '   3: 0100007F:89F7 0100007F:2328 01 00000000:00000000 00:00000000 00000000     0        0 1004 1 0', // established
+  '   4: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1005 1 0', // 127.0.0.1:22, ferry's own
+  'garbage line',
+].join('\n');
+const TCP6_TABLE = [
+  '  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
+  '   0: 00000000000000000000000001000000:1F91 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2001 1 0', // [::1]:8081
+  '   1: B80D0120000000000000000001000000:1F92 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2002 1 0', // [2001:db8::1]:8082
+].join('\n');
+const UDP_TABLE = [
+  '   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops',
+  '  100: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3001 2 0 0', // 127.0.0.1:53 bound
+  '  101: 0100007F:C000 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 3002 2 0 0', // connected client
+].join('\n');
+
+const littleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+describe('pasta auto forwarding', () => {
+  (littleEndian ? it : it.skip)('boundLoopbackPorts: listening (TCP) or unconnected (UDP) sockets on any or loopback, own inodes left out', () => {
+    expect([...boundLoopbackPorts(TCP_TABLE + '\n' + TCP6_TABLE, 'tcp', new Set([1005]))].sort()).to.deep.equal([8080, 8081, 9000]);
+    expect([...boundLoopbackPorts(UDP_TABLE, 'udp', new Set())]).to.deep.equal([53]);
+    expect([...boundLoopbackPorts('', 'tcp', new Set())]).to.deep.equal([]);
+  });
+
+  it('ownSocketInodes lists this process\'s sockets', () => {
+    const inodes = ownSocketInodes();
+    expect(inodes).to.be.instanceOf(Set);
+    for (const inode of inodes) expect(inode).to.be.a('number').and.greaterThan(0);
+  });
+
+  (littleEndian ? it : it.skip)('AutoForwarder listens on ports as they appear and stops as they vanish; UDP leaves ephemeral ports alone', () => {
+    const calls: string[] = [];
+    const fake: DynamicForwarder = {
+      listen: (_open, forwards: readonly PortForward[]) => {
+        calls.push(`listen ${forwards.map((f) => `${f.listenPort}:${f.targetPort}`).join(',')}`);
+        return forwards.length;
+      },
+      unlisten: (port) => calls.push(`unlisten ${port}`),
+    };
+    let table = TCP_TABLE;
+    const auto = new AutoForwarder('tcp', fake, () => [], { first: 32768, last: 60999 }, () => table);
+    auto.tick();
+    expect(auto.ports).to.deep.equal([8080, 9000, 22].sort((a, b) => a - b));
+    table = TCP_TABLE.split('\n').filter((l) => !l.includes(':2328 00000000')).join('\n');
+    auto.tick();
+    auto.tick();
+    expect(calls).to.deep.equal(['listen 8080:8080,9000:9000,22:22', 'unlisten 9000']);
+    const udpCalls: string[] = [];
+    const udp = new AutoForwarder('udp', { listen: (_o, f) => (udpCalls.push(f.map((x) => x.listenPort).join(',')), f.length), unlisten: () => undefined }, () => [], { first: 49152, last: 65535 }, () => UDP_TABLE.replace(':0035 00000000', ':C001 00000000') + '\n' + UDP_TABLE);
+    udp.tick();
+    expect(udpCalls).to.deep.equal(['53']);
   });
 });
