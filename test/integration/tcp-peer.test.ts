@@ -58,7 +58,7 @@ if (PEER_NS === undefined) {
         expect(result.code, 'inner mocha exit status').to.equal(0);
         // The inner run must really have run the scenarios (not skipped them all).
         const passing = /(\d+) passing/.exec(result.output);
-        expect(passing === null ? 0 : Number(passing[1]), 'scenarios passed inside the namespace').to.be.at.least(4);
+        expect(passing === null ? 0 : Number(passing[1]), 'scenarios passed inside the namespace').to.be.at.least(5);
         expect(result.output).to.not.match(/\d+ pending/);
       } finally {
         await destroyTestNetwork(testNet);
@@ -132,6 +132,19 @@ if (PEER_NS === undefined) {
       const { guest, data } = exchange(6, 4 * MiB, 4 * MiB, 102);
       await harness.until(() => guest.finReceived && guest.finAcked, 60_000, 'the exchange');
       verify(guest, data, 4 * MiB);
+    });
+
+    it('a host that does not answer ARP becomes ICMP host unreachable for the guest', async () => {
+      harness = new TcpHarness();
+      // 192.0.2.77 is on the uplink's subnet, but nobody holds it: the kernel gives up with EHOSTUNREACH after its ARP retries.
+      const guest = new FakeGuestTcp(harness, { remote: Uint8Array.from([192, 0, 2, 77]), remotePort: 80, guestPort: nextGuestPort++ });
+      guest.connect();
+      let icmp: Uint8Array | undefined;
+      await harness.until(() => (icmp = harness.otherFrames.find((f) => f[12] === 0x08 && f[23] === 1)) !== undefined || harness.tcp.flowCount === 0, 15_000, 'the connect to fail');
+      expect(icmp, 'an ICMP error').to.not.equal(undefined);
+      expect(icmp![34]).to.equal(3); // destination unreachable
+      expect(icmp![35]).to.equal(1); // host unreachable
+      expect(harness.tcp.flowCount).to.equal(0);
     });
 
     it('1000 concurrent connections, every one intact', async () => {

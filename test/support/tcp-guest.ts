@@ -187,6 +187,8 @@ export class TcpHarness {
   readonly tcp: TcpService;
   readonly config: StackConfig;
   private readonly endpoints = new Map<number, FakeGuestTcp>();
+  /** Frames other than TCP that ferry sent (e.g. ICMP errors). */
+  readonly otherFrames: Uint8Array[] = [];
   /** Segments for guest ports without an endpoint (e.g. SYNs of inbound connections). */
   readonly unrouted: Segment[] = [];
   /** When set, returns true for segments the "wire" should lose before the guest sees them. */
@@ -254,7 +256,10 @@ export class TcpHarness {
     let count = 0;
     for (const frame of frames) {
       const segment = parseTcpFrame(frame);
-      if (segment === null) continue;
+      if (segment === null) {
+        this.otherFrames.push(frame);
+        continue;
+      }
       if (this.dropFilter !== null && this.dropFilter(segment)) continue;
       count++;
       const faults = this.faults;

@@ -15,7 +15,7 @@ import * as net from 'net';
 import * as path from 'path';
 import { canCreateNamespaces, runChecked } from '../support/netns';
 import { ACK, FIN, FakeGuestTcp, RST, SYN, TcpHarness, patternBytes, seededRandom, sha256 } from '../support/tcp-guest';
-import { IDLE_TIMEOUT_MS, TcpEvent } from '../../src/stack/tcp';
+import { IDLE_TIMEOUT_MS, SYN_TIMEOUT_MS, TcpEvent } from '../../src/stack/tcp';
 import { TcpListeners } from '../../src/stack/tcp-listen';
 import { parseForwardSpec } from '../../src/stack/forward-spec';
 import type { Segment } from '../support/tcp-guest';
@@ -194,6 +194,23 @@ if (!INSIDE) {
         expect(harness.counters.get(TcpEvent.IcmpToGuest)).to.equal(1);
       });
     }
+
+    it('gives up on a connect that never completes (SYN timeout) with an RST to the guest', async () => {
+      harness = new TcpHarness();
+      // 192.0.2.77 is routed to the namespace's loopback but is no local address: the SYN goes nowhere.
+      const g = guest(Uint8Array.from([192, 0, 2, 77]), 80);
+      g.recordSegments = true;
+      g.connect();
+      harness.deliver();
+      expect(harness.tcp.flowCount).to.equal(1);
+      expect(g.segments).to.have.length(0);
+      harness.advance(SYN_TIMEOUT_MS + 100);
+      harness.deliver();
+      expect(g.rstReceived).to.equal(true);
+      expect(g.segments[0].ack).to.equal((g.iss + 1) >>> 0);
+      expect(harness.tcp.flowCount).to.equal(0);
+      expect(harness.counters.get(TcpEvent.Timeout)).to.equal(1);
+    });
 
     it('half-close from the guest: the server still sends after the guest FIN', async () => {
       harness = new TcpHarness();
