@@ -276,6 +276,8 @@ export class TcpService implements ReadyHandler {
   private readonly dstAddr = new Uint8Array(16);
   private readonly sockaddr4 = new Uint8Array(16);
   private readonly sockaddr6 = new Uint8Array(28);
+  private readonly bindSockaddr4 = new Uint8Array(16);
+  private readonly bindSockaddr6 = new Uint8Array(28);
   private readonly linger = new Uint8Array(8);
   private readonly tcpInfo = new Uint8Array(256);
   private readonly meta = new Int32Array(3);
@@ -565,7 +567,10 @@ export class TcpService implements ReadyHandler {
     let connected: number;
     try {
       const loopback = sockaddr === this.sockaddr4 ? sockaddr[4] === 127 : isV6Loopback(sockaddr, 8);
-      if (ctx.config.interfaceName !== null && !loopback) this.bindToDevice(fd, ctx.config.interfaceName);
+      if (!loopback) {
+        if (ctx.config.interfaceName !== null) this.bindToDevice(fd, ctx.config.interfaceName);
+        this.bindToGuestAddress(fd, packet, bytes);
+      }
       connected = this.sockets.connect(fd, sockaddr);
     } catch (e) {
       log.debug(`tcp: connect failed: ${errorCode(e)}`);
@@ -1565,6 +1570,28 @@ export class TcpService implements ReadyHandler {
     if (want === this.events[id]) return;
     this.events[id] = want;
     this.ctx.watcher?.modify(this.flows.fd[id], want);
+  }
+
+  /**
+   * When the guest's source address is the host's own (passt's model), bind
+   * the socket to it (port chosen by the kernel), so the connection leaves
+   * from that address even on a host with several. A failure (the address
+   * was overridden with -a and is not local) is ignored: the kernel picks.
+   */
+  private bindToGuestAddress(fd: number, packet: IpPacket, bytes: Uint8Array): void {
+    const v6 = packet.family === 6;
+    const cfg = v6 ? this.ctx.config.ipv6 : this.ctx.config.ipv4;
+    const length = v6 ? 16 : 4;
+    if (cfg === null || !equalAt(bytes, packet.srcOffset, cfg.address, length)) return;
+    const sa = v6 ? this.bindSockaddr6 : this.bindSockaddr4;
+    sa.fill(0);
+    writeFamily(sa, v6 ? AF_INET6 : AF_INET);
+    sa.set(cfg.address.subarray(0, length), v6 ? 8 : 4);
+    try {
+      this.sockets.bind(fd, sa);
+    } catch {
+      // Not a local address: let the kernel choose the source.
+    }
   }
 
   /** SO_BINDTODEVICE to the outbound interface; a failure is logged once and ignored. */

@@ -6,7 +6,8 @@
  *       listens on 192.0.2.2 and 2001:db8::2; per connection reads an
  *       8-byte header (bytes the client will send, bytes it wants back,
  *       big-endian u32 each), hashes what follows, then answers with the
- *       64-character hex SHA-256 of it and the requested bytes of
+ *       64-character hex SHA-256 of it (dashes instead when the client is
+ *       not 192.0.2.1 / 2001:db8::1, the test namespace's address) and the requested bytes of
  *       patternBytes(want, 77), and closes. Prints "ready" once listening.
  *
  *   node tcp-peer-helper.js client HOST PORT SEND WANT
@@ -54,7 +55,9 @@ function serve(port: number): void {
         got += d.length;
       });
       socket.on('end', () => {
-        const digest = got === expected ? hash.digest('hex') : 'short'.padEnd(64, '-');
+        // A connection not from the test namespace's address would mean ferry's socket left from elsewhere.
+        const fromHost = socket.remoteAddress === '192.0.2.1' || socket.remoteAddress === '2001:db8::1';
+        const digest = got === expected && fromHost ? hash.digest('hex') : (fromHost ? 'short' : 'wrong-source').padEnd(64, '-');
         socket.write(digest);
         socket.end(patternBytes(want, 77));
       });
