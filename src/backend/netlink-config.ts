@@ -41,8 +41,9 @@ import {
 
 const LITTLE_ENDIAN = os.endianness() === 'LE';
 
-/** Create the object, fail if it exists (what `ip addr add` / `ip route add` send). */
+/** Create the object (what `ip addr add` / `ip route add` send). */
 export const NLM_F_CREATE = 0x400;
+/** ... and fail if it exists already. */
 export const NLM_F_EXCL = 0x200;
 /** Routes ferry adds: "installed at boot/configuration" (what pasta uses too). */
 export const RTPROT_BOOT = 3;

@@ -26,6 +26,7 @@ import {
   TEST_NET,
 } from '../support/netns';
 import { REPO_ROOT } from '../support/guest';
+import { destinationMac, etherType, readPcapFile, sourceMac } from '../support/pcap-reader';
 
 const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
 const TEST_DNS_V4 = '192.0.2.53';
@@ -107,13 +108,28 @@ describe('integration: ferry pasta in a test namespace', function () {
     }
   });
 
-  it('ping from the namespace reaches the server in the test network over IPv4 and IPv6 (ICMP echo through ferry)', async function () {
-    const script = `busybox ping -c 3 -W 2 -w 8 ${TEST_NET.serverV4}; echo rc4=$?; busybox ping -6 -c 3 -W 2 -w 8 ${TEST_NET.serverV6}; echo rc6=$?`;
-    const r = await pasta(net as TestNetwork, ['--config-net', '--', 'sh', '-c', script], 30000);
-    expect(r.code, describeResult(r)).to.equal(0);
-    expect(r.stdout, describeResult(r)).to.include('rc4=0');
-    expect(r.stdout, describeResult(r)).to.include('rc6=0');
-    expect(r.stdout.match(/3 packets transmitted, 3 packets received/g), describeResult(r)).to.have.length(2);
+  it('ping from the namespace reaches the server in the test network over IPv4 and IPv6 (ICMP echo through ferry); --pcap records the tap\'s frames', async function () {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-pasta-pcap-'));
+    try {
+      const pcapPath = path.join(dir, 'tap.pcap');
+      const script = `busybox ping -c 3 -W 2 -w 8 ${TEST_NET.serverV4}; echo rc4=$?; busybox ping -6 -c 3 -W 2 -w 8 ${TEST_NET.serverV6}; echo rc6=$?`;
+      const r = await pasta(net as TestNetwork, ['--config-net', '--pcap', pcapPath, '--', 'sh', '-c', script], 30000);
+      expect(r.code, describeResult(r)).to.equal(0);
+      expect(r.stdout, describeResult(r)).to.include('rc4=0');
+      expect(r.stdout, describeResult(r)).to.include('rc6=0');
+      expect(r.stdout.match(/3 packets transmitted, 3 packets received/g), describeResult(r)).to.have.length(2);
+      const frames = readPcapFile(pcapPath).frames.map((f) => f.data);
+      const ferryMac = '9a:55:9a:55:9a:55';
+      // ICMP echo requests from the namespace and replies from ferry, both families.
+      const icmp4 = (f: Uint8Array, type: number): boolean => etherType(f) === 0x0800 && f[23] === 1 && f[34] === type;
+      const icmp6 = (f: Uint8Array, type: number): boolean => etherType(f) === 0x86dd && f[20] === 58 && f[54] === type;
+      expect(frames.filter((f) => icmp4(f, 8) && destinationMac(f) === ferryMac)).to.have.length(3);
+      expect(frames.filter((f) => icmp4(f, 0) && sourceMac(f) === ferryMac)).to.have.length(3);
+      expect(frames.filter((f) => icmp6(f, 128))).to.have.length(3);
+      expect(frames.filter((f) => icmp6(f, 129) && sourceMac(f) === ferryMac)).to.have.length(3);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('without --config-net, the namespace\'s kernel takes ferry\'s router advertisement (SLAAC address, default route via ferry)', async function () {
