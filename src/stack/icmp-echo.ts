@@ -9,6 +9,8 @@
  * to the guest's identifier and re-checksummed. Echo to the address mapped
  * to the host's loopback (config.mapHostLoopback, the gateway by default)
  * goes to 127.0.0.1 / ::1; to config.mapGuestAddr, to the host's own address.
+ * ferry's IPv6 link-local address (the router in its advertisements) counts
+ * as the gateway.
  *
  * The table is small and bounded (ECHO_MAX_FLOWS slots, least recently used
  * evicted when full), laid out as parallel typed arrays indexed by slot
@@ -267,6 +269,9 @@ export class IcmpEchoService implements ReadyHandler {
    * The host address an echo to the guest's destination goes to, as a
    * sockaddr (reused buffer), or null when it cannot be reached (IPv6
    * link-local other than the mapped gateway: no scope to send it on).
+   * ferry's own IPv6 link-local address is the router the guest learnt from
+   * the router advertisement, i.e. its view of the gateway: echo to it is
+   * echo to the gateway (and follows the gateway's mapping).
    */
   private destinationSockaddr(packet: IpPacket, bytes: Uint8Array): Uint8Array | null {
     const dst = packet.dstOffset;
@@ -289,14 +294,20 @@ export class IcmpEchoService implements ReadyHandler {
     const sa = this.sockaddr6;
     sa.fill(0);
     writeFamily(sa, AF_INET6);
-    if (ipv6.mapHostLoopback !== null && equalAt(bytes, dst, ipv6.mapHostLoopback, 16)) {
+    let target = bytes;
+    let at = dst;
+    if (equalAt(bytes, dst, ipv6.linkLocal, 16)) {
+      target = ipv6.gateway;
+      at = 0;
+    }
+    if (ipv6.mapHostLoopback !== null && equalAt(target, at, ipv6.mapHostLoopback, 16)) {
       sa[8 + 15] = 1;
-    } else if (ipv6.mapGuestAddr !== null && equalAt(bytes, dst, ipv6.mapGuestAddr, 16)) {
+    } else if (ipv6.mapGuestAddr !== null && equalAt(target, at, ipv6.mapGuestAddr, 16)) {
       sa.set(ipv6.address.subarray(0, 16), 8);
-    } else if (bytes[dst] === 0xfe && (bytes[dst + 1] & 0xc0) === 0x80) {
+    } else if (target[at] === 0xfe && (target[at + 1] & 0xc0) === 0x80) {
       return null;
     } else {
-      for (let i = 0; i < 16; i++) sa[8 + i] = bytes[dst + i];
+      for (let i = 0; i < 16; i++) sa[8 + i] = target[at + i];
     }
     return sa;
   }

@@ -83,13 +83,13 @@ class FakeWatcher implements FdWatcher {
   }
 }
 
-function setup() {
+function setup(config = testConfig()) {
   const port = new FakeFramePort();
   const counters = new CounterBlock();
   const sockets = new FakeSockets();
   const watcher = new FakeWatcher();
   const clock: Clock & { t: number } = { t: 1000, now() { return this.t; } };
-  const stack = new Stack({ config: testConfig(), port, counters, sockets, watcher, clock });
+  const stack = new Stack({ config, port, counters, sockets, watcher, clock });
   const drops = (reason: DropReason): number => counters.get(DROP_SLOTS[reason]);
   return { port, counters, sockets, watcher, clock, stack, drops };
 }
@@ -187,6 +187,27 @@ describe('icmp echo (fake sockets)', () => {
     expect(sockets.sockets).to.have.length(0);
     expect(drops(DropReason.EchoSocketUnavailable)).to.equal(1);
     expect(drops(DropReason.IcmpUnsupported)).to.equal(1);
+  });
+
+  it("treats ferry's link-local (the guest's router) as the gateway: ::1 when mapped, the gateway itself when not", () => {
+    const gateway = Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe]);
+    const routerLinkLocal = Uint8Array.from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x98, 0x55, 0x9a, 0xff, 0xfe, 0x55, 0x9a, 0x55]);
+    const base = testConfig();
+    const v6 = { ...base.ipv6!, gateway, linkLocal: routerLinkLocal };
+
+    const mapped = setup(testConfig({ ipv6: { ...v6, mapHostLoopback: gateway } }));
+    mapped.stack.receiveFrame(segmentsOf(echo6(routerLinkLocal, 0x77, 1)), NO_OFFLOAD);
+    const s = mapped.sockets.sockets[0];
+    expect(s.connectedTo!.slice(8, 24)).to.deep.equal([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    s.incoming.push(kernelReply(129, s.sent[0], s.port));
+    mapped.watcher.pump();
+    const f = mapped.port.frames[0];
+    expect(Array.from(f.subarray(22, 38)), 'reply from the address the guest pinged').to.deep.equal(Array.from(routerLinkLocal));
+    expect(be16(f, 58)).to.equal(0x77);
+
+    const unmapped = setup(testConfig({ ipv6: { ...v6, mapHostLoopback: null } }));
+    unmapped.stack.receiveFrame(segmentsOf(echo6(routerLinkLocal, 0x78, 1)), NO_OFFLOAD);
+    expect(unmapped.sockets.sockets[0].connectedTo!.slice(8, 24)).to.deep.equal(Array.from(gateway));
   });
 
   it('ignores non-reply datagrams and short reads', () => {
