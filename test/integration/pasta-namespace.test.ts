@@ -166,6 +166,34 @@ describe('integration: ferry pasta in a test namespace', function () {
     }
   });
 
+  it('a bare PID joins that process\'s user and network namespaces; ferry exits when the process does', async function () {
+    const n = net as TestNetwork;
+    const holder = spawnIn(n.ns, ['unshare', '--user', '--map-root-user', '--net', 'sleep', '30']);
+    const pid = holder.pid as number;
+    try {
+      // `ip netns exec` execs unshare in place: its PID is the namespace holder's; wait until it has unshared.
+      for (let i = 0; i < 100 && fs.readlinkSync(`/proc/${pid}/ns/user`) === fs.readlinkSync('/proc/self/ns/user'); i++) await new Promise((r) => setTimeout(r, 20));
+      const ferry = spawnIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--dns', TEST_DNS_V4, '--config-net', '-I', 'eth0', String(pid)]);
+      let log = '';
+      ferry.stderr?.setEncoding('utf8').on('data', (d: string) => (log += d));
+      const exited = new Promise<number | null>((resolve) => ferry.on('close', (code) => resolve(code)));
+      let addresses = '';
+      for (let i = 0; i < 100 && !addresses.includes(`inet ${TEST_NET.hostV4}/`); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        addresses = (await run(['nsenter', '-t', String(pid), '-U', '-n', '--', 'ip', '-o', 'addr', 'show', 'dev', 'eth0'])).stdout;
+      }
+      expect(addresses, log).to.include(`inet ${TEST_NET.hostV4}/${TEST_NET.prefixV4}`);
+      const ping = await run(['nsenter', '-t', String(pid), '-U', '-n', '--', 'busybox', 'ping', '-c', '1', '-W', '2', TEST_NET.serverV4], { timeoutMs: 10000 });
+      expect(ping.code, `${describeResult(ping)}\n--- ferry ---\n${log}`).to.equal(0);
+      await stopChild(holder, 1000);
+      // Bounded: ferry checks the process once a second.
+      const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), 5000))]);
+      expect(code, log).to.equal(0);
+    } finally {
+      await stopChild(holder, 1000);
+    }
+  });
+
   it('a namespace that cannot be joined fails with status 125 and one error line', async function () {
     const r = await pasta(net as TestNetwork, ['--netns', '/nonexistent/ns', '--', 'true']);
     expect(r.code, describeResult(r)).to.equal(125);
