@@ -217,8 +217,9 @@ export class NetlinkConfigurator {
     this.linkUp(this.linkIndex('lo'));
     const index = this.linkIndex(network.ifname);
     this.linkUp(index, network.mtu);
-    for (const { address, prefixLength } of network.addresses) this.addAddress(index, address, prefixLength);
-    for (const gateway of network.gateways) this.addDefaultRoute(index, gateway);
+    // Already there (a namespace joined a second time): what was asked for holds, go on.
+    for (const { address, prefixLength } of network.addresses) unlessExists(() => this.addAddress(index, address, prefixLength));
+    for (const gateway of network.gateways) unlessExists(() => this.addDefaultRoute(index, gateway));
     return index;
   }
 
@@ -247,6 +248,17 @@ export class NetlinkConfigurator {
       // walkMessages skipped other sequences and threw on errors: an ACK (error 0) for ours ends a request.
       if (answered || (wantsAck && containsAck(this.buffer, n, seq))) return;
     }
+  }
+}
+
+const EEXIST = 17;
+
+/** Run a create request; EEXIST is not an error for configuration that is already in place. */
+function unlessExists(request: () => void): void {
+  try {
+    request();
+  } catch (e) {
+    if ((e as { errno?: number }).errno !== EEXIST) throw e;
   }
 }
 

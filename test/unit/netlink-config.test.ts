@@ -195,6 +195,17 @@ describe('netlink-config', () => {
       expect(new Set(seqs).size).to.equal(seqs.length);
     });
 
+    it('configure accepts addresses and routes that exist already (EEXIST), not other errors', () => {
+      const exists = (request: Uint8Array): Uint8Array[] => {
+        const h = header(request);
+        return h.type === RTM_NEWADDR || h.type === RTM_NEWROUTE ? [errorMessage(h.seq, -17)] : kernelLike(request);
+      };
+      const network = { ifname: 'uplink0', mtu: 0, addresses: [{ address: V4, prefixLength: 24 }], gateways: [GW4] };
+      expect(new NetlinkConfigurator(new FakeNetlink(exists), 3).configure(network)).to.equal(7);
+      const refused = (request: Uint8Array): Uint8Array[] => (header(request).type === RTM_NEWROUTE ? [errorMessage(header(request).seq, -101)] : kernelLike(request));
+      expect(() => new NetlinkConfigurator(new FakeNetlink(refused), 3).configure(network)).to.throw().with.property('errno', 101);
+    });
+
     it('a kernel error becomes an Error with errno', () => {
       const fake = new FakeNetlink((request) => [errorMessage(header(request).seq, -17)]);
       const netlink = new NetlinkConfigurator(fake, 3);
