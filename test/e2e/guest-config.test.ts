@@ -9,15 +9,14 @@
  *   - ICMP/ICMPv6 echo to the gateway and to a second address of the test
  *     network, 3 of 3 answered, over both families, also to the router the
  *     guest actually routes through (ferry's link-local), and 60 kB echoes
- *     (one frame each way at that MTU).
+ *     (one frame each way at that MTU);
+ *   - ARP answers for other addresses only, DHCPv6 without rapid commit,
+ *     DHCP renewal (unicast) and release.
  */
 import { expect } from 'chai';
-import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, TestNetwork, TEST_NET } from '../support/netns';
-import { bootGuest, Guest, pingScript, requireGuestPrerequisites } from '../support/guest';
-import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
+import { TEST_NET } from '../support/netns';
+import { pingScript } from '../support/guest';
+import { bootGuestOnFerry, GuestOnFerry } from './guest-on-ferry';
 
 /** Resolvers given to ferry so the guest is never told about the machine's real ones. */
 const TEST_DNS = ['192.0.2.53', '2001:db8::53'];
@@ -71,102 +70,70 @@ const REPORT_SCRIPT = [
 describe('e2e: the guest configures itself from ferry (DHCP, NDP, DHCPv6, echo)', function () {
   this.timeout(120000);
 
-  let net: TestNetwork | null = null;
-  let ferry: FerryProcess | null = null;
-  let guest: Guest | null = null;
-  let workDir = '';
-  let exitCode: number | null = null;
-  let bootError: Error | null = null;
+  const run = new GuestOnFerry();
 
   before(async function () {
-    requireGuestPrerequisites(this, fs.existsSync(FERRY_CLI_MODULE) ? [] : [`the built daemon (${FERRY_CLI_MODULE})`]);
-    net = await createTestNetwork();
-    workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-e2e-'));
-    const socketPath = path.join(workDir, 'ferry.sock');
-    // --debug: ferry's log then says when the guest releases its lease.
-    ferry = await startFerry(net.ns, socketPath, ['--debug', ...TEST_DNS.flatMap((d) => ['--dns', d])]);
-    guest = bootGuest({
-      net,
-      nic: { kind: 'vhost-user', socketPath },
+    await bootGuestOnFerry(this, run, {
+      // --debug: ferry's log then says when the guest releases its lease.
+      ferryArgs: ['--debug', ...TEST_DNS.flatMap((d) => ['--dns', d])],
       testScript: REPORT_SCRIPT,
       append: ['ferry.dhcp_tries=3', 'ferry.ipv6_wait=5', 'ferry.dhcp6=1', 'ferry.dhcp6_tries=4'],
-      timeoutMs: 90000,
     });
-    try {
-      exitCode = await guest.waitDone(80000);
-    } catch (err) {
-      bootError = err as Error;
-    }
   });
+  after(() => run.cleanup());
 
-  after(async function () {
-    if (guest) await guest.destroy();
-    if (ferry) await ferry.stop();
-    if (net) await destroyTestNetwork(net);
-    if (workDir) fs.rmSync(workDir, { recursive: true, force: true });
-    guest = null;
-    ferry = null;
-    net = null;
-  });
-
-  function diagnostics(): string {
-    return `${guest?.vm.diagnostics(60) ?? ''}\n--- ferry log ---\n${ferry?.log().split('\n').slice(-30).join('\n') ?? ''}`;
-  }
-
-  function marker(name: string): string | null {
-    const m = new RegExp(`FERRY-GUEST: ${name} (.*?)\\r?\\n`).exec(guest?.vm.serialLines ?? '');
-    return m ? m[1] : null;
-  }
+  const diagnostics = (): string => run.diagnostics();
+  const marker = (name: string): string | null => run.marker(name);
 
   it('the guest boots, runs its checks and powers off', function () {
-    expect(bootError, diagnostics()).to.equal(null);
-    expect(exitCode, diagnostics()).to.equal(0);
+    expect(run.bootError, diagnostics()).to.equal(null);
+    expect(run.exitCode, diagnostics()).to.equal(0);
   });
 
   it('DHCP gives exactly the host address 192.0.2.1/24, the gateway 192.0.2.254 and MTU 65520', function () {
-    const lease = guest?.lease() ?? null;
+    const lease = run.guest?.lease() ?? null;
     expect(lease, diagnostics()).to.not.equal(null);
     expect(lease?.address).to.equal(TEST_NET.hostV4);
     expect(lease?.prefixLength).to.equal(TEST_NET.prefixV4);
     expect(lease?.routers).to.deep.equal([TEST_NET.routerV4]);
     expect(lease?.mtu).to.equal(65520);
     expect(lease?.dns).to.deep.equal([TEST_DNS[0]]);
-    const v4 = guest?.addresses().filter((a) => a.family === 'inet') ?? [];
+    const v4 = run.guest?.addresses().filter((a) => a.family === 'inet') ?? [];
     expect(v4.map((a) => `${a.address}/${a.prefixLength}`), diagnostics()).to.deep.equal([`${TEST_NET.hostV4}/${TEST_NET.prefixV4}`]);
     expect(marker('inet count'), diagnostics()).to.equal('1');
   });
 
   it('the guest applies the lease: eth0 has MTU 65520 and one IPv4 default route via 192.0.2.254', function () {
     expect(marker('mtu'), diagnostics()).to.equal('65520');
-    const routes = [...(guest?.vm.serialLines ?? '').matchAll(/FERRY-GUEST: route4 (.*?)\r?\n/g)].map((m) => m[1]);
+    const routes = [...(run.guest?.vm.serialLines ?? '').matchAll(/FERRY-GUEST: route4 (.*?)\r?\n/g)].map((m) => m[1]);
     expect(routes, diagnostics()).to.have.length(1);
     expect(routes[0]).to.match(new RegExp(`^default via ${TEST_NET.routerV4.replace(/\./g, '\\.')} dev eth0`));
   });
 
   it("DHCPv6 gives the host's global address 2001:db8::1 and the configured resolver", function () {
-    const lease = guest?.dhcp6Lease() ?? null;
+    const lease = run.guest?.dhcp6Lease() ?? null;
     expect(lease, diagnostics()).to.not.equal(null);
     expect(lease?.address).to.equal(TEST_NET.hostV6);
     expect(lease?.dns).to.deep.equal([TEST_DNS[1]]);
-    const global6 = guest?.addresses().filter((a) => a.family === 'inet6' && a.scope === 'global') ?? [];
+    const global6 = run.guest?.addresses().filter((a) => a.family === 'inet6' && a.scope === 'global') ?? [];
     expect(global6.map((a) => a.address), diagnostics()).to.include(TEST_NET.hostV6);
-    expect(guest?.vm.serialLines ?? '').to.not.match(/FERRY-GUEST: dhcp6 dadfailed/);
+    expect(run.guest?.vm.serialLines ?? '').to.not.match(/FERRY-GUEST: dhcp6 dadfailed/);
   });
 
   it("SLAAC configures an address in the host's /64 from the router advertisement", function () {
-    const global6 = guest?.addresses().filter((a) => a.family === 'inet6' && a.scope === 'global' && a.prefixLength === 64) ?? [];
+    const global6 = run.guest?.addresses().filter((a) => a.family === 'inet6' && a.scope === 'global' && a.prefixLength === 64) ?? [];
     expect(global6, diagnostics()).to.have.length(1);
     expect(global6[0].address.startsWith('2001:db8::')).to.equal(true);
   });
 
   it("the router advertisement gives an IPv6 default route via ferry's link-local address", function () {
-    const routes = guest?.routes6() ?? [];
+    const routes = run.guest?.routes6() ?? [];
     expect(routes.some((r) => r.startsWith(`default via ${FERRY_LINK_LOCAL} dev eth0`)), diagnostics()).to.equal(true);
   });
 
   for (const target of PING_TARGETS) {
     it(`ping -c3 ${target} from the guest gets 3 replies`, function () {
-      const result = guest?.pings().get(target);
+      const result = run.guest?.pings().get(target);
       expect(result, diagnostics()).to.not.equal(undefined);
       expect(result, diagnostics()).to.deep.equal({ transmitted: 3, received: 3, exitCode: 0 });
     });
@@ -174,7 +141,7 @@ describe('e2e: the guest configures itself from ferry (DHCP, NDP, DHCPv6, echo)'
 
   for (const target of BIG_PING_TARGETS) {
     it(`ping -c3 -s ${BIG_PING_BYTES} ${target} (one frame each way at MTU 65520) gets 3 replies`, function () {
-      const result = guest?.pings().get(`${target}@${BIG_PING_BYTES}`);
+      const result = run.guest?.pings().get(`${target}@${BIG_PING_BYTES}`);
       expect(result, diagnostics()).to.deep.equal({ transmitted: 3, received: 3, exitCode: 0 });
     });
   }
@@ -189,11 +156,11 @@ describe('e2e: the guest configures itself from ferry (DHCP, NDP, DHCPv6, echo)'
   });
 
   it('DHCP: a renewal unicast to the server identifier is acknowledged, and a release reaches ferry', function () {
-    const lines = [...(guest?.vm.serialLines ?? '').matchAll(/FERRY-GUEST: udhcpc: (?:udhcpc: )?(.*?)\r?\n/g)].map((m) => m[1]);
+    const lines = [...(run.guest?.vm.serialLines ?? '').matchAll(/FERRY-GUEST: udhcpc: (?:udhcpc: )?(.*?)\r?\n/g)].map((m) => m[1]);
     const renewAt = lines.findIndex((l) => l.startsWith(`sending renew to server ${TEST_NET.routerV4}`));
     expect(renewAt, diagnostics()).to.be.at.least(0);
     expect(lines.slice(renewAt + 1).some((l) => l.startsWith(`lease of ${TEST_NET.hostV4} obtained`)), diagnostics()).to.equal(true);
     expect(lines.some((l) => /entering released state/.test(l)), diagnostics()).to.equal(true);
-    expect(ferry?.log() ?? '', diagnostics()).to.match(/dhcp: guest released its address/);
+    expect(run.ferry?.log() ?? '', diagnostics()).to.match(/dhcp: guest released its address/);
   });
 });
