@@ -6,6 +6,9 @@ import { Stack, StackOptions } from '../stack/stack';
 import { Ipv6ControlPlane } from '../stack/ndp';
 import { FlowTable } from '../stack/flow-table';
 import { UdpService } from '../stack/udp';
+import { TcpService } from '../stack/tcp';
+import { TcpListeners } from '../stack/tcp-listen';
+import { log } from '../log';
 
 /** What a worker adds to the stack's own options. */
 export interface WorkerStackOptions {
@@ -15,17 +18,27 @@ export interface WorkerStackOptions {
    * carried them.
    */
   ownsListeners: boolean;
+  /** --no-tcp: guest TCP is dropped and no -t listeners are opened. */
+  tcp: boolean;
   /** --no-udp: guest UDP is dropped and no -u listeners are opened. */
   udp: boolean;
 }
 
 /** Create the stack over a worker's port, counters, fd watcher and sockets. */
-export function createStack(options: StackOptions, worker: WorkerStackOptions = { ownsListeners: true, udp: true }): Stack {
+export function createStack(options: StackOptions, worker: WorkerStackOptions = { ownsListeners: true, tcp: true, udp: true }): Stack {
   const ipv6Control = options.config.ipv6 !== null ? new Ipv6ControlPlane(options.config, options.counters) : null;
   const stack = new Stack({ ...options, ipv6Control });
   if (options.sockets !== null && options.sockets !== undefined && options.watcher !== null && options.watcher !== undefined) {
     // One flow table per worker, shared by the transport handlers (TcpService takes it as TcpServiceOptions.flows).
     const flows = new FlowTable(Math.max(1, options.config.maxFlows), options.counters);
+    if (worker.tcp) {
+      const tcp = new TcpService(stack.ctx, { flows });
+      stack.tcpHandler = tcp;
+      if (worker.ownsListeners) {
+        const result = new TcpListeners(stack.ctx, tcp).open(options.config.tcpForwards ?? []);
+        for (const failure of result.failures) log.warn(`-t: ${failure}`);
+      }
+    }
     if (worker.udp) {
       const udp = new UdpService(stack.ctx, { flows });
       stack.udpHandler = udp;

@@ -52,6 +52,7 @@ export async function resolveDaemonStackConfig(options: DaemonOptions): Promise<
   const discovered = discoverHost(native, { interfaceName: options.network.interface });
   const config = resolveStackConfig(addressOverridesFrom(options), discovered, (level, line) => log[level](line));
   // -u specs go to every worker's UDP service (inbound forwards).
+  if (options.forwards.tcp.length > 0) config.tcpForwards = options.forwards.tcp;
   if (options.forwards.udp.length > 0) config.udpForwards = options.forwards.udp;
   for (const line of describeStackConfig(config)) log.info(line);
   return config;

@@ -17,13 +17,17 @@ import { RX_RING, TX_RING, WorkerInit, WorkerMessage, WorkerRequestWithId } from
 import type { FrameSink, OffloadInfo, SegmentList } from '../stack/frame-io';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import { createStack } from './stack-factory';
-import { STACK_TIMER_INTERVAL_MS } from '../stack/stack';
 
 /** Frames taken from the TX ring per wake-up before yielding to other fds (fairness). */
 const TX_BUDGET = 256;
 /** Ethernet header + RARP (ARP layout, opcode 3) padded to the 60-byte minimum. */
 const RARP_FRAME_LENGTH = 60;
 const ETHERNET_HEADER_LENGTH = 14;
+/**
+ * How often the stack's timers run. Finer than the stack's 1 s minimum so
+ * that TCP's 1 s retransmission timeout fires close to when it is due.
+ */
+const WORKER_TIMER_INTERVAL_MS = 100;
 /** Poller batch: at most this many ready fds per wake-up. */
 const POLL_BATCH = 256;
 
@@ -91,11 +95,11 @@ class QueuePairWorker implements FdWatcher {
     if (init.stack !== null) {
       const stack = createStack(
         { config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native },
-        { ownsListeners: init.queuePair === 0, udp: init.protocols.udp },
+        { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp },
       );
       this.port.sink = stack;
       // Periodic stack work (idle flow expiry, router advertisements); unref'd so it never keeps the thread alive.
-      setInterval(() => stack.onTimer(), STACK_TIMER_INTERVAL_MS).unref();
+      setInterval(() => stack.onTimer(), WORKER_TIMER_INTERVAL_MS).unref();
     } else {
       this.port.sink = new CountingSink();
     }
