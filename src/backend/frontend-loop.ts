@@ -102,8 +102,10 @@ export interface FrontendPort extends FramePort {
  * after every batch of ready fds committed frames are flushed once.
  * Returns the stack (close it with the loop).
  */
-export function runStackOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock): Stack {
-  const stack = createStack({ config, port, counters, watcher: loop, sockets: native });
+export function runStackOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock, protocols: { tcp: boolean; udp: boolean } = { tcp: true, udp: true }): Stack {
+  // One stack, one thread: it owns the -t/-u listeners; --no-tcp/--no-udp as for the daemon's workers.
+  const worker = { ownsListeners: true, tcp: protocols.tcp, udp: protocols.udp };
+  const stack = createStack({ config, port, counters, watcher: loop, sockets: native }, worker);
   port.sink = stack;
   loop.every(STACK_TIMER_INTERVAL_MS, () => stack.onTimer());
   loop.onBatchEnd(() => {

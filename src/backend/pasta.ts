@@ -298,7 +298,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     maxFrameLength: maxFrameLengthFor(config.mtu),
     onFrame: capture !== null ? (_direction, frame, length) => capture.write(frame, length) : null,
   });
-  const stack = runStackOnLoop(loop, config, port, counters);
+  const stack = runStackOnLoop(loop, config, port, counters, options.protocols);
 
   // -T/-U: the namespace's loopback to the host's, outside the stack (after lo is up in the namespace).
   let tcpForwarder: TcpNamespaceForwarder | null = null;

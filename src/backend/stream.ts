@@ -100,7 +100,7 @@ export async function runStream(options: DaemonOptions): Promise<number> {
     maxFrameLength: maxFrameLengthFor(config.mtu),
     onFrame: capture !== null ? (_direction, frame, length) => capture.write(frame, length) : null,
   });
-  const stack = runStackOnLoop(loop, config, port, counters);
+  const stack = runStackOnLoop(loop, config, port, counters, options.protocols);
 
   let metricsServer: MetricsServer | null = null;
   if (options.metrics !== null) {
