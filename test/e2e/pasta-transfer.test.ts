@@ -3,12 +3,11 @@
  * servers in the test network's peer namespace (192.0.2.2), every byte
  * crossing the tap, ferry's stack and ferry's host sockets.
  *
- *   - UDP: datagrams of 1 to 60000 bytes echoed intact.
- *   - TCP: a 4 MiB file fetched over HTTP, its sha256 checked.
+ *   - UDP: datagrams of 1 to 60000 bytes echoed intact; -u into the namespace.
+ *   - TCP: a 4 MiB file fetched over HTTP, its sha256 checked; -t into the namespace.
  *
- * The TCP case needs the stack's TCP translation. Until stack-factory.ts
- * installs a TCP handler the test is skipped with a message saying so (it is
- * written, not faked: it runs as soon as TCP lands).
+ * The TCP cases need the stack's TCP translation: when stack-factory.ts
+ * installs no TCP handler they are skipped (pending, not faked).
  */
 import { expect } from 'chai';
 import * as crypto from 'crypto';
@@ -118,6 +117,31 @@ describe('e2e: data through ferry pasta', function () {
     expect(local.stdout, `${describeResult(local)}\n--- pasta ---\n${out}`).to.include('REPLY echo:from-loopback');
     const remote = await runIn(n.peerNs, [process.execPath, '-e', client(TEST_NET.hostV4, 'from-peer')]);
     expect(remote.stdout, `${describeResult(remote)}\n--- pasta ---\n${out}`).to.include('REPLY echo:from-peer');
+    await stopChild(ferry, 3000);
+  });
+
+  it('-t forwards host TCP ports into the namespace: 3 MB up and a digest back, from the host\'s loopback and from the test network', async function () {
+    if (!stackHasTcp()) this.skip();
+    const n = net as TestNetwork;
+    const port = HTTP_PORT + 1;
+    const server = `require('net').createServer(c=>{const h=require('crypto').createHash('sha256');c.on('data',d=>h.update(d));c.on('end',()=>c.end('sha '+h.digest('hex')))}).listen(${port},()=>console.log('ready'));setTimeout(()=>process.exit(0),20000);`;
+    const ferry = spawnIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '-q', '--config-net', '-t', String(port), '--', process.execPath, '-e', server]);
+    servers.push(ferry);
+    let out = '';
+    ferry.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    ferry.stderr?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    for (let i = 0; i < 200 && !out.includes('ready'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(out).to.include('ready');
+    const payload = Buffer.alloc(3000000);
+    for (let i = 0; i < payload.length; i++) payload[i] = (i * 13 + 5) & 255;
+    const expected = crypto.createHash('sha256').update(payload).digest('hex');
+    const client = (address: string): string =>
+      `const b=Buffer.alloc(3000000);for(let i=0;i<b.length;i++)b[i]=(i*13+5)&255;let r='';const c=require('net').connect(${port},'${address}');` +
+      "c.on('connect',()=>c.end(b));c.on('data',d=>r+=d);c.on('end',()=>console.log('REPLY '+r));c.on('error',e=>console.log('ERROR '+e.message));setTimeout(()=>{console.log('TIMEOUT');process.exit(2)},15000).unref();";
+    const local = await runIn(n.ns, [process.execPath, '-e', client('127.0.0.1')], { timeoutMs: 20000 });
+    expect(local.stdout, `${describeResult(local)}\n--- pasta ---\n${out}`).to.include(`REPLY sha ${expected}`);
+    const remote = await runIn(n.peerNs, [process.execPath, '-e', client(TEST_NET.hostV4)], { timeoutMs: 20000 });
+    expect(remote.stdout, `${describeResult(remote)}\n--- pasta ---\n${out}`).to.include(`REPLY sha ${expected}`);
     await stopChild(ferry, 3000);
   });
 
