@@ -1,8 +1,9 @@
 /**
  * QEMU with `reconnect=1` on its vhost-user chardev gets a working device
  * again after ferry dies and a new ferry starts on the same socket path
- * (issue 2): ferry is SIGKILLed while the guest runs (its socket file is left
- * behind, as after a crash), the guest sees its carrier drop, a new ferry
+ * (issue 2): ferry is SIGKILLed while the guest runs pings at 50 per second
+ * (its socket file is left behind, as after a crash), the guest sees its
+ * carrier drop, a new ferry
  * process removes the stale socket and listens, QEMU reconnects by itself,
  * the carrier comes back and the guest takes a second DHCP lease and pings
  * over IPv4 and IPv6 through the new ferry. Then the guest reloads its
@@ -28,6 +29,11 @@ const TEST_SCRIPT = `
 say() { echo "FERRY-GUEST: $*"; }
 carrier() { cat /sys/class/net/eth0/carrier 2>/dev/null || echo 0; }
 if ping -4 -c 1 -W 3 ${TEST_NET.serverV4} >/dev/null 2>&1; then say "first ping ok"; else say "first ping failed"; fi
+# Traffic in flight while ferry dies: rings hold buffers ferry never
+# completed, which QEMU must hand to the next back-end in a usable state.
+ping -4 -i 0.02 -s 20000 -w 4 ${TEST_NET.serverV4} >/dev/null 2>&1 &
+ping -6 -i 0.02 -s 1000 -w 4 ${TEST_NET.serverV6} >/dev/null 2>&1 &
+sleep 1
 say "ready for restart"
 i=0
 while [ "$(carrier)" = 1 ] && [ "$i" -lt 300 ]; do usleep 100000; i=$((i + 1)); done
