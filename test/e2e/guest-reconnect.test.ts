@@ -3,9 +3,8 @@
  * again after ferry dies and a new ferry starts on the same socket path
  * (issue 2): ferry is SIGKILLed while the guest runs pings at 50 per second
  * (its socket file is left behind, as after a crash), the guest sees its
- * carrier drop, a new ferry
- * process removes the stale socket and listens, QEMU reconnects by itself,
- * the carrier comes back and the guest takes a second DHCP lease and pings
+ * carrier drop, a new ferry process removes the stale socket and listens,
+ * QEMU reconnects by itself, the carrier comes back and the guest takes a second DHCP lease and pings
  * over IPv4 and IPv6 through the new ferry. Then the guest reloads its
  * virtio-net driver (a device reset on the same connection: rings stopped
  * and set up again) and takes a third lease and pings. Last, ferry is
