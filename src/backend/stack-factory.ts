@@ -35,7 +35,9 @@ export function createStack(options: StackOptions, worker: WorkerStackOptions = 
       const tcp = new TcpService(stack.ctx, { flows });
       stack.tcpHandler = tcp;
       if (worker.ownsListeners) {
-        const result = new TcpListeners(stack.ctx, tcp).open(options.config.tcpForwards ?? []);
+        const listeners = new TcpListeners(stack.ctx, tcp);
+        tcp.adoptListeners(listeners);
+        const result = listeners.open(options.config.tcpForwards ?? []);
         for (const failure of result.failures) log.warn(`-t: ${failure}`);
       }
     }

@@ -17,6 +17,7 @@ import { RX_RING, TX_RING, WorkerInit, WorkerMessage, WorkerRequestWithId } from
 import type { FrameSink, OffloadInfo, SegmentList } from '../stack/frame-io';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import { createStack } from './stack-factory';
+import type { Stack } from '../stack/stack';
 
 /** Frames taken from the TX ring per wake-up before yielding to other fds (fairness). */
 const TX_BUDGET = 256;
@@ -76,6 +77,7 @@ class QueuePairWorker implements FdWatcher {
   private readonly port: VirtioNetPort;
   private readonly pcap: PcapWriter | null;
   private txRescheduled = false;
+  private stack: Stack | null = null;
 
   constructor(private readonly init: WorkerInit) {
     this.counters = new CounterBlock(init.counters);
@@ -92,17 +94,20 @@ class QueuePairWorker implements FdWatcher {
       maxFrameLength: (init.stack?.mtu ?? 65520) + ETHERNET_HEADER_LENGTH,
       onFrame: pcap !== null ? (_direction, frame, length) => pcap.write(frame, length) : null,
     });
-    if (init.stack !== null) {
-      const stack = createStack(
-        { config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native },
-        { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp },
-      );
-      this.port.sink = stack;
-      // Periodic stack work (idle flow expiry, router advertisements); unref'd so it never keeps the thread alive.
-      setInterval(() => stack.onTimer(), WORKER_TIMER_INTERVAL_MS).unref();
-    } else {
-      this.port.sink = new CountingSink();
-    }
+    this.port.sink = this.buildStack();
+    // Periodic stack work (timers, idle flow expiry, router advertisements); unref'd so it never keeps the thread alive.
+    setInterval(() => this.stack?.onTimer(), WORKER_TIMER_INTERVAL_MS).unref();
+  }
+
+  /** A fresh stack (no flows, listeners opened), or a counting sink when ferry runs without one. */
+  private buildStack(): FrameSink {
+    const init = this.init;
+    if (init.stack === null) return new CountingSink();
+    this.stack = createStack(
+      { config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native },
+      { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp },
+    );
+    return this.stack;
   }
 
   // ---- FdWatcher for the stack's host sockets ----
@@ -346,6 +351,11 @@ class QueuePairWorker implements FdWatcher {
     this.memory = null;
     this.features = 0n;
     this.port.setFeatures(0n);
+    // The guest is gone: its flows go with it (peers see resets), and the next guest starts clean.
+    if (this.stack !== null) {
+      this.stack.close();
+      this.port.sink = this.buildStack();
+    }
   }
 }
 

@@ -230,6 +230,8 @@ export interface TcpServiceOptions {
  */
 export class TcpService implements ReadyHandler {
   readonly flows: FlowTable;
+  /** Listener sets closed with this service (adoptListeners). */
+  private readonly adopted: { close(): void }[] = [];
   private readonly sockets: TcpSockets;
   private readonly usePeekOffset: boolean;
 
@@ -373,12 +375,18 @@ export class TcpService implements ReadyHandler {
     }
   }
 
-  /** Reset every connection (RST both ways) and close the sockets. */
+  /** Reset every connection (RST both ways), close the sockets and the listeners given to adoptListeners. */
   close(): void {
+    for (const listeners of this.adopted.splice(0)) listeners.close();
     for (let id = 0; id < this.flows.capacity; id++) {
       if (this.flows.isLive(id, FlowProtocol.Tcp)) this.abort(id, true, true);
     }
     this.flush();
+  }
+
+  /** Close `listeners` (e.g. TcpListeners feeding this service) when this service closes. */
+  adoptListeners(listeners: { close(): void }): void {
+    this.adopted.push(listeners);
   }
 
   /**
