@@ -255,11 +255,21 @@ napi_value TunOpen(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+napi_value TunSetOffload(napi_env env, napi_callback_info info) {
+  FERRY_ARGS(2);
+  int32_t fd;
+  uint32_t flags;
+  if (!ArgInt32(env, argv[0], &fd, "ioctl TUNSETOFFLOAD") || !ArgUint32(env, argv[1], &flags, "ioctl TUNSETOFFLOAD")) return nullptr;
+  if (ioctl(fd, TUNSETOFFLOAD, static_cast<unsigned long>(flags)) == -1) return ThrowErrno(env, "ioctl TUNSETOFFLOAD", errno);
+  return nullptr;
+}
+
 }  // namespace
 
 void InitNs(Napi::Env env, Napi::Object exports) {
   SetFunction(env, exports, "nsOpen", NsOpen);
   SetFunction(env, exports, "tunOpen", TunOpen);
+  SetFunction(env, exports, "tunSetOffload", TunSetOffload);
   napi_value c;
   napi_get_named_property(env, exports, "constants", &c);
   napi_valuetype t;
@@ -269,6 +279,10 @@ void InitNs(Napi::Env env, Napi::Object exports) {
   napi_set_named_property(env, c, "IFF_TAP", MakeInt(env, IFF_TAP));
   napi_set_named_property(env, c, "IFF_NO_PI", MakeInt(env, IFF_NO_PI));
   napi_set_named_property(env, c, "IFF_VNET_HDR", MakeInt(env, IFF_VNET_HDR));
+  napi_set_named_property(env, c, "TUN_F_CSUM", MakeInt(env, TUN_F_CSUM));
+  napi_set_named_property(env, c, "TUN_F_TSO4", MakeInt(env, TUN_F_TSO4));
+  napi_set_named_property(env, c, "TUN_F_TSO6", MakeInt(env, TUN_F_TSO6));
+  napi_set_named_property(env, c, "TUN_F_TSO_ECN", MakeInt(env, TUN_F_TSO_ECN));
   napi_set_named_property(env, c, "CLONE_NEWNET", MakeInt(env, CLONE_NEWNET));
   napi_set_named_property(env, c, "CLONE_NEWUSER", MakeInt(env, CLONE_NEWUSER));
 }

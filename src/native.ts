@@ -242,6 +242,12 @@ export interface Native {
   nsOpen(namespaceFds: number[], tunName: string | null, tunFlags: number, sockets: number[], timeoutMs?: number | null): NsOpenResult;
   /** open /dev/net/tun (O_NONBLOCK, CLOEXEC) + TUNSETIFF in the calling thread's namespace: [fd, actual name]. */
   tunOpen(name: string, flags: number): [number, string];
+  /**
+   * ioctl TUNSETOFFLOAD on a tap opened with IFF_VNET_HDR: TUN_F_* offloads
+   * the reader accepts (TUN_F_CSUM: partial checksums, TUN_F_TSO4/6: TCP
+   * segments up to 64 KiB described by the virtio-net header). Throws on error.
+   */
+  tunSetOffload(fd: number, flags: number): void;
 
   /**
    * A full memory barrier (atomic_thread_fence seq_cst). Needed between
@@ -256,7 +262,8 @@ export interface Native {
    * SO_*, TCP_*, IP_*, IPV6_*, SO_EE_ORIGIN_*, MSG_*, SCM_*, SHUT_*,
    * NETLINK_*, RTMGRP_*, SIOCINQ, SIOCOUTQ, TIOCOUTQ, FIONREAD, S_IF*, errno values
    * (EAGAIN, EINPROGRESS, ECONNREFUSED, ...), IOV_MAX, SOMAXCONN, PAGE_SIZE,
-   * IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, CLONE_NEWNET, CLONE_NEWUSER.
+   * IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, TUN_F_CSUM, TUN_F_TSO4,
+   * TUN_F_TSO6, TUN_F_TSO_ECN, CLONE_NEWNET, CLONE_NEWUSER.
    * EPOLLET is the int32 value (negative), as it appears in Poller batches.
    */
   constants: Record<string, number>;

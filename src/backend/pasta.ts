@@ -185,7 +185,13 @@ function openInNamespace(target: NamespaceTarget, ifname: string): { tapFd: numb
   const paths = target.userPath !== null ? [target.userPath, target.netPath] : [target.netPath];
   const nsFds = paths.map((p) => fs.openSync(p, 'r'));
   try {
-    const opened = native.nsOpen(nsFds, ifname, c.IFF_TAP | c.IFF_NO_PI, [c.AF_NETLINK, c.SOCK_RAW, c.NETLINK_ROUTE ?? 0], SETUP_TIMEOUT_MS);
+    const opened = native.nsOpen(nsFds, ifname, c.IFF_TAP | c.IFF_NO_PI | c.IFF_VNET_HDR, [c.AF_NETLINK, c.SOCK_RAW, c.NETLINK_ROUTE ?? 0], SETUP_TIMEOUT_MS);
+    try {
+      // Partial checksums and TCP segments up to 64 KiB from the namespace (see tap-port.ts).
+      native.tunSetOffload(opened.tunFd, c.TUN_F_CSUM | c.TUN_F_TSO4 | c.TUN_F_TSO6);
+    } catch (error) {
+      log.warn(`tap ${opened.tunName}: no checksum/segmentation offload: ${(error as Error).message}`);
+    }
     return { tapFd: opened.tunFd, tapName: opened.tunName, netlinkFd: opened.sockets[0] };
   } finally {
     for (const fd of nsFds) fs.closeSync(fd);
@@ -296,6 +302,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     counters,
     watcher: loop,
     maxFrameLength: maxFrameLengthFor(config.mtu),
+    vnetHeader: true,
     onFrame: capture !== null ? (_direction, frame, length) => capture.write(frame, length) : null,
   });
   const stack = runStackOnLoop(loop, config, port, counters, options.protocols);

@@ -19,7 +19,17 @@
  * during write(), so the buffer is free again right after). Writes do not
  * block; a tap that refuses a frame (interface down, queue full) costs that
  * frame, counted by reason.
+ *
+ * With a virtio-net header (the tap opened with IFF_VNET_HDR, offloads set
+ * with TUNSETOFFLOAD) every frame is preceded by the 10-byte legacy header in
+ * host byte order: frames from the namespace may then carry partial
+ * checksums and be TCP segments of up to 64 KiB (TSO), which the stack takes
+ * as they are (the header's fields become the frame's OffloadInfo); frames to
+ * the namespace get an all-zero header (complete checksums, no GSO). At
+ * MTU 1500 this is what keeps the namespace from sending 1500-byte frames one
+ * by one through ferry.
  */
+import * as os from 'os';
 import { CounterBlock, defineCounter } from '../counters';
 import { rateLimited } from '../log';
 import { native } from '../native';
@@ -33,6 +43,11 @@ import { PORT_COUNTERS } from './virtio-net-port';
 export const READ_BATCH = 64;
 /** Shortest frame passed to the stack: an Ethernet header. */
 const MIN_FRAME_LENGTH = 14;
+/** The legacy virtio-net header tun prepends with IFF_VNET_HDR (no num_buffers). */
+export const TAP_VNET_HDR_LENGTH = 10;
+/** Largest frame a TSO segment makes: a 65535-byte IP packet plus the Ethernet header. */
+export const MAX_GSO_FRAME = 65535 + 14;
+const LITTLE_ENDIAN = os.endianness() === 'LE';
 
 const DROPS_HELP = 'Frames or descriptor chains dropped, by direction and reason';
 /** Drop reasons of the tap frontend. */
@@ -56,6 +71,8 @@ export interface TapPortOptions {
   maxFrameLength: number;
   /** Frames read per wake-up (default READ_BATCH). */
   readBatch?: number;
+  /** The tap was opened with IFF_VNET_HDR: a 10-byte virtio-net header precedes every frame. */
+  vnetHeader?: boolean;
   onFrame?: FrameTap | null;
 }
 
@@ -78,6 +95,12 @@ export class TapPort implements FramePort, ReadyHandler {
   private readonly readBatch: number;
   private readonly batchLengths: Int32Array;
   private readonly frame = new SegmentList(1);
+  /** Bytes of virtio-net header before every frame (0 or TAP_VNET_HDR_LENGTH). */
+  private readonly headerLength: number;
+  /** Longest frame accepted from the namespace (larger with TSO). */
+  private readonly maxReadFrame: number;
+  private readonly poolView: DataView;
+  private readonly offload: OffloadInfo = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
 
   private readonly output: Uint8Array;
   private readonly reserved = new SegmentList(1);
@@ -90,11 +113,15 @@ export class TapPort implements FramePort, ReadyHandler {
     this.onFrame = options.onFrame ?? null;
     this.maxFrameLength = options.maxFrameLength;
     this.readBatch = Math.max(1, options.readBatch ?? READ_BATCH);
+    this.headerLength = options.vnetHeader === true ? TAP_VNET_HDR_LENGTH : 0;
+    this.maxReadFrame = options.vnetHeader === true ? Math.max(this.maxFrameLength, MAX_GSO_FRAME) : this.maxFrameLength;
     // One spare byte: a read that fills the slot completely was a frame longer than we accept.
-    this.slotLength = this.maxFrameLength + 1;
+    this.slotLength = this.headerLength + this.maxReadFrame + 1;
     this.pool = new Uint8Array(this.slotLength * this.readBatch);
+    this.poolView = new DataView(this.pool.buffer);
     this.batchLengths = new Int32Array(this.readBatch);
-    this.output = new Uint8Array(this.maxFrameLength);
+    // The header in front stays all zero: complete checksums, no GSO.
+    this.output = new Uint8Array(this.headerLength + this.maxFrameLength);
     this.watcher.watch(this.fd, native.constants.EPOLLIN, this);
   }
 
@@ -147,30 +174,46 @@ export class TapPort implements FramePort, ReadyHandler {
     return count;
   }
 
-  private deliver(start: number, length: number): void {
+  /** One read (header, if any, then the frame) at pool[start, start+readLength). */
+  private deliver(start: number, readLength: number): void {
+    const length = readLength - this.headerLength;
+    const offload = this.headerLength > 0 ? this.readHeader(start) : OFFLOAD_NONE;
     if (length < MIN_FRAME_LENGTH) {
       this.counters.add(TAP_DROPS.runt);
       rateLimited('warn', 'tap runt', () => `tap: dropped a ${length}-byte frame (shorter than an Ethernet header)`);
       return;
     }
-    if (length > this.maxFrameLength) {
+    if (length > this.maxReadFrame) {
       this.counters.add(TAP_DROPS.oversized);
-      rateLimited('warn', 'tap oversized', () => `tap: dropped a frame longer than ${this.maxFrameLength} bytes (is the tap's MTU above ferry's?)`);
+      rateLimited('warn', 'tap oversized', () => `tap: dropped a frame longer than ${this.maxReadFrame} bytes (is the tap's MTU above ferry's?)`);
       return;
     }
     const frame = this.frame;
     frame.clear();
-    frame.push(this.pool, start, length);
+    frame.push(this.pool, start + this.headerLength, length);
     this.counters.add(PORT_COUNTERS.txFrames);
     this.counters.add(PORT_COUNTERS.txBytes, length);
     if (this.onFrame !== null) this.onFrame('tx', frame, length);
     if (this.sink === null) return;
     try {
-      this.sink.receiveFrame(frame, OFFLOAD_NONE);
+      this.sink.receiveFrame(frame, offload);
     } catch (e) {
       this.counters.add(TAP_DROPS.sinkError);
       rateLimited('error', 'tap sink_error', () => `tap: frame handler threw: ${String(e)}`);
     }
+  }
+
+  /** The virtio-net header at pool[start] as OffloadInfo (one object, reused per frame). */
+  private readHeader(start: number): OffloadInfo {
+    const view = this.poolView;
+    const out = this.offload;
+    out.flags = this.pool[start];
+    out.gsoType = this.pool[start + 1];
+    out.hdrLen = view.getUint16(start + 2, LITTLE_ENDIAN);
+    out.gsoSize = view.getUint16(start + 4, LITTLE_ENDIAN);
+    out.csumStart = view.getUint16(start + 6, LITTLE_ENDIAN);
+    out.csumOffset = view.getUint16(start + 8, LITTLE_ENDIAN);
+    return out;
   }
 
   // ---------------------------------------------------------------- to the namespace
@@ -181,7 +224,7 @@ export class TapPort implements FramePort, ReadyHandler {
     this.reservedOpen = true;
     const list = this.reserved;
     list.clear();
-    list.push(this.output, 0, Math.max(0, Math.min(maxLength, this.maxFrameLength)));
+    list.push(this.output, this.headerLength, Math.max(0, Math.min(maxLength, this.maxFrameLength)));
     return list;
   }
 
@@ -193,7 +236,7 @@ export class TapPort implements FramePort, ReadyHandler {
     if (frameLength === 0 || this.fd < 0) return;
     let written: number;
     try {
-      written = native.write(this.fd, this.output, 0, frameLength);
+      written = native.write(this.fd, this.output, 0, this.headerLength + frameLength);
     } catch (e) {
       this.counters.add(TAP_DROPS.tapWriteError);
       rateLimited('warn', 'tap write', () => `tap: frame to the namespace dropped: ${(e as Error).message}`);

@@ -21,6 +21,7 @@ import { createStack } from '../../src/backend/stack-factory';
 import { CounterBlock } from '../../src/counters';
 import { native } from '../../src/native';
 import { FakeFramePort, testConfig } from '../support/stack-fakes';
+import { readPcapFile, sourceMac } from '../support/pcap-reader';
 
 const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
 const UDP_PORT = 7007;
@@ -143,6 +144,32 @@ describe('e2e: data through ferry pasta', function () {
     const remote = await runIn(n.peerNs, [process.execPath, '-e', client(TEST_NET.hostV4)], { timeoutMs: 20000 });
     expect(remote.stdout, `${describeResult(remote)}\n--- pasta ---\n${out}`).to.include(`REPLY sha ${expected}`);
     await stopChild(ferry, 3000);
+  });
+
+  it('at MTU 1500 the namespace hands ferry TCP segments larger than the MTU (tap offloads) and 4 MiB arrive intact', async function () {
+    if (!stackHasTcp()) this.skip();
+    const n = net as TestNetwork;
+    const port = HTTP_PORT + 2;
+    const server = await startServer(
+      n,
+      `require('net').createServer(c=>{const h=require('crypto').createHash('sha256');let k=0;c.on('data',d=>{k+=d.length;h.update(d)});c.on('end',()=>{console.log('GOT '+k+' '+h.digest('hex'));c.end()})}).listen(${port},'${TEST_NET.serverV4}',()=>console.log('ready'));`,
+    );
+    servers.push(server);
+    let serverOut = '';
+    server.stdout?.setEncoding('utf8').on('data', (d: string) => (serverOut += d));
+    const payload = crypto.randomBytes(FILE_BYTES);
+    const file = path.join(workDir, 'upload');
+    fs.writeFileSync(file, payload);
+    const expected = crypto.createHash('sha256').update(payload).digest('hex');
+    const pcapPath = path.join(workDir, 'mtu1500.pcap');
+    const client = `const c=require('net').connect(${port},'${TEST_NET.serverV4}');c.on('connect',()=>c.end(require('fs').readFileSync(${JSON.stringify(file)})));c.on('close',()=>console.log('SENT'));c.on('error',e=>{console.log('ERROR '+e.message);process.exit(3)});`;
+    const r = await runIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', '-m', '1500', '--pcap', pcapPath, '--', process.execPath, '-e', client], { timeoutMs: 60000 });
+    expect(r.code, describeResult(r)).to.equal(0);
+    for (let i = 0; i < 100 && !serverOut.includes('GOT'); i++) await new Promise((res) => setTimeout(res, 50));
+    expect(serverOut, describeResult(r)).to.include(`GOT ${FILE_BYTES} ${expected}`);
+    const fromNamespace = readPcapFile(pcapPath).frames.filter((f) => f.data.length >= 34 && f.data[12] === 0x08 && f.data[13] === 0x00 && f.data[23] === 6 && sourceMac(f.data) !== '9a:55:9a:55:9a:55');
+    const largest = Math.max(...fromNamespace.map((f) => f.data.length));
+    expect(largest, `${fromNamespace.length} TCP frames from the namespace`).to.be.greaterThan(1514);
   });
 
   it('a command inside ferry pasta fetches a 4 MiB file over TCP from the test network and its sha256 matches', async function () {

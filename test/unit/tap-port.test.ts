@@ -10,7 +10,7 @@ import { native } from '../../src/native';
 import type { FdWatcher, ReadyHandler } from '../../src/stack/context';
 import type { FrameSink, OffloadInfo, SegmentList } from '../../src/stack/frame-io';
 import { PORT_COUNTERS } from '../../src/backend/virtio-net-port';
-import { TAP_DROPS, TapPort } from '../../src/backend/tap-port';
+import { MAX_GSO_FRAME, TAP_DROPS, TAP_VNET_HDR_LENGTH, TapPort } from '../../src/backend/tap-port';
 
 class RecordingWatcher implements FdWatcher {
   readonly events = new Map<number, number>();
@@ -44,14 +44,14 @@ function frameBytes(length: number, seed: number): number[] {
 const SOCK_SEQPACKET = native.constants.SOCK_SEQPACKET;
 const open: number[] = [];
 
-function setup(maxFrameLength = 1514, readBatch?: number) {
+function setup(maxFrameLength = 1514, readBatch?: number, vnetHeader = false) {
   const [tapFd, peer] = native.socketpair(SOCK_SEQPACKET);
   open.push(peer);
   native.setNonBlocking(tapFd, true);
   native.setNonBlocking(peer, true);
   const watcher = new RecordingWatcher();
   const counters = new CounterBlock();
-  const port = new TapPort({ fd: tapFd, counters, watcher, maxFrameLength, ...(readBatch !== undefined ? { readBatch } : {}) });
+  const port = new TapPort({ fd: tapFd, counters, watcher, maxFrameLength, vnetHeader, ...(readBatch !== undefined ? { readBatch } : {}) });
   const sink = new CollectingSink();
   port.sink = sink;
   const closed: string[] = [];
@@ -196,5 +196,60 @@ describe('TapPort', () => {
     expect(t.port.reserve(60)).to.equal(null);
     t.port.readFrames();
     expect(t.closed).to.have.length(1);
+  });
+
+  describe('with a virtio-net header (IFF_VNET_HDR)', () => {
+    /** The 10-byte legacy header in little-endian host order. */
+    function header(flags: number, gsoType: number, hdrLen: number, gsoSize: number, csumStart: number, csumOffset: number): number[] {
+      const b = Buffer.alloc(TAP_VNET_HDR_LENGTH);
+      b[0] = flags;
+      b[1] = gsoType;
+      b.writeUInt16LE(hdrLen, 2);
+      b.writeUInt16LE(gsoSize, 4);
+      b.writeUInt16LE(csumStart, 6);
+      b.writeUInt16LE(csumOffset, 8);
+      return [...b];
+    }
+
+    it('the header becomes the frame\'s OffloadInfo; the frame starts after it', () => {
+      const t = setup(1514, undefined, true);
+      const offloads: OffloadInfo[] = [];
+      const frames: number[][] = [];
+      t.port.sink = {
+        receiveFrame: (frame, offload) => {
+          const bytes = new Uint8Array(frame.totalLength);
+          frame.copyOut(0, bytes, 0, bytes.length);
+          frames.push([...bytes]);
+          offloads.push({ ...offload });
+        },
+      };
+      send(t.peer, [...header(1, 4, 86, 1428, 54, 16), ...frameBytes(300, 1)]);
+      send(t.peer, [...header(0, 0, 0, 0, 0, 0), ...frameBytes(60, 2)]);
+      t.port.readFrames();
+      expect(frames).to.deep.equal([frameBytes(300, 1), frameBytes(60, 2)]);
+      expect(offloads[0]).to.deep.equal({ flags: 1, gsoType: 4, hdrLen: 86, gsoSize: 1428, csumStart: 54, csumOffset: 16 });
+      expect(offloads[1]).to.deep.equal({ flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 });
+    });
+
+    it('accepts TSO frames up to a 64 KiB IP packet even at MTU 1500, not beyond; a read shorter than header + Ethernet is a runt', () => {
+      const t = setup(1514, undefined, true);
+      send(t.peer, [...header(1, 1, 54, 1448, 34, 16), ...frameBytes(MAX_GSO_FRAME, 3)]);
+      send(t.peer, [...header(1, 1, 54, 1448, 34, 16), ...frameBytes(MAX_GSO_FRAME + 1, 4)]);
+      send(t.peer, header(0, 0, 0, 0, 0, 0).slice(0, 8));
+      t.port.readFrames();
+      expect(t.sink.frames.map((f) => f.length)).to.deep.equal([MAX_GSO_FRAME]);
+      expect(t.counters.get(TAP_DROPS.oversized)).to.equal(1);
+      expect(t.counters.get(TAP_DROPS.runt)).to.equal(1);
+    });
+
+    it('frames to the namespace carry an all-zero header (complete checksums, no GSO) before the frame', () => {
+      const t = setup(1514, undefined, true);
+      const list = t.port.reserve(100);
+      expect(list?.totalLength).to.equal(100);
+      list?.copyIn(0, Uint8Array.from(frameBytes(100, 9)), 0, 100);
+      t.port.commit(100);
+      expect(receiveAll(t.peer)).to.deep.equal([[...new Array(TAP_VNET_HDR_LENGTH).fill(0), ...frameBytes(100, 9)]]);
+      expect(t.counters.get(PORT_COUNTERS.rxBytes)).to.equal(100);
+    });
   });
 });
