@@ -57,13 +57,11 @@ import { CounterBlock } from '../counters';
 import { log } from '../log';
 import { native } from '../native';
 import type { StackConfig } from '../stack/config';
-import { discoverHost } from '../stack/host-discovery';
-import { describeStackConfig, resolveStackConfig } from '../stack/resolve-config';
 import { FrontendLoop, maxFrameLengthFor, runStackOnLoop } from './frontend-loop';
 import { NamespaceNetwork, NetlinkConfigurator } from './netlink-config';
 import { DaemonOptions, namespacePath, PastaOptions, readEphemeralRange } from './options';
 import { createPcapFile, PcapWriter } from './pcap';
-import { addressOverridesFrom } from './stack-setup';
+import { resolveStack } from './stack-setup';
 import { AutoForwarder, expandForwards, NamespaceSocketOpener, TcpNamespaceForwarder, UdpNamespaceForwarder } from './pasta-forward';
 import { TapPort } from './tap-port';
 
@@ -217,17 +215,6 @@ function socketOpener(target: NamespaceTarget): NamespaceSocketOpener {
   };
 }
 
-/** Resolve the stack configuration the way the daemon does, keeping the discovered interface name for the tap. */
-function resolvePastaConfig(options: DaemonOptions): { config: StackConfig; hostIfname: string | null } {
-  const discovered = discoverHost(native, { interfaceName: options.network.interface });
-  const config = resolveStackConfig(addressOverridesFrom(options), discovered, (level, line) => log[level](line));
-  // -t/-u: the stack's inbound listeners (in ferry's namespace) forward into the namespace as into a VM.
-  if (options.forwards.udp.length > 0) config.udpForwards = options.forwards.udp;
-  if (options.forwards.tcp.length > 0) config.tcpForwards = options.forwards.tcp;
-  for (const line of describeStackConfig(config)) log.info(line);
-  return { config, hostIfname: options.network.interface ?? discovered.ipv4?.interfaceName ?? discovered.ipv6?.interfaceName ?? null };
-}
-
 /** The first child of process `pid` (from procfs), or null. */
 export function firstChildPid(pid: number | undefined): number | null {
   if (pid === undefined) return null;
@@ -251,7 +238,7 @@ function signalPid(pid: number | undefined, signal: NodeJS.Signals): void {
 
 /** Run `ferry pasta`; resolves with the command's exit status (0 when serving a joined namespace until told to stop). */
 export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Promise<number> {
-  const { config, hostIfname } = resolvePastaConfig(options);
+  const { config, hostInterface: hostIfname } = resolveStack(options);
   const ifname = pasta.nsIfname ?? hostIfname ?? FALLBACK_TAP_NAME;
   const joining = pasta.netns !== null;
   const command = pasta.command.length > 0 ? pasta.command : joining ? [] : [process.env.SHELL ?? '/bin/sh'];

@@ -47,13 +47,26 @@ export function addressOverridesFrom(options: DaemonOptions): AddressOverrides {
   };
 }
 
-/** Discover the host's addresses and apply the options: the configuration every worker's stack gets. */
-export async function resolveDaemonStackConfig(options: DaemonOptions): Promise<StackConfig> {
+/** A resolved stack configuration and the host interface it came from (pasta names its tap after it). */
+export interface ResolvedStack {
+  config: StackConfig;
+  /** -i, else the interface holding the IPv4 (or IPv6) default route, else null. */
+  hostInterface: string | null;
+}
+
+/** Discover the host's addresses and apply the options: the configuration every stack gets, and its interface. */
+export function resolveStack(options: DaemonOptions): ResolvedStack {
   const discovered = discoverHost(native, { interfaceName: options.network.interface });
   const config = resolveStackConfig(addressOverridesFrom(options), discovered, (level, line) => log[level](line));
-  // -u specs go to every worker's UDP service (inbound forwards).
+  // -t/-u specs: the inbound listeners of the stack that owns them.
   if (options.forwards.tcp.length > 0) config.tcpForwards = options.forwards.tcp;
   if (options.forwards.udp.length > 0) config.udpForwards = options.forwards.udp;
   for (const line of describeStackConfig(config)) log.info(line);
-  return config;
+  const hostInterface = options.network.interface ?? discovered.ipv4?.interfaceName ?? discovered.ipv6?.interfaceName ?? null;
+  return { config, hostInterface };
+}
+
+/** The stack configuration alone (see resolveStack). */
+export async function resolveDaemonStackConfig(options: DaemonOptions): Promise<StackConfig> {
+  return resolveStack(options).config;
 }
