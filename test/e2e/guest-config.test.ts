@@ -34,12 +34,15 @@ const BIG_PING_BYTES = 60000;
  * SIGUSR1 (2nd), released on SIGUSR2; each step awaited for at most 5 s.
  */
 const DHCP_RENEW_RELEASE_SCRIPT = `
-udhcpc -i eth0 -s /etc/udhcpc.script -f -t 3 -T 1 -A 1 -p /tmp/udhcpc.pid >/tmp/udhcpc-renew.log 2>&1 &
+: >/tmp/udhcpc-renew.log
+udhcpc -i eth0 -s /etc/udhcpc.script -f -t 3 -T 1 -A 1 -p /tmp/udhcpc.pid >>/tmp/udhcpc-renew.log 2>&1 &
 wait_udhcpc() {
   i=0
-  while [ "$(grep -c "$1" /tmp/udhcpc-renew.log)" -lt "$2" ] && [ "$i" -lt 50 ]; do usleep 100000; i=$((i + 1)); done
+  while n=$(grep -c "$1" /tmp/udhcpc-renew.log); [ "\${n:-0}" -lt "$2" ] && [ "$i" -lt 50 ]; do usleep 100000; i=$((i + 1)); done
 }
 wait_udhcpc 'lease of .* obtained' 1
+i=0
+while [ ! -s /tmp/udhcpc.pid ] && [ "$i" -lt 20 ]; do usleep 100000; i=$((i + 1)); done
 kill -USR1 "$(cat /tmp/udhcpc.pid)"
 wait_udhcpc 'lease of .* obtained' 2
 kill -USR2 "$(cat /tmp/udhcpc.pid)"
