@@ -31,7 +31,7 @@ const TEST_DNS = '192.0.2.53';
 const TEST_SCRIPT = `
 say() { echo "FERRY-GUEST: $*"; }
 say "traffic start"
-sleep 1
+sleep 2
 ping -4 -c ${PINGS} -i 0.2 -W 2 -w 10 ${TEST_NET.serverV4} >/tmp/ping.log 2>&1
 say "ping rc $? $(awk '/packets transmitted/ { print $1, $4 }' /tmp/ping.log)"
 say "traffic end"
