@@ -8,13 +8,13 @@ import { Worker } from 'worker_threads';
 import { CounterBlock } from '../counters';
 import { SHARED_LAYOUT } from './counter-layout';
 import { log, LogLevel } from '../log';
-import type { WorkerInit, WorkerMessage, WorkerRequest } from './worker-protocol';
+import type { WorkerControlReply, WorkerControlRequest, WorkerInit, WorkerMessage, WorkerReplyValue, WorkerRequest } from './worker-protocol';
 
 /** How long a worker may take to answer one request before the device gives up on it. */
 const REQUEST_TIMEOUT_MS = 10_000;
 
 interface Pending {
-  resolve: (value: number) => void;
+  resolve: (value: WorkerReplyValue | undefined) => void;
   reject: (error: Error) => void;
   timer: NodeJS.Timeout;
 }
@@ -56,7 +56,7 @@ export class QueueWorker {
           if (pending === undefined) return;
           this.pending.delete(message.id);
           clearTimeout(pending.timer);
-          if (message.ok) pending.resolve(message.value ?? 0);
+          if (message.ok) pending.resolve(message.value);
           else pending.reject(new Error(message.error));
           break;
         }
@@ -82,11 +82,28 @@ export class QueueWorker {
     return this.ready;
   }
 
-  /** Send one request; resolves with the reply's value (0 when none). */
-  request(request: WorkerRequest): Promise<number> {
+  /** Send one device request; resolves with the reply's value (0 when none). */
+  async request(request: WorkerRequest): Promise<number> {
+    const value = await this.send(request);
+    return typeof value === 'number' ? value : 0;
+  }
+
+  /**
+   * Send one control request; resolves with its structured reply (see
+   * WorkerControlReplies), rejects when the worker failed it or has gone.
+   */
+  async control<R extends WorkerControlRequest>(request: R): Promise<WorkerControlReply<R['op']>> {
+    const value = await this.send(request);
+    if (value === undefined) throw new Error(`queue pair worker sent no value for ${request.op}`);
+    // The worker answers each op with its WorkerControlReplies type (worker-main.ts handleControl).
+    return value as WorkerControlReply<R['op']>;
+  }
+
+  /** Post one request with a fresh id; resolves with the reply's value as sent. */
+  private send(request: WorkerRequest | WorkerControlRequest): Promise<WorkerReplyValue | undefined> {
     if (this.exited) return Promise.reject(new Error('worker has exited'));
     const id = this.nextId++;
-    return new Promise<number>((resolve, reject) => {
+    return new Promise<WorkerReplyValue | undefined>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new Error(`worker did not answer ${request.op} within ${REQUEST_TIMEOUT_MS} ms`));

@@ -13,11 +13,12 @@ import { GuestMemory } from '../virtqueue/guest-memory';
 import { SplitRing } from '../virtqueue/split-ring';
 import { VirtioNetPort } from './virtio-net-port';
 import { PcapWriter } from './pcap';
-import { RX_RING, TX_RING, WorkerInit, WorkerMessage, WorkerRequestWithId } from './worker-protocol';
+import { RX_RING, TX_RING, WorkerControlRequest, WorkerInit, WorkerMessage, WorkerReplyValue, WorkerRequestWithId } from './worker-protocol';
 import type { FrameSink, OffloadInfo, SegmentList } from '../stack/frame-io';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
-import { createStack } from './stack-factory';
+import { createStackParts, StackParts } from './stack-factory';
 import type { Stack } from '../stack/stack';
+import { closeWorkerFlow, listWorkerFlows, WorkerForwards } from './worker-control';
 
 /** Frames taken from the TX ring per wake-up before yielding to other fds (fairness). */
 const TX_BUDGET = 256;
@@ -78,9 +79,14 @@ class QueuePairWorker implements FdWatcher {
   private readonly pcap: PcapWriter | null;
   private txRescheduled = false;
   private stack: Stack | null = null;
+  /** The current stack's flow table, services and listeners (control API). */
+  private parts: StackParts | null = null;
+  /** The forwarding rules, on the worker that owns the listeners (queue pair 0). */
+  private readonly forwards: WorkerForwards | null;
 
   constructor(private readonly init: WorkerInit) {
     this.counters = new CounterBlock(init.counters);
+    this.forwards = init.stack !== null && init.queuePair === 0 ? new WorkerForwards(init.stack) : null;
     this.poller = new native.Poller(this.pollEvents, (count) => this.onPoll(count));
     this.pcap = init.pcapPath !== null ? new PcapWriter(init.pcapPath) : null;
     const pcap = this.pcap;
@@ -99,15 +105,46 @@ class QueuePairWorker implements FdWatcher {
     setInterval(() => this.stack?.onTimer(), WORKER_TIMER_INTERVAL_MS).unref();
   }
 
-  /** A fresh stack (no flows, listeners opened), or a counting sink when ferry runs without one. */
+  /**
+   * A fresh stack (no flows, the forwarding rules in force opened), or a
+   * counting sink when ferry runs without one.
+   */
   private buildStack(): FrameSink {
     const init = this.init;
     if (init.stack === null) return new CountingSink();
-    this.stack = createStack(
+    this.parts = createStackParts(
       { config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native },
-      { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp },
+      { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp, openConfiguredForwards: false },
     );
+    this.stack = this.parts.stack;
+    this.forwards?.openAll(this.parts);
     return this.stack;
+  }
+
+  /** Answer a control API request (see WorkerControlReplies for each op's value). */
+  private handleControl(request: WorkerControlRequest): WorkerReplyValue {
+    switch (request.op) {
+      case 'list-flows':
+        return listWorkerFlows(this.parts, this.init.queuePair, request.protocol);
+      case 'close-flow': {
+        const closed = closeWorkerFlow(this.parts, request.serial);
+        // A UDP close releases at once; send what it produced without waiting for the next wake-up.
+        this.port.flush();
+        return closed;
+      }
+      case 'add-forward':
+        return this.ownForwards().add(this.parts, request.protocol, request.spec);
+      case 'remove-forward':
+        return this.ownForwards().remove(this.parts, request.protocol, request.spec);
+      case 'list-forwards':
+        return this.ownForwards().list();
+    }
+  }
+
+  /** The forwarding rules; throws on a worker that does not own the listeners. */
+  private ownForwards(): WorkerForwards {
+    if (this.forwards === null) throw new Error(`queue pair ${this.init.queuePair} does not own the forwarding listeners`);
+    return this.forwards;
   }
 
   // ---- FdWatcher for the stack's host sockets ----
@@ -127,8 +164,14 @@ class QueuePairWorker implements FdWatcher {
 
   // ---- requests from main ----
 
-  handle(request: WorkerRequestWithId): number {
+  handle(request: WorkerRequestWithId): WorkerReplyValue {
     switch (request.op) {
+      case 'list-flows':
+      case 'close-flow':
+      case 'add-forward':
+      case 'remove-forward':
+      case 'list-forwards':
+        return this.handleControl(request);
       case 'features':
         this.features = request.features;
         this.port.setFeatures(this.features);
@@ -354,6 +397,7 @@ class QueuePairWorker implements FdWatcher {
     // The guest is gone: its flows go with it (peers see resets), and the next guest starts clean.
     if (this.stack !== null) {
       this.stack.close();
+      this.parts = null;
       this.port.sink = this.buildStack();
     }
   }

@@ -8,7 +8,9 @@
  * guest), 1 = TX (guest to ferry), as in virtio-net's queue numbering.
  */
 import type { StackConfig } from '../stack/config';
+import type { ForwardSpec } from '../stack/forward-spec';
 import type { RegionWithFd } from '../virtqueue/guest-memory';
+import type { ControlStatus, FlowInfo, FlowProtocol, ForwardInfo, ForwardProtocol } from './control-protocol';
 
 export const RX_RING = 0;
 export const TX_RING = 1;
@@ -30,10 +32,46 @@ export type WorkerRequest =
   /** Front-end gone: stop rings, close kick/call fds, unmap memory, forget the guest. */
   | { op: 'reset' };
 
-export type WorkerRequestWithId = WorkerRequest & { id: number };
+/**
+ * Control API requests (control-handler.ts). Flows are named by their
+ * serial number (FlowTable.serial), unique within one worker; main makes
+ * ids unique across workers. Forward requests go to the worker that owns
+ * the listeners (queue pair 0).
+ */
+export type WorkerControlRequest =
+  | { op: 'list-flows'; /** null: every protocol. */ protocol: FlowProtocol | null }
+  /** Close one flow (TCP: reset both ways). */
+  | { op: 'close-flow'; serial: number }
+  | { op: 'add-forward'; protocol: ForwardProtocol; spec: ForwardSpec }
+  /** Stop forwarding the host ports of spec (guest ports ignored). */
+  | { op: 'remove-forward'; protocol: ForwardProtocol; spec: ForwardSpec }
+  | { op: 'list-forwards' };
+
+/** What add-forward did: OK, or the control status to answer with and why. */
+export type AddForwardOutcome = { status: 'OK'; message: string } | { status: Exclude<ControlStatus, 'OK'>; message: string };
+
+/** The reply value of each control request. */
+export interface WorkerControlReplies {
+  /** Flows with id = their serial and queuePair set; main makes the ids global. */
+  'list-flows': FlowInfo[];
+  /** false: no flow with that serial. */
+  'close-flow': boolean;
+  'add-forward': AddForwardOutcome;
+  /** Host ports (per family) no longer forwarded; 0 when nothing matched. */
+  'remove-forward': number;
+  'list-forwards': ForwardInfo[];
+}
+
+/** The reply value of control request `Op`. */
+export type WorkerControlReply<Op extends WorkerControlRequest['op']> = WorkerControlReplies[Op];
+
+/** Any reply value: a number for the device requests, structured data (structured-cloned) for control ones. */
+export type WorkerReplyValue = number | WorkerControlReplies[keyof WorkerControlReplies];
+
+export type WorkerRequestWithId = (WorkerRequest | WorkerControlRequest) & { id: number };
 
 export type WorkerMessage =
-  | { type: 'reply'; id: number; ok: true; value?: number }
+  | { type: 'reply'; id: number; ok: true; value?: WorkerReplyValue }
   | { type: 'reply'; id: number; ok: false; error: string }
   | { type: 'log'; level: 'error' | 'warn' | 'info' | 'debug'; message: string }
   /** counterLayout: the worker's counter-layout.ts SHARED_LAYOUT, checked against main's. */

@@ -58,9 +58,21 @@ export function flowStateNames(protocol: number): readonly string[] {
   return stateNames[protocol] ?? [];
 }
 
+/**
+ * Serial numbers of flows, shared by every table of this thread (a worker
+ * builds a new table for each guest): a serial is never reused while the
+ * thread lives, so a control client naming a flow that has since closed
+ * cannot close a newer one that took its slot.
+ */
+let lastFlowSerial = 0;
+
 /** One flow as reported to the control API (allocated: not for the hot path). */
 export interface FlowInfo {
   id: number;
+  /** Unique for this thread's life (see lastFlowSerial), unlike id. */
+  serial: number;
+  /** Opened from the host side (an inbound forward), not by the guest. */
+  inbound: boolean;
   protocol: number;
   family: 4 | 6;
   state: string;
@@ -134,6 +146,10 @@ export class FlowTable {
   readonly openedAt: Float64Array;
   readonly bytesFromGuest: Float64Array;
   readonly bytesToGuest: Float64Array;
+  /** Serial number of the flow in each slot (see lastFlowSerial). */
+  readonly serial: Float64Array;
+  /** 1 when the host side opened the flow (markInbound), else 0. */
+  readonly inbound: Uint8Array;
   /** Flows in use. */
   count = 0;
 
@@ -162,6 +178,8 @@ export class FlowTable {
     this.openedAt = new Float64Array(capacity);
     this.bytesFromGuest = new Float64Array(capacity);
     this.bytesToGuest = new Float64Array(capacity);
+    this.serial = new Float64Array(capacity);
+    this.inbound = new Uint8Array(capacity);
     const bucketCount = nextPowerOfTwo(capacity * 2);
     this.buckets = new Int32Array(bucketCount).fill(NO_FLOW);
     this.bucketMask = bucketCount - 1;
@@ -260,6 +278,8 @@ export class FlowTable {
     this.openedAt[id] = now;
     this.bytesFromGuest[id] = 0;
     this.bytesToGuest[id] = 0;
+    this.serial[id] = ++lastFlowSerial;
+    this.inbound[id] = 0;
     const h = FlowTable.hash(protocol, family, guest, guestOffset, guestPort, remote, remoteOffset, remotePort);
     this.hashOf[id] = h;
     const bucket = h & this.bucketMask;
@@ -271,6 +291,18 @@ export class FlowTable {
     const opened = openedSlots[protocol];
     if (this.counters !== null && opened !== undefined) this.counters.add(opened);
     return id;
+  }
+
+  /** Record that the host side opened flow id (an inbound forward), for the control API. */
+  markInbound(id: number): void {
+    if (id >= 0 && id < this.capacity && this.family[id] !== 0) this.inbound[id] = 1;
+  }
+
+  /** The flow in use with this serial number, or NO_FLOW (a scan: control API only). */
+  findSerial(serial: number): number {
+    if (this.count === 0) return NO_FLOW;
+    for (let id = 0; id < this.capacity; id++) if (this.family[id] !== 0 && this.serial[id] === serial) return id;
+    return NO_FLOW;
   }
 
   /** Count a flow refused for lack of room (also done by allocate()). */
@@ -359,6 +391,8 @@ export class FlowTable {
       const protocol = this.protocol[id];
       yield {
         id,
+        serial: this.serial[id],
+        inbound: this.inbound[id] === 1,
         protocol,
         family: family as 4 | 6,
         state: flowStateNames(protocol)[this.state[id]] ?? String(this.state[id]),

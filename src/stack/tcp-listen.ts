@@ -37,16 +37,36 @@ function errorCode(e: unknown): string {
   return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
 }
 
+/** One listening socket that could not be opened: the host port, family and errno code (e.g. 'EADDRINUSE'). */
+export interface ListenError {
+  port: number;
+  family: 4 | 6;
+  code: string;
+}
+
 /** What open() did: sockets listening, and one line per port that could not be bound (non-best-effort specs only). */
 export interface ListenResult {
   opened: number;
   failures: string[];
+  /** The same failures as data (non-best-effort specs only). */
+  errors: ListenError[];
+}
+
+/** A listening socket as closeWhere() shows it to its predicate. */
+export interface ListenerInfo {
+  /** The tag given to open() (e.g. which forward rule opened it). */
+  tag: number;
+  hostPort: number;
+  family: 4 | 6;
 }
 
 /** The listening sockets of a worker and their accept loop. */
 export class TcpListeners implements ReadyHandler {
   private readonly family = new Map<number, 4 | 6>();
   private readonly guestPort = new Map<number, number>();
+  /** Host port and open() tag of each listening fd (for closeWhere). */
+  private readonly hostPort = new Map<number, number>();
+  private readonly tagOf = new Map<number, number>();
   private readonly peer = new Uint8Array(128);
   private readonly peerLength = new Int32Array(1);
   private readonly peerAddress4 = new Uint8Array(4);
@@ -63,10 +83,11 @@ export class TcpListeners implements ReadyHandler {
    * Open listeners for every port of every spec, for each enabled family
    * (only the bind address's family when the spec has one). Ports that
    * cannot be bound are skipped: silently for best-effort specs (`all`,
-   * exclusion-only), reported in `failures` otherwise.
+   * exclusion-only), reported in `failures` otherwise. `tag` marks the
+   * sockets opened for closeWhere().
    */
-  open(specs: readonly ForwardSpec[]): ListenResult {
-    const result: ListenResult = { opened: 0, failures: [] };
+  open(specs: readonly ForwardSpec[], tag = 0): ListenResult {
+    const result: ListenResult = { opened: 0, failures: [], errors: [] };
     for (const spec of specs) {
       if (spec.mode === 'none' || spec.mode === 'auto') continue;
       for (const family of [4, 6] as const) {
@@ -75,9 +96,12 @@ export class TcpListeners implements ReadyHandler {
         for (const mapping of spec.mappings) {
           for (let port = mapping.hostPortFirst; port <= mapping.hostPortLast; port++) {
             const guestPort = mapping.guestPortFirst + (port - mapping.hostPortFirst);
-            const error = this.listenOne(family, spec, port, guestPort);
+            const error = this.listenOne(family, spec, port, guestPort, tag);
             if (error === null) result.opened++;
-            else if (!spec.bestEffort) result.failures.push(`tcp port ${port} (IPv${family}, '${spec.text}'): ${error}`);
+            else if (!spec.bestEffort) {
+              result.failures.push(`tcp port ${port} (IPv${family}, '${spec.text}'): ${error}`);
+              result.errors.push({ port, family, code: error });
+            }
           }
         }
       }
@@ -87,7 +111,7 @@ export class TcpListeners implements ReadyHandler {
   }
 
   /** Open one listener; returns null or the reason it failed. */
-  private listenOne(family: 4 | 6, spec: ForwardSpec, port: number, guestPort: number): string | null {
+  private listenOne(family: 4 | 6, spec: ForwardSpec, port: number, guestPort: number, tag: number): string | null {
     let fd: number;
     try {
       fd = this.sockets.socket(family === 4 ? AF_INET : AF_INET6, SOCK_STREAM, 0);
@@ -110,6 +134,8 @@ export class TcpListeners implements ReadyHandler {
     }
     this.family.set(fd, family);
     this.guestPort.set(fd, guestPort);
+    this.hostPort.set(fd, port);
+    this.tagOf.set(fd, tag);
     this.ctx.watcher?.watch(fd, EPOLLIN, this);
     return null;
   }
@@ -150,8 +176,36 @@ export class TcpListeners implements ReadyHandler {
         }
         continue;
       }
-      this.tcp.acceptInbound(conn, family, address, peerPort, guestPort);
+      if (this.tcp.acceptInbound(conn, family, address, peerPort, guestPort)) this.tcp.flows.markInbound(this.tcp.flows.flowOfFd(conn));
     }
+  }
+
+  /**
+   * Close the listening sockets `match` selects (connections already
+   * accepted stay open). Returns how many were closed.
+   */
+  closeWhere(match: (listener: ListenerInfo) => boolean): number {
+    let closed = 0;
+    for (const [fd, family] of [...this.family]) {
+      if (!match({ tag: this.tagOf.get(fd) ?? 0, hostPort: this.hostPort.get(fd) ?? 0, family })) continue;
+      this.forget(fd);
+      closed++;
+    }
+    return closed;
+  }
+
+  /** Stop watching and close one listening socket. */
+  private forget(fd: number): void {
+    this.ctx.watcher?.unwatch(fd);
+    try {
+      this.sockets.close(fd);
+    } catch {
+      // Gone already.
+    }
+    this.family.delete(fd);
+    this.guestPort.delete(fd);
+    this.hostPort.delete(fd);
+    this.tagOf.delete(fd);
   }
 
   /** Close every listening socket. */
@@ -166,6 +220,8 @@ export class TcpListeners implements ReadyHandler {
     }
     this.family.clear();
     this.guestPort.clear();
+    this.hostPort.clear();
+    this.tagOf.clear();
   }
 }
 

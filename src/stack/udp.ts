@@ -63,6 +63,7 @@ import { log, rateLimited } from '../log';
 import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
 import type { SegmentList } from './frame-io';
 import type { ForwardSpec } from './forward-spec';
+import type { ListenError, ListenerInfo } from './tcp-listen';
 import { ADDRESS_SLOT, FlowProtocol, FlowTable, NO_FLOW, defineFlowStates } from './flow-table';
 import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
 import { IPV4_HEADER_LENGTH, IpProtocol, emitIpv4 } from './wire/ipv4';
@@ -209,7 +210,12 @@ export class UdpService implements ReadyHandler {
   private listenerFd: Int32Array = new Int32Array(0);
   private listenerFamily: Uint8Array = new Uint8Array(0);
   private listenerGuestPort: Uint16Array = new Uint16Array(0);
+  /** Host port and listen tag of each listener (for closeListeners). */
+  private listenerHostPort: Uint16Array = new Uint16Array(0);
+  private listenerTag: Int32Array = new Int32Array(0);
+  /** Listener slots in use or closed; closed ones (fd -1) are in freeListenerSlots. */
   private listenerCount = 0;
+  private readonly freeListenerSlots: number[] = [];
   private readonly listenerByFd = new Map<number, number>();
 
   /**
@@ -301,7 +307,7 @@ export class UdpService implements ReadyHandler {
 
   /** Listening sockets open for inbound forwards. */
   get listenerTotal(): number {
-    return this.listenerCount;
+    return this.listenerByFd.size;
   }
 
   // ======================================================================
@@ -518,8 +524,18 @@ export class UdpService implements ReadyHandler {
    * line per spec) and skipped. Returns the number of sockets opened.
    */
   listen(specs: readonly ForwardSpec[]): number {
+    return this.listenTagged(specs, 0).opened;
+  }
+
+  /**
+   * listen() with the sockets marked `tag` (for closeListeners), returning
+   * the sockets opened and, for specs that are not best-effort, what
+   * could not be bound.
+   */
+  listenTagged(specs: readonly ForwardSpec[], tag: number): { opened: number; errors: ListenError[] } {
     const ctx = this.ctx;
     let opened = 0;
+    const errors: ListenError[] = [];
     for (const spec of specs) {
       if (spec.mode === 'none' || spec.mode === 'auto') continue;
       const families: (4 | 6)[] = [];
@@ -535,11 +551,12 @@ export class UdpService implements ReadyHandler {
           const guestPort = mapping.guestPortFirst + (port - mapping.hostPortFirst);
           for (const family of families) {
             if ((family === 4 ? ctx.config.ipv4 : ctx.config.ipv6) === null) continue;
-            const error = this.openListener(family, spec, port, guestPort);
+            const error = this.openListener(family, spec, port, guestPort, tag);
             if (error === null) opened++;
             else {
               if (failures === 0) firstFailure = `port ${port} (IPv${family}): ${error}`;
               failures++;
+              if (!spec.bestEffort) errors.push({ port, family, code: error });
             }
           }
         }
@@ -551,15 +568,41 @@ export class UdpService implements ReadyHandler {
         else log.warn(line);
       }
     }
-    return opened;
+    return { opened, errors };
+  }
+
+  /**
+   * Close the listening sockets `match` selects, and the inbound flows
+   * that use them (their replies would go out on those sockets). Returns
+   * how many sockets were closed.
+   */
+  closeListeners(match: (listener: ListenerInfo) => boolean): number {
+    let closed = 0;
+    for (let index = 0; index < this.listenerCount; index++) {
+      const fd = this.listenerFd[index];
+      if (fd < 0) continue;
+      const family = this.listenerFamily[index] as 4 | 6;
+      if (!match({ tag: this.listenerTag[index], hostPort: this.listenerHostPort[index], family })) continue;
+      for (let id = 0; id < this.flows.capacity; id++) {
+        if (this.listenerOf[id] === index && this.flows.isLive(id, FlowProtocol.Udp)) this.closeFlow(id);
+      }
+      this.ctx.watcher?.unwatch(fd);
+      this.blocked.delete(fd);
+      this.safeClose(fd);
+      this.listenerByFd.delete(fd);
+      this.listenerFd[index] = -1;
+      this.freeListenerSlots.push(index);
+      closed++;
+    }
+    return closed;
   }
 
   /** Bind one listening socket; returns null, or why it failed. */
-  private openListener(family: 4 | 6, spec: ForwardSpec, port: number, guestPort: number): string | null {
+  private openListener(family: 4 | 6, spec: ForwardSpec, port: number, guestPort: number, tag = 0): string | null {
     const ctx = this.ctx;
     const sockets = this.sockets;
     if (ctx.watcher === null) return 'no fd watcher';
-    if (this.listenerCount >= MAX_LISTENERS) return `more than ${MAX_LISTENERS} listening sockets`;
+    if (this.listenerCount >= MAX_LISTENERS && this.freeListenerSlots.length === 0) return `more than ${MAX_LISTENERS} listening sockets`;
     let fd: number;
     try {
       fd = sockets.socket(family === 4 ? AF_INET : AF_INET6, SOCK_DGRAM, 0);
@@ -579,11 +622,13 @@ export class UdpService implements ReadyHandler {
       this.safeClose(fd);
       return errorCode(e);
     }
-    const index = this.listenerCount++;
+    const index = this.freeListenerSlots.pop() ?? this.listenerCount++;
     if (index >= this.listenerFd.length) this.growListeners(Math.min(MAX_LISTENERS, Math.max(16, this.listenerFd.length * 2)));
     this.listenerFd[index] = fd;
     this.listenerFamily[index] = family;
     this.listenerGuestPort[index] = guestPort;
+    this.listenerHostPort[index] = port;
+    this.listenerTag[index] = tag;
     this.listenerByFd.set(fd, index);
     ctx.watcher.watch(fd, EPOLLIN, this);
     return null;
@@ -599,6 +644,12 @@ export class UdpService implements ReadyHandler {
     this.listenerFd = fds;
     this.listenerFamily = families;
     this.listenerGuestPort = ports;
+    const hostPorts = new Uint16Array(capacity);
+    hostPorts.set(this.listenerHostPort);
+    this.listenerHostPort = hostPorts;
+    const tags = new Int32Array(capacity);
+    tags.set(this.listenerTag);
+    this.listenerTag = tags;
   }
 
   /**
@@ -627,6 +678,7 @@ export class UdpService implements ReadyHandler {
       return NO_FLOW;
     }
     this.listenerOf[id] = index;
+    flows.markInbound(id);
     this.peer.fill(0, id * SOCKADDR_IN6_LENGTH, (id + 1) * SOCKADDR_IN6_LENGTH);
     this.peer.set(from.subarray(0, family === 4 ? 16 : SOCKADDR_IN6_LENGTH), id * SOCKADDR_IN6_LENGTH);
     return id;
@@ -1054,12 +1106,14 @@ export class UdpService implements ReadyHandler {
     for (let id = 0; id < this.flows.capacity; id++) this.closeFlow(id);
     for (let i = 0; i < this.listenerCount; i++) {
       const fd = this.listenerFd[i];
+      if (fd < 0) continue;
       this.ctx.watcher?.unwatch(fd);
       this.blocked.delete(fd);
       this.safeClose(fd);
     }
     this.listenerByFd.clear();
     this.listenerCount = 0;
+    this.freeListenerSlots.length = 0;
   }
 
   /** Publish frames committed by this module (one notification per batch). */
