@@ -15,8 +15,9 @@ import { VhostUserServer } from './vhost-user/server';
 import { createPcapFile } from './pcap';
 import { resolveDaemonStackConfig } from './stack-setup';
 import { systemdListenFds, systemdNotify } from './systemd';
-import { logFromWorker, setLogLevel } from './logging';
-import { ControlServer, partialControlHandler, startControlServer, statsFromRegistry } from './control';
+import { logFromWorker } from './logging';
+import { ControlServer, startControlServer } from './control';
+import { DaemonControlHandler } from './control-handler';
 import { FerryMetrics, MetricsServer, startMetricsServer } from './metrics';
 
 /** Where the vhost-user socket goes when neither --socket-path nor --fd is given. */
@@ -87,13 +88,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   }
   let control: ControlServer | null = null;
   if (options.controlPath !== null) {
-    control = await startControlServer(
-      options.controlPath,
-      partialControlHandler({
-        stats: async () => statsFromRegistry(metrics.registry),
-        setLogLevel: async (level) => setLogLevel(level),
-      }),
-    );
+    control = await startControlServer(options.controlPath, new DaemonControlHandler(workers, metrics.registry));
     log.info(`control API on ${control.path}`);
   }
 
