@@ -1,0 +1,69 @@
+/**
+ * What the benchmark ran on: CPU model and cores, kernel, Node, QEMU, the
+ * peers' versions (passt/pasta from its Debian package, slirp4netns and its
+ * libslirp, QEMU's libslirp), iperf3, and the date.
+ */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+
+/** The machine and software versions, as printed above the tables. */
+export interface MachineInfo {
+  date: string;
+  cpuModel: string;
+  cores: number;
+  kernel: string;
+  node: string;
+  qemu: string;
+  passt: string;
+  slirp4netns: string;
+  qemuLibslirp: string;
+  iperf3: string;
+}
+
+function firstLine(argv: string[]): string {
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 5000 });
+  if (r.error || r.status !== 0) return 'not installed';
+  return (r.stdout || r.stderr).trim().split('\n')[0] ?? '';
+}
+
+/** Version of a Debian package as dpkg knows it, or null when not installed. */
+export function debianPackageVersion(name: string): string | null {
+  const r = spawnSync('dpkg-query', ['-W', '-f=${Status} ${Version}', name], { encoding: 'utf8', timeout: 5000 });
+  const m = /install ok installed (\S+)/.exec(r.stdout ?? '');
+  return m ? m[1] : null;
+}
+
+/** Reads the machine description (no network, a few short commands). */
+export function describeMachine(): MachineInfo {
+  const cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1]?.trim() ?? 'unknown';
+  const slirpVersion = spawnSync('slirp4netns', ['--version'], { encoding: 'utf8', timeout: 5000 });
+  const slirpText = slirpVersion.status === 0 ? slirpVersion.stdout : '';
+  const passt = debianPackageVersion('passt');
+  const libslirp = debianPackageVersion('libslirp0');
+  return {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    cpuModel: model,
+    cores: os.cpus().length,
+    kernel: `${os.type()} ${os.release()}`,
+    node: process.version,
+    qemu: firstLine(['qemu-system-x86_64', '--version']).replace(/^QEMU emulator version /, ''),
+    passt: passt ? `passt/pasta ${passt} (Debian package)` : 'not installed',
+    slirp4netns: slirpText
+      ? `${/slirp4netns version (\S+)/.exec(slirpText)?.[1] ?? '?'} (libslirp ${/libslirp: (\S+)/.exec(slirpText)?.[1] ?? '?'})`
+      : 'not installed',
+    qemuLibslirp: libslirp ?? 'unknown',
+    iperf3: firstLine(['iperf3', '--version']),
+  };
+}
+
+/** The machine as markdown list lines. */
+export function machineMarkdown(m: MachineInfo): string {
+  return [
+    `- date: ${m.date}`,
+    `- CPU: ${m.cpuModel}, ${m.cores} cores; kernel ${m.kernel}`,
+    `- Node ${m.node}; QEMU ${m.qemu} (TCG, 1 vCPU), its libslirp ${m.qemuLibslirp}`,
+    `- ${m.passt}; slirp4netns ${m.slirp4netns}; ${m.iperf3}`,
+  ].join('\n');
+}
