@@ -62,6 +62,12 @@ export interface NetDeviceOptions {
 
 export class NetDevice implements VhostUserDevice {
   private regions: VhostUserMemoryRegionWithFd[] = [];
+  /**
+   * How many times each region was added (parallel to `regions`). QEMU 7.2
+   * sends every ADD_MEM_REG once per queue pair: an identical region adds a
+   * reference, and REM_MEM_REG unmaps only when the last one goes.
+   */
+  private regionRefs: number[] = [];
   private readonly errFds = new Map<number, number>();
   /** The MTU QEMU set with NET_SET_MTU (informational: the stack's MTU is ferry's configuration). */
   frontendMtu: number | null = null;
@@ -107,6 +113,7 @@ export class NetDevice implements VhostUserDevice {
   async setMemTable(regions: VhostUserMemoryRegionWithFd[]): Promise<void> {
     const old = this.regions;
     this.regions = regions;
+    this.regionRefs = regions.map(() => 1);
     try {
       await this.sendMemTable();
     } finally {
@@ -115,6 +122,13 @@ export class NetDevice implements VhostUserDevice {
   }
 
   async addMemRegion(region: VhostUserMemoryRegionWithFd): Promise<void> {
+    const same = this.regions.findIndex((r) => sameRegion(r, region) && r.mmapOffset === region.mmapOffset);
+    if (same >= 0) {
+      // Already mapped (QEMU 7.2 repeats ADD_MEM_REG per queue pair): keep the mapping, drop the new fd.
+      closeQuietly(region.fd);
+      this.regionRefs[same]++;
+      return;
+    }
     if (this.regions.length >= MAX_MEM_SLOTS) {
       closeQuietly(region.fd);
       throw new Error(`ADD_MEM_REG: all ${MAX_MEM_SLOTS} memory slots are in use`);
@@ -127,14 +141,17 @@ export class NetDevice implements VhostUserDevice {
       throw new Error(`ADD_MEM_REG: region at 0x${region.guestAddress.toString(16)} overlaps an existing one`);
     }
     this.regions = [...this.regions, region];
+    this.regionRefs = [...this.regionRefs, 1];
     await this.sendMemTable();
   }
 
   async removeMemRegion(region: VhostUserMemoryRegion): Promise<void> {
     const index = this.regions.findIndex((r) => sameRegion(r, region));
     if (index < 0) throw new Error(`REM_MEM_REG: no region at 0x${region.guestAddress.toString(16)}`);
-    const [removed] = this.regions.splice(index, 1);
-    this.regions = [...this.regions];
+    if (--this.regionRefs[index] > 0) return;
+    const removed = this.regions[index];
+    this.regions = this.regions.filter((_, i) => i !== index);
+    this.regionRefs = this.regionRefs.filter((_, i) => i !== index);
     try {
       await this.sendMemTable();
     } finally {
@@ -196,6 +213,7 @@ export class NetDevice implements VhostUserDevice {
     } finally {
       for (const region of this.regions) closeQuietly(region.fd);
       this.regions = [];
+      this.regionRefs = [];
       for (const fd of this.errFds.values()) closeQuietly(fd);
       this.errFds.clear();
       this.frontendMtu = null;
