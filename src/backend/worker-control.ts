@@ -293,7 +293,7 @@ export class WorkerForwards {
   private open(parts: StackParts, protocol: ForwardProtocol, spec: ForwardSpec, tag: number): OpenResult | null {
     if (protocol === 'tcp') {
       if (parts.tcpListeners === null) return null;
-      const result = parts.tcpListeners.open([spec], tag);
+      const result = parts.tcpListeners.openTagged([spec], tag);
       return { opened: result.opened, errors: result.errors };
     }
     if (parts.udp === null) return null;

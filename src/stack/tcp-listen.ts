@@ -48,7 +48,10 @@ export interface ListenError {
 export interface ListenResult {
   opened: number;
   failures: string[];
-  /** The same failures as data (non-best-effort specs only). */
+}
+
+/** What openTagged() did: open()'s result plus the failures as data (non-best-effort specs only). */
+export interface TaggedListenResult extends ListenResult {
   errors: ListenError[];
 }
 
@@ -83,11 +86,16 @@ export class TcpListeners implements ReadyHandler {
    * Open listeners for every port of every spec, for each enabled family
    * (only the bind address's family when the spec has one). Ports that
    * cannot be bound are skipped: silently for best-effort specs (`all`,
-   * exclusion-only), reported in `failures` otherwise. `tag` marks the
-   * sockets opened for closeWhere().
+   * exclusion-only), reported in `failures` otherwise.
    */
-  open(specs: readonly ForwardSpec[], tag = 0): ListenResult {
-    const result: ListenResult = { opened: 0, failures: [], errors: [] };
+  open(specs: readonly ForwardSpec[]): ListenResult {
+    const { opened, failures } = this.openTagged(specs, 0);
+    return { opened, failures };
+  }
+
+  /** open() with the sockets marked `tag` (for closeWhere), the failures also as data. */
+  openTagged(specs: readonly ForwardSpec[], tag: number): TaggedListenResult {
+    const result: TaggedListenResult = { opened: 0, failures: [], errors: [] };
     for (const spec of specs) {
       if (spec.mode === 'none' || spec.mode === 'auto') continue;
       for (const family of [4, 6] as const) {
