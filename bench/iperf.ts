@@ -17,13 +17,19 @@ export interface IperfReceived {
   lostPercent?: number;
 }
 
+/** A summary section of iperf3's JSON ("sum", "sum_received"); the UDP fields only for UDP. */
+interface UdpSum {
+  bytes?: number;
+  seconds?: number;
+  packets?: number;
+  lost_packets?: number;
+  lost_percent?: number;
+}
+
 /** The parts of iperf3's JSON the benchmarks read (iperf3 3.12). */
 interface IperfJson {
   start?: { cookie?: string; test_start?: { protocol?: string; reverse?: number } };
-  end?: {
-    sum?: { bytes?: number; seconds?: number; packets?: number; lost_packets?: number; lost_percent?: number };
-    sum_received?: { bytes?: number; seconds?: number };
-  };
+  end?: { sum?: UdpSum; sum_received?: UdpSum };
   error?: string;
 }
 
@@ -39,18 +45,17 @@ export function iperfCookie(doc: IperfJson): string {
   return doc.start?.cookie ?? '';
 }
 
-/** Receiver-side figures from the JSON of the end that received (TCP: sum_received; UDP: sum). */
+/**
+ * Receiver-side figures from the JSON of the end that received: its
+ * end.sum_received, for TCP and UDP alike (iperf3 3.12's end.sum mixes the
+ * sender's byte count with the receiver's loss on a -R client, and has 0
+ * bytes on a UDP server).
+ */
 export function receivedFigures(receiverDoc: IperfJson, udp: boolean): IperfReceived {
-  const end = receiverDoc.end;
-  if (!end) throw new Error('iperf3 JSON without an "end" section');
-  if (udp) {
-    const s = end.sum;
-    if (!s || s.bytes === undefined || s.seconds === undefined) throw new Error('iperf3 UDP JSON without end.sum');
-    return { bytes: s.bytes, seconds: s.seconds, packets: s.packets, lostPackets: s.lost_packets, lostPercent: s.lost_percent };
-  }
-  const r = end.sum_received;
-  if (!r || r.bytes === undefined || r.seconds === undefined) throw new Error('iperf3 TCP JSON without end.sum_received');
-  return { bytes: r.bytes, seconds: r.seconds };
+  const r = receiverDoc.end?.sum_received;
+  if (!r || r.bytes === undefined || r.seconds === undefined) throw new Error('iperf3 JSON without end.sum_received');
+  if (!udp) return { bytes: r.bytes, seconds: r.seconds };
+  return { bytes: r.bytes, seconds: r.seconds, packets: r.packets, lostPackets: r.lost_packets, lostPercent: r.lost_percent };
 }
 
 /** Splits concatenated pretty-printed JSON documents (each closes with "}" alone on a line). */

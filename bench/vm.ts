@@ -121,8 +121,9 @@ export const VM_BACKENDS: VmBackend[] = [
     missing: () => (commandAvailable('passt') ? null : 'passt is not installed (apt-get install passt)'),
     start: async (net, workDir) => {
       const socketPath = path.join(workDir, 'passt.sock');
-      // -f: stay our child (its PID is the back-end's); -1: exit with the guest.
-      const child = spawnIn(net.ns, ['passt', '-f', '-q', '-1', '-s', socketPath, '-m', '65520', '-t', 'none', '-u', 'none']);
+      // -f: stay our child (its PID is the back-end's); -1: exit with the guest;
+      // --runas 0: as root it would become nobody and lose the socket's directory.
+      const child = spawnIn(net.ns, ['passt', '-f', '-q', '-1', '--runas', '0', '-s', socketPath, '-m', '65520', '-t', 'none', '-u', 'none']);
       let output = '';
       child.stdout?.setEncoding('utf8').on('data', (d: string) => (output += d));
       child.stderr?.setEncoding('utf8').on('data', (d: string) => (output += d));
