@@ -373,6 +373,12 @@ export class TcpService implements ReadyHandler {
       this.cancelOpen();
       this.flush();
     }
+    // A flow blocked on guest RX buffers has no timer of its own (nothing in
+    // flight) and, with edge-triggered sockets, no socket event to come: if
+    // the port's onWritable never fires (another reservation found buffers
+    // before the guest's kick arrived, which a port may take as the end of
+    // the starvation), the flow would stall for good. Retry on every tick.
+    if (this.rxBlocked > 0) this.onWritable();
   }
 
   /** Reset every connection (RST both ways), close the sockets and the listeners given to adoptListeners. */

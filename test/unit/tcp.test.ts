@@ -445,6 +445,33 @@ if (!INSIDE) {
       expect(g.digest()).to.equal(sha256(data));
     });
 
+    it('resumes a flow blocked on guest RX buffers from the timer when onWritable never comes', async () => {
+      harness = new TcpHarness();
+      const data = patternBytes(2 * MiB, 67);
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', () => undefined);
+        socket.end(Buffer.from(data));
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      harness.port.available = false;
+      await harness.until(() => harness.counters.get(TcpEvent.RxBlocked) > 0, 5000, 'RX blocked');
+      // Buffers are back but nobody says so (a port that swallowed the kick): only the timer can resume the flow.
+      harness.port.available = true;
+      const before = g.received;
+      await new Promise((r) => setTimeout(r, 50));
+      harness.deliver();
+      expect(g.received, 'nothing moves before the timer').to.equal(before);
+      const timer = setInterval(() => harness.advance(0), 10);
+      try {
+        await harness.until(() => g.finReceived, 10_000, 'the rest through timer retries');
+      } finally {
+        clearInterval(timer);
+      }
+      expect(g.digest()).to.equal(sha256(data));
+    });
+
     it('reports the host socket (TCP_INFO) and resets an idle connection both ways', async () => {
       harness = new TcpHarness();
       let serverError = '';
