@@ -420,12 +420,16 @@ static int echo_many(const char *addr, int port, int count) {
       }
     }
   }
+  int stuck_connecting = 0, stuck_echo = 0;
   for (int i = 0; i < count; i++) {
     if (state[i] == E_CONNECTING || state[i] == E_SENT) {
+      if (state[i] == E_CONNECTING) stuck_connecting++;
+      else stuck_echo++;
       failed++;
       close(fds[i]);
     }
   }
+  if (stuck_connecting + stuck_echo > 0) fprintf(stderr, "echo-many unfinished: %d connecting, %d awaiting the echo\n", stuck_connecting, stuck_echo);
   printf("echo-many ok %d bad %d failed %d ms %.0f\n", ok, bad, failed, now_ms() - start);
   return ok == count ? 0 : 1;
 }

@@ -51,7 +51,8 @@ say "halfclose6 $($T halfclose 2001:db8::2 ${p.halfClose} 2>&1)"
 say "reset-recv $($T reset-recv 192.0.2.2 ${p.reset} 2>&1)"
 say "reset-send $($T reset-send 192.0.2.2 ${p.resetSeen} 2>&1)"
 say "loopback $($T upload 192.0.2.254 ${p.loopback} 100000 2>&1)"
-say "echo-many $($T echo-many 192.0.2.2 ${p.echo} ${ECHO_CONNECTIONS} 2>&1 | tail -n 4 | tr '\\n' ' ')"
+say "echo-many $($T echo-many 192.0.2.2 ${p.echo} ${ECHO_CONNECTIONS} 2>/tmp/echo.err)"
+sed 's/^/FERRY-GUEST: echo-many-stderr /' /tmp/echo.err
 say "upload4 $($T upload 192.0.2.2 ${p.upload} ${BULK_BYTES} 2>&1)"
 say "download4 $($T download 192.0.2.2 ${p.download} ${BULK_BYTES} 2>&1)"
 say "download6 $($T download 2001:db8::2 ${p.download} ${BULK_BYTES} 2>&1)"
@@ -125,7 +126,8 @@ describe('e2e: TCP through ferry (real guest): bulk transfers, -t, many connecti
     return (
       `${guest?.vm.diagnostics(60) ?? ''}\n--- peer servers ---\n${quiet(peer?.output() ?? '')}` +
       `\n--- loopback server ---\n${loopback?.output() ?? ''}\n--- inbound client ---\n${inbound?.output() ?? ''}` +
-      `\n--- ferry log ---\n${ferry?.log().split('\n').slice(-30).join('\n') ?? ''}`
+      `\n--- ferry log ---\n${ferry?.log().split('\n').slice(-30).join('\n') ?? ''}` +
+      `\n--- ferry counters ---\n${metrics.split('\n').filter((l) => /^ferry_/.test(l) && !/ 0$/.test(l)).slice(0, 80).join('\n')}`
     );
   }
 
