@@ -17,6 +17,7 @@ import { RX_RING, TX_RING, WorkerControlRequest, WorkerInit, WorkerMessage, Work
 import type { FrameSink, OffloadInfo, SegmentList } from '../stack/frame-io';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import { createStackParts, StackParts } from './stack-factory';
+import { FaultInjector } from './fault-injection';
 import type { Stack } from '../stack/stack';
 import { closeWorkerFlow, listWorkerFlows, WorkerForwards } from './worker-control';
 
@@ -83,6 +84,8 @@ class QueuePairWorker implements FdWatcher {
   private parts: StackParts | null = null;
   /** The forwarding rules, on the worker that owns the listeners (queue pair 0). */
   private readonly forwards: WorkerForwards | null;
+  /** Tests only: FERRY_TEST_FAULTS puts fault-injection.ts between the rings and the stack (null otherwise). */
+  private readonly faults: FaultInjector | null;
 
   constructor(private readonly init: WorkerInit) {
     this.counters = new CounterBlock(init.counters);
@@ -100,9 +103,13 @@ class QueuePairWorker implements FdWatcher {
       maxFrameLength: (init.stack?.mtu ?? 65520) + ETHERNET_HEADER_LENGTH,
       onFrame: pcap !== null ? (_direction, frame, length) => pcap.write(frame, length) : null,
     });
+    this.faults = init.stack !== null ? FaultInjector.fromEnvironment(this.port) : null;
     this.port.sink = this.buildStack();
     // Periodic stack work (timers, idle flow expiry, router advertisements); unref'd so it never keeps the thread alive.
-    setInterval(() => this.stack?.onTimer(), WORKER_TIMER_INTERVAL_MS).unref();
+    setInterval(() => {
+      this.stack?.onTimer();
+      this.faults?.tick(); // tests only: frames held back by fault injection go out
+    }, WORKER_TIMER_INTERVAL_MS).unref();
   }
 
   /**
@@ -113,12 +120,13 @@ class QueuePairWorker implements FdWatcher {
     const init = this.init;
     if (init.stack === null) return new CountingSink();
     this.parts = createStackParts(
-      { config: init.stack, port: this.port, counters: this.counters, watcher: this, sockets: native },
+      // With test fault injection the stack writes through its port and receives through its sink.
+      { config: init.stack, port: this.faults?.port ?? this.port, counters: this.counters, watcher: this, sockets: native },
       { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp, openConfiguredForwards: false },
     );
     this.stack = this.parts.stack;
     this.forwards?.openAll(this.parts);
-    return this.stack;
+    return this.faults?.sink(this.stack) ?? this.stack;
   }
 
   /** Answer a control API request (see WorkerControlReplies for each op's value). */
