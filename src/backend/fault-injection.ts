@@ -213,11 +213,11 @@ export class FaultInjector {
 
   /** Deliver every held-back frame (both directions) and log the counts when they changed. */
   tick(now = Date.now()): void {
+    // Whatever the stack answered to the released frames, and the released frames to the guest, go out now.
+    const released = this.heldToStack.length + this.heldToGuest.length;
     this.releaseToStack();
-    if (this.heldToGuest.length > 0) {
-      this.releaseToGuest();
-      this.inner.flush();
-    }
+    this.releaseToGuest();
+    if (released > 0) this.inner.flush();
     if (now - this.lastLog >= LOG_INTERVAL_MS) {
       const summary = this.summary();
       if (summary !== this.lastSummary) {
