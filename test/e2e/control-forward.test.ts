@@ -1,7 +1,8 @@
 /**
  * The control API with a real guest, driven by the real ferryctl: ferry
  * runs in a test namespace with --control and --metrics unix:PATH, a guest
- * boots once and runs an echo server on port 80 (busybox nc), and then,
+ * boots once and runs echo servers on TCP port 80 (busybox nc) and UDP
+ * port 53 (udp-tool from scripts/build-guest-tools.sh), and then,
  * from the peer namespace (the outside world):
  *   - `ferryctl forward add tcp 8080:80` makes 192.0.2.1:8080 reach the
  *     guest's port 80; 200 kB go there and come back intact; a second add
@@ -15,27 +16,33 @@
  *     ferry_flows{protocol="tcp",state="established"} moving with it;
  *   - `ferryctl forward remove tcp 8080` makes the port refuse connections,
  *     and a second remove is "not found";
- *   - UDP forwards are added, listed and removed the same way;
+ *   - a UDP forward carries a datagram to the guest's echo server and back,
+ *     its flow is listed (inbound, bytes both ways) and closed, and the
+ *     port is unbound on remove; a range is removed a port at a time;
  *   - malformed requests (garbage frames, bad specs, unknown flow ids) get
  *     error replies and ferry keeps serving.
  */
 import { expect } from 'chai';
-import { ChildProcess, spawn } from 'child_process';
+import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as http from 'http';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
+import { gzipSync } from 'zlib';
 import { decodeResponse, frame, FrameReader } from '../../src/backend/control-protocol';
 import type { FlowInfo, ForwardInfo } from '../../src/backend/control-protocol';
 import { bootGuest, Guest, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
-import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, TestNetwork, TEST_NET } from '../support/netns';
+import { createTestNetwork, destroyTestNetwork, runInChecked, spawnIn, stopChild, TestNetwork, TEST_NET } from '../support/netns';
 import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
 
 /** Resolver given to ferry so the guest is never told about the machine's real one. */
 const TEST_DNS_V4 = '192.0.2.53';
 const HOST_PORT = 8080;
 const GUEST_PORT = 80;
+/** The guest's UDP echo server (test/e2e/udp-tool.c serve: busybox nc has no UDP). */
+const UDP_HOST_PORT = 5353;
+const UDP_GUEST_PORT = 53;
 /** Bytes sent through the forward and echoed back. */
 const ECHO_BYTES = 200_000;
 
@@ -140,6 +147,21 @@ socket.on('error', (e) => { say('error ' + e.code); clearTimeout(timer); process
 socket.on('close', () => { say('closed'); clearTimeout(timer); process.exit(0); });
 `;
 
+/**
+ * A UDP client bound to LOCAL: sends MESSAGE to HOST PORT every 300 ms
+ * until a reply (at most 100 tries); says "reply TEXT" or "no reply".
+ */
+const UDP_CLIENT = `
+const dgram = require('dgram');
+const [host, port, message, local] = process.argv.slice(1);
+const socket = dgram.createSocket('udp4');
+let tries = 0;
+socket.on('message', (m) => { process.stdout.write('reply ' + m.toString() + '\\n'); process.exit(0); });
+socket.on('error', () => undefined);
+const knock = () => { if (tries++ >= 100) { process.stdout.write('no reply\\n'); process.exit(1); } socket.send(message, Number(port), host); };
+socket.bind(0, local, () => { knock(); setInterval(knock, 300); });
+`;
+
 /** A TCP listener on 0.0.0.0:PORT, to hold a host port; says "listening". */
 const PORT_HOLDER = `
 const server = require('net').createServer(() => undefined);
@@ -204,6 +226,10 @@ describe('e2e: the control API and ferryctl with a real guest', function () {
 
   before(async function () {
     requireGuestPrerequisites(this, fs.existsSync(FERRY_CLI_MODULE) ? [] : [`the built daemon (${FERRY_CLI_MODULE})`]);
+    const built = spawnSync(path.join(REPO_ROOT, 'scripts', 'build-guest-tools.sh'), [], { encoding: 'utf8', timeout: 120000 });
+    if (built.status !== 0) throw new Error(`scripts/build-guest-tools.sh failed:\n${built.stderr}`);
+    // The last line is udp-tool's path.
+    const udpTool = gzipSync(fs.readFileSync(built.stdout.trim().split('\n').pop() ?? ''), { level: 9 }).toString('base64').replace(/(.{76})/g, '$1\n');
     testNet = await createTestNetwork();
     workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-control-e2e-'));
     controlPath = path.join(workDir, 'control.sock');
@@ -214,7 +240,18 @@ describe('e2e: the control API and ferryctl with a real guest', function () {
       net: testNet,
       nic: { kind: 'vhost-user', socketPath },
       // An echo server on port 80 (a process per connection), kept up while the test runs; the test kills QEMU at the end.
-      testScript: `nc -ll -p ${GUEST_PORT} -e cat &\nsleep 1\necho "FERRY-GUEST: echo server up"\nsleep 150\n`,
+      testScript: [
+        `base64 -d <<'B64' | gunzip > /tmp/udp-tool`,
+        udpTool,
+        'B64',
+        'chmod +x /tmp/udp-tool',
+        `nc -ll -p ${GUEST_PORT} -e cat &`,
+        `/tmp/udp-tool serve ${UDP_GUEST_PORT} 1000 150 > /tmp/udp.log 2>&1 &`,
+        'sleep 1',
+        'echo "FERRY-GUEST: echo server up"',
+        'sleep 150',
+        '',
+      ].join('\n'),
       append: ['ferry.dhcp_tries=3', 'ferry.ipv6_wait=0', 'ferry.test_timeout=160'],
       timeoutMs: 175000,
     });
@@ -326,6 +363,37 @@ describe('e2e: the control API and ferryctl with a real guest', function () {
     expect((await ferryctl(controlPath, ['forward', 'remove', 'tcp', '9090'])).code).to.equal(0);
   });
 
+  /** UDP ports bound in ferry's namespace (ss, no packets). */
+  async function boundUdpPorts(): Promise<number[]> {
+    if (testNet === null) return [];
+    const out = await runInChecked(testNet.ns, ['ss', '-Hlun']);
+    return [...out.matchAll(/:(\d+)\s/g)].map((m) => Number(m[1]));
+  }
+
+  it('carries UDP through a forward added at run time, lists and closes its flow, and unbinds on remove', async function () {
+    expect((await ferryctl(controlPath, ['forward', 'add', 'udp', `${UDP_HOST_PORT}:${UDP_GUEST_PORT}`])).code).to.equal(0);
+    expect(await boundUdpPorts()).to.include(UDP_HOST_PORT);
+    const client = node('peer', UDP_CLIENT, [TEST_NET.hostV4, String(UDP_HOST_PORT), 'hello-ferry', TEST_NET.serverV4]);
+    try {
+      await client.waitFor(/reply hello-ferry|no reply/, 40000);
+    } catch (error) {
+      throw new Error(`${(error as Error).message}\n${diagnostics()}`);
+    }
+    expect(client.text, diagnostics()).to.include('reply hello-ferry');
+    const flows = (await ferryctlJson<{ flows?: FlowInfo[] }>(controlPath, ['flows', 'udp'])).flows ?? [];
+    const flow = flows.find((f) => f.guestPort === UDP_GUEST_PORT && f.remoteAddress === TEST_NET.serverV4);
+    expect(flow, JSON.stringify(flows)).to.not.equal(undefined);
+    if (flow === undefined) return;
+    expect(flow).to.deep.include({ protocol: 'udp', inbound: true, state: 'inbound', guestAddress: TEST_NET.hostV4 });
+    expect(flow.bytesToGuest).to.be.at.least('hello-ferry'.length);
+    expect(flow.bytesFromGuest).to.be.at.least('hello-ferry'.length);
+    expect((await ferryctl(controlPath, ['close', String(flow.id)])).code).to.equal(0);
+    const after = (await ferryctlJson<{ flows?: FlowInfo[] }>(controlPath, ['flows', 'udp'])).flows ?? [];
+    expect(after.map((f) => f.id)).to.not.include(flow.id);
+    expect((await ferryctl(controlPath, ['forward', 'remove', 'udp', String(UDP_HOST_PORT)])).code).to.equal(0);
+    expect(await boundUdpPorts()).to.not.include(UDP_HOST_PORT);
+  });
+
   it('adds, lists and removes UDP forwards, part of a range at a time', async function () {
     expect((await ferryctl(controlPath, ['forward', 'add', 'udp', '5300-5303:53-56'])).code).to.equal(0);
     expect((await ferryctl(controlPath, ['forward', 'remove', 'udp', '5301'])).code).to.equal(0);
@@ -336,8 +404,12 @@ describe('e2e: the control API and ferryctl with a real guest', function () {
       { hostPortFirst: 5300, hostPortLast: 5300, guestPortFirst: 53 },
       { hostPortFirst: 5302, hostPortLast: 5303, guestPortFirst: 55 },
     ]);
+    const bound = await boundUdpPorts();
+    expect(bound).to.include.members([5300, 5302, 5303]);
+    expect(bound).to.not.include(5301);
     expect((await ferryctl(controlPath, ['forward', 'remove', 'udp', '5300-5303'])).code).to.equal(0);
     expect((await ferryctl(controlPath, ['forward', 'remove', 'udp', '5300'])).code).to.equal(1);
+    expect((await boundUdpPorts()).filter((port) => port >= 5300 && port <= 5303)).to.deep.equal([]);
   });
 
   it('answers malformed requests with errors and keeps serving', async function () {
