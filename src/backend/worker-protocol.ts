@@ -57,7 +57,7 @@ export interface WorkerControlReplies {
   /** false: no flow with that serial. */
   'close-flow': boolean;
   'add-forward': AddForwardOutcome;
-  /** Host ports (per family) no longer forwarded; 0 when nothing matched. */
+  /** Host ports no longer forwarded (counted once per rule they left); 0 when nothing matched. */
   'remove-forward': number;
   'list-forwards': ForwardInfo[];
 }
