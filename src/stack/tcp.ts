@@ -52,6 +52,7 @@ import { TCP_HEADER_LENGTH, TcpError, TcpFlag, TcpOption, TcpOptions, TcpView, e
 import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from './wire/checksum';
 import { fastSumSegments } from './tcp-checksum';
 import { DropReason, countDrop } from './drops';
+import { SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, mapDestination } from './udp-address-map';
 
 /** The addon calls TCP needs (a subset, so tests could pass a fake). */
 export type TcpSockets = Pick<
@@ -276,8 +277,9 @@ export class TcpService implements ReadyHandler {
   private readonly headerScratch = new Uint8Array(128);
   private readonly srcAddr = new Uint8Array(16);
   private readonly dstAddr = new Uint8Array(16);
-  private readonly sockaddr4 = new Uint8Array(16);
-  private readonly sockaddr6 = new Uint8Array(28);
+  /** Connect destinations: one scratch, viewed as a sockaddr_in or a whole sockaddr_in6. */
+  private readonly sockaddr6 = new Uint8Array(SOCKADDR_IN6_LENGTH);
+  private readonly sockaddr4 = this.sockaddr6.subarray(0, SOCKADDR_IN_LENGTH);
   private readonly bindSockaddr4 = new Uint8Array(16);
   private readonly bindSockaddr6 = new Uint8Array(28);
   private readonly linger = new Uint8Array(8);
@@ -1619,42 +1621,17 @@ export class TcpService implements ReadyHandler {
 
   /**
    * Where a guest connection to the packet's destination goes on the host,
-   * as a sockaddr (reused buffer), or null when it cannot be reached (IPv6
-   * link-local other than the mapped gateway: no scope to send it on).
+   * by the forwarding rules shared with UDP (udp-address-map.ts
+   * mapDestination: --dns-forward port 53 to the DNS host, the
+   * --map-host-loopback address to 127.0.0.1 / ::1, --map-guest-addr to the
+   * host's address), as a sockaddr view over reused scratch, or null when it
+   * cannot be reached (IPv6 link-local other than the mapped gateway: no
+   * scope to send it on; --dns-forward without a DNS host).
    */
   private connectSockaddr(packet: IpPacket, bytes: Uint8Array, port: number): Uint8Array | null {
-    const dst = packet.dstOffset;
-    if (packet.family === 4) {
-      const ipv4 = this.ctx.config.ipv4!;
-      const sa = this.sockaddr4;
-      sa.fill(0);
-      writeFamily(sa, AF_INET);
-      setBe16(sa, 2, port);
-      if (ipv4.mapHostLoopback !== null && equalAt(bytes, dst, ipv4.mapHostLoopback, 4)) {
-        sa[4] = 127;
-        sa[7] = 1;
-      } else if (ipv4.mapGuestAddr !== null && equalAt(bytes, dst, ipv4.mapGuestAddr, 4)) {
-        sa.set(ipv4.address.subarray(0, 4), 4);
-      } else {
-        for (let i = 0; i < 4; i++) sa[4 + i] = bytes[dst + i];
-      }
-      return sa;
-    }
-    const ipv6 = this.ctx.config.ipv6!;
-    const sa = this.sockaddr6;
-    sa.fill(0);
-    writeFamily(sa, AF_INET6);
-    setBe16(sa, 2, port);
-    if (ipv6.mapHostLoopback !== null && equalAt(bytes, dst, ipv6.mapHostLoopback, 16)) {
-      sa[8 + 15] = 1;
-    } else if (ipv6.mapGuestAddr !== null && equalAt(bytes, dst, ipv6.mapGuestAddr, 16)) {
-      sa.set(ipv6.address.subarray(0, 16), 8);
-    } else if (bytes[dst] === 0xfe && (bytes[dst + 1] & 0xc0) === 0x80) {
-      return null;
-    } else {
-      for (let i = 0; i < 16; i++) sa[8 + i] = bytes[dst + i];
-    }
-    return sa;
+    const length = mapDestination(this.ctx.config, packet.family, bytes, packet.dstOffset, port, this.sockaddr6);
+    if (length === 0) return null;
+    return length === SOCKADDR_IN_LENGTH ? this.sockaddr4 : this.sockaddr6;
   }
 
   /**

@@ -19,7 +19,7 @@ import { IDLE_TIMEOUT_MS, SYN_TIMEOUT_MS, TcpEvent } from '../../src/stack/tcp';
 import { TcpListeners } from '../../src/stack/tcp-listen';
 import { parseForwardSpec } from '../../src/stack/forward-spec';
 import type { Segment } from '../support/tcp-guest';
-import { GATEWAY_V4 } from '../support/stack-fakes';
+import { GATEWAY_V4, testConfig } from '../support/stack-fakes';
 import { finishChecksum, pseudoHeaderSumIpv6, sumBytes } from '../../src/stack/wire/checksum';
 
 const INSIDE = process.env.FERRY_TCP_NETNS === '1';
@@ -194,6 +194,47 @@ if (!INSIDE) {
         expect(harness.counters.get(TcpEvent.IcmpToGuest)).to.equal(1);
       });
     }
+
+    it('maps a connection to the --dns-forward address port 53 to the DNS host, as UDP does; other ports are not mapped', async () => {
+      // 203.0.113.53 has no route in the namespace: only the mapping can make a connection to it succeed.
+      const forward = Uint8Array.from([203, 0, 113, 53]);
+      harness = new TcpHarness({ ipv4: { ...testConfig().ipv4!, dnsForward: forward, dnsHost: SERVER_V4 } });
+      const accepted: number[] = [];
+      for (const port of [53, 54]) {
+        const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+          serverSockets.push(socket);
+          accepted.push(port);
+          socket.on('error', () => undefined);
+          socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('answer:'), d])));
+          socket.on('end', () => socket.end());
+        });
+        servers.push(server);
+        await new Promise<void>((resolve) => server.listen(port, '192.0.2.2', resolve));
+      }
+      const g = guest(forward, 53);
+      g.keepChunks = true;
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake through the DNS mapping');
+      g.write(Buffer.from('query'));
+      g.end();
+      await harness.until(() => g.finReceived, 5000, 'the answer and FIN');
+      expect(Buffer.concat(g.chunks).toString()).to.equal('answer:query');
+      expect(accepted).to.deep.equal([53]);
+      // Port 54 on the same address is not DNS: it goes to 203.0.113.53 itself, which is unreachable.
+      const other = guest(forward, 54);
+      other.connect();
+      expect(harness.counters.get(TcpEvent.IcmpToGuest)).to.equal(1);
+      expect(accepted).to.deep.equal([53]);
+    });
+
+    it('refuses a connection to the --dns-forward address port 53 when there is no DNS host', async () => {
+      const forward = Uint8Array.from([203, 0, 113, 53]);
+      harness = new TcpHarness({ ipv4: { ...testConfig().ipv4!, dnsForward: forward, dnsHost: null } });
+      const g = guest(forward, 53);
+      g.connect();
+      await harness.until(() => g.rstReceived, 5000, 'RST');
+      expect(harness.tcp.flowCount).to.equal(0);
+    });
 
     it('gives up on a connect that never completes (SYN timeout) with an RST to the guest', async () => {
       harness = new TcpHarness();
