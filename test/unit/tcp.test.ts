@@ -13,6 +13,9 @@ import { expect } from 'chai';
 import { spawn } from 'child_process';
 import * as net from 'net';
 import * as path from 'path';
+import { readFileSync } from 'fs';
+import { native } from '../../src/native';
+import { FlowProtocol } from '../../src/stack/flow-table';
 import { canCreateNamespaces, runChecked } from '../support/netns';
 import { ACK, FIN, FakeGuestTcp, RST, SYN, TcpHarness, patternBytes, seededRandom, sha256 } from '../support/tcp-guest';
 import { IDLE_TIMEOUT_MS, SYN_TIMEOUT_MS, TcpEvent } from '../../src/stack/tcp';
@@ -194,6 +197,20 @@ if (!INSIDE) {
         expect(harness.counters.get(TcpEvent.IcmpToGuest)).to.equal(1);
       });
     }
+
+    it('gives an established socket a large fixed send buffer (autotuning never grows it: the guest cannot overrun the free space)', async () => {
+      harness = new TcpHarness();
+      const port = await listen('192.0.2.2', (socket) => socket.on('error', () => undefined));
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => g.established, 5000, 'handshake');
+      const flows = harness.tcp.flows;
+      const id = Array.from({ length: flows.capacity }, (_, i) => i).find((i) => flows.isLive(i, FlowProtocol.Tcp));
+      expect(id).to.not.equal(undefined);
+      const wmemMax = Number(readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
+      // The kernel doubles what was asked for (bookkeeping) after capping it at wmem_max.
+      expect(native.getsockoptInt(flows.fd[id!], 1 /* SOL_SOCKET */, 7 /* SO_SNDBUF */)).to.equal(2 * Math.min(4 << 20, wmemMax));
+    });
 
     it('maps a connection to the --dns-forward address port 53 to the DNS host, as UDP does; other ports are not mapped', async () => {
       // 203.0.113.53 has no route in the namespace: only the mapping can make a connection to it succeed.
