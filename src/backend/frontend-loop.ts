@@ -15,7 +15,7 @@ import type { StackConfig } from '../stack/config';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import type { FramePort, FrameSink } from '../stack/frame-io';
 import { Stack, STACK_TIMER_INTERVAL_MS } from '../stack/stack';
-import { createStack } from './stack-factory';
+import { createStackParts, StackParts } from './stack-factory';
 
 /** Ready fds taken per wake-up (the Poller's batch). */
 const POLL_BATCH = 256;
@@ -103,16 +103,22 @@ export interface FrontendPort extends FramePort {
  * Returns the stack (close it with the loop).
  */
 export function runStackOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock, protocols: { tcp: boolean; udp: boolean } = { tcp: true, udp: true }): Stack {
+  return runStackPartsOnLoop(loop, config, port, counters, protocols).stack;
+}
+
+/** runStackOnLoop, also returning the stack's parts (its -t listeners and UDP service, for pasta's auto forwarding and splice path). */
+export function runStackPartsOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock, protocols: { tcp: boolean; udp: boolean } = { tcp: true, udp: true }): StackParts {
   // One stack, one thread: it owns the -t/-u listeners; --no-tcp/--no-udp as for the daemon's workers.
   const worker = { ownsListeners: true, tcp: protocols.tcp, udp: protocols.udp };
-  const stack = createStack({ config, port, counters, watcher: loop, sockets: native }, worker);
+  const parts = createStackParts({ config, port, counters, watcher: loop, sockets: native }, worker);
+  const stack = parts.stack;
   port.sink = stack;
   loop.every(STACK_TIMER_INTERVAL_MS, () => stack.onTimer());
   loop.onBatchEnd(() => {
     stack.flush();
     port.flush();
   });
-  return stack;
+  return parts;
 }
 
 /** Largest frame for an MTU (0 = "announce none": the default MTU then applies to frames). */

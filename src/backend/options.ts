@@ -203,6 +203,8 @@ export interface ParsedCommandLine {
 export interface ParseEnvironment {
   /** The kernel's ephemeral port range (skipped by -t all). */
   ephemeral: PortRange;
+  /** `ferry pasta`: -t/-u also accept 'auto' (ports bound in the namespace). */
+  pasta?: boolean;
 }
 
 export const DEFAULT_MTU = 65520;
@@ -468,6 +470,10 @@ function addForward(state: ParseState, shown: string, text: string, list: Forwar
 
 /** -t/-u (passt: bind addresses and 'all' allowed, 'auto' is pasta-only). */
 const HOST_SIDE_RULES: Partial<ForwardSpecRules> = { allowBindAddress: true, allowAll: true, allowAuto: false };
+/** -t/-u rules: pasta also takes 'auto' there (forward what the namespace binds). */
+function hostSideRules(state: ParseState): Partial<ForwardSpecRules> {
+  return state.environment.pasta === true ? { ...HOST_SIDE_RULES, allowAuto: true } : HOST_SIDE_RULES;
+}
 /** -T/-U (pasta: no bind address, 'auto' allowed, 'all' not). */
 const NAMESPACE_SIDE_RULES: Partial<ForwardSpecRules> = { allowBindAddress: false, allowAll: false, allowAuto: true };
 
@@ -681,14 +687,14 @@ const OPTIONS: readonly OptionSpec[] = [
   {
     long: ['tcp-ports'], short: 't', value: 'SPEC', help: 'Forward host TCP ports to the guest: none, all, or a list like 22,2222:22,8000-8010,~8005 with an optional ADDR%IF/ prefix (repeatable)',
     apply: (s, v, shown) => {
-      addForward(s, shown, v, s.options.forwards.tcp, HOST_SIDE_RULES);
+      addForward(s, shown, v, s.options.forwards.tcp, hostSideRules(s));
       s.tcpForwardGiven ??= shown;
     },
   },
   {
     long: ['udp-ports'], short: 'u', value: 'SPEC', help: 'Forward host UDP ports to the guest (syntax as for -t)',
     apply: (s, v, shown) => {
-      addForward(s, shown, v, s.options.forwards.udp, HOST_SIDE_RULES);
+      addForward(s, shown, v, s.options.forwards.udp, hostSideRules(s));
       s.udpForwardGiven ??= shown;
     },
   },
@@ -928,7 +934,7 @@ export function parsePastaCommandLine(argv: readonly string[], environment: Pars
     pasta.netns = pasta.command[0];
     pasta.command = [];
   }
-  const parsed = parseOptions(shared, environment);
+  const parsed = parseOptions(shared, { ...environment, pasta: true });
   if (parsed.action === 'run' && !nameOptionGiven(shared)) parsed.options.logging.name = 'pasta';
   // The command shares ferry's terminal: warnings and errors only unless -d/--trace asked for more ('info' is only ever the default).
   if (parsed.options.logging.level === 'info') parsed.options.logging.level = 'warn';

@@ -28,6 +28,7 @@ import { log, rateLimited } from '../log';
 import { IoVecList, native } from '../native';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import type { ForwardSpec } from '../stack/forward-spec';
+import type { ListenError, ListenerInfo } from '../stack/tcp-listen';
 import { writeSockaddr } from '../stack/udp-address-map';
 
 /** One forwarded port: listen on `listenPort` in the namespace, go to `targetPort` on the host's loopback. */
@@ -52,6 +53,16 @@ const COUNTERS = {
   tcpBytes: defineCounter('ferry_pasta_forwards_total', FORWARD_HELP, { protocol: 'tcp', event: 'bytes' }),
   udpDatagrams: defineCounter('ferry_pasta_forwards_total', FORWARD_HELP, { protocol: 'udp', event: 'datagrams' }),
   udpDropped: defineCounter('ferry_pasta_forwards_total', FORWARD_HELP, { protocol: 'udp', event: 'dropped' }),
+};
+
+const SPLICE_HELP = 'TCP connections and bytes joined loopback to loopback with splice(2), by side the connection came from (pasta)';
+/** What the splice fast path moved: -T connections (from the namespace) and -t ones from the host's loopback. */
+export const SPLICE_COUNTERS = {
+  namespaceConnections: defineCounter('ferry_pasta_splice_total', SPLICE_HELP, { from: 'namespace', event: 'connections' }),
+  namespaceBytes: defineCounter('ferry_pasta_splice_total', SPLICE_HELP, { from: 'namespace', event: 'bytes' }),
+  hostConnections: defineCounter('ferry_pasta_splice_total', SPLICE_HELP, { from: 'host', event: 'connections' }),
+  hostBytes: defineCounter('ferry_pasta_splice_total', SPLICE_HELP, { from: 'host', event: 'bytes' }),
+  hostFallbacks: defineCounter('ferry_pasta_splice_total', SPLICE_HELP, { from: 'host', event: 'fallbacks' }),
 };
 
 /** The (listen, target) port pairs of -T/-U specs, in order; throws past MAX_FORWARDED_PORTS. */
@@ -136,6 +147,8 @@ class Direction {
     private readonly pipe: [number, number] | null,
     private readonly buffer: Uint8Array | null,
     private readonly counters: CounterBlock,
+    /** Counter ids that every byte written to dst is added to. */
+    private readonly byteCounters: readonly number[],
   ) {}
 
   /** Move what can move now (bounded); throws on socket errors. Returns true when any byte moved. */
@@ -155,7 +168,7 @@ class Direction {
       if (m <= 0) break; // dst full: wait for EPOLLOUT
       this.pending -= m;
       this.bufferStart += m;
-      this.counters.add(COUNTERS.tcpBytes, m);
+      for (const id of this.byteCounters) this.counters.add(id, m);
       moved = true;
     }
     if (this.eof && this.pending === 0 && !this.shutDown) {
@@ -182,26 +195,39 @@ class Direction {
   }
 }
 
-/** An accepted namespace connection joined to a host loopback connection. */
+/** What owns relays: the fd watcher they use, told when one closes. */
+interface RelayOwner {
+  readonly watcher: FdWatcher;
+  released(relay: TcpRelay): void;
+}
+
+/**
+ * A connection accepted on one side joined to one ferry dials on the
+ * other: -T accepts in the namespace and dials the host's loopback, the -t
+ * splice path accepts on the host and dials the namespace's loopback.
+ */
 class TcpRelay implements ReadyHandler {
   private connecting = true;
-  private nsHungUp = false;
-  private hostHungUp = false;
-  private readonly toHost: Direction;
-  private readonly toNamespace: Direction;
+  private acceptedHungUp = false;
+  private dialedHungUp = false;
+  private readonly forward: Direction;
+  private readonly backward: Direction;
   private closed = false;
 
   constructor(
-    private readonly owner: TcpNamespaceForwarder,
-    readonly nsFd: number,
-    readonly hostFd: number,
+    private readonly owner: RelayOwner,
+    /** The accepted (connected) socket. */
+    readonly acceptedFd: number,
+    /** The socket ferry is connecting (non-blocking connect in progress or done). */
+    readonly dialedFd: number,
     splice: boolean,
     counters: CounterBlock,
+    byteCounters: readonly number[],
   ) {
     const pipe = (): [number, number] | null => (splice ? native.pipe() : null);
     const buffer = (): Uint8Array | null => (splice ? null : new Uint8Array(CHUNK));
-    this.toHost = new Direction(nsFd, hostFd, pipe(), buffer(), counters);
-    this.toNamespace = new Direction(hostFd, nsFd, pipe(), buffer(), counters);
+    this.forward = new Direction(acceptedFd, dialedFd, pipe(), buffer(), counters, byteCounters);
+    this.backward = new Direction(dialedFd, acceptedFd, pipe(), buffer(), counters, byteCounters);
   }
 
   onReady(fd: number, events: number): void {
@@ -209,27 +235,27 @@ class TcpRelay implements ReadyHandler {
     const c = native.constants;
     try {
       if (this.connecting) {
-        if (fd !== this.hostFd) {
+        if (fd !== this.dialedFd) {
           if ((events & (c.EPOLLERR | c.EPOLLHUP)) !== 0) this.close();
           return;
         }
-        const error = native.getsockoptInt(this.hostFd, c.SOL_SOCKET, c.SO_ERROR);
-        if (error !== 0) throw new Error(`connect to the host's loopback failed (errno ${error})`);
+        const error = native.getsockoptInt(this.dialedFd, c.SOL_SOCKET, c.SO_ERROR);
+        if (error !== 0) throw new Error(`connect to the other loopback failed (errno ${error})`);
         this.connecting = false;
       }
       if ((events & c.EPOLLERR) !== 0) throw new Error('socket error');
       // A hung-up socket is reported on every wait, whatever we ask for: remember it, so it is
       // left out of epoll while its data waits for the other side (see updateInterest).
       if ((events & c.EPOLLHUP) !== 0) {
-        if (fd === this.nsFd) this.nsHungUp = true;
-        else this.hostHungUp = true;
+        if (fd === this.acceptedFd) this.acceptedHungUp = true;
+        else this.dialedHungUp = true;
       }
-      this.toHost.pump();
-      this.toNamespace.pump();
-      if (this.toHost.done && this.toNamespace.done) return this.close();
+      this.forward.pump();
+      this.backward.pump();
+      if (this.forward.done && this.backward.done) return this.close();
       this.updateInterest();
     } catch (e) {
-      rateLimited('debug', 'pasta tcp relay', () => `pasta -T: connection closed: ${(e as Error).message}`);
+      rateLimited('debug', 'pasta tcp relay', () => `pasta: relayed connection closed: ${(e as Error).message}`);
       this.close();
     }
   }
@@ -239,14 +265,14 @@ class TcpRelay implements ReadyHandler {
     const c = native.constants;
     const watcher = this.owner.watcher;
     if (this.connecting) {
-      watcher.watch(this.hostFd, c.EPOLLOUT, this);
-      watcher.watch(this.nsFd, 0, this);
+      watcher.watch(this.dialedFd, c.EPOLLOUT, this);
+      watcher.watch(this.acceptedFd, 0, this);
       return;
     }
-    const nsEvents = (this.toHost.wantsInput ? c.EPOLLIN | c.EPOLLRDHUP : 0) | (this.toNamespace.pending > 0 ? c.EPOLLOUT : 0);
-    const hostEvents = (this.toNamespace.wantsInput ? c.EPOLLIN | c.EPOLLRDHUP : 0) | (this.toHost.pending > 0 ? c.EPOLLOUT : 0);
-    this.setInterest(this.nsFd, nsEvents, this.nsHungUp);
-    this.setInterest(this.hostFd, hostEvents, this.hostHungUp);
+    const acceptedEvents = (this.forward.wantsInput ? c.EPOLLIN | c.EPOLLRDHUP : 0) | (this.backward.pending > 0 ? c.EPOLLOUT : 0);
+    const dialedEvents = (this.backward.wantsInput ? c.EPOLLIN | c.EPOLLRDHUP : 0) | (this.forward.pending > 0 ? c.EPOLLOUT : 0);
+    this.setInterest(this.acceptedFd, acceptedEvents, this.acceptedHungUp);
+    this.setInterest(this.dialedFd, dialedEvents, this.dialedHungUp);
   }
 
   private setInterest(fd: number, events: number, hungUp: boolean): void {
@@ -258,18 +284,18 @@ class TcpRelay implements ReadyHandler {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const fd of [this.nsFd, this.hostFd]) {
+    for (const fd of [this.acceptedFd, this.dialedFd]) {
       this.owner.watcher.unwatch(fd);
       native.close(fd);
     }
-    this.toHost.close();
-    this.toNamespace.close();
+    this.forward.close();
+    this.backward.close();
     this.owner.released(this);
   }
 }
 
 /** -T: TCP listeners on the namespace's loopback, each connection relayed to the host's loopback. */
-export class TcpNamespaceForwarder {
+export class TcpNamespaceForwarder implements RelayOwner {
   private readonly listeners = new Map<number, { family: 4 | 6; forward: PortForward }>();
   private readonly relays = new Set<TcpRelay>();
   private readonly addr = new Uint8Array(28);
@@ -329,7 +355,9 @@ export class TcpNamespaceForwarder {
         continue;
       }
       this.counters.add(COUNTERS.tcpAccepted);
-      const relay = new TcpRelay(this, nsFd, hostFd, this.splice, this.counters);
+      if (this.splice) this.counters.add(SPLICE_COUNTERS.namespaceConnections);
+      const bytes = this.splice ? [COUNTERS.tcpBytes, SPLICE_COUNTERS.namespaceBytes] : [COUNTERS.tcpBytes];
+      const relay = new TcpRelay(this, nsFd, hostFd, this.splice, this.counters, bytes);
       this.relays.add(relay);
       relay.updateInterest();
     }
@@ -348,6 +376,120 @@ export class TcpNamespaceForwarder {
       native.close(fd);
     }
     this.listeners.clear();
+  }
+}
+
+// ---------------------------------------------------------------- -t splice
+
+/** Unconnected sockets kept ready in the namespace per family (opened 2 x this per helper fork). */
+const SPLICE_POOL_SIZE = 8;
+/** Refill the pool once it holds fewer sockets than this. */
+const SPLICE_POOL_LOW = 3;
+
+/**
+ * The -t fast path: a connection the stack's -t listener accepted from the
+ * host's loopback is joined, with splice(2), to a connection ferry makes to
+ * the namespace's loopback (same port as the frames would have gone to)
+ * instead of being translated into frames.
+ *
+ * Opening a socket in the namespace costs a forked helper (native.nsOpen),
+ * so unconnected sockets are kept in a small pool per family, refilled
+ * after the event that drained it. A connection the pool cannot serve, or
+ * whose connect() fails at once (nothing on the namespace's loopback at
+ * that port, e.g. a server bound to the tap address only), is left to the
+ * stack (counted as a fallback); a later failure resets the host client,
+ * as pasta does.
+ */
+export class HostLoopbackSplicer implements RelayOwner {
+  private readonly pool: Record<4 | 6, number[]> = { 4: [], 6: [] };
+  /** A family whose sockets cannot be made in the namespace (IPv6 off there): not retried. */
+  private readonly unavailable: Record<4 | 6, boolean> = { 4: false, 6: false };
+  private readonly relays = new Set<TcpRelay>();
+  private refillPending = false;
+  private closed = false;
+
+  constructor(readonly watcher: FdWatcher, private readonly counters: CounterBlock, private readonly open: NamespaceSocketOpener) {}
+
+  /** Fill the pools now (before the first connection, so it does not wait for a helper). */
+  prime(): void {
+    this.refill();
+  }
+
+  /** Relays open now. */
+  get relayCount(): number {
+    return this.relays.size;
+  }
+
+  /** A LoopbackHandoff: true when the connection `hostFd` is now spliced to the namespace's loopback port `port`. */
+  take(hostFd: number, family: 4 | 6, port: number): boolean {
+    if (this.closed || this.relays.size >= MAX_TCP_RELAYS) return this.fallback();
+    if (this.pool[family].length === 0) this.refill();
+    const nsFd = this.pool[family].pop();
+    if (nsFd === undefined) return this.fallback();
+    this.scheduleRefill();
+    const c = native.constants;
+    try {
+      native.setsockoptInt(nsFd, c.IPPROTO_TCP, c.TCP_NODELAY, 1);
+      native.setsockoptInt(hostFd, c.IPPROTO_TCP, c.TCP_NODELAY, 1);
+      native.connect(nsFd, loopbackSockaddr(family, port));
+    } catch (e) {
+      native.close(nsFd);
+      rateLimited('debug', 'pasta -t splice connect', () => `pasta -t: namespace loopback port ${port}: ${(e as Error).message}: through the tap instead`);
+      return this.fallback();
+    }
+    this.counters.add(SPLICE_COUNTERS.hostConnections);
+    const relay = new TcpRelay(this, hostFd, nsFd, true, this.counters, [SPLICE_COUNTERS.hostBytes]);
+    this.relays.add(relay);
+    relay.updateInterest();
+    return true;
+  }
+
+  /** Called by a relay when it closed. */
+  released(relay: TcpRelay): void {
+    this.relays.delete(relay);
+  }
+
+  /** Close every relay and pooled socket. */
+  close(): void {
+    this.closed = true;
+    for (const relay of [...this.relays]) relay.close();
+    for (const family of [4, 6] as const) {
+      for (const fd of this.pool[family]) native.close(fd);
+      this.pool[family].length = 0;
+    }
+  }
+
+  private fallback(): false {
+    this.counters.add(SPLICE_COUNTERS.hostFallbacks);
+    return false;
+  }
+
+  private scheduleRefill(): void {
+    if (this.refillPending || (this.pool[4].length >= SPLICE_POOL_LOW && this.pool[6].length >= SPLICE_POOL_LOW)) return;
+    this.refillPending = true;
+    // After the current batch of events: the helper's fork blocks the thread for a few ms.
+    setImmediate(() => {
+      this.refillPending = false;
+      if (!this.closed) this.refill();
+    });
+  }
+
+  /** Top up each available family's pool with one helper per family. */
+  private refill(): void {
+    const c = native.constants;
+    for (const family of [4, 6] as const) {
+      const missing = SPLICE_POOL_SIZE - this.pool[family].length;
+      if (this.unavailable[family] || missing <= 0) continue;
+      const triple = [family === 4 ? c.AF_INET : c.AF_INET6, c.SOCK_STREAM, 0];
+      try {
+        const triples: number[] = [];
+        for (let i = 0; i < missing; i++) triples.push(...triple);
+        this.pool[family].push(...this.open(triples));
+      } catch (e) {
+        this.unavailable[family] = true;
+        log.warn(`pasta -t: no IPv${family} sockets in the namespace for the splice path (${(e as Error).message}): IPv${family} loopback connections go through the tap`);
+      }
+    }
   }
 }
 
@@ -561,6 +703,18 @@ const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
  * leaving out sockets whose inode is in `exclude` (ferry's own). Pure.
  */
 export function boundLoopbackPorts(table: string, protocol: 'tcp' | 'udp', exclude: ReadonlySet<number>): Set<number> {
+  return boundPorts(table, protocol, exclude, 'loopback');
+}
+
+/** Which bound sockets count: those reachable on the loopback (-T/-U auto) or any (-t/-u auto). */
+export type BoundScope = 'loopback' | 'any';
+
+/**
+ * Ports with a listening socket (TCP) or an unconnected bound socket (UDP)
+ * on any local address (scope 'any') or one reachable from the loopback,
+ * leaving out sockets whose inode is in `exclude`. Pure.
+ */
+export function boundPorts(table: string, protocol: 'tcp' | 'udp', exclude: ReadonlySet<number>, scope: BoundScope): Set<number> {
   const ports = new Set<number>();
   const wanted = protocol === 'tcp' ? TCP_LISTEN : UDP_UNCONNECTED;
   const lines = table.split('\n');
@@ -573,7 +727,7 @@ export function boundLoopbackPorts(table: string, protocol: 'tcp' | 'udp', exclu
     if (Number.parseInt(fields[3], 16) !== wanted || localPort === undefined) continue;
     if (protocol === 'udp' && remotePort !== '0000') continue;
     const inode = Number(fields[9]);
-    if (exclude.has(inode) || !loopbackReachable(localAddress)) continue;
+    if (exclude.has(inode) || (scope === 'loopback' && !loopbackReachable(localAddress))) continue;
     const port = Number.parseInt(localPort, 16);
     if (port > 0 && port <= 65535) ports.add(port);
   }
@@ -622,6 +776,8 @@ export class AutoForwarder {
     private readonly open: NamespaceSocketOpener,
     private readonly ephemeral: { first: number; last: number },
     private readonly readTables: () => string = () => readProcTables(protocol),
+    /** 'loopback' for -T/-U auto (host ports reachable from the loopback), 'any' for -t/-u auto (every port bound in the namespace). */
+    private readonly scope: BoundScope = 'loopback',
   ) {}
 
   /** Ports forwarded now. */
@@ -633,9 +789,10 @@ export class AutoForwarder {
   tick(): void {
     let found: Set<number>;
     try {
-      found = boundLoopbackPorts(this.readTables(), this.protocol, ownSocketInodes());
+      found = boundPorts(this.readTables(), this.protocol, ownSocketInodes(), this.scope);
     } catch (e) {
-      rateLimited('warn', `pasta auto ${this.protocol}`, () => `pasta ${this.protocol} auto forwarding: cannot read the host's sockets: ${(e as Error).message}`);
+      const side = this.scope === 'any' ? 'namespace' : 'host';
+      rateLimited('warn', `pasta auto ${side} ${this.protocol}`, () => `pasta ${this.protocol} auto forwarding: cannot read the ${side}'s sockets: ${(e as Error).message}`);
       return;
     }
     if (this.protocol === 'udp') for (const port of found) if (port >= this.ephemeral.first && port <= this.ephemeral.last) found.delete(port);
@@ -649,7 +806,7 @@ export class AutoForwarder {
     if (added.length === 0) return;
     for (const forward of added) this.current.add(forward.listenPort);
     this.forwarder.listen(this.open, added);
-    log.debug(`pasta ${this.protocol} auto: now forwarding ${this.ports.join(',') || 'nothing'}`);
+    log.debug(`pasta ${this.protocol} auto (${this.scope === 'any' ? 'into the namespace' : 'to the host'}): now forwarding ${this.ports.join(',') || 'nothing'}`);
   }
 }
 
@@ -664,4 +821,81 @@ function readProcTables(protocol: 'tcp' | 'udp'): string {
     }
   }
   return text;
+}
+
+/** Identity (device:inode) of a namespace file, to check that a process is still in the namespace. */
+export function namespaceIdentity(path: string): string {
+  const stat = fs.statSync(path);
+  return `${stat.dev}:${stat.ino}`;
+}
+
+/**
+ * The namespace's socket tables for a protocol, both families, read as
+ * /proc/PID/net/{tcp,tcp6} (or udp) of a process in it: procfs shows a
+ * process's own network namespace there. Throws when `pid` is gone or (no
+ * longer, or not yet: nsenter before its setns) in the namespace whose
+ * identity is `netnsIdentity`, so a tick never reads another namespace.
+ */
+export function readNamespaceTables(protocol: 'tcp' | 'udp', pid: number, netnsIdentity: string): string {
+  if (namespaceIdentity(`/proc/${pid}/ns/net`) !== netnsIdentity) throw new Error(`process ${pid} is not in the namespace`);
+  let text = '';
+  for (const name of [protocol, `${protocol}6`]) {
+    try {
+      text += fs.readFileSync(`/proc/${pid}/net/${name}`, 'utf8');
+    } catch (e) {
+      // No table for a disabled IPv6; a vanished process shows in the second check below.
+      void e;
+    }
+  }
+  if (namespaceIdentity(`/proc/${pid}/ns/net`) !== netnsIdentity) throw new Error(`process ${pid} left the namespace`);
+  return text;
+}
+
+/** Host-side listeners of the stack that can be opened and closed by tag at run time (TcpListeners, UdpService). */
+export interface TaggedInboundListeners {
+  /** Open listeners for `spec` marked `tag`; returns errors as (port, family, errno code). */
+  open(spec: ForwardSpec, tag: number): ListenError[];
+  /** Close the listeners `match` selects. */
+  close(match: (listener: ListenerInfo) => boolean): number;
+}
+
+/** The tag of listeners opened by -t/-u auto (the configured -t/-u ones have tag 0). */
+export const AUTO_FORWARD_TAG = 0x70a57a;
+
+/** A -t/-u spec for one port, same number on both sides (what -t/-u auto open). */
+export function singlePortSpec(port: number, protocol: 'tcp' | 'udp'): ForwardSpec {
+  return {
+    text: `${protocol === 'tcp' ? '-t' : '-u'} auto: ${port}`,
+    mode: 'ports',
+    bindAddress: null,
+    interfaceName: null,
+    mappings: [{ hostPortFirst: port, hostPortLast: port, guestPortFirst: port }],
+    bestEffort: false,
+  };
+}
+
+/**
+ * -t/-u auto: the stack's inbound listeners as a DynamicForwarder, so an
+ * AutoForwarder scanning the namespace opens a host port (any address, both
+ * families) for every port bound in the namespace and closes it when that
+ * goes. A port the host cannot bind (taken there) is logged and skipped.
+ */
+export class InboundAutoListeners implements DynamicForwarder {
+  constructor(private readonly protocol: 'tcp' | 'udp', private readonly listeners: TaggedInboundListeners) {}
+
+  listen(_open: NamespaceSocketOpener, forwards: readonly PortForward[]): number {
+    let opened = 0;
+    for (const forward of forwards) {
+      const errors = this.listeners.open(singlePortSpec(forward.listenPort, this.protocol), AUTO_FORWARD_TAG);
+      for (const error of errors) {
+        rateLimited('warn', `pasta ${this.protocol} auto bind`, () => `pasta ${this.protocol === 'tcp' ? '-t' : '-u'} auto: cannot listen on host port ${error.port} (IPv${error.family}): ${error.code}`);
+      }
+      opened++;
+    }
+    return opened;
+  }
+
+  unlisten(port: number): void {
+    this.listeners.close((listener) => listener.tag === AUTO_FORWARD_TAG && listener.hostPort === port);
+  }
 }

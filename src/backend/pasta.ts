@@ -41,13 +41,23 @@
  * (-I/--ns-ifname overrides), as in pasta.
  *
  * Forwarding: -t/-u are the stack's inbound listeners, exactly as for a VM
- * (connections and datagrams to the host's ports become frames on the tap).
- * -T/-U never become frames: listening sockets are opened inside the
- * namespace with the same nsOpen helper and bound to its loopback, and
- * pasta-forward.ts relays them to the host's loopback (TCP with splice()
- * unless --no-splice, UDP with recvmmsg/sendmmsg). -T/-U `auto` follow the
- * ports bound on the host's loopback, rescanned every second; -t/-u `auto`
- * (ports bound in the namespace, forwarded from the host) are not done yet.
+ * (connections and datagrams to the host's ports become frames on the tap),
+ * except that a TCP connection from the host's loopback is joined with
+ * splice() to a connection ferry makes to the namespace's loopback
+ * (pasta-forward.ts HostLoopbackSplicer, off with --no-splice): local
+ * traffic never becomes frames. -T/-U never become frames either:
+ * listening sockets are opened inside the namespace with the same nsOpen
+ * helper and bound to its loopback, and pasta-forward.ts relays them to the
+ * host's loopback (TCP with splice() unless --no-splice, UDP with
+ * recvmmsg/sendmmsg). `auto` is rescanned every second, as in pasta:
+ * -T/-U auto follow the ports bound on the host's loopback (/proc/self/net),
+ * -t/-u auto the ports bound in the namespace (/proc/PID/net of a process
+ * in it: unshare, the joined PID or nsenter's command; checked to be in the
+ * namespace on every read), opening and closing host listeners tagged
+ * AUTO_FORWARD_TAG through the stack's run-time listener API.
+ *
+ * --metrics serves the counters (the splice path's among them) as for the
+ * daemon.
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -57,12 +67,24 @@ import { CounterBlock } from '../counters';
 import { log } from '../log';
 import { native } from '../native';
 import type { StackConfig } from '../stack/config';
-import { FrontendLoop, maxFrameLengthFor, runStackOnLoop } from './frontend-loop';
+import { FrontendLoop, maxFrameLengthFor, runStackPartsOnLoop } from './frontend-loop';
+import { FerryMetrics, MetricsServer, startMetricsServer } from './metrics';
 import { NamespaceNetwork, NetlinkConfigurator } from './netlink-config';
 import { DaemonOptions, namespacePath, PastaOptions, readEphemeralRange } from './options';
 import { createPcapFile, PcapWriter } from './pcap';
 import { resolveStack } from './stack-setup';
-import { AutoForwarder, expandForwards, NamespaceSocketOpener, TcpNamespaceForwarder, UdpNamespaceForwarder } from './pasta-forward';
+import {
+  AutoForwarder,
+  expandForwards,
+  HostLoopbackSplicer,
+  InboundAutoListeners,
+  namespaceIdentity,
+  NamespaceSocketOpener,
+  readNamespaceTables,
+  TcpNamespaceForwarder,
+  UdpNamespaceForwarder,
+} from './pasta-forward';
+import type { StackParts } from './stack-factory';
 import { TapPort } from './tap-port';
 
 /** Tap name when neither -I nor host discovery gives one. */
@@ -202,6 +224,41 @@ function followHostPorts(loop: FrontendLoop, auto: AutoForwarder): void {
   loop.every(AUTO_SCAN_INTERVAL_MS, () => auto.tick());
 }
 
+/**
+ * -t with splice: connections from the host's loopback go to the
+ * namespace's loopback through splice() instead of the tap. Returns the
+ * splicer (null with --no-splice, without TCP or without -t).
+ */
+function spliceHostLoopback(loop: FrontendLoop, counters: CounterBlock, open: NamespaceSocketOpener, parts: StackParts, splice: boolean, forwarding: boolean): HostLoopbackSplicer | null {
+  const listeners = parts.tcpListeners;
+  if (!splice || !forwarding || listeners === null) return null;
+  const splicer = new HostLoopbackSplicer(loop, counters, open);
+  splicer.prime();
+  listeners.loopbackHandoff = (fd, family, port) => splicer.take(fd, family, port);
+  return splicer;
+}
+
+/** -t/-u auto: host listeners follow the ports bound in the namespace, rescanned every second. */
+function followNamespacePorts(loop: FrontendLoop, parts: StackParts, forwards: DaemonOptions['forwards'], open: NamespaceSocketOpener, pid: () => number | null, netnsIdentity: string): void {
+  const tables = (protocol: 'tcp' | 'udp') => (): string => {
+    const scanned = pid();
+    if (scanned === null) throw new Error('no process in the namespace to read its sockets from');
+    return readNamespaceTables(protocol, scanned, netnsIdentity);
+  };
+  const followers: AutoForwarder[] = [];
+  const tcp = parts.tcpListeners;
+  if (forwards.tcp.some((spec) => spec.mode === 'auto') && tcp !== null) {
+    const listeners = new InboundAutoListeners('tcp', { open: (spec, tag) => tcp.openTagged([spec], tag).errors, close: (match) => tcp.closeWhere(match) });
+    followers.push(new AutoForwarder('tcp', listeners, open, readEphemeralRange(), tables('tcp'), 'any'));
+  }
+  const udp = parts.udp;
+  if (forwards.udp.some((spec) => spec.mode === 'auto') && udp !== null) {
+    const listeners = new InboundAutoListeners('udp', { open: (spec, tag) => udp.listenTagged([spec], tag).errors, close: (match) => udp.closeListeners(match) });
+    followers.push(new AutoForwarder('udp', listeners, open, readEphemeralRange(), tables('udp'), 'any'));
+  }
+  for (const follower of followers) loop.every(AUTO_SCAN_INTERVAL_MS, () => follower.tick());
+}
+
 /** Opens sockets inside the target namespaces (a forked helper per call, see native.nsOpen). */
 function socketOpener(target: NamespaceTarget): NamespaceSocketOpener {
   return (triples) => {
@@ -292,7 +349,11 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     vnetHeader: true,
     onFrame: capture !== null ? (_direction, frame, length) => capture.write(frame, length) : null,
   });
-  const stack = runStackOnLoop(loop, config, port, counters, options.protocols);
+  const parts = runStackPartsOnLoop(loop, config, port, counters, options.protocols);
+  const stack = parts.stack;
+  // A process in the namespace whose /proc/PID/net shows its sockets (-t/-u auto); nsenter's is known once it runs.
+  let scanPid: number | null = target.child?.pid ?? target.watchPid;
+  const netnsIdentity = namespaceIdentity(target.netPath);
 
   // -T/-U: the namespace's loopback to the host's, outside the stack (after lo is up in the namespace).
   let tcpForwarder: TcpNamespaceForwarder | null = null;
@@ -319,6 +380,24 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   } catch (error) {
     log.error(`cannot set up -T/-U forwarding: ${(error as Error).message}`);
   }
+  // -t: the splice path for the host's loopback clients, and -t/-u auto.
+  let splicer: HostLoopbackSplicer | null = null;
+  try {
+    const open = socketOpener(target);
+    splicer = spliceHostLoopback(loop, counters, open, parts, pasta.splice, options.forwards.tcp.length > 0);
+    followNamespacePorts(loop, parts, options.forwards, open, () => scanPid, netnsIdentity);
+  } catch (error) {
+    log.error(`cannot set up -t/-u forwarding: ${(error as Error).message}`);
+  }
+  let metricsServer: MetricsServer | null = null;
+  if (options.metrics !== null) {
+    try {
+      metricsServer = await startMetricsServer(options.metrics, new FerryMetrics(() => [counters]));
+      log.info(`metrics on ${metricsServer.address}`);
+    } catch (error) {
+      log.error(`cannot serve metrics: ${(error as Error).message}`);
+    }
+  }
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
 
   // The command: released from the gate (created), or started through nsenter (joined with a command).
@@ -327,6 +406,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   else if (command.length > 0) {
     const argv = nsenterArgv(target.netPath, target.userPath, command);
     child = spawn(argv[0], argv.slice(1), { stdio: 'inherit' });
+    scanPid ??= child.pid ?? null;
   }
 
   return new Promise<number>((resolve) => {
@@ -343,6 +423,8 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
       port.close();
       tcpForwarder?.close();
       udpForwarder?.close();
+      splicer?.close();
+      void metricsServer?.close();
       stack.close();
       loop.close();
       if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });

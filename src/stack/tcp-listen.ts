@@ -63,8 +63,18 @@ export interface ListenerInfo {
   family: 4 | 6;
 }
 
+/**
+ * Takes a connection accepted from the host's loopback (127.0.0.0/8, ::1)
+ * away from the translator, e.g. pasta's splice path to the namespace's
+ * loopback. Returns true when it took `fd` (it owns it from then on), false
+ * to leave the connection to the translator.
+ */
+export type LoopbackHandoff = (fd: number, family: 4 | 6, guestPort: number) => boolean;
+
 /** The listening sockets of a worker and their accept loop. */
 export class TcpListeners implements ReadyHandler {
+  /** When set, connections from the host's loopback are offered here first (see LoopbackHandoff). */
+  loopbackHandoff: LoopbackHandoff | null = null;
   private readonly family = new Map<number, 4 | 6>();
   private readonly guestPort = new Map<number, number>();
   /** Host port and open() tag of each listening fd (for closeWhere). */
@@ -184,6 +194,7 @@ export class TcpListeners implements ReadyHandler {
         }
         continue;
       }
+      if (this.loopbackHandoff !== null && isLoopback(address) && this.loopbackHandoff(conn, family, guestPort)) continue;
       if (this.tcp.acceptInbound(conn, family, address, peerPort, guestPort)) this.tcp.flows.markInbound(this.tcp.flows.flowOfFd(conn));
     }
   }
@@ -245,6 +256,13 @@ function listenSockaddr(family: 4 | 6, bindAddress: Uint8Array | null, port: num
   setBe16(sa, 2, port);
   if (bindAddress !== null) sa.set(bindAddress, family === 4 ? 4 : 8);
   return sa;
+}
+
+/** 127.0.0.0/8 or ::1. */
+function isLoopback(address: Uint8Array): boolean {
+  if (address.length === 4) return address[0] === 127;
+  for (let i = 0; i < 15; i++) if (address[i] !== 0) return false;
+  return address[15] === 1;
 }
 
 function readFamily(sa: Uint8Array): number {

@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { argumentsForProgram, run, RunSubcommand, Subcommand } from '../../src/backend/cli';
-import { DaemonOptions, namespacePath, OptionError, PastaOptions, parsePastaCommandLine } from '../../src/backend/options';
+import { DaemonOptions, namespacePath, OptionError, PastaOptions, parseOptions, parsePastaCommandLine } from '../../src/backend/options';
 import { exitStatus, namespaceNetwork, nsenterArgv, unshareArgv } from '../../src/backend/pasta';
 import { testConfig } from '../support/stack-fakes';
 
@@ -59,6 +59,14 @@ describe('ferry pasta command line', () => {
   it('the instance name defaults to pasta, --name wins', () => {
     expect(parsePastaCommandLine([]).parsed.options.logging.name).to.equal('pasta');
     expect(parsePastaCommandLine(['--name', 'box1']).parsed.options.logging.name).to.equal('box1');
+  });
+
+  it('-t auto and -u auto are pasta-only (ports bound in the namespace); auto cannot be mixed with ports', () => {
+    const { parsed } = parsePastaCommandLine(['-t', 'auto', '-u', 'auto', '-T', 'auto', '--', 'true']);
+    expect(parsed.options.forwards.tcp.map((spec) => spec.mode)).to.deep.equal(['auto']);
+    expect(parsed.options.forwards.udp.map((spec) => spec.mode)).to.deep.equal(['auto']);
+    expect(() => parseOptions(['-t', 'auto'])).to.throw(OptionError, /auto/);
+    expect(() => parsePastaCommandLine(['-t', 'auto', '-t', '80', '--', 'true'])).to.throw(OptionError, /conflicts/);
   });
 
   it('namespace specs: PID, bare name, path', () => {

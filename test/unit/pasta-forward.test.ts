@@ -1,5 +1,21 @@
 import { expect } from 'chai';
-import { AutoForwarder, boundLoopbackPorts, DynamicForwarder, expandForwards, loopbackSockaddr, MAX_FORWARDED_PORTS, ownSocketInodes, PortForward } from '../../src/backend/pasta-forward';
+import {
+  AUTO_FORWARD_TAG,
+  AutoForwarder,
+  boundLoopbackPorts,
+  boundPorts,
+  DynamicForwarder,
+  expandForwards,
+  InboundAutoListeners,
+  loopbackSockaddr,
+  MAX_FORWARDED_PORTS,
+  namespaceIdentity,
+  ownSocketInodes,
+  PortForward,
+  readNamespaceTables,
+} from '../../src/backend/pasta-forward';
+import type { ForwardSpec } from '../../src/stack/forward-spec';
+import type { ListenerInfo } from '../../src/stack/tcp-listen';
 import { parseForwardSpec } from '../../src/stack/forward-spec';
 
 const NS_RULES = { allowBindAddress: false, allowAll: false, allowAuto: true };
@@ -92,5 +108,62 @@ describe('pasta auto forwarding', () => {
     const udp = new AutoForwarder('udp', { listen: (_o, f) => (udpCalls.push(f.map((x) => x.listenPort).join(',')), f.length), unlisten: () => undefined }, () => [], { first: 49152, last: 65535 }, () => UDP_TABLE.replace(':0035 00000000', ':C001 00000000') + '\n' + UDP_TABLE);
     udp.tick();
     expect(udpCalls).to.deep.equal(['53']);
+  });
+});
+
+describe('pasta -t/-u auto (ports bound in the namespace)', () => {
+  (littleEndian ? it : it.skip)('boundPorts with scope any: every listening port, whatever its address', () => {
+    expect([...boundPorts(TCP_TABLE + '\n' + TCP6_TABLE, 'tcp', new Set([1005]), 'any')].sort((a, b) => a - b)).to.deep.equal([80, 8080, 8081, 8082, 9000]);
+    expect([...boundPorts(UDP_TABLE, 'udp', new Set([3001]), 'any')]).to.deep.equal([]);
+  });
+
+  it('readNamespaceTables reads a process\'s tables and refuses a process in another namespace', () => {
+    const own = namespaceIdentity('/proc/self/ns/net');
+    const text = readNamespaceTables('tcp', process.pid, own);
+    expect(text).to.match(/local_address/);
+    expect(() => readNamespaceTables('tcp', process.pid, '0:0')).to.throw(/not in the namespace/);
+    expect(() => readNamespaceTables('tcp', 0x3fffffff, own)).to.throw();
+  });
+
+  (littleEndian ? it : it.skip)('InboundAutoListeners opens one tagged single-port spec per new port and closes only its own tag on that port', () => {
+    const opened: ForwardSpec[] = [];
+    const live: ListenerInfo[] = [{ tag: 0, hostPort: 9000, family: 4 }];
+    const listeners = new InboundAutoListeners('tcp', {
+      open: (spec, tag) => {
+        opened.push(spec);
+        const port = spec.mappings[0].hostPortFirst;
+        live.push({ tag, hostPort: port, family: 4 }, { tag, hostPort: port, family: 6 });
+        return port === 8082 ? [{ port, family: 6, code: 'EADDRINUSE' }] : [];
+      },
+      close: (match) => {
+        const before = live.length;
+        for (let i = live.length - 1; i >= 0; i--) if (match(live[i])) live.splice(i, 1);
+        return before - live.length;
+      },
+    });
+    let table = TCP_TABLE + '\n' + TCP6_TABLE;
+    const auto = new AutoForwarder('tcp', listeners, () => [], { first: 32768, last: 60999 }, () => table, 'any');
+    auto.tick();
+    expect(opened.map((spec) => [spec.mode, spec.mappings, spec.bindAddress])).to.deep.include(['ports', [{ hostPortFirst: 9000, hostPortLast: 9000, guestPortFirst: 9000 }], null]);
+    expect(auto.ports).to.deep.equal([22, 80, 8080, 8081, 8082, 9000]);
+    // 9000 vanishes from the namespace: the auto listeners on 9000 close, the configured one (tag 0) stays.
+    table = table.split('\n').filter((l) => !l.includes(':2328 00000000')).join('\n');
+    auto.tick();
+    expect(live.filter((l) => l.hostPort === 9000)).to.deep.equal([{ tag: 0, hostPort: 9000, family: 4 }]);
+    expect(live.filter((l) => l.tag === AUTO_FORWARD_TAG).map((l) => l.hostPort)).to.not.include(9000);
+  });
+
+  it('a scan that cannot read the namespace changes nothing', () => {
+    const calls: string[] = [];
+    let fail = false;
+    const auto = new AutoForwarder('tcp', { listen: (_o, f) => (calls.push(`listen ${f.length}`), f.length), unlisten: (p) => calls.push(`unlisten ${p}`) }, () => [], { first: 1, last: 2 }, () => {
+      if (fail) throw new Error('process 1 left the namespace');
+      return TCP_TABLE;
+    }, 'any');
+    auto.tick();
+    fail = true;
+    auto.tick();
+    expect(calls).to.have.length(1);
+    expect(auto.ports.length).to.be.greaterThan(0);
   });
 });
