@@ -19,6 +19,8 @@ export interface MachineInfo {
   slirp4netns: string;
   qemuLibslirp: string;
   iperf3: string;
+  /** 1-minute load average when the run started (other work on a shared machine skews the figures). */
+  loadAtStart: number;
 }
 
 function firstLine(argv: string[]): string {
@@ -55,6 +57,7 @@ export function describeMachine(): MachineInfo {
       : 'not installed',
     qemuLibslirp: libslirp ?? 'unknown',
     iperf3: firstLine(['iperf3', '--version']),
+    loadAtStart: os.loadavg()[0],
   };
 }
 
@@ -62,7 +65,7 @@ export function describeMachine(): MachineInfo {
 export function machineMarkdown(m: MachineInfo): string {
   return [
     `- date: ${m.date}`,
-    `- CPU: ${m.cpuModel}, ${m.cores} cores; kernel ${m.kernel}`,
+    `- CPU: ${m.cpuModel}, ${m.cores} cores; kernel ${m.kernel}; 1-minute load average ${m.loadAtStart.toFixed(2)} at the start (others' work on a shared machine skews the figures)`,
     `- Node ${m.node}; QEMU ${m.qemu} (TCG, 1 vCPU), its libslirp ${m.qemuLibslirp}`,
     `- ${m.passt}; slirp4netns ${m.slirp4netns}; ${m.iperf3}`,
   ].join('\n');
