@@ -50,6 +50,9 @@ export const RTPROT_BOOT = 3;
 /** Next hop is on the link even if no address covers it (the gateway may lie outside the prefix). */
 export const RTNH_F_ONLINK = 4;
 
+/** IFLA_TXQLEN: the link's transmit queue length (for a tap: its ring of frames waiting for the reader). */
+export const IFLA_TXQLEN = 13;
+
 const IFINFOMSG_LEN = 16;
 const IFADDRMSG_LEN = 8;
 const RTMSG_LEN = 12;
@@ -130,6 +133,14 @@ export function buildLinkUp(index: number, mtu: number, seq: number): Uint8Array
   return request.finish();
 }
 
+/** RTM_NEWLINK setting the transmit queue length of link `index` (`ip link set dev X txqueuelen N`). */
+export function buildSetTxQueueLength(index: number, length: number, seq: number): Uint8Array {
+  return new RequestBuilder(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, IFINFOMSG_LEN)
+    .i32(4, index) // ifi_index
+    .attributeU32(IFLA_TXQLEN, length)
+    .finish();
+}
+
 /** RTM_NEWADDR adding address/prefixLength on link `index` (IPv6 without duplicate address detection). */
 export function buildAddAddress(index: number, address: Uint8Array, prefixLength: number, seq: number): Uint8Array {
   const family = familyOf(address);
@@ -197,6 +208,11 @@ export class NetlinkConfigurator {
   /** Set link `index` up (with an MTU when mtu > 0). */
   linkUp(index: number, mtu = 0): void {
     this.request(buildLinkUp(index, mtu, ++this.seq));
+  }
+
+  /** Set the transmit queue length of link `index`. */
+  setTxQueueLength(index: number, length: number): void {
+    this.request(buildSetTxQueueLength(index, length, ++this.seq));
   }
 
   /** Add an address to link `index`. */

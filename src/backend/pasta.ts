@@ -85,7 +85,7 @@ import {
   UdpNamespaceForwarder,
 } from './pasta-forward';
 import type { StackParts } from './stack-factory';
-import { TapPort } from './tap-port';
+import { TapPort, tapQueueLength } from './tap-port';
 
 /** Tap name when neither -I nor host discovery gives one. */
 export const FALLBACK_TAP_NAME = 'tap0';
@@ -198,6 +198,19 @@ function joinNamespaces(pasta: PastaOptions): NamespaceTarget {
   }
   return { netPath, userPath, child: null, gate: null, watchPid: /^[0-9]+$/.test(spec) ? Number(spec) : null };
 }
+
+/** The largest TCP send buffer of ferry's host sockets (net.ipv4.tcp_wmem's maximum): the largest window ferry advertises. */
+export function largestSendBuffer(path = '/proc/sys/net/ipv4/tcp_wmem'): number {
+  try {
+    const max = Number(fs.readFileSync(path, 'utf8').trim().split(/\s+/)[2]);
+    return Number.isFinite(max) && max > 0 ? max : FALLBACK_SEND_BUFFER;
+  } catch {
+    return FALLBACK_SEND_BUFFER;
+  }
+}
+
+/** Linux's default tcp_wmem maximum. */
+const FALLBACK_SEND_BUFFER = 4 * 1024 * 1024;
 
 /** Open the tap and a NETLINK_ROUTE socket inside the target namespaces. */
 function openInNamespace(target: NamespaceTarget, ifname: string): { tapFd: number; tapName: string; netlinkFd: number } {
@@ -320,6 +333,13 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
         // Links up (so DHCP/NDP can run), no addresses or routes: the command configures itself.
         netlink.linkUp(netlink.linkIndex('lo'));
         netlink.linkUp(netlink.linkIndex(tapName), config.mtu);
+      }
+      // A window of MTU-sized frames must fit in the tap's queue, or the namespace's kernel drops them there.
+      const queueLength = tapQueueLength(config.mtu > 0 ? config.mtu : 65520, largestSendBuffer());
+      try {
+        netlink.setTxQueueLength(netlink.linkIndex(tapName), queueLength);
+      } catch (error) {
+        log.warn(`tap ${tapName}: cannot set txqueuelen ${queueLength}: ${(error as Error).message}`);
       }
     } finally {
       native.close(opened.netlinkFd);

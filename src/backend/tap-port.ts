@@ -11,8 +11,14 @@
  * consecutive slots of a preallocated pool, up to READ_BATCH frames or until
  * the tap is empty, and only then handed to the sink one after the other:
  * the reads of a burst are not interleaved with the stack's socket calls.
- * The batch is bounded, and epoll is level-triggered, so a busy tap cannot
- * starve the host sockets.
+ * A batch that came back full is followed by another, up to READ_ROUNDS
+ * per wake-up (the namespace's ACKs must not pile up in the tap's queue
+ * while ferry writes the segments they release). Bounded, and epoll is
+ * level-triggered, so a busy tap cannot starve the host sockets.
+ *
+ * The tap's queue itself (txqueuelen) is sized by tapQueueLength: at
+ * MTU 1500 the kernel's 1000 frames are less than the window ferry
+ * advertises, and frames beyond it are dropped in the namespace.
  *
  * To the namespace (FramePort): reserve() hands out one preallocated frame
  * buffer and commit() writes it at once (the tap copies it into an skb
@@ -39,8 +45,16 @@ import { SegmentList } from '../stack/frame-io';
 import type { FrameTap } from './virtio-net-port';
 import { PORT_COUNTERS } from './virtio-net-port';
 
-/** Frames read per readable wake-up before they are handed to the stack. */
+/** Frames read per round before they are handed to the stack. */
 export const READ_BATCH = 64;
+/**
+ * Rounds of READ_BATCH per readable wake-up while the tap stays full. Every
+ * ACK the stack takes from the namespace may release up to a burst of
+ * segments whose writes make the namespace's kernel answer with more ACKs,
+ * straight into the tap's queue: reading one batch per wake-up lets that
+ * queue grow until it drops (tx_dropped in the namespace).
+ */
+export const READ_ROUNDS = 4;
 /** Shortest frame passed to the stack: an Ethernet header. */
 const MIN_FRAME_LENGTH = 14;
 /** The legacy virtio-net header tun prepends with IFF_VNET_HDR (no num_buffers). */
@@ -48,6 +62,27 @@ export const TAP_VNET_HDR_LENGTH = 10;
 /** Largest frame a TSO segment makes: a 65535-byte IP packet plus the Ethernet header. */
 export const MAX_GSO_FRAME = 65535 + 14;
 const LITTLE_ENDIAN = os.endianness() === 'LE';
+
+/** The kernel's default tap queue length (never go below it). */
+export const DEFAULT_TAP_QUEUE_LENGTH = 1000;
+/** Upper bound on the queue length ferry sets (each entry is one frame the namespace may park there). */
+export const MAX_TAP_QUEUE_LENGTH = 32768;
+
+/**
+ * The tap's transmit queue length (txqueuelen: the ring the namespace's
+ * frames wait in until ferry reads them) for an MTU: room for a whole
+ * window of the largest ferry advertises (`maxWindowBytes`, its host
+ * sockets' largest send buffer) in MTU-sized segments, should the
+ * namespace not use TSO, plus a quarter for the ACKs of the other
+ * direction and for a read batch that is still being handled, at least
+ * the kernel's 1000. Pure.
+ */
+export function tapQueueLength(mtu: number, maxWindowBytes: number): number {
+  const segment = Math.max(536, mtu - 40);
+  const frames = Math.ceil(Math.max(0, maxWindowBytes) / segment);
+  const wanted = frames + Math.ceil(frames / 4) + READ_BATCH * READ_ROUNDS;
+  return Math.min(MAX_TAP_QUEUE_LENGTH, Math.max(DEFAULT_TAP_QUEUE_LENGTH, wanted));
+}
 
 const DROPS_HELP = 'Frames or descriptor chains dropped, by direction and reason';
 /** Drop reasons of the tap frontend. */
@@ -69,8 +104,10 @@ export interface TapPortOptions {
   watcher: FdWatcher;
   /** Largest frame either way (the tap's MTU + 14). */
   maxFrameLength: number;
-  /** Frames read per wake-up (default READ_BATCH). */
+  /** Frames read per round (default READ_BATCH). */
   readBatch?: number;
+  /** Rounds per wake-up while each one fills its batch (default READ_ROUNDS). */
+  readRounds?: number;
   /** The tap was opened with IFF_VNET_HDR: a 10-byte virtio-net header precedes every frame. */
   vnetHeader?: boolean;
   onFrame?: FrameTap | null;
@@ -93,6 +130,7 @@ export class TapPort implements FramePort, ReadyHandler {
   private readonly pool: Uint8Array;
   private readonly slotLength: number;
   private readonly readBatch: number;
+  private readonly readRounds: number;
   private readonly batchLengths: Int32Array;
   private readonly frame = new SegmentList(1);
   /** Bytes of virtio-net header before every frame (0 or TAP_VNET_HDR_LENGTH). */
@@ -113,6 +151,7 @@ export class TapPort implements FramePort, ReadyHandler {
     this.onFrame = options.onFrame ?? null;
     this.maxFrameLength = options.maxFrameLength;
     this.readBatch = Math.max(1, options.readBatch ?? READ_BATCH);
+    this.readRounds = Math.max(1, options.readRounds ?? READ_ROUNDS);
     this.headerLength = options.vnetHeader === true ? TAP_VNET_HDR_LENGTH : 0;
     this.maxReadFrame = options.vnetHeader === true ? Math.max(this.maxFrameLength, MAX_GSO_FRAME) : this.maxFrameLength;
     // One spare byte: a read that fills the slot completely was a frame longer than we accept.
@@ -147,7 +186,14 @@ export class TapPort implements FramePort, ReadyHandler {
   /** Readiness of the tap fd (ReadyHandler). */
   onReady(fd: number, events: number): void {
     if (fd !== this.fd) return;
-    if ((events & (native.constants.EPOLLIN | native.constants.EPOLLERR | native.constants.EPOLLHUP)) !== 0) this.readFrames();
+    if ((events & (native.constants.EPOLLIN | native.constants.EPOLLERR | native.constants.EPOLLHUP)) !== 0) this.readWhileFull();
+  }
+
+  /** Up to readRounds batches, the next only when the last one filled up (bounded: readRounds x readBatch frames). */
+  private readWhileFull(): void {
+    for (let round = 0; round < this.readRounds; round++) {
+      if (this.readFrames() < this.readBatch) break;
+    }
   }
 
   // ---------------------------------------------------------------- from the namespace

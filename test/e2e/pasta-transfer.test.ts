@@ -22,6 +22,7 @@ import { CounterBlock } from '../../src/counters';
 import { native } from '../../src/native';
 import { FakeFramePort, testConfig } from '../support/stack-fakes';
 import { readPcapFile, sourceMac } from '../support/pcap-reader';
+import { tapQueueLength } from '../../src/backend/tap-port';
 
 const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
 const UDP_PORT = 7007;
@@ -170,6 +171,43 @@ describe('e2e: data through ferry pasta', function () {
     const fromNamespace = readPcapFile(pcapPath).frames.filter((f) => f.data.length >= 34 && f.data[12] === 0x08 && f.data[13] === 0x00 && f.data[23] === 6 && sourceMac(f.data) !== '9a:55:9a:55:9a:55');
     const largest = Math.max(...fromNamespace.map((f) => f.data.length));
     expect(largest, `${fromNamespace.length} TCP frames from the namespace`).to.be.greaterThan(1514);
+  });
+
+  it('at MTU 1500 the tap\'s queue holds a window of MTU-sized frames: txqueuelen sized from tcp_wmem, 16 MiB each way intact with (almost) no frame dropped in it', async function () {
+    if (!stackHasTcp()) this.skip();
+    const n = net as TestNetwork;
+    const port = HTTP_PORT + 3;
+    const bytes = 16 << 20;
+    // Both ways on one connection: the server takes the upload, then sends as much back.
+    const server = await startServer(
+      n,
+      `const crypto=require('crypto');const out=crypto.randomBytes(${bytes});const downSha=crypto.createHash('sha256').update(out).digest('hex');` +
+        `require('net').createServer(c=>{const h=crypto.createHash('sha256');let k=0;c.on('data',d=>{k+=d.length;h.update(d)});c.on('end',()=>{console.log('GOT '+k+' '+h.digest('hex')+' DOWN '+downSha);c.end(out)})}).listen(${port},'${TEST_NET.serverV4}',()=>console.log('ready'));`,
+    );
+    servers.push(server);
+    let serverOut = '';
+    server.stdout?.setEncoding('utf8').on('data', (d: string) => (serverOut += d));
+    const client = [
+      "const crypto=require('crypto');const up=crypto.randomBytes(" + bytes + ");console.log('UP '+crypto.createHash('sha256').update(up).digest('hex'));",
+      `const c=require('net').connect(${port},'${TEST_NET.serverV4}');const h=crypto.createHash('sha256');let k=0;`,
+      "c.on('connect',()=>c.end(up));c.on('data',d=>{k+=d.length;h.update(d)});",
+      `c.on('end',()=>{console.log('RECEIVED '+k+' '+h.digest('hex'));console.log(require('child_process').execSync('ip -s -s -o link show ${TEST_NET.uplinkName}').toString());process.exit(0)});`,
+      "c.on('error',e=>{console.log('ERROR '+e.message);process.exit(3)});setTimeout(()=>{console.log('TIMEOUT');process.exit(2)},50000).unref();",
+    ].join('');
+    const r = await runIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', '-m', '1500', '--', process.execPath, '-e', client], { timeoutMs: 70000 });
+    expect(r.code, describeResult(r)).to.equal(0);
+    for (let i = 0; i < 100 && !serverOut.includes('GOT'); i++) await new Promise((res) => setTimeout(res, 50));
+    expect(serverOut, describeResult(r)).to.include(`GOT ${bytes} ${/UP (\w+)/.exec(r.stdout)?.[1]} `);
+    expect(r.stdout, serverOut).to.include(`RECEIVED ${bytes} ${/DOWN (\w+)/.exec(serverOut)?.[1]}`);
+    const wmemMax = Number(fs.readFileSync('/proc/sys/net/ipv4/tcp_wmem', 'utf8').trim().split(/\s+/)[2]);
+    const qlen = Number(/ qlen (\d+)/.exec(r.stdout)?.[1]);
+    expect(qlen, r.stdout).to.equal(tapQueueLength(1500, wmemMax)).and.to.be.greaterThan(1000);
+    // `ip -s -o`: "TX: bytes packets errors dropped ..." then its values, on one line.
+    const tx = /TX:[^\\]*\\\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/.exec(r.stdout);
+    expect(tx, r.stdout).to.not.equal(null);
+    const [packets, dropped] = [Number(tx?.[2]), Number(tx?.[4])];
+    expect(packets, r.stdout).to.be.greaterThan(100);
+    expect(dropped, `${dropped} of ${packets} frames from the namespace dropped in the tap's queue\n${r.stdout}`).to.be.below(Math.max(1, packets / 100));
   });
 
   it('a command inside ferry pasta fetches a 4 MiB file over TCP from the test network and its sha256 matches', async function () {

@@ -5,7 +5,9 @@ import {
   buildAddDefaultRoute,
   buildGetLinkByName,
   buildLinkUp,
+  buildSetTxQueueLength,
   containsAck,
+  IFLA_TXQLEN,
   NetlinkConfigurator,
   NetlinkSocketCalls,
   NLM_F_CREATE,
@@ -138,6 +140,16 @@ describe('netlink-config', () => {
       expect(u32(m, NLMSG_HDRLEN + 12)).to.equal(IFF_UP);
       expect(u32(attributes(m, 16).get(IFLA_MTU) as Uint8Array)).to.equal(65520);
       expect(attributes(buildLinkUp(1, 0, 6), 16).has(IFLA_MTU)).to.equal(false);
+    });
+
+    it('RTM_NEWLINK for txqueuelen: the index, IFLA_TXQLEN, no flag changes', () => {
+      const m = buildSetTxQueueLength(7, 3848, 5);
+      expect(header(m).type).to.equal(RTM_NEWLINK);
+      expect(header(m).flags).to.equal(NLM_F_REQUEST | NLM_F_ACK);
+      expect(u32(m, NLMSG_HDRLEN + 4)).to.equal(7);
+      expect([u32(m, NLMSG_HDRLEN + 8), u32(m, NLMSG_HDRLEN + 12)]).to.deep.equal([0, 0]);
+      expect(u32(attributes(m, 16).get(IFLA_TXQLEN) as Uint8Array)).to.equal(3848);
+      expect(attributes(m, 16).has(IFLA_MTU)).to.equal(false);
     });
 
     it('RTM_NEWADDR: family, prefix, index, IFA_LOCAL and IFA_ADDRESS; IPv6 without DAD', () => {

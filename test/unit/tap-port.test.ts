@@ -10,7 +10,7 @@ import { native } from '../../src/native';
 import type { FdWatcher, ReadyHandler } from '../../src/stack/context';
 import type { FrameSink, OffloadInfo, SegmentList } from '../../src/stack/frame-io';
 import { PORT_COUNTERS } from '../../src/backend/virtio-net-port';
-import { MAX_GSO_FRAME, TAP_DROPS, TAP_VNET_HDR_LENGTH, TapPort } from '../../src/backend/tap-port';
+import { DEFAULT_TAP_QUEUE_LENGTH, MAX_GSO_FRAME, MAX_TAP_QUEUE_LENGTH, READ_BATCH, READ_ROUNDS, TAP_DROPS, TAP_VNET_HDR_LENGTH, TapPort, tapQueueLength } from '../../src/backend/tap-port';
 
 class RecordingWatcher implements FdWatcher {
   readonly events = new Map<number, number>();
@@ -44,14 +44,14 @@ function frameBytes(length: number, seed: number): number[] {
 const SOCK_SEQPACKET = native.constants.SOCK_SEQPACKET;
 const open: number[] = [];
 
-function setup(maxFrameLength = 1514, readBatch?: number, vnetHeader = false) {
+function setup(maxFrameLength = 1514, readBatch?: number, vnetHeader = false, readRounds?: number) {
   const [tapFd, peer] = native.socketpair(SOCK_SEQPACKET);
   open.push(peer);
   native.setNonBlocking(tapFd, true);
   native.setNonBlocking(peer, true);
   const watcher = new RecordingWatcher();
   const counters = new CounterBlock();
-  const port = new TapPort({ fd: tapFd, counters, watcher, maxFrameLength, vnetHeader, ...(readBatch !== undefined ? { readBatch } : {}) });
+  const port = new TapPort({ fd: tapFd, counters, watcher, maxFrameLength, vnetHeader, ...(readBatch !== undefined ? { readBatch } : {}), ...(readRounds !== undefined ? { readRounds } : {}) });
   const sink = new CollectingSink();
   port.sink = sink;
   const closed: string[] = [];
@@ -120,6 +120,40 @@ describe('TapPort', () => {
     expect(t.port.readFrames()).to.equal(2);
     expect(t.port.readFrames()).to.equal(0);
     expect(t.sink.frames.map((f) => f[0])).to.deep.equal([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  });
+
+  it('a wake-up reads further batches while each fills up, at most readRounds of them, delivering each before the next', () => {
+    const t = setup(1514, 4, false, 3);
+    for (let i = 0; i < 20; i++) send(t.peer, frameBytes(100, i));
+    const deliveredBeforeRead: number[] = [];
+    let reads = 0;
+    t.sink.during = () => {
+      if (t.sink.frames.length % 4 === 1) deliveredBeforeRead.push(reads);
+    };
+    const realRead = t.port.readFrames.bind(t.port);
+    t.port.readFrames = () => {
+      reads++;
+      return realRead();
+    };
+    t.port.onReady(t.tapFd, native.constants.EPOLLIN);
+    // 3 rounds of 4: 12 frames, each batch handed over before the next read.
+    expect(t.sink.frames).to.have.length(12);
+    expect(deliveredBeforeRead).to.deep.equal([1, 2, 3]);
+    // The other 8: two full rounds, then a third that comes back empty and ends the wake-up.
+    t.port.onReady(t.tapFd, native.constants.EPOLLIN);
+    expect(t.sink.frames.map((f) => f[0])).to.deep.equal(Array.from({ length: 20 }, (_, i) => i));
+    expect(reads).to.equal(6);
+    // A short round ends it at once.
+    send(t.peer, frameBytes(100, 20));
+    t.port.onReady(t.tapFd, native.constants.EPOLLIN);
+    expect(reads).to.equal(7);
+  });
+
+  it('tapQueueLength: a window of MTU-sized segments plus a quarter and a wake-up\'s reads, within [1000, 32768]', () => {
+    expect(tapQueueLength(1500, 4 * 1024 * 1024)).to.equal(2873 + 719 + READ_BATCH * READ_ROUNDS);
+    expect(tapQueueLength(65520, 4 * 1024 * 1024)).to.equal(DEFAULT_TAP_QUEUE_LENGTH);
+    expect(tapQueueLength(576, 64 * 1024 * 1024)).to.equal(MAX_TAP_QUEUE_LENGTH);
+    expect(tapQueueLength(1500, 0)).to.equal(DEFAULT_TAP_QUEUE_LENGTH);
   });
 
   it('runts and frames longer than maxFrameLength are counted and dropped', () => {
