@@ -3,7 +3,7 @@
  * one row per test and back-end, ferry's row first and each peer's figures
  * followed by ferry's figure divided by the peer's.
  */
-import { Figures, Measurement, medianFigures, TestKind } from './figures';
+import { Figures, figuresOf, Measurement, medianFigures, TestKind } from './figures';
 import { MachineInfo, machineMarkdown } from './machine';
 
 /** The back-end whose figures are divided by each peer's. */
@@ -42,6 +42,15 @@ function cpuOf(kind: TestKind, f: Figures): { value: number | undefined; text: s
   }
 }
 
+/** " (min-max)" of the rate over the runs, " (1 run)" for a single run: runs here vary, and a median hides by how much. */
+function spreadText(m: Measurement): string {
+  if (m.runs.length === 1) return ' (1 run)';
+  const values = m.runs.map((r) => rateOf(m.kind, figuresOf(r)).value ?? NaN).filter((v) => Number.isFinite(v));
+  if (values.length < 2) return '';
+  const scale = m.kind === 'pps' ? 1000 : 1;
+  return ` (${fmt(Math.min(...values) / scale, 3)}-${fmt(Math.max(...values) / scale, 3)})`;
+}
+
 function ratio(ferry: number | undefined, peer: number | undefined): string {
   if (ferry === undefined || peer === undefined || !Number.isFinite(ferry) || !Number.isFinite(peer) || peer === 0) return '-';
   return `×${fmt(ferry / peer)}`;
@@ -49,7 +58,7 @@ function ratio(ferry: number | undefined, peer: number | undefined): string {
 
 /** One markdown table for the measurements of one section, in the order given. */
 export function sectionTable(measurements: Measurement[], withQemuIo: boolean): string {
-  const header = ['test', 'back-end', 'rate (median)', 'ferry ÷ it', 'loss', 'back-end CPU', 'ferry ÷ it'];
+  const header = ['test', 'back-end', 'rate: median (min-max)', 'ferry ÷ it', 'loss', 'back-end CPU', 'ferry ÷ it'];
   if (withQemuIo) header.push('QEMU I/O threads CPU');
   const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`];
   const tests = [...new Set(measurements.map((m) => m.test))];
@@ -71,7 +80,7 @@ export function sectionTable(measurements: Measurement[], withQemuIo: boolean): 
       const cells = [
         test,
         m.backend,
-        rate.text + (m.runs.length > 1 ? '' : ' (1 run)'),
+        rate.text + spreadText(m),
         isFerry || !ferryFig ? '' : ratio(rateOf(m.kind, ferryFig).value, rate.value),
         f.lostPercent !== undefined ? `${fmt(f.lostPercent)} %` : '',
         cpu.text,

@@ -7,7 +7,8 @@
  *                          [--udp-rate RATE] [--out DIR]
  *
  * --quick: one run per test and shorter tests (a smoke run, a few minutes).
- * --only: sections (vm, ns) and/or kinds (tcp, udp, pps, rr), comma separated.
+ * --only: sections (vm, ns, pmd) and/or kinds (tcp, udp, pps, rr), comma separated
+ * (pmd, DPDK testpmd into ferry, is a pps test).
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -17,12 +18,13 @@ import { Measurement, TestKind } from './figures';
 import { describeMachine } from './machine';
 import { NS_BACKENDS, NsPlan, nsPrerequisitesMissing, nsTests, runNsBackend } from './ns';
 import { reportMarkdown, ReportNotes } from './report';
+import { runTestpmd, TESTPMD, testpmdMissing } from './testpmd';
 import { runVmBackend, VM_BACKENDS, VmPlan, vmPrerequisitesMissing, vmTests } from './vm';
 
 /** Parsed command line. */
 export interface BenchOptions {
   quick: boolean;
-  sections: Set<'vm' | 'ns'>;
+  sections: Set<Section>;
   kinds: Set<TestKind>;
   runs: number | null;
   udpRate: string | null;
@@ -30,12 +32,15 @@ export interface BenchOptions {
 }
 
 const ALL_KINDS: TestKind[] = ['tcp', 'udp', 'pps', 'rr'];
+/** vm: QEMU guest; ns: pasta mode; pmd: DPDK testpmd as a vhost-user front-end. */
+type Section = 'vm' | 'ns' | 'pmd';
+const ALL_SECTIONS: Section[] = ['vm', 'ns', 'pmd'];
 
 /** Parses argv (after the script name); throws on an unknown flag or value. */
 export function parseBenchArgs(argv: string[]): BenchOptions {
   const o: BenchOptions = {
     quick: false,
-    sections: new Set(['vm', 'ns']),
+    sections: new Set(ALL_SECTIONS),
     kinds: new Set(ALL_KINDS),
     runs: null,
     udpRate: null,
@@ -51,10 +56,10 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
     if (a === '--quick') o.quick = true;
     else if (a === '--only') {
       const words = value().split(',');
-      const sections = words.filter((w) => w === 'vm' || w === 'ns') as ('vm' | 'ns')[];
+      const sections = words.filter((w) => (ALL_SECTIONS as string[]).includes(w)) as Section[];
       const kinds = words.filter((w) => (ALL_KINDS as string[]).includes(w)) as TestKind[];
-      const unknown = words.filter((w) => !['vm', 'ns', ...ALL_KINDS].includes(w));
-      if (unknown.length > 0) throw new Error(`--only: unknown ${unknown.join(',')} (vm, ns, ${ALL_KINDS.join(', ')})`);
+      const unknown = words.filter((w) => !([...ALL_SECTIONS, ...ALL_KINDS] as string[]).includes(w));
+      if (unknown.length > 0) throw new Error(`--only: unknown ${unknown.join(',')} (${[...ALL_SECTIONS, ...ALL_KINDS].join(', ')})`);
       if (sections.length > 0) o.sections = new Set(sections);
       if (kinds.length > 0) o.kinds = new Set(kinds);
     } else if (a === '--runs') {
@@ -117,6 +122,21 @@ async function main(): Promise<number> {
         "QEMU I/O threads CPU: the same threads for every back-end. Over vhost-user QEMU is off the data path; over -netdev stream (passt's classic mode) QEMU's main loop copies every frame to and from passt's socket, a cost to add to passt's.",
         "passt is Debian 12's package (0.0~git20230309), which has no vhost-user: it runs in its classic mode, QEMU connecting with -netdev stream. ferry and passt announce MTU 65520 to the guest; QEMU user's libslirp keeps 1500.",
         `Host->guest small datagrams are sent at a fixed ${plan.smallRateDown}bit/s (an unlimited sender only measures drops); guest->host ones as fast as the guest can. CPU per datagram is over the datagrams delivered.`,
+      );
+    }
+  }
+
+  if (opts.sections.has('pmd') && opts.kinds.has('pps')) {
+    const why = testpmdMissing();
+    if (why) {
+      say(`  skipping testpmd: ${why}`);
+      notes.skipped.push(`testpmd (DPDK virtio-user into ferry): ${why}`);
+    } else {
+      const seconds = opts.quick ? 3 : 5;
+      say(`testpmd: 64-byte datagrams into ferry, ${runs} run(s) of ${seconds} s`);
+      measurements.push(await runTestpmd(seconds, runs, say));
+      notes.vm.push(
+        `testpmd: DPDK ${TESTPMD} (Debian's dpdk-dev) as a vhost-user front-end, --forward-mode=txonly, UDP 192.0.2.1:40000 -> 192.0.2.2:9 with 64 bytes of payload, as fast as it can (--no-huge -m 512, one lcore); delivered datagrams counted on the peer namespace's veth, ${seconds} s per run. No peer: Debian 12's passt has no vhost-user.`,
       );
     }
   }

@@ -46,12 +46,15 @@ export async function runTestpmd(seconds: number, runs: number, say: (line: stri
     let net: TestNetwork | null = null;
     const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-pmd-'));
     let ferry: Awaited<ReturnType<typeof startFerry>> | null = null;
+    const filePrefix = `ferry-bench-${process.pid}`;
     try {
       net = await createTestNetwork();
       const socketPath = path.join(workDir, 'ferry.sock');
+      // lcore 0 waits on stdin, lcore 1 sends (testpmd needs a forwarding core besides the main one).
       ferry = await startFerry(net.ns, socketPath, ['-q']);
+      // stdbuf: testpmd's stdout is a pipe here, fully buffered without it.
       const pmd = spawnIn(net.ns, [
-        TESTPMD, '--no-pci', '--no-huge', '-m', '512', '-l', '0', '--file-prefix', `ferry-bench-${process.pid}`,
+        'stdbuf', '-oL', TESTPMD, '--no-pci', '--no-huge', '-m', '512', '-l', '0,1', '--file-prefix', filePrefix,
         `--vdev=net_virtio_user0,path=${socketPath},queues=1,mac=52:54:00:12:34:56`,
         '--', '--forward-mode=txonly', `--tx-ip=${TEST_NET.hostV4},${TEST_NET.serverV4}`, '--tx-udp=40000,9',
         `--txpkts=${FRAME_LENGTH}`, `--eth-peer=0,${FERRY_MAC}`, '--total-num-mbufs=16384', '--nb-cores=1',
@@ -88,6 +91,8 @@ export async function runTestpmd(seconds: number, runs: number, say: (line: stri
       if (ferry) await ferry.stop();
       if (net) await destroyTestNetwork(net);
       fs.rmSync(workDir, { recursive: true, force: true });
+      // DPDK's runtime directory for this --file-prefix.
+      fs.rmSync(`/var/run/dpdk/${filePrefix}`, { recursive: true, force: true });
     }
   }
   return m;
