@@ -199,6 +199,11 @@ class Direction {
 interface RelayOwner {
   readonly watcher: FdWatcher;
   released(relay: TcpRelay): void;
+  /**
+   * The dial failed before any byte moved: true when the owner took the
+   * accepted socket over (it is then neither closed nor watched by the relay).
+   */
+  dialFailed?(relay: TcpRelay): boolean;
 }
 
 /**
@@ -240,7 +245,10 @@ class TcpRelay implements ReadyHandler {
           return;
         }
         const error = native.getsockoptInt(this.dialedFd, c.SOL_SOCKET, c.SO_ERROR);
-        if (error !== 0) throw new Error(`connect to the other loopback failed (errno ${error})`);
+        if (error !== 0) {
+          if (this.owner.dialFailed !== undefined) return this.giveBack();
+          throw new Error(`connect to the other loopback failed (errno ${error})`);
+        }
         this.connecting = false;
       }
       if ((events & c.EPOLLERR) !== 0) throw new Error('socket error');
@@ -282,14 +290,24 @@ class TcpRelay implements ReadyHandler {
   }
 
   close(): void {
+    this.release(false);
+  }
+
+  /** The dial failed with nothing read yet: offer the accepted socket to the owner (closed if it declines). */
+  private giveBack(): void {
+    this.release(true);
+  }
+
+  private release(offerAccepted: boolean): void {
     if (this.closed) return;
     this.closed = true;
-    for (const fd of [this.acceptedFd, this.dialedFd]) {
-      this.owner.watcher.unwatch(fd);
-      native.close(fd);
-    }
+    this.owner.watcher.unwatch(this.acceptedFd);
+    this.owner.watcher.unwatch(this.dialedFd);
+    native.close(this.dialedFd);
     this.forward.close();
     this.backward.close();
+    const taken = offerAccepted && this.owner.dialFailed?.(this) === true;
+    if (!taken) native.close(this.acceptedFd);
     this.owner.released(this);
   }
 }
@@ -397,18 +415,27 @@ const SPLICE_POOL_LOW = 3;
  * after the event that drained it. A connection the pool cannot serve, or
  * whose connect() fails at once (nothing on the namespace's loopback at
  * that port, e.g. a server bound to the tap address only), is left to the
- * stack (counted as a fallback); a later failure resets the host client,
- * as pasta does.
+ * stack (counted as a fallback). So does one whose connect() is refused
+ * later (no byte has been read from the host client then): a server bound
+ * to the tap's address only is still reached, through the tap.
  */
 export class HostLoopbackSplicer implements RelayOwner {
   private readonly pool: Record<4 | 6, number[]> = { 4: [], 6: [] };
   /** A family whose sockets cannot be made in the namespace (IPv6 off there): not retried. */
   private readonly unavailable: Record<4 | 6, boolean> = { 4: false, 6: false };
   private readonly relays = new Set<TcpRelay>();
+  /** What the stack needs to take a connection back, per relay still connecting or open. */
+  private readonly origin = new Map<TcpRelay, { family: 4 | 6; peer: Uint8Array; peerPort: number; guestPort: number }>();
   private refillPending = false;
   private closed = false;
 
-  constructor(readonly watcher: FdWatcher, private readonly counters: CounterBlock, private readonly open: NamespaceSocketOpener) {}
+  constructor(
+    readonly watcher: FdWatcher,
+    private readonly counters: CounterBlock,
+    private readonly open: NamespaceSocketOpener,
+    /** Give a connection back to the stack (TcpListeners.acceptHandedBack); null: close it instead. */
+    private readonly handBack: ((fd: number, family: 4 | 6, peer: Uint8Array, peerPort: number, guestPort: number) => boolean) | null = null,
+  ) {}
 
   /** Fill the pools now (before the first connection, so it does not wait for a helper). */
   prime(): void {
@@ -421,7 +448,7 @@ export class HostLoopbackSplicer implements RelayOwner {
   }
 
   /** A LoopbackHandoff: true when the connection `hostFd` is now spliced to the namespace's loopback port `port`. */
-  take(hostFd: number, family: 4 | 6, port: number): boolean {
+  take(hostFd: number, family: 4 | 6, port: number, peer: Uint8Array = new Uint8Array(family === 4 ? 4 : 16), peerPort = 0): boolean {
     if (this.closed || this.relays.size >= MAX_TCP_RELAYS) return this.fallback();
     if (this.pool[family].length === 0) this.refill();
     const nsFd = this.pool[family].pop();
@@ -440,6 +467,7 @@ export class HostLoopbackSplicer implements RelayOwner {
     this.counters.add(SPLICE_COUNTERS.hostConnections);
     const relay = new TcpRelay(this, hostFd, nsFd, true, this.counters, [SPLICE_COUNTERS.hostBytes]);
     this.relays.add(relay);
+    if (this.handBack !== null) this.origin.set(relay, { family, peer: Uint8Array.from(peer), peerPort, guestPort: port });
     relay.updateInterest();
     return true;
   }
@@ -447,6 +475,17 @@ export class HostLoopbackSplicer implements RelayOwner {
   /** Called by a relay when it closed. */
   released(relay: TcpRelay): void {
     this.relays.delete(relay);
+    this.origin.delete(relay);
+  }
+
+  /** The namespace's loopback refused: the stack takes the untouched host connection through the tap. */
+  dialFailed(relay: TcpRelay): boolean {
+    const origin = this.origin.get(relay);
+    if (origin === undefined || this.handBack === null || this.closed) return false;
+    this.counters.add(SPLICE_COUNTERS.hostFallbacks);
+    // The stack closes the socket itself when it cannot take it.
+    this.handBack(relay.acceptedFd, origin.family, origin.peer, origin.peerPort, origin.guestPort);
+    return true;
   }
 
   /** Close every relay and pooled socket. */

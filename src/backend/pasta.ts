@@ -245,9 +245,9 @@ function followHostPorts(loop: FrontendLoop, auto: AutoForwarder): void {
 function spliceHostLoopback(loop: FrontendLoop, counters: CounterBlock, open: NamespaceSocketOpener, parts: StackParts, splice: boolean, forwarding: boolean): HostLoopbackSplicer | null {
   const listeners = parts.tcpListeners;
   if (!splice || !forwarding || listeners === null) return null;
-  const splicer = new HostLoopbackSplicer(loop, counters, open);
+  const splicer = new HostLoopbackSplicer(loop, counters, open, (fd, family, peer, peerPort, guestPort) => listeners.acceptHandedBack(fd, family, peer, peerPort, guestPort));
   splicer.prime();
-  listeners.loopbackHandoff = (fd, family, port) => splicer.take(fd, family, port);
+  listeners.loopbackHandoff = (fd, family, port, peer, peerPort) => splicer.take(fd, family, port, peer, peerPort);
   return splicer;
 }
 

@@ -66,10 +66,11 @@ export interface ListenerInfo {
 /**
  * Takes a connection accepted from the host's loopback (127.0.0.0/8, ::1)
  * away from the translator, e.g. pasta's splice path to the namespace's
- * loopback. Returns true when it took `fd` (it owns it from then on), false
- * to leave the connection to the translator.
+ * loopback. `peer` (4 or 16 bytes) is only valid during the call. Returns
+ * true when it took `fd` (it owns it from then on; it may give it back with
+ * TcpListeners.acceptHandedBack), false to leave it to the translator.
  */
-export type LoopbackHandoff = (fd: number, family: 4 | 6, guestPort: number) => boolean;
+export type LoopbackHandoff = (fd: number, family: 4 | 6, guestPort: number, peer: Uint8Array, peerPort: number) => boolean;
 
 /** The listening sockets of a worker and their accept loop. */
 export class TcpListeners implements ReadyHandler {
@@ -194,9 +195,20 @@ export class TcpListeners implements ReadyHandler {
         }
         continue;
       }
-      if (this.loopbackHandoff !== null && isLoopback(address) && this.loopbackHandoff(conn, family, guestPort)) continue;
+      if (this.loopbackHandoff !== null && isLoopback(address) && this.loopbackHandoff(conn, family, guestPort, address, peerPort)) continue;
       if (this.tcp.acceptInbound(conn, family, address, peerPort, guestPort)) this.tcp.flows.markInbound(this.tcp.flows.flowOfFd(conn));
     }
+  }
+
+  /**
+   * A connection a LoopbackHandoff took and gives back untouched (nothing
+   * read from it): the translator takes it as if just accepted. Returns
+   * whether a flow was created (otherwise the socket is closed).
+   */
+  acceptHandedBack(fd: number, family: 4 | 6, peer: Uint8Array, peerPort: number, guestPort: number): boolean {
+    if (!this.tcp.acceptInbound(fd, family, peer, peerPort, guestPort)) return false;
+    this.tcp.flows.markInbound(this.tcp.flows.flowOfFd(fd));
+    return true;
   }
 
   /**

@@ -89,7 +89,7 @@ async function probeUntil(ns: string, source: string, want: RegExp, timeoutMs: n
 }
 
 /** The namespace's side of the splice test: receives everything, answers with `replyBytes` bytes, prints digests; exits on file `exit`. */
-function bulkServerSource(dir: string, port: number, replyBytes: number): string {
+function bulkServerSource(dir: string, port: number, replyBytes: number, address: string | null = null): string {
   return [
     "const net=require('net'),crypto=require('crypto'),fs=require('fs');",
     `const reply=Buffer.alloc(${replyBytes});for(let i=0;i<reply.length;i++)reply[i]=(i*131+7)&255;`,
@@ -97,7 +97,7 @@ function bulkServerSource(dir: string, port: number, replyBytes: number): string
     "setTimeout(()=>{console.log('TIMEOUT');process.exit(2)},60000).unref();",
     "net.createServer(c=>{const h=crypto.createHash('sha256');let n=0;c.on('data',d=>{n+=d.length;h.update(d)});",
     "c.on('end',()=>{console.log('GOT '+n+' '+h.digest('hex'));c.end(reply)});c.on('error',()=>undefined)})",
-    `.listen(${port},()=>console.log('SERVING'));`,
+    `.listen(${port},${address === null ? '' : `'${address}',`}()=>console.log('SERVING'));`,
     `setInterval(()=>{if(fs.existsSync(${JSON.stringify(dir)}+'/exit'))process.exit(0)},50);`,
   ].join('');
 }
@@ -207,6 +207,22 @@ describe('e2e: ferry pasta -t/-u auto and the -t splice path', function () {
     // The UDP listener is gone too: the host answers with port unreachable.
     const udpGone = await probeUntil(n.ns, udpProbeSource('127.0.0.1', port), /^ERR ECONNREFUSED/, 3000);
     expect(udpGone.answer, pasta.output()).to.equal('ERR ECONNREFUSED');
+  });
+
+  it('-t with splice: a namespace server bound to the tap\'s address only (nothing on its loopback) is still reached from the host\'s loopback, through the tap', async function () {
+    const n = net as TestNetwork;
+    const port = 9530;
+    const metricsPath = path.join(dir, 'metrics.sock');
+    const pasta = startPasta(['--metrics', `unix:${metricsPath}`, '-t', String(port)], bulkServerSource(dir, port, 100000, TEST_NET.hostV4));
+    expect(await waitFor(() => pasta.output().includes('SERVING') && fs.existsSync(metricsPath), 10000), pasta.output()).to.equal(true);
+    const r = await runIn(n.ns, [process.execPath, '-e', bulkClientSource('127.0.0.1', port, 200000)], { timeoutMs: 40000 });
+    expect(r.code, `${r.stdout}\n${r.stderr}\n${pasta.output()}`).to.equal(0);
+    expect(/RECEIVED (\d+) (\w+)/.exec(r.stdout)?.slice(1), r.stdout).to.deep.equal(['100000', /REPLY-SHA (\w+)/.exec(pasta.output())?.[1]]);
+    expect(await waitFor(() => pasta.output().includes('GOT '), 5000), pasta.output()).to.equal(true);
+    expect(/GOT (\d+) (\w+)/.exec(pasta.output())?.slice(1), pasta.output()).to.deep.equal(['200000', /SENT-SHA (\w+)/.exec(r.stdout)?.[1]]);
+    const metrics = await scrape(metricsPath);
+    expect(sample(metrics, 'ferry_pasta_splice_total', 'from="host",event="fallbacks"'), metrics).to.equal(1);
+    expect(sample(metrics, 'ferry_pasta_splice_total', 'from="host",event="bytes"'), metrics).to.equal(0);
   });
 
   for (const splice of [true, false]) {
