@@ -2,6 +2,7 @@
  * ARP packet view (RFC 826) for Ethernet/IPv4 only: 28 bytes.
  */
 import { be16, setBe16 } from './checksum';
+import { WireView } from './view';
 
 export const ARP_PACKET_LENGTH = 28;
 
@@ -24,19 +25,7 @@ export enum ArpError {
 }
 
 /** A reusable view of an ARP packet at bytes[offset]. */
-export class ArpView {
-  bytes: Uint8Array = new Uint8Array(0);
-  offset = 0;
-  length = 0;
-
-  /** Point the view at a new packet; returns this. */
-  reset(bytes: Uint8Array, offset: number, length: number): this {
-    this.bytes = bytes;
-    this.offset = offset;
-    this.length = length;
-    return this;
-  }
-
+export class ArpView extends WireView {
   /** Check size and the fixed fields for Ethernet/IPv4; returns an ArpError. */
   validate(): ArpError {
     if (this.length < ARP_PACKET_LENGTH || this.offset + ARP_PACKET_LENGTH > this.bytes.length) return ArpError.Truncated;

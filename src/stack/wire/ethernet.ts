@@ -3,6 +3,7 @@
  * destination MAC, source MAC, EtherType. No FCS (virtio and tap carry none).
  */
 import { be16, setBe16 } from './checksum';
+import { WireView } from './view';
 
 export const ETHERNET_HEADER_LENGTH = 14;
 
@@ -23,21 +24,8 @@ export enum EthernetError {
 /** ff:ff:ff:ff:ff:ff */
 export const BROADCAST_MAC = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 
-/** A reusable view of an Ethernet header at bytes[offset]. */
-export class EthernetView {
-  bytes: Uint8Array = new Uint8Array(0);
-  offset = 0;
-  /** Bytes of the frame available from offset. */
-  length = 0;
-
-  /** Point the view at a new frame; returns this. */
-  reset(bytes: Uint8Array, offset: number, length: number): this {
-    this.bytes = bytes;
-    this.offset = offset;
-    this.length = length;
-    return this;
-  }
-
+/** A reusable view of an Ethernet header at bytes[offset]; length = bytes of the frame available from offset. */
+export class EthernetView extends WireView {
   /** Check the header fits; returns an EthernetError. */
   validate(): EthernetError {
     if (this.length < ETHERNET_HEADER_LENGTH || this.offset + this.length > this.bytes.length) return EthernetError.Truncated;

@@ -4,6 +4,7 @@
  * ICMPv6's other messages have their own views in icmpv6.ts.
  */
 import { be16, internetChecksum, setBe16, sumBytes, finishChecksum } from './checksum';
+import { WireView } from './view';
 
 export const ICMP_HEADER_LENGTH = 8;
 
@@ -29,19 +30,7 @@ export enum IcmpError {
 }
 
 /** A reusable view of an ICMP message at bytes[offset] spanning length bytes. */
-export class IcmpView {
-  bytes: Uint8Array = new Uint8Array(0);
-  offset = 0;
-  length = 0;
-
-  /** Point the view at a new message; returns this. */
-  reset(bytes: Uint8Array, offset: number, length: number): this {
-    this.bytes = bytes;
-    this.offset = offset;
-    this.length = length;
-    return this;
-  }
-
+export class IcmpView extends WireView {
   /**
    * Check the 8-byte header fits and, when pseudoSum is given (ICMPv6) or
    * verify is true (ICMPv4, pseudoSum 0), the checksum over the message.

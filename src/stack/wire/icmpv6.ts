@@ -4,6 +4,7 @@
  * new bytes, no allocation per packet. Echo messages use IcmpView (icmp.ts).
  */
 import { be16, finishChecksum, pseudoHeaderSumIpv6, setBe16, sumBytes } from './checksum';
+import { WireView } from './view';
 
 export const ICMPV6_NEXT_HEADER = 58;
 
@@ -45,19 +46,11 @@ export function icmpv6Checksum(src: Uint8Array, srcOffset: number, dst: Uint8Arr
   return finishChecksum(sumBytes(msg, offset, length, pseudo));
 }
 
-/** Zero-copy view of an ICMPv6 message. */
-export class Icmpv6View {
-  bytes: Uint8Array = new Uint8Array(0);
-  offset = 0;
-  /** Length of the whole ICMPv6 message (header + body). */
-  length = 0;
-
-  /** Point the view at msg[offset, offset+length); returns this. */
-  reset(bytes: Uint8Array, offset: number, length: number): this {
-    this.bytes = bytes;
-    this.offset = offset;
-    this.length = Math.max(0, Math.min(length, bytes.length - offset));
-    return this;
+/** Zero-copy view of an ICMPv6 message; length = the whole message (header + body). */
+export class Icmpv6View extends WireView {
+  /** Point the view at msg[offset, offset+length), clamped to the bytes there are; returns this. */
+  override reset(bytes: Uint8Array, offset: number, length: number): this {
+    return super.reset(bytes, offset, Math.max(0, Math.min(length, bytes.length - offset)));
   }
 
   get type(): number {

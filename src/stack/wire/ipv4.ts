@@ -2,6 +2,7 @@
  * IPv4 header view (RFC 791).
  */
 import { be16, internetChecksum, setBe16 } from './checksum';
+import { WireView } from './view';
 
 export const IPV4_HEADER_LENGTH = 20;
 
@@ -32,21 +33,11 @@ export enum Ipv4Error {
   BadChecksum = 5,
 }
 
-/** A reusable view of an IPv4 header at bytes[offset]. */
-export class Ipv4View {
-  bytes: Uint8Array = new Uint8Array(0);
-  offset = 0;
-  /** Bytes available from offset (the rest of the frame, possibly padded). */
-  length = 0;
-
-  /** Point the view at a new packet; returns this. */
-  reset(bytes: Uint8Array, offset: number, length: number): this {
-    this.bytes = bytes;
-    this.offset = offset;
-    this.length = length;
-    return this;
-  }
-
+/**
+ * A reusable view of an IPv4 header at bytes[offset]; length = bytes available
+ * from offset (the rest of the frame, possibly padded).
+ */
+export class Ipv4View extends WireView {
   /** Check version, IHL, total length and header checksum; returns an Ipv4Error. */
   validate(): Ipv4Error {
     if (this.length < IPV4_HEADER_LENGTH || this.offset + this.length > this.bytes.length) return Ipv4Error.Truncated;

@@ -4,6 +4,7 @@
  */
 import { be16, be32, setBe16, setBe32 } from './checksum';
 import { IpProtocol } from './ipv4';
+import { WireView } from './view';
 
 export const IPV6_HEADER_LENGTH = 40;
 
@@ -24,10 +25,7 @@ export enum Ipv6Error {
 }
 
 /** A reusable view of an IPv6 header at bytes[offset]. */
-export class Ipv6View {
-  bytes: Uint8Array = new Uint8Array(0);
-  offset = 0;
-  length = 0;
+export class Ipv6View extends WireView {
   /** Set by findUpperLayer: the upper-layer protocol (IpProtocol.*). */
   upperProtocol = 0;
   /** Set by findUpperLayer: absolute offset of the upper-layer header. */
@@ -35,11 +33,9 @@ export class Ipv6View {
   /** Set by findUpperLayer: true when a Fragment header was seen. */
   fragmented = false;
 
-  /** Point the view at a new packet; returns this. */
-  reset(bytes: Uint8Array, offset: number, length: number): this {
-    this.bytes = bytes;
-    this.offset = offset;
-    this.length = length;
+  /** Point the view at a new packet and forget findUpperLayer's results; returns this. */
+  override reset(bytes: Uint8Array, offset: number, length: number): this {
+    super.reset(bytes, offset, length);
     this.upperProtocol = 0;
     this.upperOffset = 0;
     this.fragmented = false;

@@ -3,6 +3,7 @@
  * parses here; TCP translation lives in its own module.
  */
 import { be16, be32, finishChecksum, setBe16, setBe32, sumBytes } from './checksum';
+import { WireView } from './view';
 
 export const TCP_HEADER_LENGTH = 20;
 
@@ -59,19 +60,7 @@ export class TcpOptions {
 }
 
 /** A reusable view of a TCP segment at bytes[offset]; length = IP payload bytes. */
-export class TcpView {
-  bytes: Uint8Array = new Uint8Array(0);
-  offset = 0;
-  length = 0;
-
-  /** Point the view at a new segment; returns this. */
-  reset(bytes: Uint8Array, offset: number, length: number): this {
-    this.bytes = bytes;
-    this.offset = offset;
-    this.length = length;
-    return this;
-  }
-
+export class TcpView extends WireView {
   /**
    * Check the header fits and, when pseudoSum is not null, the checksum over
    * the whole segment (pseudoSum = pseudo-header sum for `length`). Returns a TcpError.

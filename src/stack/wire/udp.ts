@@ -2,6 +2,7 @@
  * UDP header view (RFC 768).
  */
 import { be16, finishChecksum, setBe16, sumBytes } from './checksum';
+import { WireView } from './view';
 
 export const UDP_HEADER_LENGTH = 8;
 
@@ -15,19 +16,7 @@ export enum UdpError {
 }
 
 /** A reusable view of a UDP datagram at bytes[offset]; length = IP payload bytes. */
-export class UdpView {
-  bytes: Uint8Array = new Uint8Array(0);
-  offset = 0;
-  length = 0;
-
-  /** Point the view at a new datagram; returns this. */
-  reset(bytes: Uint8Array, offset: number, length: number): this {
-    this.bytes = bytes;
-    this.offset = offset;
-    this.length = length;
-    return this;
-  }
-
+export class UdpView extends WireView {
   /**
    * Check the header and length field; when pseudoSum is not null, also the
    * checksum (pseudoSum = pseudo-header sum for the UDP length). An IPv4
