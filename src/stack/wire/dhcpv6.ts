@@ -5,6 +5,7 @@
  *
  * Offsets are relative to the UDP payload buffer passed in.
  */
+import { be16, be32, setBe16, setBe32 } from './checksum';
 
 export const DHCPV6_CLIENT_PORT = 546;
 export const DHCPV6_SERVER_PORT = 547;
@@ -109,12 +110,12 @@ export class Dhcpv6OptionCursor {
     }
     const b = this.bytes;
     const p = this.position;
-    const length = (b[p + 2] << 8) | b[p + 3];
+    const length = be16(b, p + 2);
     if (p + 4 + length > this.end) {
       this.error = Dhcpv6Error.OptionOverrun;
       return false;
     }
-    this.code = (b[p] << 8) | b[p + 1];
+    this.code = be16(b, p);
     this.dataOffset = p + 4;
     this.dataLength = length;
     this.position = p + 4 + length;
@@ -173,7 +174,7 @@ export function parseDhcpv6(bytes: Uint8Array, offset: number, length: number, o
   out.clear();
   if (length < DHCPV6_HEADER_LENGTH || offset + length > bytes.length) return Dhcpv6Error.Truncated;
   out.messageType = bytes[offset];
-  out.transactionId = (bytes[offset + 1] << 16) | (bytes[offset + 2] << 8) | bytes[offset + 3];
+  out.transactionId = be32(bytes, offset) & 0xffffff;
   if (out.messageType === Dhcpv6MessageType.RELAY_FORW || out.messageType === Dhcpv6MessageType.RELAY_REPL) return Dhcpv6Error.RelayMessage;
   const cursor = topCursor.reset(bytes, offset + DHCPV6_HEADER_LENGTH, offset + length);
   while (cursor.next()) {
@@ -214,7 +215,7 @@ export function parseDhcpv6(bytes: Uint8Array, offset: number, length: number, o
         break;
       case Dhcpv6Option.ELAPSED_TIME:
         if (dataLength !== 2) return Dhcpv6Error.BadOptionLength;
-        out.elapsedTime = (bytes[cursor.dataOffset] << 8) | bytes[cursor.dataOffset + 1];
+        out.elapsedTime = be16(bytes, cursor.dataOffset);
         break;
       case Dhcpv6Option.RAPID_COMMIT:
         if (dataLength !== 0) return Dhcpv6Error.BadOptionLength;
@@ -229,7 +230,7 @@ export function parseDhcpv6(bytes: Uint8Array, offset: number, length: number, o
 
 /** True when the ORO at bytes[offset, offset+length) lists `code`. */
 export function oroRequests(bytes: Uint8Array, offset: number, length: number, code: number): boolean {
-  for (let i = offset; i + 1 < offset + length; i += 2) if (((bytes[i] << 8) | bytes[i + 1]) === code) return true;
+  for (let i = offset; i + 1 < offset + length; i += 2) if (be16(bytes, i) === code) return true;
   return false;
 }
 
@@ -303,18 +304,14 @@ export class Dhcpv6Writer {
 
   u16(v: number): this {
     if (!this.room(2)) return this;
-    this.out[this.position] = (v >> 8) & 0xff;
-    this.out[this.position + 1] = v & 0xff;
+    setBe16(this.out, this.position, v);
     this.position += 2;
     return this;
   }
 
   u32(v: number): this {
     if (!this.room(4)) return this;
-    this.out[this.position] = (v >>> 24) & 0xff;
-    this.out[this.position + 1] = (v >>> 16) & 0xff;
-    this.out[this.position + 2] = (v >>> 8) & 0xff;
-    this.out[this.position + 3] = v & 0xff;
+    setBe32(this.out, this.position, v);
     this.position += 4;
     return this;
   }
@@ -359,8 +356,7 @@ export class Dhcpv6Writer {
     const at = this.openOptions[--this.depth];
     if (this.overflow) return this;
     const length = this.position - at - 4;
-    this.out[at + 2] = (length >> 8) & 0xff;
-    this.out[at + 3] = length & 0xff;
+    setBe16(this.out, at + 2, length);
     return this;
   }
 
