@@ -30,6 +30,10 @@ import {
   parseForwardSpec,
   PortRange,
 } from '../stack/forward-spec';
+import { defaultNetworkAddressOptions, defaultServiceSwitches } from '../stack/resolve-config';
+import type { AddressOrNone, NetworkAddressOptions, ServiceSwitches } from '../stack/resolve-config';
+
+export type { AddressOrNone };
 
 /** A bad option or value; `message` is one line, e.g. "--mtu: 70000 is out of range (68-65520)". */
 export class OptionError extends Error {
@@ -57,79 +61,16 @@ export interface LoggingOptions {
 /** Where --metrics serves GET /metrics: TCP HOST:PORT or a UNIX socket path. */
 export type MetricsEndpoint = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
-/** An address option that also accepts 'none': null = not given (use the default). */
-export type AddressOrNone = Uint8Array | 'none' | null;
-
-/**
- * Address-related overrides, one field per passt option, to be merged with
- * host discovery into the stack's StackConfig (src/stack/resolve-config.ts).
- * Addresses are bytes (4 for IPv4, 16 for IPv6); options passt accepts once
- * per family are split into ...4 / ...6 fields. null = not given.
- */
-export interface NetworkOverrides {
-  /** -4/--ipv4-only */
-  ipv4Only: boolean;
-  /** -6/--ipv6-only */
-  ipv6Only: boolean;
-  /** -a/--address (IPv4): address given to the guest instead of the host's. */
-  address4: Uint8Array | null;
-  /** -a/--address (IPv6). */
-  address6: Uint8Array | null;
-  /** -n/--netmask: IPv4 prefix length (given as bits or dotted netmask). */
-  prefixLength4: number | null;
-  /** -g/--gateway (IPv4): default gateway announced via DHCP. */
-  gateway4: Uint8Array | null;
-  /** -g/--gateway (IPv6): router announced via NDP and DHCPv6. */
-  gateway6: Uint8Array | null;
-  /** -i/--interface: host interface to derive addresses and routes from. */
-  interface: string | null;
+/** The address options beyond what the stack resolves (src/stack/resolve-config.ts declares those). */
+export interface NetworkOverrides extends NetworkAddressOptions {
   /** -o/--outbound (IPv4): source address of outbound sockets. */
   outbound4: Uint8Array | null;
   /** -o/--outbound (IPv6). */
   outbound6: Uint8Array | null;
-  /** --outbound-if4: bind IPv4 outbound sockets to this interface. */
-  outboundIf4: string | null;
-  /** --outbound-if6 */
-  outboundIf6: string | null;
-  /** -M/--mac-addr: ferry's own MAC, the source of frames to the guest (passt's meaning; default 9a:55:9a:55:9a:55). */
-  macAddr: Uint8Array | null;
-  /** -m/--mtu: MTU announced via DHCP/NDP; 0 = announce none; null = default (65520). */
-  mtu: number | null;
-  /** -D/--dns: resolvers given to the guest verbatim (repeatable); 'none' = no DNS; null = from /etc/resolv.conf. */
-  dns: Uint8Array[] | 'none' | null;
-  /** --dns-forward (IPv4): guest DNS traffic to this address goes to dnsHost4. */
-  dnsForward4: Uint8Array | null;
-  /** --dns-forward (IPv6) */
-  dnsForward6: Uint8Array | null;
-  /** --dns-host (IPv4): where forwarded DNS goes (default: first host resolver). */
-  dnsHost4: Uint8Array | null;
-  /** --dns-host (IPv6) */
-  dnsHost6: Uint8Array | null;
-  /** -S/--search: DNS search domains (space separated, repeatable); 'none' = no list; null = from /etc/resolv.conf. */
-  search: string[] | 'none' | null;
-  /** --map-host-loopback (IPv4): guest traffic to this address goes to the host's loopback. 'none' also implies noMapGw. */
-  mapHostLoopback4: AddressOrNone;
-  /** --map-host-loopback (IPv6) */
-  mapHostLoopback6: AddressOrNone;
-  /** --no-map-gw: don't map the gateway address to the host (the default --map-host-loopback target). */
-  noMapGw: boolean;
-  /** --map-guest-addr (IPv4): guest traffic to this address goes to the guest's own address on the host. */
-  mapGuestAddr4: AddressOrNone;
-  /** --map-guest-addr (IPv6) */
-  mapGuestAddr6: AddressOrNone;
 }
 
-/** Which built-in services answer the guest (all on by default; --no-dhcp etc. turn them off). */
-export interface ServiceOptions {
-  dhcp: boolean;
-  dhcpv6: boolean;
-  ndp: boolean;
-  ra: boolean;
-  /** false with --no-dhcp-dns: resolvers not announced via DHCP/DHCPv6/NDP. */
-  dhcpDns: boolean;
-  /** false with --no-dhcp-search: search list not announced. */
-  dhcpSearch: boolean;
-}
+/** Which built-in services answer the guest (declared with the stack's other overrides). */
+export type ServiceOptions = ServiceSwitches;
 
 /** Protocol handlers (--no-tcp, --no-udp, --no-icmp turn them off). */
 export interface ProtocolOptions {
@@ -229,34 +170,8 @@ export function defaultDaemonOptions(): DaemonOptions {
     freebind: false,
     runas: null,
     logging: { level: 'info', trace: false, file: null, fileSize: DEFAULT_LOG_SIZE, name: 'ferry' },
-    network: {
-      ipv4Only: false,
-      ipv6Only: false,
-      address4: null,
-      address6: null,
-      prefixLength4: null,
-      gateway4: null,
-      gateway6: null,
-      interface: null,
-      outbound4: null,
-      outbound6: null,
-      outboundIf4: null,
-      outboundIf6: null,
-      macAddr: null,
-      mtu: null,
-      dns: null,
-      dnsForward4: null,
-      dnsForward6: null,
-      dnsHost4: null,
-      dnsHost6: null,
-      search: null,
-      mapHostLoopback4: null,
-      mapHostLoopback6: null,
-      noMapGw: false,
-      mapGuestAddr4: null,
-      mapGuestAddr6: null,
-    },
-    services: { dhcp: true, dhcpv6: true, ndp: true, ra: true, dhcpDns: true, dhcpSearch: true },
+    network: { ...defaultNetworkAddressOptions(), outbound4: null, outbound6: null },
+    services: defaultServiceSwitches(),
     protocols: { tcp: true, udp: true, icmp: true },
     forwards: { tcp: [], udp: [], tcpNs: [], udpNs: [] },
     queues: 1,

@@ -11,40 +11,9 @@ import type { DaemonOptions } from './options';
 
 /** The address-related subset of the parsed options, in resolve-config's terms. */
 export function addressOverridesFrom(options: DaemonOptions): AddressOverrides {
-  const n = options.network;
-  return {
-    ipv4Only: n.ipv4Only,
-    ipv6Only: n.ipv6Only,
-    address4: n.address4,
-    address6: n.address6,
-    prefixLength4: n.prefixLength4,
-    gateway4: n.gateway4,
-    gateway6: n.gateway6,
-    interface: n.interface,
-    outboundIf4: n.outboundIf4,
-    outboundIf6: n.outboundIf6,
-    macAddr: n.macAddr,
-    mtu: n.mtu,
-    dns: n.dns,
-    dnsForward4: n.dnsForward4,
-    dnsForward6: n.dnsForward6,
-    dnsHost4: n.dnsHost4,
-    dnsHost6: n.dnsHost6,
-    search: n.search,
-    mapHostLoopback4: n.mapHostLoopback4,
-    mapHostLoopback6: n.mapHostLoopback6,
-    noMapGw: n.noMapGw,
-    mapGuestAddr4: n.mapGuestAddr4,
-    mapGuestAddr6: n.mapGuestAddr6,
-    dhcp: options.services.dhcp,
-    dhcpv6: options.services.dhcpv6,
-    ndp: options.services.ndp,
-    ra: options.services.ra,
-    dhcpDns: options.services.dhcpDns,
-    dhcpSearch: options.services.dhcpSearch,
-    maxFlows: options.maxFlows,
-    udpIdleMs: options.udpTimeoutSeconds * 1000,
-  };
+  // -o/--outbound is parsed but not applied by the stack: left out, as before.
+  const { outbound4: _outbound4, outbound6: _outbound6, ...addressOptions } = options.network;
+  return { ...addressOptions, ...options.services, maxFlows: options.maxFlows, udpIdleMs: options.udpTimeoutSeconds * 1000 };
 }
 
 /** A resolved stack configuration and the host interface it came from (pasta names its tap after it). */

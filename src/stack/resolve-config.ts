@@ -27,18 +27,13 @@ import type { DiscoveredFamily, DiscoveredHost } from './host-discovery';
 export type AddressOrNone = Uint8Array | 'none' | null;
 
 /**
- * What the command line can override, one field per passt option.
- * Addresses are bytes (4 for IPv4, 16 for IPv6); options passt accepts once
- * per family are split into ...4 / ...6 fields. null = not given. The field
- * names match the option parser's (src/backend/options.ts), so the backend
- * builds it by spreading:
- *
- *   const overrides: AddressOverrides = { ...options.network, ...options.services,
- *     maxFlows: options.maxFlows, udpIdleMs: options.udpTimeoutSeconds * 1000 };
- *   const host = discoverHost(native, { interfaceName: options.network.interface });
- *   const config = resolveStackConfig(overrides, host);
+ * The address options, one field per passt option, declared once: the
+ * option parser (src/backend/options.ts) keeps its `network` group in this
+ * shape (plus options the stack does not use). Addresses are bytes (4 for
+ * IPv4, 16 for IPv6); options passt accepts once per family are split into
+ * ...4 / ...6 fields. null = not given.
  */
-export interface AddressOverrides {
+export interface NetworkAddressOptions {
   /** -4/--ipv4-only */
   ipv4Only: boolean;
   /** -6/--ipv6-only */
@@ -47,11 +42,11 @@ export interface AddressOverrides {
   address4: Uint8Array | null;
   /** -a/--address (IPv6). */
   address6: Uint8Array | null;
-  /** -n/--netmask: IPv4 prefix length. */
+  /** -n/--netmask: IPv4 prefix length (given as bits or dotted netmask). */
   prefixLength4: number | null;
-  /** -g/--gateway (IPv4). */
+  /** -g/--gateway (IPv4): default gateway announced via DHCP. */
   gateway4: Uint8Array | null;
-  /** -g/--gateway (IPv6). */
+  /** -g/--gateway (IPv6): router announced via NDP and DHCPv6. */
   gateway6: Uint8Array | null;
   /** -i/--interface: host interface to take addresses and routes from (discovery input). */
   interface: string | null;
@@ -59,37 +54,56 @@ export interface AddressOverrides {
   outboundIf4: string | null;
   /** --outbound-if6 */
   outboundIf6: string | null;
-  /** -M/--mac-addr: ferry's own MAC. */
+  /** -M/--mac-addr: ferry's own MAC, the source of frames to the guest (passt's meaning; default 9a:55:9a:55:9a:55). */
   macAddr: Uint8Array | null;
-  /** -m/--mtu: 0 = announce none; null = 65520. */
+  /** -m/--mtu: MTU announced via DHCP/NDP; 0 = announce none; null = default (65520). */
   mtu: number | null;
-  /** -D/--dns: resolvers given verbatim; 'none' = no DNS; null = from resolv.conf. */
+  /** -D/--dns: resolvers given to the guest verbatim (repeatable); 'none' = no DNS; null = from /etc/resolv.conf. */
   dns: Uint8Array[] | 'none' | null;
-  /** --dns-forward (per family). */
+  /** --dns-forward (IPv4): guest DNS traffic to this address goes to dnsHost4. */
   dnsForward4: Uint8Array | null;
+  /** --dns-forward (IPv6) */
   dnsForward6: Uint8Array | null;
-  /** --dns-host (per family). */
+  /** --dns-host (IPv4): where forwarded DNS goes (default: first host resolver). */
   dnsHost4: Uint8Array | null;
+  /** --dns-host (IPv6) */
   dnsHost6: Uint8Array | null;
-  /** -S/--search: 'none' = no list; null = from resolv.conf. */
+  /** -S/--search: DNS search domains (space separated, repeatable); 'none' = no list; null = from /etc/resolv.conf. */
   search: string[] | 'none' | null;
-  /** --map-host-loopback (per family); 'none' also disables the gateway default. */
+  /** --map-host-loopback (IPv4): guest traffic to this address goes to the host's loopback. 'none' also implies noMapGw. */
   mapHostLoopback4: AddressOrNone;
+  /** --map-host-loopback (IPv6) */
   mapHostLoopback6: AddressOrNone;
-  /** --no-map-gw */
+  /** --no-map-gw: don't map the gateway address to the host (the default --map-host-loopback target). */
   noMapGw: boolean;
-  /** --map-guest-addr (per family). */
+  /** --map-guest-addr (IPv4): guest traffic to this address goes to the guest's own address on the host. */
   mapGuestAddr4: AddressOrNone;
+  /** --map-guest-addr (IPv6) */
   mapGuestAddr6: AddressOrNone;
+}
+
+/** Which built-in services answer the guest (all on by default; --no-dhcp etc. turn them off). */
+export interface ServiceSwitches {
   /** --no-dhcp, --no-dhcpv6, --no-ndp, --no-ra turn these off. */
   dhcp: boolean;
   dhcpv6: boolean;
   ndp: boolean;
   ra: boolean;
-  /** false with --no-dhcp-dns: resolvers are not announced (forwarding still works). */
+  /** false with --no-dhcp-dns: resolvers are not announced via DHCP/DHCPv6/NDP (forwarding still works). */
   dhcpDns: boolean;
   /** false with --no-dhcp-search: the search list is not announced. */
   dhcpSearch: boolean;
+}
+
+/**
+ * What the command line can override: the address options, the service
+ * switches and two bounds. The backend builds it from its parsed option
+ * groups (src/backend/stack-setup.ts addressOverridesFrom) and resolves:
+ *
+ *   const host = discoverHost(native, { interfaceName: options.network.interface });
+ *   const config = resolveStackConfig(addressOverridesFrom(options), host);
+ */
+export interface AddressOverrides extends NetworkAddressOptions, ServiceSwitches {
   /** --max-flows */
   maxFlows: number;
   /** UDP flow idle timeout in milliseconds. */
@@ -105,8 +119,8 @@ export const DEFAULT_UDP_IDLE_MS = 180_000;
 /** Resolvers announced per family (resolv.conf's MAXNS). */
 export const MAX_ANNOUNCED_RESOLVERS = 3;
 
-/** Overrides with nothing given: everything from the host, every service on. */
-export function defaultAddressOverrides(): AddressOverrides {
+/** Address options with nothing given: everything from the host. */
+export function defaultNetworkAddressOptions(): NetworkAddressOptions {
   return {
     ipv4Only: false,
     ipv6Only: false,
@@ -131,15 +145,17 @@ export function defaultAddressOverrides(): AddressOverrides {
     noMapGw: false,
     mapGuestAddr4: null,
     mapGuestAddr6: null,
-    dhcp: true,
-    dhcpv6: true,
-    ndp: true,
-    ra: true,
-    dhcpDns: true,
-    dhcpSearch: true,
-    maxFlows: DEFAULT_MAX_FLOWS,
-    udpIdleMs: DEFAULT_UDP_IDLE_MS,
   };
+}
+
+/** Every built-in service on. */
+export function defaultServiceSwitches(): ServiceSwitches {
+  return { dhcp: true, dhcpv6: true, ndp: true, ra: true, dhcpDns: true, dhcpSearch: true };
+}
+
+/** Overrides with nothing given: everything from the host, every service on. */
+export function defaultAddressOverrides(): AddressOverrides {
+  return { ...defaultNetworkAddressOptions(), ...defaultServiceSwitches(), maxFlows: DEFAULT_MAX_FLOWS, udpIdleMs: DEFAULT_UDP_IDLE_MS };
 }
 
 /** Receives the few lines resolution wants logged (one per disabled family, DNS warnings). */
