@@ -52,7 +52,7 @@ import { TCP_HEADER_LENGTH, TcpError, TcpFlag, TcpOption, TcpOptions, TcpView, e
 import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from './wire/checksum';
 import { fastSumSegments } from './tcp-checksum';
 import { DropReason, countDrop } from './drops';
-import { SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, mapDestination } from './udp-address-map';
+import { SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, isGroupOrUnspecified, mapDestination } from './udp-address-map';
 
 /** The addon calls TCP needs (a subset, so tests could pass a fake). */
 export type TcpSockets = Pick<
@@ -299,6 +299,15 @@ export class TcpService implements ReadyHandler {
   private open = false;
   /** Flows with F_RX_BLOCKED. */
   private rxBlocked = 0;
+  /**
+   * The guest's address as last seen in its segments (passt's addr_seen),
+   * initially the configured one: inbound connections go there, so a guest
+   * with another address (SLAAC next to the host's, a static one) still
+   * gets -t connections once it has sent something. IPv6 link-local sources
+   * are not taken (inbound connections are for a global address).
+   */
+  private readonly seen4 = new Uint8Array(4);
+  private readonly seen6 = new Uint8Array(16);
 
   constructor(private readonly ctx: StackContext, options: TcpServiceOptions = {}) {
     this.sockets = options.sockets ?? (require('../native') as { native: Native }).native;
@@ -326,6 +335,8 @@ export class TcpService implements ReadyHandler {
     this.discardIov = { buffers: [this.discard], offsets: new Float64Array(1), lengths: new Float64Array(1), count: 1 };
     this.linger[0] = LITTLE_ENDIAN ? 1 : 0; // struct linger { int l_onoff = 1; int l_linger = 0; }
     this.linger[3] = LITTLE_ENDIAN ? 0 : 1;
+    if (ctx.config.ipv4 !== null) this.seen4.set(ctx.config.ipv4.address.subarray(0, 4));
+    if (ctx.config.ipv6 !== null) this.seen6.set(ctx.config.ipv6.address.subarray(0, 16));
     // Resume flows blocked on guest RX buffers; keep any earlier listener.
     const previous = ctx.port.onWritable;
     ctx.port.onWritable = previous === null ? () => this.onWritable() : () => {
@@ -465,12 +476,13 @@ export class TcpService implements ReadyHandler {
       this.closeWithReset(fd);
       return false;
     }
-    let id = this.flows.lookup(FlowProtocol.Tcp, family, cfg.address, 0, guestPort, remote, 0, peerPort);
+    const guest = family === 4 ? this.seen4 : this.seen6;
+    let id = this.flows.lookup(FlowProtocol.Tcp, family, guest, 0, guestPort, remote, 0, peerPort);
     if (id !== NO_FLOW) {
       // The same 4-tuple is still in use: the old flow is stale.
       this.abort(id, true, true);
     }
-    id = this.flows.allocate(FlowProtocol.Tcp, family, cfg.address, 0, guestPort, remote, 0, peerPort, TcpState.SynSent, now);
+    id = this.flows.allocate(FlowProtocol.Tcp, family, guest, 0, guestPort, remote, 0, peerPort, TcpState.SynSent, now);
     if (id === NO_FLOW) {
       ctx.counters.add(TcpEvent.TableFull);
       this.closeWithReset(fd);
@@ -515,6 +527,7 @@ export class TcpService implements ReadyHandler {
     const src = packet.srcOffset;
     const dst = packet.dstOffset;
     const flags = tcp.flags;
+    this.noteGuestAddress(family, bytes, src);
     const id = this.flows.lookup(FlowProtocol.Tcp, family, bytes, src, tcp.srcPort, bytes, dst, tcp.dstPort);
     if (id === NO_FLOW) {
       if ((flags & (TcpFlag.Syn | TcpFlag.Ack | TcpFlag.Rst | TcpFlag.Fin)) === TcpFlag.Syn) {
@@ -539,6 +552,18 @@ export class TcpService implements ReadyHandler {
       default:
         this.segmentEstablished(id, flags, segments, l4Position);
     }
+  }
+
+  /** Remember the guest's source address (not unspecified, not IPv6 link-local or multicast) for inbound connections. */
+  private noteGuestAddress(family: 4 | 6, bytes: Uint8Array, src: number): void {
+    if (family === 4) {
+      if ((bytes[src] | bytes[src + 1] | bytes[src + 2] | bytes[src + 3]) === 0 || equalAt(bytes, src, this.seen4, 4)) return;
+      for (let i = 0; i < 4; i++) this.seen4[i] = bytes[src + i];
+      return;
+    }
+    if (equalAt(bytes, src, this.seen6, 16)) return;
+    if ((bytes[src] === 0xfe && (bytes[src + 1] & 0xc0) === 0x80) || isGroupOrUnspecified(6, bytes, src)) return;
+    for (let i = 0; i < 16; i++) this.seen6[i] = bytes[src + i];
   }
 
   /** A guest SYN for a new connection: open the host socket and start connecting. */

@@ -671,6 +671,30 @@ if (!INSIDE) {
         client.destroy();
       });
 
+      it('connects to the guest address last seen in its segments (a SLAAC address next to the host\'s), not only the configured one', async () => {
+        harness = new TcpHarness();
+        // The guest speaks first from its SLAAC address (a refused outbound connection is enough).
+        const slaac = Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0x50, 0x54, 0, 0xff, 0xfe, 0x12, 0x34, 0x56]);
+        const closedPort = await freePort();
+        const outbound = guest(SERVER_V6, closedPort, { family: 6, guest: slaac });
+        outbound.connect();
+        await harness.until(() => outbound.rstReceived, 5000, 'RST for the refused connection');
+        const hostPort = await freePort();
+        listeners = new TcpListeners(harness.stack.ctx, harness.tcp);
+        listeners.open([parseForwardSpec(`[2001:db8::2]/${hostPort}`)]);
+        const client = net.connect({ host: '2001:db8::2', port: hostPort, localAddress: '2001:db8::2' });
+        client.on('error', () => undefined);
+        const syn = await nextSyn();
+        expect(syn.dst, 'the SYN goes to the address the guest uses').to.deep.equal(slaac);
+        const g = new FakeGuestTcp(harness, { family: 6, guest: slaac, remote: syn.src, remotePort: syn.srcPort, guestPort: syn.dstPort });
+        g.accept(syn);
+        g.write(patternBytes(1000));
+        let got = 0;
+        client.on('data', (d: Buffer) => (got += d.length));
+        await harness.until(() => got === 1000, 5000, 'data at the client');
+        client.destroy();
+      });
+
       it('a client on another address appears with its own address (no NAT); IPv6', async () => {
         harness = new TcpHarness();
         const hostPort = await freePort();
