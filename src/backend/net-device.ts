@@ -3,7 +3,7 @@
  * (and its fds), routes ring messages to the queue-pair workers, and keeps
  * the main thread free of packets.
  */
-import { native } from '../native';
+import { closeQuietly } from './close-quietly';
 import { log } from '../log';
 import type {
   VhostUserDevice,
@@ -43,15 +43,6 @@ function toSafeNumber(value: bigint, what: string): number {
 
 function sameRegion(a: VhostUserMemoryRegion, b: VhostUserMemoryRegion): boolean {
   return a.guestAddress === b.guestAddress && a.userAddress === b.userAddress && a.size === b.size;
-}
-
-function closeQuietly(fd: number | null): void {
-  if (fd === null) return;
-  try {
-    native.close(fd);
-  } catch {
-    // already closed
-  }
 }
 
 export interface NetDeviceOptions {

@@ -20,6 +20,7 @@
 import { CounterBlock, defineCounter } from '../counters';
 import { log, rateLimited } from '../log';
 import { native } from '../native';
+import { closeQuietly } from './close-quietly';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import type { FramePort, FrameSink, OffloadInfo } from '../stack/frame-io';
 import { SegmentList } from '../stack/frame-io';
@@ -134,11 +135,7 @@ export class StreamPort implements FramePort, ReadyHandler {
     const fd = this.fd;
     this.fd = -1;
     this.watcher.unwatch(fd);
-    try {
-      native.close(fd);
-    } catch {
-      // already gone
-    }
+    closeQuietly(fd);
     this.sendHead = this.tail = 0;
     this.reservedAt = -1;
     this.inStart = this.inEnd = 0;

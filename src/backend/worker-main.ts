@@ -7,6 +7,7 @@
 import { SHARED_LAYOUT } from './counter-layout'; // first: fixes the counter slot layout (see counter-layout.ts)
 import { parentPort, workerData } from 'worker_threads';
 import { native, Poller } from '../native';
+import { closeQuietly } from './close-quietly';
 import { CounterBlock } from '../counters';
 import { setLogSink, log, LogLevel } from '../log';
 import { GuestMemory } from '../virtqueue/guest-memory';
@@ -408,14 +409,6 @@ class QueuePairWorker implements FdWatcher {
       this.parts = null;
       this.port.sink = this.buildStack();
     }
-  }
-}
-
-function closeQuietly(fd: number): void {
-  try {
-    native.close(fd);
-  } catch {
-    // already closed
   }
 }
 

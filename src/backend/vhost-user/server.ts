@@ -26,6 +26,7 @@
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import { native, type NativeError } from '../../native';
+import { closeQuietly } from '../close-quietly';
 import { log, rateLimited } from '../../log';
 import { CounterBlock, defineCounter } from '../../counters';
 import type { VhostUserDevice, VhostUserMemoryRegionWithFd } from './device';
@@ -199,13 +200,7 @@ class Connection {
 }
 
 function closeFds(fds: number[]): void {
-  for (const fd of fds.splice(0)) {
-    try {
-      native.close(fd);
-    } catch {
-      // already gone; nothing else to do with it
-    }
-  }
+  for (const fd of fds.splice(0)) closeQuietly(fd);
 }
 
 function errorText(error: unknown): string {
@@ -300,13 +295,8 @@ export class VhostUserServer extends EventEmitter {
     if (this.closing) return this.pendingWork;
     this.closing = true;
     this.unwatchListenSocket();
-    if (this.acceptsMore) {
-      try {
-        native.close(this.listenFd);
-      } catch {
-        // already closed by its owner
-      }
-    }
+    // Quietly: the listen fd may have been closed by its owner already.
+    if (this.acceptsMore) closeQuietly(this.listenFd);
     if (this.socketPath !== null) fs.rmSync(this.socketPath, { force: true });
     const connection = this.connection;
     if (connection !== null) this.schedule(() => this.dropConnection(connection, 'server closing'));
@@ -458,11 +448,7 @@ export class VhostUserServer extends EventEmitter {
     c.closed = true;
     this.poller.remove(c.fd);
     closeFds(c.fds);
-    try {
-      native.close(c.fd);
-    } catch {
-      // already closed
-    }
+    closeQuietly(c.fd);
     if (this.connection === c) this.connection = null;
     log.info(`vhost-user: front-end #${c.id} disconnected (${why})`);
     try {
