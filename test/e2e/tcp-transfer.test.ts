@@ -6,9 +6,9 @@
  * carries test/e2e/tcp-tool.c. Checked from that boot:
  *   - FERRY_TCP_E2E_BYTES (100 MB) guest -> server and server -> guest,
  *     over IPv4 and IPv6, each sha256-verified on both ends;
- *   - a client in the peer namespace sends as much to a server in the guest
- *     through -t 8080:80, verified the same way, the guest seeing the
- *     client's own address (no NAT);
+ *   - clients in the peer namespace send as much to a server in the guest
+ *     through -t 8080:80, over IPv4 then IPv6, verified the same way, the
+ *     guest seeing each client's own address (no NAT);
  *   - 1000 concurrent echo connections from the guest, all echoed intact;
  *   - half-close: the guest shuts its write side and still receives the
  *     server's answer, sent after the server saw the FIN;
@@ -40,11 +40,12 @@ function guestScript(tool: string): string {
   const p = TCP_PORTS;
   return `${guestToolPrelude(tool)}
 : > /tmp/serve.log
-$T serve ${FORWARD_GUEST_PORT} 1 230 > /tmp/serve.log 2>&1 &
+$T serve ${FORWARD_GUEST_PORT} 2 230 > /tmp/serve.log 2>&1 &
 SERVE=$!
 i=0; while ! grep -q 'serve ready' /tmp/serve.log && [ $i -lt 50 ]; do usleep 100000; i=$((i+1)); done
 say "serve $(head -n 1 /tmp/serve.log)"
 say "refused4 $($T connect 192.0.2.2 ${p.closed} 2>&1)"
+# (refused6 is also the guest's first IPv6 TCP: from then on ferry sends -t connections to its SLAAC address.)
 say "refused6 $($T connect 2001:db8::2 ${p.closed} 2>&1)"
 say "halfclose4 $($T halfclose 192.0.2.2 ${p.halfClose} 2>&1)"
 say "halfclose6 $($T halfclose 2001:db8::2 ${p.halfClose} 2>&1)"
@@ -57,7 +58,7 @@ say "upload4 $($T upload 192.0.2.2 ${p.upload} ${BULK_BYTES} 2>&1)"
 say "upload6 $($T upload 2001:db8::2 ${p.upload} ${BULK_BYTES} 2>&1)"
 say "download4 $($T download 192.0.2.2 ${p.download} ${BULK_BYTES} 2>&1)"
 say "download6 $($T download 2001:db8::2 ${p.download} ${BULK_BYTES} 2>&1)"
-# The inbound transfer runs beside the others: wait for it (the server takes one connection).
+# The inbound transfers run beside the others: wait for them (the server takes two connections).
 i=0; while kill -0 $SERVE 2>/dev/null && [ $i -lt 1500 ]; do usleep 100000; i=$((i+1)); done
 kill $SERVE 2>/dev/null
 say "serve-log $(grep -v 'serve ready' /tmp/serve.log | tr '\\n' ';')"
@@ -74,6 +75,7 @@ describe('e2e: TCP through ferry (real guest): bulk transfers, -t, many connecti
   let peer: LoggedChild | null = null;
   let loopback: LoggedChild | null = null;
   let inbound: LoggedChild | null = null;
+  let inbound6: LoggedChild | null = null;
   let workDir = '';
   let exitCode: number | null = null;
   let bootError: Error | null = null;
@@ -102,7 +104,12 @@ describe('e2e: TCP through ferry (real guest): bulk transfers, -t, many connecti
     try {
       await guest.waitForMarker('serve serve ready', 120000);
       // The peer's client, bound to the server address so the guest's view of it is unambiguous.
-      inbound = spawnLogged(net.peerNs, [process.execPath, scripts.client, '192.0.2.1', String(FORWARD_HOST_PORT), String(BULK_BYTES), '192.0.2.2']);
+      const peerNs = net.peerNs;
+      inbound = spawnLogged(peerNs, [process.execPath, scripts.client, '192.0.2.1', String(FORWARD_HOST_PORT), String(BULK_BYTES), '192.0.2.2']);
+      // Then the same over IPv6 (the guest's server takes one connection at a time).
+      inbound.child.once('exit', () => {
+        inbound6 = spawnLogged(peerNs, [process.execPath, scripts.client, '2001:db8::1', String(FORWARD_HOST_PORT), String(BULK_BYTES), '2001:db8::2']);
+      });
       exitCode = await guest.waitDone(370000);
     } catch (err) {
       bootError = err as Error;
@@ -112,7 +119,7 @@ describe('e2e: TCP through ferry (real guest): bulk transfers, -t, many connecti
   });
 
   after(async function () {
-    for (const c of [inbound, peer, loopback]) if (c) await stopChild(c.child, 1000);
+    for (const c of [inbound, inbound6, peer, loopback]) if (c) await stopChild(c.child, 1000);
     if (guest) await guest.destroy();
     if (ferry) await ferry.stop();
     if (net) await destroyTestNetwork(net);
@@ -126,7 +133,7 @@ describe('e2e: TCP through ferry (real guest): bulk transfers, -t, many connecti
     const quiet = (s: string): string => s.split('\n').filter((l) => !l.startsWith('ECHO-CLOSED')).slice(-20).join('\n');
     return (
       `${guest?.vm.diagnostics(60) ?? ''}\n--- peer servers ---\n${quiet(peer?.output() ?? '')}` +
-      `\n--- loopback server ---\n${loopback?.output() ?? ''}\n--- inbound client ---\n${inbound?.output() ?? ''}` +
+      `\n--- loopback server ---\n${loopback?.output() ?? ''}\n--- inbound clients ---\n${inbound?.output() ?? ''}${inbound6?.output() ?? ''}` +
       `\n--- ferry log ---\n${ferry?.log().split('\n').slice(-30).join('\n') ?? ''}` +
       `\n--- ferry counters ---\n${metrics.split('\n').filter((l) => /^ferry_/.test(l) && !/ 0$/.test(l)).slice(0, 80).join('\n')}`
     );
@@ -163,15 +170,18 @@ describe('e2e: TCP through ferry (real guest): bulk transfers, -t, many connecti
     });
   }
 
-  it(`a peer client sends ${BULK_BYTES} bytes to a server in the guest through -t ${FORWARD_HOST_PORT}:${FORWARD_GUEST_PORT}, intact, seen from its own address`, function () {
-    const client = inbound?.output() ?? '';
-    const m = /INBOUND sent (\d+) sha256 ([0-9a-f]{64}) ms \d+ reply got (\d+) sha256 ([0-9a-f]{64})/.exec(client);
-    expect(m, diagnostics()).to.not.equal(null);
-    expect(Number(m![1])).to.equal(BULK_BYTES);
-    expect(Number(m![3])).to.equal(BULK_BYTES);
-    expect(m![4]).to.equal(m![2]);
-    expect(marker('serve-log') ?? '', diagnostics()).to.include(`serve got ${BULK_BYTES} sha256 ${m![2]} from ::ffff:192.0.2.2`);
-  });
+  for (const family of ['4', '6'] as const) {
+    it(`a peer client sends ${BULK_BYTES} bytes over IPv${family} to a server in the guest through -t ${FORWARD_HOST_PORT}:${FORWARD_GUEST_PORT}, intact, seen from its own address`, function () {
+      const client = (family === '4' ? inbound : inbound6)?.output() ?? '';
+      const m = /INBOUND sent (\d+) sha256 ([0-9a-f]{64}) ms \d+ reply got (\d+) sha256 ([0-9a-f]{64})/.exec(client);
+      expect(m, diagnostics()).to.not.equal(null);
+      expect(Number(m![1])).to.equal(BULK_BYTES);
+      expect(Number(m![3])).to.equal(BULK_BYTES);
+      expect(m![4]).to.equal(m![2]);
+      const from = family === '4' ? '::ffff:192.0.2.2' : '2001:db8::2';
+      expect(marker('serve-log') ?? '', diagnostics()).to.include(`serve got ${BULK_BYTES} sha256 ${m![2]} from ${from}`);
+    });
+  }
 
   it(`${ECHO_CONNECTIONS} concurrent connections from the guest all echo intact`, function () {
     expect(marker('echo-many') ?? '', diagnostics()).to.match(new RegExp(`echo-many ok ${ECHO_CONNECTIONS} bad 0 failed 0 ms \\d+`));
@@ -208,7 +218,7 @@ describe('e2e: TCP through ferry (real guest): bulk transfers, -t, many connecti
 
   it("ferry's counters saw the bulk bytes both ways", function () {
     expect(metricSum(metrics, 'ferry_tcp_bytes_total', { direction: 'from_guest' }), metrics.slice(0, 2000)).to.be.at.least(2 * BULK_BYTES);
-    // Two downloads and the inbound transfer.
-    expect(metricSum(metrics, 'ferry_tcp_bytes_total', { direction: 'to_guest' })).to.be.at.least(3 * BULK_BYTES);
+    // Two downloads and two inbound transfers.
+    expect(metricSum(metrics, 'ferry_tcp_bytes_total', { direction: 'to_guest' })).to.be.at.least(4 * BULK_BYTES);
   });
 });
