@@ -26,18 +26,16 @@
  * stack.ts parses ICMPv6 echo itself; NDP and friends go to the IPv6
  * control handler).
  */
-import { endianness } from 'os';
 import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
 import { IPV4_L4_OFFSET, IPV6_L4_OFFSET } from './context';
 import { ICMP_HEADER_LENGTH, IcmpType, IcmpView, Icmpv6EchoType } from './wire/icmp';
 import { IpProtocol } from './wire/ipv4';
 import { pseudoHeaderSumIpv6 } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
+import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddrFamily } from './sockaddr';
 import { log, rateLimited } from '../log';
 
 /** Linux constants (the addon passes these through unchanged). */
-const AF_INET = 2;
-const AF_INET6 = 10;
 const SOCK_DGRAM = 2;
 const IPPROTO_ICMP = 1;
 const IPPROTO_ICMPV6 = 58;
@@ -55,8 +53,6 @@ export const DENIED_RETRY_MS = 10_000;
 const READS_PER_WAKEUP = 32;
 /** Largest ICMP message read from a ping socket. */
 const MAX_ECHO_MESSAGE = 65535;
-
-const LITTLE_ENDIAN = endianness() === 'LE';
 
 /** Why an echo socket could not be used. */
 function errorCode(e: unknown): string {
@@ -80,8 +76,8 @@ export class IcmpEchoService implements ReadyHandler {
   private readonly slotByFd = new Map<number, number>();
   private readonly deniedUntil = [0, 0]; // [IPv4, IPv6]
   private deniedLogged = false;
-  private readonly sockaddr4 = new Uint8Array(16);
-  private readonly sockaddr6 = new Uint8Array(28);
+  private readonly sockaddr4 = new Uint8Array(SOCKADDR_IN_LENGTH);
+  private readonly sockaddr6 = new Uint8Array(SOCKADDR_IN6_LENGTH);
   private readonly reply = new IcmpView();
 
   constructor(private readonly ctx: StackContext) {}
@@ -279,7 +275,7 @@ export class IcmpEchoService implements ReadyHandler {
       const ipv4 = this.ctx.config.ipv4!;
       const sa = this.sockaddr4;
       sa.fill(0);
-      writeFamily(sa, AF_INET);
+      writeSockaddrFamily(sa, AF_INET);
       if (ipv4.mapHostLoopback !== null && equalAt(bytes, dst, ipv4.mapHostLoopback, 4)) {
         sa[4] = 127;
         sa[7] = 1;
@@ -293,7 +289,7 @@ export class IcmpEchoService implements ReadyHandler {
     const ipv6 = this.ctx.config.ipv6!;
     const sa = this.sockaddr6;
     sa.fill(0);
-    writeFamily(sa, AF_INET6);
+    writeSockaddrFamily(sa, AF_INET6);
     let target = bytes;
     let at = dst;
     if (equalAt(bytes, dst, ipv6.linkLocal, 16)) {
@@ -357,17 +353,6 @@ export class IcmpEchoService implements ReadyHandler {
     } catch {
       // Nothing useful to do: the fd is gone either way.
     }
-  }
-}
-
-/** sa_family is in host byte order. */
-function writeFamily(sa: Uint8Array, family: number): void {
-  if (LITTLE_ENDIAN) {
-    sa[0] = family & 0xff;
-    sa[1] = family >>> 8;
-  } else {
-    sa[0] = family >>> 8;
-    sa[1] = family & 0xff;
   }
 }
 

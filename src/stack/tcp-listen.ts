@@ -9,16 +9,12 @@
  * (the lead decides sharding later). Configuration-time code may allocate;
  * the accept path does not, beyond what the addon returns.
  */
-import { endianness } from 'os';
 import { log, rateLimited } from '../log';
 import type { ReadyHandler, StackContext } from './context';
 import type { ForwardSpec } from './forward-spec';
 import type { TcpService, TcpSockets } from './tcp';
-import { writeFamily } from './tcp';
-import { setBe16 } from './wire/checksum';
+import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
 
-const AF_INET = 2;
-const AF_INET6 = 10;
 const SOCK_STREAM = 1;
 const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
@@ -30,8 +26,6 @@ const EPOLLIN = 0x001;
 const BACKLOG = 4096;
 /** Connections accepted per readiness callback, so one busy port cannot starve the rest. */
 const ACCEPTS_PER_WAKEUP = 64;
-
-const LITTLE_ENDIAN = endianness() === 'LE';
 
 function errorCode(e: unknown): string {
   return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
@@ -178,13 +172,13 @@ export class TcpListeners implements ReadyHandler {
         break;
       }
       if (conn < 0) break;
-      const peerFamily = readFamily(this.peer);
+      const peerFamily = sockaddrFamily(this.peer);
       let address: Uint8Array;
-      const peerPort = (this.peer[2] << 8) | this.peer[3];
-      if (peerFamily === AF_INET && family === 4) {
+      const peerPort = sockaddrPort(this.peer);
+      if (peerFamily === 4 && family === 4) {
         address = this.peerAddress4;
         for (let j = 0; j < 4; j++) address[j] = this.peer[4 + j];
-      } else if (peerFamily === AF_INET6 && family === 6) {
+      } else if (peerFamily === 6 && family === 6) {
         address = this.peerAddress6;
         for (let j = 0; j < 16; j++) address[j] = this.peer[8 + j];
       } else {
@@ -261,12 +255,13 @@ function ctxSockets(tcp: TcpService): TcpSockets {
   return tcp.socketCalls;
 }
 
+/** The unspecified address, 0.0.0.0 or :: (its first 4 bytes). */
+const ANY_ADDRESS = new Uint8Array(16);
+
 /** sockaddr_in / sockaddr_in6 for a listener (any address when bindAddress is null). */
 function listenSockaddr(family: 4 | 6, bindAddress: Uint8Array | null, port: number): Uint8Array {
-  const sa = new Uint8Array(family === 4 ? 16 : 28);
-  writeFamily(sa, family === 4 ? AF_INET : AF_INET6);
-  setBe16(sa, 2, port);
-  if (bindAddress !== null) sa.set(bindAddress, family === 4 ? 4 : 8);
+  const sa = new Uint8Array(family === 4 ? SOCKADDR_IN_LENGTH : SOCKADDR_IN6_LENGTH);
+  writeSockaddr(sa, family, bindAddress ?? ANY_ADDRESS, 0, port);
   return sa;
 }
 
@@ -277,6 +272,3 @@ function isLoopback(address: Uint8Array): boolean {
   return address[15] === 1;
 }
 
-function readFamily(sa: Uint8Array): number {
-  return LITTLE_ENDIAN ? sa[0] | (sa[1] << 8) : (sa[0] << 8) | sa[1];
-}

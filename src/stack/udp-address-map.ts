@@ -19,56 +19,14 @@
  * answers come back from the --dns-forward address and loopback replies
  * from the gateway without a reverse lookup here.
  */
-import { endianness } from 'os';
 import type { StackConfig } from './config';
+import { writeSockaddr } from './sockaddr';
+
+// The sockaddr helpers lived here first; tcp.ts and pasta-forward.ts still import them from this module.
+export { SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddr } from './sockaddr';
 
 /** Well-known DNS port (RFC 1035). */
 export const DNS_PORT = 53;
-
-/** Size of a sockaddr_in. */
-export const SOCKADDR_IN_LENGTH = 16;
-/** Size of a sockaddr_in6. */
-export const SOCKADDR_IN6_LENGTH = 28;
-
-const AF_INET = 2;
-const AF_INET6 = 10;
-const LITTLE_ENDIAN = endianness() === 'LE';
-
-/** Byte offset of the address in a sockaddr of the family (sin_addr / sin6_addr). */
-export function sockaddrAddressOffset(family: 4 | 6): number {
-  return family === 4 ? 4 : 8;
-}
-
-/**
- * Write a sockaddr_in (family 4) or sockaddr_in6 (family 6) for the address
- * at addr[offset] and port into out (>= 28 bytes; zeroed first). Returns
- * its length.
- */
-export function writeSockaddr(out: Uint8Array, family: 4 | 6, addr: Uint8Array, offset: number, port: number): number {
-  const length = family === 4 ? SOCKADDR_IN_LENGTH : SOCKADDR_IN6_LENGTH;
-  out.fill(0, 0, length);
-  const af = family === 4 ? AF_INET : AF_INET6;
-  // sa_family is in host byte order, the port in network order.
-  out[0] = LITTLE_ENDIAN ? af & 0xff : af >>> 8;
-  out[1] = LITTLE_ENDIAN ? af >>> 8 : af & 0xff;
-  out[2] = (port >>> 8) & 0xff;
-  out[3] = port & 0xff;
-  const at = sockaddrAddressOffset(family);
-  const n = family === 4 ? 4 : 16;
-  for (let i = 0; i < n; i++) out[at + i] = addr[offset + i];
-  return length;
-}
-
-/** The family of a sockaddr (4, 6, or 0 for anything else). */
-export function sockaddrFamily(sa: Uint8Array): 0 | 4 | 6 {
-  const af = LITTLE_ENDIAN ? sa[0] | (sa[1] << 8) : (sa[0] << 8) | sa[1];
-  return af === AF_INET ? 4 : af === AF_INET6 ? 6 : 0;
-}
-
-/** The port of a sockaddr_in / sockaddr_in6. */
-export function sockaddrPort(sa: Uint8Array): number {
-  return (sa[2] << 8) | sa[3];
-}
 
 const LOOPBACK_V4 = Uint8Array.of(127, 0, 0, 1);
 const LOOPBACK_V6 = Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1);

@@ -71,17 +71,8 @@ import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
 import { UDP_HEADER_LENGTH } from './wire/udp';
 import { be16, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
-import {
-  SOCKADDR_IN6_LENGTH,
-  equalAt,
-  guestVisibleSource,
-  isGroupOrUnspecified,
-  mapDestination,
-  sockaddrAddressOffset,
-  sockaddrFamily,
-  sockaddrPort,
-  writeSockaddr,
-} from './udp-address-map';
+import { equalAt, guestVisibleSource, isGroupOrUnspecified, mapDestination } from './udp-address-map';
+import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, sockaddrAddressOffset, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
 import { ExtendedError, IcmpErrorPlan, QuotedDatagram, parseExtendedError, planIcmpError, sendIcmpError } from './icmp-errors';
 
 /** The addon calls UDP needs (a subset, so tests can wrap or fake them). */
@@ -91,8 +82,6 @@ export type UdpSockets = Pick<
 >;
 
 // ---- Linux constants (the addon passes numbers through unchanged) ----
-const AF_INET = 2;
-const AF_INET6 = 10;
 const SOCK_DGRAM = 2;
 const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;

@@ -13,7 +13,8 @@ import type { FdWatcher, ReadyHandler } from '../../src/stack/context';
 import { DROP_SLOTS, DropReason } from '../../src/stack/drops';
 import { UdpEvent, UdpService, UdpSockets } from '../../src/stack/udp';
 import { FlowTable } from '../../src/stack/flow-table';
-import { guestVisibleSource, isGroupOrUnspecified, mapDestination, sockaddrFamily, sockaddrPort } from '../../src/stack/udp-address-map';
+import { guestVisibleSource, isGroupOrUnspecified, mapDestination } from '../../src/stack/udp-address-map';
+import { sockaddrFamily, sockaddrPort } from '../../src/stack/sockaddr';
 import type { StackConfig } from '../../src/stack/config';
 import { setBe16 } from '../../src/stack/wire/checksum';
 import {
