@@ -6,8 +6,9 @@
  * Guest to host: a segment's payload goes from guest memory straight into
  * sendmsg iovecs, and the guest is ACKed only for the bytes the kernel
  * accepted, so the socket's send buffer is the window we advertise (its free
- * space, scaled by the window scale we offered in the SYN-ACK). What the
- * kernel did not take is not ACKed: the guest retransmits it.
+ * space, scaled by the window scale we offered in the SYN-ACK; the buffer is
+ * set large, since autotuning would never grow it). What the kernel did not
+ * take is not ACKed: the guest retransmits it.
  *
  * Host to guest: recv(MSG_PEEK) from the socket's peek offset (SO_PEEK_OFF;
  * without it, peek from 0 and throw the already-sent prefix into a scratch
@@ -20,8 +21,10 @@
  * port.onWritable.
  *
  * Connections: a guest SYN opens a non-blocking socket to the same
- * destination (the --map-host-loopback address, the gateway by default, goes
- * to 127.0.0.1 / ::1; --map-guest-addr to the host's own address) and is
+ * destination, mapped by the rules UDP uses (udp-address-map.ts: the
+ * --map-host-loopback address, the gateway by default, goes to 127.0.0.1 /
+ * ::1; --map-guest-addr to the host's own address; --dns-forward port 53 to
+ * the DNS host) and is
  * answered with a SYN-ACK only once connect() completes, or, when it
  * fails, an ICMP unreachable (no route to the network or host) or an RST. Inbound connections accepted by tcp-listen.ts become a SYN to the
  * guest (acceptInbound). FIN is carried both ways (guest FIN -> shutdown(WR)
