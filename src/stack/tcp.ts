@@ -18,18 +18,19 @@
  * retransmission buffer: a timeout or three duplicate ACKs rewind the peek
  * offset to the first unacknowledged byte. The guest's advertised window
  * bounds what is in flight; with no RX buffers we stop and resume from
- * port.onWritable.
+ * port.onWritable (or the next timer tick, should that never come).
  *
  * Connections: a guest SYN opens a non-blocking socket to the same
  * destination, mapped by the rules UDP uses (udp-address-map.ts: the
  * --map-host-loopback address, the gateway by default, goes to 127.0.0.1 /
  * ::1; --map-guest-addr to the host's own address; --dns-forward port 53 to
- * the DNS host) and is
- * answered with a SYN-ACK only once connect() completes, or, when it
- * fails, an ICMP unreachable (no route to the network or host) or an RST. Inbound connections accepted by tcp-listen.ts become a SYN to the
- * guest (acceptInbound). FIN is carried both ways (guest FIN -> shutdown(WR)
- * once its data is in the socket; socket EOF -> FIN after the data), RST both
- * ways (SO_LINGER 0 close so the peer sees a reset).
+ * the DNS host) and is answered with a SYN-ACK only once connect()
+ * completes, or, when it fails, an ICMP unreachable (no route to the
+ * network or host) or an RST. Inbound connections accepted by tcp-listen.ts
+ * become a SYN to the guest (acceptInbound), at the address the guest last
+ * sent from. FIN is carried both ways (guest FIN -> shutdown(WR) once its
+ * data is in the socket; socket EOF -> FIN after the data), RST both ways
+ * (SO_LINGER 0 close so the peer sees a reset).
  *
  * Flows live in the shared FlowTable (flow-table.ts) and this module keeps
  * parallel typed arrays indexed by flow id. Timers (SYN, retransmission with
