@@ -16,7 +16,7 @@
 import * as fs from 'fs';
 import { CounterBlock } from '../counters';
 import { log } from '../log';
-import { native, NativeError } from '../native';
+import { native } from '../native';
 import { FrontendLoop, maxFrameLengthFor, runStackOnLoop } from './frontend-loop';
 import type { DaemonOptions } from './options';
 import { createPcapFile, PcapWriter } from './pcap';
@@ -24,6 +24,7 @@ import { resolveDaemonStackConfig } from './stack-setup';
 import { StreamPort } from './stream-port';
 import { FerryMetrics, MetricsServer, startMetricsServer } from './metrics';
 import { systemdNotify } from './systemd';
+import { removeStaleSocket } from './stale-socket';
 
 /** Where the socket goes when neither --socket nor --fd is given. */
 export const DEFAULT_STREAM_SOCKET_PATH = '/tmp/ferry-stream.socket';
@@ -34,33 +35,6 @@ function isListeningSocket(fd: number): boolean {
   return native.getsockoptInt(fd, native.constants.SOL_SOCKET, SO_ACCEPTCONN) !== 0;
 }
 
-/**
- * Remove a socket file left by a dead ferry so bind() succeeds. Refuses to
- * touch anything that is not a socket, or a socket someone still listens on.
- */
-export function removeStaleSocket(socketPath: string): void {
-  let stat: fs.Stats;
-  try {
-    stat = fs.lstatSync(socketPath);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw error;
-  }
-  if (!stat.isSocket()) throw new Error(`${socketPath} exists and is not a socket`);
-  let probe: number;
-  try {
-    probe = native.unixConnect(socketPath);
-  } catch (error) {
-    const code = (error as NativeError).code;
-    if (code === 'ECONNREFUSED' || code === 'ENOENT') {
-      fs.rmSync(socketPath, { force: true });
-      return;
-    }
-    throw error;
-  }
-  native.close(probe);
-  throw new Error(`${socketPath} is in use by another back-end`);
-}
 
 /** Run `ferry stream` until a signal (or --one-off and the peer leaving); resolves with the exit code. */
 export async function runStream(options: DaemonOptions): Promise<number> {

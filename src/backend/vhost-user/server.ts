@@ -25,8 +25,9 @@
  */
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
-import { native, type NativeError } from '../../native';
+import { native } from '../../native';
 import { closeQuietly } from '../close-quietly';
+import { removeStaleSocket } from '../stale-socket';
 import { log, rateLimited } from '../../log';
 import { CounterBlock, defineCounter } from '../../counters';
 import type { VhostUserDevice, VhostUserMemoryRegionWithFd } from './device';
@@ -263,7 +264,7 @@ export class VhostUserServer extends EventEmitter {
       return new VhostUserServer(options, options.listenFd, null);
     }
     const socketPath = options.socketPath as string;
-    removeStaleSocket(socketPath);
+    removeStaleSocket(socketPath, 'vhost-user: ');
     const fd = listenWithMode(socketPath, options.backlog ?? 8, options.socketMode);
     try {
       if (options.socketMode !== undefined) fs.chmodSync(socketPath, options.socketMode);
@@ -731,31 +732,3 @@ function listenWithMode(socketPath: string, backlog: number, mode: number | unde
   }
 }
 
-/**
- * Remove a socket file left by a dead back-end so bind() succeeds. Refuses
- * to touch anything that is not a socket, and a socket someone still
- * listens on (a connect() that succeeds means another back-end is alive).
- */
-function removeStaleSocket(socketPath: string): void {
-  let stat: fs.Stats;
-  try {
-    stat = fs.lstatSync(socketPath);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw error;
-  }
-  if (!stat.isSocket()) throw new Error(`vhost-user: ${socketPath} exists and is not a socket`);
-  let probe: number;
-  try {
-    probe = native.unixConnect(socketPath);
-  } catch (error) {
-    const code = (error as NativeError).code;
-    if (code === 'ECONNREFUSED' || code === 'ENOENT') {
-      fs.rmSync(socketPath, { force: true });
-      return;
-    }
-    throw error;
-  }
-  native.close(probe);
-  throw new Error(`vhost-user: ${socketPath} is in use by another back-end`);
-}
