@@ -32,6 +32,7 @@ import { ICMP_HEADER_LENGTH, IcmpType, IcmpView, Icmpv6EchoType } from './wire/i
 import { IpProtocol } from './wire/ipv4';
 import { pseudoHeaderSumIpv6 } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
+import { errorCode } from './error-code';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddrFamily } from './sockaddr';
 import { log, rateLimited } from '../log';
 
@@ -53,11 +54,6 @@ export const DENIED_RETRY_MS = 10_000;
 const READS_PER_WAKEUP = 32;
 /** Largest ICMP message read from a ping socket. */
 const MAX_ECHO_MESSAGE = 65535;
-
-/** Why an echo socket could not be used. */
-function errorCode(e: unknown): string {
-  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
-}
 
 /** The echo service: forwards guest echo requests and their replies. One per stack. */
 export class IcmpEchoService implements ReadyHandler {

@@ -12,6 +12,7 @@
 import { log, rateLimited } from '../log';
 import type { ReadyHandler, StackContext } from './context';
 import type { ForwardSpec } from './forward-spec';
+import { errorCode } from './error-code';
 import type { TcpService, TcpSockets } from './tcp';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
 
@@ -26,10 +27,6 @@ const EPOLLIN = 0x001;
 const BACKLOG = 4096;
 /** Connections accepted per readiness callback, so one busy port cannot starve the rest. */
 const ACCEPTS_PER_WAKEUP = 64;
-
-function errorCode(e: unknown): string {
-  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
-}
 
 /** One listening socket that could not be opened: the host port, family and errno code (e.g. 'EADDRINUSE'). */
 export interface ListenError {

@@ -71,6 +71,7 @@ import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
 import { UDP_HEADER_LENGTH } from './wire/udp';
 import { be16, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
+import { errorCode } from './error-code';
 import { equalAt, guestVisibleSource, isGroupOrUnspecified, mapDestination } from './udp-address-map';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, sockaddrAddressOffset, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
 import { ExtendedError, IcmpErrorPlan, QuotedDatagram, parseExtendedError, planIcmpError, sendIcmpError } from './icmp-errors';
@@ -161,11 +162,6 @@ export const UdpEvent = {
   /** The guest's source port could not be kept on the host (in use, or below 1024 without privilege). */
   SourcePortChanged: defineCounter('ferry_udp_events_total', EVENT_HELP, { event: 'source_port_changed' }),
 } as const;
-
-/** Why an addon call failed. */
-function errorCode(e: unknown): string {
-  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
-}
 
 /** Errors a socket reports asynchronously (from an earlier ICMP): the send is retried once. */
 function isAsyncError(code: string): boolean {
