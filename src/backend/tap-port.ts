@@ -30,10 +30,18 @@
  * with TUNSETOFFLOAD) every frame is preceded by the 10-byte legacy header in
  * host byte order: frames from the namespace may then carry partial
  * checksums and be TCP segments of up to 64 KiB (TSO), which the stack takes
- * as they are (the header's fields become the frame's OffloadInfo); frames to
- * the namespace get an all-zero header (complete checksums, no GSO). At
+ * as they are (the header's fields become the frame's OffloadInfo). At
  * MTU 1500 this is what keeps the namespace from sending 1500-byte frames one
  * by one through ferry.
+ *
+ * The other way, the same header lets ferry write large frames: a run of
+ * TCP data segments of one flow, contiguous in sequence, is held (the next
+ * reservation is placed right after it, so the next segment's payload is
+ * moved over its own headers onto the run's end) and written as one GSO
+ * frame of up to 64 KiB when a frame that does not continue it comes, when
+ * it is full, or at flush() (end of every stack call and loop batch); see
+ * tap-coalesce.ts. Other frames get an all-zero header (complete checksums,
+ * no GSO) and leave at commit, after any run before them.
  */
 import * as os from 'os';
 import { CounterBlock, defineCounter } from '../counters';
@@ -42,6 +50,7 @@ import { native } from '../native';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import type { FramePort, FrameSink, OffloadInfo } from '../stack/frame-io';
 import { SegmentList } from '../stack/frame-io';
+import { continuesRun, emptySegmentView, finishRun, parseDataSegment } from './tap-coalesce';
 import type { FrameTap } from './virtio-net-port';
 import { PORT_COUNTERS } from './virtio-net-port';
 
@@ -94,6 +103,13 @@ export const TAP_DROPS = {
   tapWriteError: defineCounter('ferry_drops_total', DROPS_HELP, { direction: 'rx', reason: 'tap_write_error' }),
 };
 
+const COALESCE_HELP = 'TCP segments to the namespace merged into large (GSO) tap frames, and the frames they made';
+/** What coalescing did (see tap-coalesce.ts). */
+export const TAP_COALESCE = {
+  segments: defineCounter('ferry_tap_coalesced_total', COALESCE_HELP, { event: 'segments' }),
+  frames: defineCounter('ferry_tap_coalesced_total', COALESCE_HELP, { event: 'frames' }),
+};
+
 const OFFLOAD_NONE: OffloadInfo = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
 
 /** What a TapPort is made from. */
@@ -110,6 +126,8 @@ export interface TapPortOptions {
   readRounds?: number;
   /** The tap was opened with IFF_VNET_HDR: a 10-byte virtio-net header precedes every frame. */
   vnetHeader?: boolean;
+  /** Merge runs of TCP segments to the namespace into GSO frames (default: with vnetHeader; needs it). */
+  coalesce?: boolean;
   onFrame?: FrameTap | null;
 }
 
@@ -144,6 +162,20 @@ export class TapPort implements FramePort, ReadyHandler {
   private readonly reserved = new SegmentList(1);
   private reservedOpen = false;
 
+  // The run being coalesced: its frame is at output[headerLength, headerLength + runLength).
+  private readonly coalesce: boolean;
+  private runLength = 0;
+  private readonly runHead = emptySegmentView();
+  private readonly nextSegment = emptySegmentView();
+  private runNextSeq = 0;
+  private runSegmentSize = 0;
+  private runSegments = 0;
+  /** Length of the stack's frames in the run (for the frame counters). */
+  private runFrameBytes = 0;
+  private runPush = false;
+  /** The last segment was shorter than the segment size: the run cannot grow (GSO needs equal segments but the last). */
+  private runClosed = false;
+
   constructor(options: TapPortOptions) {
     this.fd = options.fd;
     this.counters = options.counters;
@@ -159,8 +191,10 @@ export class TapPort implements FramePort, ReadyHandler {
     this.pool = new Uint8Array(this.slotLength * this.readBatch);
     this.poolView = new DataView(this.pool.buffer);
     this.batchLengths = new Int32Array(this.readBatch);
-    // The header in front stays all zero: complete checksums, no GSO.
-    this.output = new Uint8Array(this.headerLength + this.maxFrameLength);
+    this.coalesce = options.vnetHeader === true && options.coalesce !== false;
+    // The header in front is all zero (complete checksums, no GSO) except while a coalesced run is written.
+    // With coalescing: room for a run of up to 64 KiB and, after it, the next frame being reserved.
+    this.output = new Uint8Array(this.headerLength + (this.coalesce ? MAX_GSO_FRAME : 0) + this.maxFrameLength);
     this.watcher.watch(this.fd, native.constants.EPOLLIN, this);
   }
 
@@ -172,6 +206,7 @@ export class TapPort implements FramePort, ReadyHandler {
   /** Stop watching and close the tap fd (the device goes with its namespace, or with this fd). Idempotent. */
   close(reason = 'closed'): void {
     if (this.fd < 0) return;
+    this.runLength = 0;
     const fd = this.fd;
     this.fd = -1;
     this.watcher.unwatch(fd);
@@ -270,34 +305,102 @@ export class TapPort implements FramePort, ReadyHandler {
     this.reservedOpen = true;
     const list = this.reserved;
     list.clear();
-    list.push(this.output, this.headerLength, Math.max(0, Math.min(maxLength, this.maxFrameLength)));
+    // While a run is open the next frame goes right after it, where its payload can join it.
+    const start = this.headerLength + this.runLength;
+    list.push(this.output, start, Math.max(0, Math.min(maxLength, this.maxFrameLength)));
     return list;
   }
 
-  /** Write the reserved frame to the tap now (FramePort). */
+  /** Write the reserved frame to the tap now, or add it to the run being coalesced (FramePort). */
   commit(length: number, _offload?: OffloadInfo): void {
     if (!this.reservedOpen) return;
     this.reservedOpen = false;
     const frameLength = Math.min(Math.max(0, length), this.reserved.totalLength);
     if (frameLength === 0 || this.fd < 0) return;
+    if (this.onFrame !== null) {
+      // Captures show the segments as the stack made them, before coalescing.
+      this.reserved.lengths[0] = frameLength;
+      this.onFrame('rx', this.reserved, frameLength);
+    }
+    if (!this.coalesce) {
+      this.writeOut(this.headerLength + frameLength, 1, frameLength);
+      return;
+    }
+    let start = this.reserved.offsets[0];
+    if (this.runLength > 0) {
+      if (!this.runClosed && parseDataSegment(this.output, start, frameLength, this.nextSegment) && continuesRun(this.output, this.runHead, this.runLength, this.runNextSeq, this.runSegmentSize, this.nextSegment)) {
+        this.appendToRun(start, frameLength);
+        return;
+      }
+      this.writeRun();
+      // The frame now starts the buffer (a copy of at most one frame).
+      this.output.copyWithin(this.headerLength, start, start + frameLength);
+      start = this.headerLength;
+    }
+    if (parseDataSegment(this.output, start, frameLength, this.runHead)) {
+      this.runLength = frameLength;
+      this.runNextSeq = (this.runHead.seq + this.runHead.payloadLength) >>> 0;
+      this.runSegmentSize = this.runHead.payloadLength;
+      this.runSegments = 1;
+      this.runFrameBytes = frameLength;
+      this.runPush = (this.runHead.flags & 0x08) !== 0;
+      this.runClosed = false;
+      return;
+    }
+    this.writeOut(this.headerLength + frameLength, 1, frameLength);
+  }
+
+  /** The payload of the segment just committed at output[start] joins the run (moved over its own headers). */
+  private appendToRun(start: number, frameLength: number): void {
+    const next = this.nextSegment;
+    const headers = frameLength - next.payloadLength;
+    this.output.copyWithin(start, start + headers, start + frameLength);
+    this.runLength += next.payloadLength;
+    this.runNextSeq = (next.seq + next.payloadLength) >>> 0;
+    this.runSegments++;
+    this.runFrameBytes += frameLength;
+    if ((next.flags & 0x08) !== 0) this.runPush = true;
+    if (next.payloadLength < this.runSegmentSize) this.runClosed = true;
+    // Full (another segment would pass the IP length limit), or closed: out it goes.
+    if (this.runClosed || this.runLength - 14 + this.runSegmentSize > 65535) this.writeRun();
+  }
+
+  /** Write the open run: as one GSO frame when it merged segments, as the plain frame otherwise. */
+  private writeRun(): void {
+    if (this.runLength === 0) return;
+    const length = this.runLength;
+    this.runLength = 0;
+    if (this.runSegments > 1) {
+      finishRun(this.output, this.runHead, length, this.runSegmentSize, this.runPush, LITTLE_ENDIAN);
+      this.counters.add(TAP_COALESCE.frames);
+      this.counters.add(TAP_COALESCE.segments, this.runSegments);
+    }
+    this.writeOut(this.headerLength + length, this.runSegments, this.runFrameBytes);
+    // Back to the all-zero header of plain frames.
+    this.output.fill(0, 0, this.headerLength);
+  }
+
+  /**
+   * One write of output[0, total): the virtio-net header (if any) and a
+   * frame carrying `frames` of the stack's frames (`bytes` long in all),
+   * counted as sent or, refused, as dropped.
+   */
+  private writeOut(total: number, frames: number, bytes: number): void {
+    if (this.fd < 0) return;
     let written: number;
     try {
-      written = native.write(this.fd, this.output, 0, this.headerLength + frameLength);
+      written = native.write(this.fd, this.output, 0, total);
     } catch (e) {
-      this.counters.add(TAP_DROPS.tapWriteError);
+      this.counters.add(TAP_DROPS.tapWriteError, frames);
       rateLimited('warn', 'tap write', () => `tap: frame to the namespace dropped: ${(e as Error).message}`);
       return;
     }
     if (written < 0) {
-      this.counters.add(TAP_DROPS.tapBusy);
+      this.counters.add(TAP_DROPS.tapBusy, frames);
       return;
     }
-    this.counters.add(PORT_COUNTERS.rxFrames);
-    this.counters.add(PORT_COUNTERS.rxBytes, frameLength);
-    if (this.onFrame !== null) {
-      this.reserved.lengths[0] = frameLength;
-      this.onFrame('rx', this.reserved, frameLength);
-    }
+    this.counters.add(PORT_COUNTERS.rxFrames, frames);
+    this.counters.add(PORT_COUNTERS.rxBytes, bytes);
   }
 
   /** Give the reservation back (FramePort). */
@@ -305,8 +408,8 @@ export class TapPort implements FramePort, ReadyHandler {
     this.reservedOpen = false;
   }
 
-  /** Nothing to publish: commit() already wrote the frame (FramePort). */
+  /** Write the coalesced run, if one is open (FramePort; plain frames left at commit). */
   flush(): void {
-    // Frames leave at commit (see the header comment).
+    this.writeRun();
   }
 }

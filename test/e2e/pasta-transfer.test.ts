@@ -173,11 +173,12 @@ describe('e2e: data through ferry pasta', function () {
     expect(largest, `${fromNamespace.length} TCP frames from the namespace`).to.be.greaterThan(1514);
   });
 
-  it('at MTU 1500 the tap\'s queue holds a window of MTU-sized frames: txqueuelen sized from tcp_wmem, 16 MiB each way intact with (almost) no frame dropped in it', async function () {
+  it('at MTU 1500 the tap\'s queue holds a window of MTU-sized frames (txqueuelen sized from tcp_wmem) and segments to the namespace are coalesced into GSO frames: 16 MiB each way intact, (almost) no frame dropped in the queue', async function () {
     if (!stackHasTcp()) this.skip();
     const n = net as TestNetwork;
     const port = HTTP_PORT + 3;
     const bytes = 16 << 20;
+    const metricsPath = path.join(workDir, 'metrics.sock');
     // Both ways on one connection: the server takes the upload, then sends as much back.
     const server = await startServer(
       n,
@@ -191,10 +192,12 @@ describe('e2e: data through ferry pasta', function () {
       "const crypto=require('crypto');const up=crypto.randomBytes(" + bytes + ");console.log('UP '+crypto.createHash('sha256').update(up).digest('hex'));",
       `const c=require('net').connect(${port},'${TEST_NET.serverV4}');const h=crypto.createHash('sha256');let k=0;`,
       "c.on('connect',()=>c.end(up));c.on('data',d=>{k+=d.length;h.update(d)});",
-      `c.on('end',()=>{console.log('RECEIVED '+k+' '+h.digest('hex'));console.log(require('child_process').execSync('ip -s -s -o link show ${TEST_NET.uplinkName}').toString());process.exit(0)});`,
+      `c.on('end',()=>{console.log('RECEIVED '+k+' '+h.digest('hex'));console.log(require('child_process').execSync('ip -s -s -o link show ${TEST_NET.uplinkName}').toString());`,
+      // ferry's counters, through its --metrics socket (a file both namespaces see).
+      `require('http').get({socketPath:${JSON.stringify(metricsPath)},path:'/metrics'},res=>{let b='';res.on('data',d=>b+=d);res.on('end',()=>{console.log(b);process.exit(0)})}).on('error',e=>{console.log('METRICS '+e.message);process.exit(4)})});`,
       "c.on('error',e=>{console.log('ERROR '+e.message);process.exit(3)});setTimeout(()=>{console.log('TIMEOUT');process.exit(2)},50000).unref();",
     ].join('');
-    const r = await runIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', '-m', '1500', '--', process.execPath, '-e', client], { timeoutMs: 70000 });
+    const r = await runIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', '-m', '1500', '--metrics', `unix:${metricsPath}`, '--', process.execPath, '-e', client], { timeoutMs: 70000 });
     expect(r.code, describeResult(r)).to.equal(0);
     for (let i = 0; i < 100 && !serverOut.includes('GOT'); i++) await new Promise((res) => setTimeout(res, 50));
     expect(serverOut, describeResult(r)).to.include(`GOT ${bytes} ${/UP (\w+)/.exec(r.stdout)?.[1]} `);
@@ -208,6 +211,10 @@ describe('e2e: data through ferry pasta', function () {
     const [packets, dropped] = [Number(tx?.[2]), Number(tx?.[4])];
     expect(packets, r.stdout).to.be.greaterThan(100);
     expect(dropped, `${dropped} of ${packets} frames from the namespace dropped in the tap's queue\n${r.stdout}`).to.be.below(Math.max(1, packets / 100));
+    // The download's segments reached the namespace coalesced into GSO frames of several segments each.
+    const coalesced = (event: string): number => Number(new RegExp(`^ferry_tap_coalesced_total\\{[^}]*event="${event}"[^}]*\\} (\\d+)`, 'm').exec(r.stdout)?.[1] ?? 0);
+    expect(coalesced('frames'), r.stdout).to.be.greaterThan(0);
+    expect(coalesced('segments'), r.stdout).to.be.greaterThan(4 * coalesced('frames'));
   });
 
   it('a command inside ferry pasta fetches a 4 MiB file over TCP from the test network and its sha256 matches', async function () {
