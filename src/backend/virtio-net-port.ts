@@ -307,7 +307,13 @@ export class VirtioNetPort implements FramePort {
       return null;
     }
     this.rxReserved = true;
-    this.rxStarved = false;
+    if (this.rxStarved) {
+      // Buffers came back without a kick reaching rxKicked() first (e.g. found
+      // by the re-check after enabling notifications). Whoever was told "no
+      // buffers" earlier is waiting for onWritable: wake it soon, outside this call.
+      this.rxStarved = false;
+      this.scheduleWritable();
+    }
     return frame;
   }
 
@@ -415,6 +421,18 @@ export class VirtioNetPort implements FramePort {
     this.cancel();
     this.flush();
     this.flushTx();
+  }
+
+  private writableScheduled = false;
+
+  /** Call onWritable once from the event loop (never re-entrantly from reserve). */
+  private scheduleWritable(): void {
+    if (this.writableScheduled) return;
+    this.writableScheduled = true;
+    setImmediate(() => {
+      this.writableScheduled = false;
+      if (this.onWritable !== null) this.onWritable();
+    });
   }
 
   /** True while the stack is waiting for RX buffers. */
