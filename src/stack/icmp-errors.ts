@@ -18,13 +18,13 @@
  * Parameter problems (their pointer would refer to the host's packet) and
  * other origins are ignored.
  */
-import { endianness } from 'os';
 import type { StackContext } from './context';
 import { IPV4_L4_OFFSET, IPV6_L4_OFFSET } from './context';
 import { IPV4_HEADER_LENGTH, IpProtocol, emitIpv4 } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
 import { UDP_HEADER_LENGTH } from './wire/udp';
 import { finishChecksum, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from './wire/checksum';
+import { LITTLE_ENDIAN, hostU16, hostU32 } from './host-order';
 
 /** sock_extended_err origins (linux/errqueue.h). */
 export const ErrorOrigin = {
@@ -45,7 +45,6 @@ const AF_INET6 = 10;
 const CMSG_HEADER = 16;
 /** sizeof(struct sock_extended_err). */
 const EXTENDED_ERR_LENGTH = 16;
-const LITTLE_ENDIAN = endianness() === 'LE';
 
 /** ICMPv4 types relayed. */
 export const Icmp4ErrorType = { DestinationUnreachable: 3, TimeExceeded: 11 } as const;
@@ -75,16 +74,6 @@ export class ExtendedError {
   readonly offender = new Uint8Array(16);
 }
 
-function readU32(bytes: Uint8Array, offset: number): number {
-  return LITTLE_ENDIAN
-    ? (bytes[offset] | (bytes[offset + 1] << 8) | (bytes[offset + 2] << 16) | (bytes[offset + 3] << 24)) >>> 0
-    : ((bytes[offset] << 24) | (bytes[offset + 1] << 16) | (bytes[offset + 2] << 8) | bytes[offset + 3]) >>> 0;
-}
-
-function readU16(bytes: Uint8Array, offset: number): number {
-  return LITTLE_ENDIAN ? bytes[offset] | (bytes[offset + 1] << 8) : (bytes[offset] << 8) | bytes[offset + 1];
-}
-
 /**
  * Find the IP_RECVERR / IPV6_RECVERR control message in control[0, length)
  * (raw cmsg bytes from recvErrqueue) and fill `out`. Returns false when
@@ -96,25 +85,25 @@ export function parseExtendedError(control: Uint8Array, length: number, out: Ext
   // Each pass advances by at least CMSG_HEADER bytes.
   while (at + CMSG_HEADER <= end) {
     // cmsg_len is a size_t; the high half is 0 for any real message.
-    const cmsgLength = readU32(control, LITTLE_ENDIAN ? at : at + 4);
-    const level = readU32(control, at + 8);
-    const type = readU32(control, at + 12);
+    const cmsgLength = hostU32(control, LITTLE_ENDIAN ? at : at + 4);
+    const level = hostU32(control, at + 8);
+    const type = hostU32(control, at + 12);
     if (cmsgLength < CMSG_HEADER || at + cmsgLength > end) return false;
     if ((level === SOL_IP && type === IP_RECVERR) || (level === SOL_IPV6 && type === IPV6_RECVERR)) {
       const data = at + CMSG_HEADER;
       if (cmsgLength < CMSG_HEADER + EXTENDED_ERR_LENGTH) return false;
-      out.errno = readU32(control, data);
+      out.errno = hostU32(control, data);
       out.origin = control[data + 4];
       out.type = control[data + 5];
       out.code = control[data + 6];
-      out.info = readU32(control, data + 8);
+      out.info = hostU32(control, data + 8);
       out.offenderFamily = 0;
       out.offender.fill(0);
       // SO_EE_OFFENDER: a sockaddr right after the struct, when the kernel had one.
       const sa = data + EXTENDED_ERR_LENGTH;
       const saRoom = at + cmsgLength - sa;
       if (saRoom >= 8) {
-        const family = readU16(control, sa);
+        const family = hostU16(control, sa);
         if (family === AF_INET && saRoom >= 8) {
           out.offenderFamily = 4;
           out.offender.set(control.subarray(sa + 4, sa + 8));

@@ -11,10 +11,8 @@
  * Netlink headers are in host byte order; addresses inside attributes are
  * in network order (copied as bytes).
  */
-import * as os from 'os';
 import type { Native } from '../native';
-
-const LITTLE_ENDIAN = os.endianness() === 'LE';
+import { hostI32, hostU16, hostU32, setHostU16, setHostU32 } from './host-order';
 
 export const NLMSG_NOOP = 1;
 export const NLMSG_ERROR = 2;
@@ -81,44 +79,6 @@ export const RT_SCOPE_HOST = 254;
 export const MAX_MESSAGES_PER_BUFFER = 4096;
 export const MAX_ATTRIBUTES = 256;
 
-function u16(b: Uint8Array, o: number): number {
-  return LITTLE_ENDIAN ? b[o] | (b[o + 1] << 8) : (b[o] << 8) | b[o + 1];
-}
-
-function u32(b: Uint8Array, o: number): number {
-  return LITTLE_ENDIAN
-    ? (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0
-    : ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
-}
-
-function i32(b: Uint8Array, o: number): number {
-  return u32(b, o) | 0;
-}
-
-function put16(b: Uint8Array, o: number, v: number): void {
-  if (LITTLE_ENDIAN) {
-    b[o] = v & 0xff;
-    b[o + 1] = (v >>> 8) & 0xff;
-  } else {
-    b[o] = (v >>> 8) & 0xff;
-    b[o + 1] = v & 0xff;
-  }
-}
-
-function put32(b: Uint8Array, o: number, v: number): void {
-  if (LITTLE_ENDIAN) {
-    b[o] = v & 0xff;
-    b[o + 1] = (v >>> 8) & 0xff;
-    b[o + 2] = (v >>> 16) & 0xff;
-    b[o + 3] = (v >>> 24) & 0xff;
-  } else {
-    b[o] = (v >>> 24) & 0xff;
-    b[o + 1] = (v >>> 16) & 0xff;
-    b[o + 2] = (v >>> 8) & 0xff;
-    b[o + 3] = v & 0xff;
-  }
-}
-
 /** NLMSG_ALIGN / RTA_ALIGN: round up to 4. */
 export function align4(n: number): number {
   return (n + 3) & ~3;
@@ -173,9 +133,9 @@ export function forEachAttribute(b: Uint8Array, start: number, end: number, visi
   let at = start;
   for (let count = 0; at + 4 <= end; count++) {
     if (count >= MAX_ATTRIBUTES) throw new NetlinkParseError('too many attributes');
-    const length = u16(b, at);
+    const length = hostU16(b, at);
     // The top bits are NLA_F_NESTED / NLA_F_NET_BYTEORDER flags.
-    const type = u16(b, at + 2) & 0x3fff;
+    const type = hostU16(b, at + 2) & 0x3fff;
     if (length < 4 || at + length > end) throw new NetlinkParseError(`attribute ${type} length ${length} overruns its message`);
     visit(type, at + 4, length - 4);
     at += align4(length);
@@ -199,10 +159,10 @@ function addressLength(family: number): number {
 /** Parse an RTM_NEWLINK payload at b[offset, offset+length) (after the nlmsghdr). */
 export function parseLink(b: Uint8Array, offset: number, length: number): LinkInfo {
   if (length < IFINFOMSG_LEN) throw new NetlinkParseError('ifinfomsg truncated');
-  const info: LinkInfo = { index: i32(b, offset + 4), flags: u32(b, offset + 8), name: '', mtu: 0, mac: null };
+  const info: LinkInfo = { index: hostI32(b, offset + 4), flags: hostU32(b, offset + 8), name: '', mtu: 0, mac: null };
   forEachAttribute(b, offset + IFINFOMSG_LEN, offset + length, (type, at, len) => {
     if (type === IFLA_IFNAME) info.name = cString(b, at, len);
-    else if (type === IFLA_MTU && len >= 4) info.mtu = u32(b, at);
+    else if (type === IFLA_MTU && len >= 4) info.mtu = hostU32(b, at);
     else if (type === IFLA_ADDRESS && len === 6) info.mac = copy(b, at, 6);
   });
   return info;
@@ -219,11 +179,11 @@ export function parseAddress(b: Uint8Array, offset: number, length: number): Add
   forEachAttribute(b, offset + IFADDRMSG_LEN, offset + length, (type, at, len) => {
     if (type === IFA_LOCAL && len === size) local = copy(b, at, len);
     else if (type === IFA_ADDRESS && len === size) address = copy(b, at, len);
-    else if (type === IFA_FLAGS && len >= 4) flags = u32(b, at);
+    else if (type === IFA_FLAGS && len >= 4) flags = hostU32(b, at);
   });
   const chosen = local ?? address;
   if (size === 0 || chosen === null) return null;
-  return { family, prefixLength: b[offset + 1], flags, scope: b[offset + 3], index: u32(b, offset + 4), address: chosen };
+  return { family, prefixLength: b[offset + 1], flags, scope: b[offset + 3], index: hostU32(b, offset + 4), address: chosen };
 }
 
 /** Parse an RTM_NEWROUTE payload; returns null for families other than IPv4/IPv6. */
@@ -246,9 +206,9 @@ export function parseRoute(b: Uint8Array, offset: number, length: number): Route
   forEachAttribute(b, offset + RTMSG_LEN, offset + length, (type, at, len) => {
     if (type === RTA_DST && len === size) route.dst = copy(b, at, len);
     else if (type === RTA_GATEWAY && len === size) route.gateway = copy(b, at, len);
-    else if (type === RTA_OIF && len >= 4) route.oif = u32(b, at);
-    else if (type === RTA_PRIORITY && len >= 4) route.priority = u32(b, at);
-    else if (type === RTA_TABLE && len >= 4) route.table = u32(b, at);
+    else if (type === RTA_OIF && len >= 4) route.oif = hostU32(b, at);
+    else if (type === RTA_PRIORITY && len >= 4) route.priority = hostU32(b, at);
+    else if (type === RTA_TABLE && len >= 4) route.table = hostU32(b, at);
     else if (type === RTA_MULTIPATH && route.oif === 0) parseFirstNexthop(b, at, len, size, route);
   });
   return route;
@@ -257,9 +217,9 @@ export function parseRoute(b: Uint8Array, offset: number, length: number): Route
 /** struct rtnexthop { u16 len; u8 flags; u8 hops; i32 ifindex; } followed by attributes: take the first. */
 function parseFirstNexthop(b: Uint8Array, at: number, len: number, size: number, route: RouteInfo): void {
   if (len < 8) return;
-  const nhLength = u16(b, at);
+  const nhLength = hostU16(b, at);
   if (nhLength < 8 || nhLength > len) throw new NetlinkParseError('rtnexthop overruns RTA_MULTIPATH');
-  route.oif = u32(b, at + 4);
+  route.oif = hostU32(b, at + 4);
   forEachAttribute(b, at + 8, at + nhLength, (type, a, l) => {
     if (type === RTA_GATEWAY && l === size && route.gateway === null) route.gateway = copy(b, a, l);
   });
@@ -285,10 +245,10 @@ export function walkMessages(b: Uint8Array, length: number, seq: number, visit: 
   const end = Math.min(length, b.length);
   for (let count = 0; at + NLMSG_HDRLEN <= end; count++) {
     if (count >= MAX_MESSAGES_PER_BUFFER) throw new NetlinkParseError('too many messages in one buffer');
-    const messageLength = u32(b, at);
-    const type = u16(b, at + 4);
-    const flags = u16(b, at + 6);
-    const messageSeq = u32(b, at + 8);
+    const messageLength = hostU32(b, at);
+    const type = hostU16(b, at + 4);
+    const flags = hostU16(b, at + 6);
+    const messageSeq = hostU32(b, at + 8);
     if (messageLength < NLMSG_HDRLEN || at + messageLength > end) throw new NetlinkParseError(`message length ${messageLength} overruns the buffer`);
     const payload = at + NLMSG_HDRLEN;
     const payloadLength = messageLength - NLMSG_HDRLEN;
@@ -301,7 +261,7 @@ export function walkMessages(b: Uint8Array, length: number, seq: number, visit: 
     }
     if (type === NLMSG_ERROR) {
       if (payloadLength < 4) throw new NetlinkParseError('NLMSG_ERROR truncated');
-      const code = i32(b, payload);
+      const code = hostI32(b, payload);
       if (code === 0) continue; // an ACK
       const error = new Error(`netlink: request failed with errno ${-code}`) as Error & { errno: number };
       error.errno = -code;
@@ -319,11 +279,11 @@ export function walkMessages(b: Uint8Array, length: number, seq: number, visit: 
 export function buildDumpRequest(type: number, family: number, seq: number): Uint8Array {
   const bodyLength = type === RTM_GETLINK ? IFINFOMSG_LEN : type === RTM_GETADDR ? IFADDRMSG_LEN : RTMSG_LEN;
   const out = new Uint8Array(NLMSG_HDRLEN + bodyLength);
-  put32(out, 0, out.length);
-  put16(out, 4, type);
-  put16(out, 6, NLM_F_REQUEST | NLM_F_DUMP);
-  put32(out, 8, seq);
-  put32(out, 12, 0);
+  setHostU32(out, 0, out.length);
+  setHostU16(out, 4, type);
+  setHostU16(out, 6, NLM_F_REQUEST | NLM_F_DUMP);
+  setHostU32(out, 8, seq);
+  setHostU32(out, 12, 0);
   out[NLMSG_HDRLEN] = family;
   return out;
 }
@@ -331,7 +291,7 @@ export function buildDumpRequest(type: number, family: number, seq: number): Uin
 /** sockaddr_nl for bind(): the kernel picks our port id. */
 export function sockaddrNl(): Uint8Array {
   const out = new Uint8Array(12);
-  put16(out, 0, AF_NETLINK);
+  setHostU16(out, 0, AF_NETLINK);
   return out;
 }
 

@@ -4,7 +4,7 @@
  * order at 2, the address at 4 (IPv4) or 8 (IPv6). One module for the
  * handlers (UDP, TCP, TCP listeners, ICMP echo) that build and read them.
  */
-import { endianness } from 'os';
+import { hostU16, setHostU16 } from './host-order';
 
 /** Address family numbers (linux/socket.h). */
 export const AF_INET = 2;
@@ -15,8 +15,6 @@ export const SOCKADDR_IN_LENGTH = 16;
 /** Size of a sockaddr_in6. */
 export const SOCKADDR_IN6_LENGTH = 28;
 
-const LITTLE_ENDIAN = endianness() === 'LE';
-
 /** Byte offset of the address in a sockaddr of the family (sin_addr / sin6_addr). */
 export function sockaddrAddressOffset(family: 4 | 6): number {
   return family === 4 ? 4 : 8;
@@ -24,8 +22,7 @@ export function sockaddrAddressOffset(family: 4 | 6): number {
 
 /** Write sa_family (AF_INET or AF_INET6, in host byte order) into sa[0..2). */
 export function writeSockaddrFamily(sa: Uint8Array, af: number): void {
-  sa[0] = LITTLE_ENDIAN ? af & 0xff : af >>> 8;
-  sa[1] = LITTLE_ENDIAN ? af >>> 8 : af & 0xff;
+  setHostU16(sa, 0, af);
 }
 
 /**
@@ -47,7 +44,7 @@ export function writeSockaddr(out: Uint8Array, family: 4 | 6, addr: Uint8Array, 
 
 /** The family of a sockaddr (4, 6, or 0 for anything else). */
 export function sockaddrFamily(sa: Uint8Array): 0 | 4 | 6 {
-  const af = LITTLE_ENDIAN ? sa[0] | (sa[1] << 8) : (sa[0] << 8) | sa[1];
+  const af = hostU16(sa, 0);
   return af === AF_INET ? 4 : af === AF_INET6 ? 6 : 0;
 }
 
