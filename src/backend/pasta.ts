@@ -199,13 +199,26 @@ function joinNamespaces(pasta: PastaOptions): NamespaceTarget {
   return { netPath, userPath, child: null, gate: null, watchPid: /^[0-9]+$/.test(spec) ? Number(spec) : null };
 }
 
-/** The largest TCP send buffer of ferry's host sockets (net.ipv4.tcp_wmem's maximum): the largest window ferry advertises. */
-export function largestSendBuffer(path = '/proc/sys/net/ipv4/tcp_wmem'): number {
+/**
+ * The largest send buffer a host socket of ferry can have, which bounds the
+ * window ferry advertises to the namespace (the buffer's free space): an
+ * autotuned one grows to net.ipv4.tcp_wmem's maximum, one set with
+ * SO_SNDBUF (the stack does, see tcp.ts) to twice net.core.wmem_max.
+ */
+export function largestSendBuffer(tcpWmemPath = '/proc/sys/net/ipv4/tcp_wmem', wmemMaxPath = '/proc/sys/net/core/wmem_max'): number {
+  const autotuned = readNumber(tcpWmemPath, 2);
+  const fixed = readNumber(wmemMaxPath, 0);
+  const largest = Math.max(autotuned, fixed > 0 ? 2 * fixed : 0);
+  return largest > 0 ? largest : FALLBACK_SEND_BUFFER;
+}
+
+/** Field `index` of a whitespace-separated sysctl file, or 0. */
+function readNumber(path: string, index: number): number {
   try {
-    const max = Number(fs.readFileSync(path, 'utf8').trim().split(/\s+/)[2]);
-    return Number.isFinite(max) && max > 0 ? max : FALLBACK_SEND_BUFFER;
+    const value = Number(fs.readFileSync(path, 'utf8').trim().split(/\s+/)[index]);
+    return Number.isFinite(value) && value > 0 ? value : 0;
   } catch {
-    return FALLBACK_SEND_BUFFER;
+    return 0;
   }
 }
 

@@ -6,7 +6,10 @@
 import { expect } from 'chai';
 import { argumentsForProgram, run, RunSubcommand, Subcommand } from '../../src/backend/cli';
 import { DaemonOptions, namespacePath, OptionError, PastaOptions, parseOptions, parsePastaCommandLine } from '../../src/backend/options';
-import { exitStatus, namespaceNetwork, nsenterArgv, unshareArgv } from '../../src/backend/pasta';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { exitStatus, largestSendBuffer, namespaceNetwork, nsenterArgv, unshareArgv } from '../../src/backend/pasta';
 import { testConfig } from '../support/stack-fakes';
 
 describe('ferry pasta command line', () => {
@@ -94,6 +97,20 @@ describe('ferry pasta helpers', () => {
     expect(network.addresses.map((a) => [...a.address])).to.deep.equal([[...(config.ipv4?.address ?? [])], [...(config.ipv6?.address ?? [])]]);
     expect(network.gateways).to.have.length(2);
     expect(namespaceNetwork({ ...config, ipv6: null }, 'eth0').addresses).to.have.length(1);
+  });
+
+  it('largestSendBuffer: tcp_wmem\'s maximum or twice wmem_max, whichever is larger; 4 MiB when neither can be read', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-sysctl-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'tcp_wmem'), '4096\t16384\t4194304\n');
+      fs.writeFileSync(path.join(dir, 'wmem_max'), '212992\n');
+      expect(largestSendBuffer(path.join(dir, 'tcp_wmem'), path.join(dir, 'wmem_max'))).to.equal(4194304);
+      fs.writeFileSync(path.join(dir, 'wmem_max'), '4194304\n');
+      expect(largestSendBuffer(path.join(dir, 'tcp_wmem'), path.join(dir, 'wmem_max'))).to.equal(8388608);
+      expect(largestSendBuffer(path.join(dir, 'none'), path.join(dir, 'none'))).to.equal(4 << 20);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('exit status: the code, or 128 + signal number', () => {
