@@ -28,37 +28,21 @@
  *   device does not need to know that rule.
  */
 
+import type { MemoryRegion, VringAddress } from './protocol';
+
 /** A value or a promise of it: device methods may be sync or async. */
 export type MaybePromise<T> = T | Promise<T>;
 
-/** One guest memory region as the front-end describes it (all u64 fields). */
-export interface VhostUserMemoryRegion {
-  /** Guest physical address of the region's first byte. */
-  guestAddress: bigint;
-  /** Size of the region in bytes. */
-  size: bigint;
-  /** The front-end's (QEMU's) virtual address of the first byte; ring addresses are given in this space. */
-  userAddress: bigint;
-  /** Offset of the region's first byte within the fd to map. */
-  mmapOffset: bigint;
-}
+/** One guest memory region as the front-end describes it (declared with its decoder in protocol.ts). */
+export type VhostUserMemoryRegion = MemoryRegion;
 
 /** A memory region together with the fd to map it from (owned by the device once passed). */
 export interface VhostUserMemoryRegionWithFd extends VhostUserMemoryRegion {
   fd: number;
 }
 
-/** SET_VRING_ADDR payload: ring parts as front-end user addresses. */
-export interface VhostUserVringAddress {
-  index: number;
-  /** Bit 0 (VHOST_VRING_F_LOG): log used ring writes; only with dirty logging, which ferry does not offer. */
-  flags: number;
-  descriptorUserAddress: bigint;
-  usedUserAddress: bigint;
-  availableUserAddress: bigint;
-  /** Guest physical address for logging used ring writes (unused without LOG_SHMFD). */
-  logGuestAddress: bigint;
-}
+/** SET_VRING_ADDR payload: ring parts as front-end user addresses (declared with its decoder in protocol.ts). */
+export type VhostUserVringAddress = VringAddress;
 
 /**
  * What the vhost-user server drives. One instance serves one front-end at a

@@ -170,15 +170,19 @@ export const PayloadSize = {
 } as const;
 
 /** Reason codes for malformed input; the server counts them by these names. */
-export type ProtocolErrorReason =
-  | 'short_header'
-  | 'bad_version'
-  | 'bad_flags'
-  | 'oversized'
-  | 'bad_size'
-  | 'bad_value'
-  | 'too_many_regions'
-  | 'bad_region';
+export const PROTOCOL_ERROR_REASONS = [
+  'short_header',
+  'bad_version',
+  'bad_flags',
+  'oversized',
+  'bad_size',
+  'bad_value',
+  'too_many_regions',
+  'bad_region',
+] as const;
+
+/** One of PROTOCOL_ERROR_REASONS. */
+export type ProtocolErrorReason = (typeof PROTOCOL_ERROR_REASONS)[number];
 
 /** A malformed header or payload, with a reason code for counting. */
 export class VhostUserProtocolError extends Error {
@@ -201,21 +205,27 @@ export interface VringState {
   num: number;
 }
 
-/** A vring address description (SET_VRING_ADDR). */
+/** SET_VRING_ADDR payload: ring parts as front-end user addresses. */
 export interface VringAddress {
   index: number;
+  /** Bit 0 (VHOST_VRING_F_LOG): log used ring writes; only with dirty logging, which ferry does not offer. */
   flags: number;
   descriptorUserAddress: bigint;
   usedUserAddress: bigint;
   availableUserAddress: bigint;
+  /** Guest physical address for logging used ring writes (unused without LOG_SHMFD). */
   logGuestAddress: bigint;
 }
 
-/** One memory region entry (no fd: fds travel in the ancillary data). */
+/** One guest memory region as the front-end describes it (all u64 fields; no fd: fds travel in the ancillary data). */
 export interface MemoryRegion {
+  /** Guest physical address of the region's first byte. */
   guestAddress: bigint;
+  /** Size of the region in bytes. */
   size: bigint;
+  /** The front-end's (QEMU's) virtual address of the first byte; ring addresses are given in this space. */
   userAddress: bigint;
+  /** Offset of the region's first byte within the fd to map. */
   mmapOffset: bigint;
 }
 

@@ -38,7 +38,9 @@ import {
   HEADER_SIZE,
   MAX_FDS_PER_MESSAGE,
   MAX_PAYLOAD_SIZE,
+  PROTOCOL_ERROR_REASONS,
   PayloadSize,
+  type ProtocolErrorReason,
   Request,
   VHOST_F_LOG_ALL,
   VHOST_USER_F_PROTOCOL_FEATURES,
@@ -66,33 +68,17 @@ import {
   validateRequestHeader,
 } from './protocol';
 
-/** Why a message or a connection was refused; the label of the malformed counter. */
-export type VhostUserRefusalReason =
-  | 'short_header'
-  | 'bad_version'
-  | 'bad_flags'
-  | 'oversized'
-  | 'bad_size'
-  | 'bad_value'
-  | 'too_many_regions'
-  | 'bad_region'
-  | 'truncated'
-  | 'fd_overflow'
-  | 'missing_fds'
-  | 'extra_fds'
-  | 'unknown_request'
-  | 'not_offered'
-  | 'not_negotiated'
-  | 'bad_vring_index'
-  | 'features_not_offered'
-  | 'device_refused'
-  | 'reply_failed';
-
-const REFUSAL_REASONS: readonly VhostUserRefusalReason[] = [
-  'short_header', 'bad_version', 'bad_flags', 'oversized', 'bad_size', 'bad_value', 'too_many_regions', 'bad_region',
+/** Refusals the server finds itself, beyond protocol.ts's malformed-message reasons. */
+const SERVER_REFUSAL_REASONS = [
   'truncated', 'fd_overflow', 'missing_fds', 'extra_fds', 'unknown_request', 'not_offered', 'not_negotiated',
   'bad_vring_index', 'features_not_offered', 'device_refused', 'reply_failed',
-];
+] as const;
+
+/** Why a message or a connection was refused; the label of the malformed counter. */
+export type VhostUserRefusalReason = ProtocolErrorReason | (typeof SERVER_REFUSAL_REASONS)[number];
+
+/** Every refusal reason, in counter order. */
+const REFUSAL_REASONS: readonly VhostUserRefusalReason[] = [...PROTOCOL_ERROR_REASONS, ...SERVER_REFUSAL_REASONS];
 
 /**
  * Counter slots of this server: one per refusal reason
