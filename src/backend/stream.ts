@@ -24,7 +24,7 @@ import { resolveDaemonStackConfig } from './stack-setup';
 import { StreamPort } from './stream-port';
 import { FerryMetrics, MetricsServer, startMetricsServer } from './metrics';
 import { systemdNotify } from './systemd';
-import { removeStaleSocket } from './stale-socket';
+import { peerDescription, removeStaleSocket } from './unix-socket';
 
 /** Where the socket goes when neither --socket nor --fd is given. */
 export const DEFAULT_STREAM_SOCKET_PATH = '/tmp/ferry-stream.socket';
@@ -34,7 +34,6 @@ function isListeningSocket(fd: number): boolean {
   const SO_ACCEPTCONN = 30;
   return native.getsockoptInt(fd, native.constants.SOL_SOCKET, SO_ACCEPTCONN) !== 0;
 }
-
 
 /** Run `ferry stream` until a signal (or --one-off and the peer leaving); resolves with the exit code. */
 export async function runStream(options: DaemonOptions): Promise<number> {
@@ -141,13 +140,4 @@ export async function runStream(options: DaemonOptions): Promise<number> {
     log.info(`listening for a stream peer (4-byte length-prefixed frames) on ${where}`);
     systemdNotify(`READY=1\nSTATUS=Listening on ${where}`);
   });
-}
-
-function peerDescription(fd: number): string {
-  try {
-    const [pid, uid] = native.peerCred(fd);
-    return ` (pid ${pid}, uid ${uid})`;
-  } catch {
-    return '';
-  }
 }

@@ -27,7 +27,7 @@ import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import { native } from '../../native';
 import { closeQuietly } from '../close-quietly';
-import { removeStaleSocket } from '../stale-socket';
+import { peerDescription, removeStaleSocket } from '../unix-socket';
 import { log, rateLimited } from '../../log';
 import { CounterBlock, defineCounter } from '../../counters';
 import type { VhostUserDevice, VhostUserMemoryRegionWithFd } from './device';
@@ -694,15 +694,6 @@ function expectFds(fds: number[], count: number): void {
   if (fds.length > count) throw new Refusal('extra_fds', `${fds.length} fds, expected ${count}`);
 }
 
-function peerDescription(fd: number): string {
-  try {
-    const [pid, uid] = native.peerCred(fd);
-    return ` (pid ${pid}, uid ${uid})`;
-  } catch {
-    return '';
-  }
-}
-
 /**
  * bind+listen on a UNIX path. With a mode, the umask is narrowed around
  * bind() so the socket is never, even briefly, more open than asked (the
@@ -717,4 +708,3 @@ function listenWithMode(socketPath: string, backlog: number, mode: number | unde
     process.umask(previous);
   }
 }
-

@@ -1,6 +1,8 @@
 /**
- * Clearing the way for bind() on a UNIX socket path that a dead back-end
- * may have left behind, without ever taking a live one's path.
+ * Housekeeping for the back-ends that listen on a UNIX socket (ferry stream,
+ * the vhost-user server): clearing the way for bind() on a path a dead
+ * back-end left behind without ever taking a live one's, and naming the
+ * peer that connected.
  */
 import * as fs from 'fs';
 import { native, type NativeError } from '../native';
@@ -33,4 +35,14 @@ export function removeStaleSocket(socketPath: string, prefix = ''): void {
   }
   native.close(probe);
   throw new Error(`${prefix}${socketPath} is in use by another back-end`);
+}
+
+/** " (pid P, uid U)" of a connected UNIX socket's peer for a log line, or '' when the kernel cannot say. */
+export function peerDescription(fd: number): string {
+  try {
+    const [pid, uid] = native.peerCred(fd);
+    return ` (pid ${pid}, uid ${uid})`;
+  } catch {
+    return '';
+  }
 }
