@@ -15,6 +15,8 @@ import { QueueWorker } from './queue-worker';
 import type { RegionWithFd } from '../virtqueue/guest-memory';
 import {
   VIRTIO_F_VERSION_1,
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_GUEST_CSUM,
   VIRTIO_NET_F_MQ,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_F_MTU,
@@ -65,9 +67,17 @@ export class NetDevice implements VhostUserDevice {
 
   constructor(private readonly workers: QueueWorker[], private readonly options: NetDeviceOptions) {}
 
-  /** Offered virtio features: rings with indirect descriptors and event index, merged RX buffers, MQ when configured. */
+  /**
+   * Offered virtio features: rings with indirect descriptors and event index,
+   * merged RX buffers, MTU, checksum offload both ways, MQ when configured.
+   * CSUM: the guest may send partial TCP/UDP checksums (NEEDS_CSUM), which
+   * the stack does not verify (it terminates TCP/UDP, the checksum goes
+   * nowhere). GUEST_CSUM: ferry marks its TCP/UDP frames DATA_VALID and
+   * leaves their payload out of the checksum (the port's checksumOffload).
+   */
   getFeatures(): bigint {
-    let features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_MTU;
+    let features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_MTU
+      | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM;
     if (this.options.queuePairs > 1) features |= VIRTIO_NET_F_MQ;
     return features;
   }

@@ -19,7 +19,7 @@ import { CounterBlock, defineCounter } from '../counters';
 import { rateLimited } from '../log';
 import type { FramePort, FrameSink, OffloadInfo } from '../stack/frame-io';
 import { SegmentList } from '../stack/frame-io';
-import { VIRTIO_NET_F_MRG_RXBUF, hasFeature } from '../virtqueue/features';
+import { VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, hasFeature } from '../virtqueue/features';
 import { CHAIN_REJECTIONS, DEFAULT_CHAIN_CAPACITY, DescriptorChain, PopResult, SplitRing, popResultReason } from '../virtqueue/split-ring';
 import { VIRTIO_NET_HDR_LENGTH, VirtioNetHeader, emptyOffload, virtioNetHeaderLength } from '../virtqueue/virtio-net-header';
 
@@ -104,6 +104,11 @@ export class VirtioNetPort implements FramePort {
   onFrame: FrameTap | null;
   onWritable: (() => void) | null = null;
   readonly maxFrameLength: number;
+  /**
+   * FramePort: the guest negotiated VIRTIO_NET_F_GUEST_CSUM, so frames may
+   * carry VIRTIO_NET_HDR_F_DATA_VALID and a checksum without the payload.
+   */
+  checksumOffload: boolean;
 
   private readonly counters: CounterBlock;
   private readonly notifyRx: () => void;
@@ -140,6 +145,7 @@ export class VirtioNetPort implements FramePort {
     this.onRingBroken = options.onRingBroken ?? null;
     this.maxFrameLength = options.maxFrameLength ?? 1514;
     this.mergeable = hasFeature(options.features, VIRTIO_NET_F_MRG_RXBUF);
+    this.checksumOffload = hasFeature(options.features, VIRTIO_NET_F_GUEST_CSUM);
     this.header = new VirtioNetHeader(virtioNetHeaderLength(options.features));
     const capacity = options.segmentCapacity ?? DEFAULT_CHAIN_CAPACITY;
     this.txChain = new DescriptorChain(capacity);
@@ -152,12 +158,14 @@ export class VirtioNetPort implements FramePort {
 
   /**
    * Take newly negotiated features (SET_FEATURES may come after the port was
-   * made, and again on every device start): MRG_RXBUF and the header length
-   * follow them. An open RX reservation is given back first.
+   * made, and again on every device start): MRG_RXBUF, the header length and
+   * checksumOffload (GUEST_CSUM) follow them. An open RX reservation is
+   * given back first, so no frame built for the old features is committed.
    */
   setFeatures(features: bigint): void {
     this.cancel();
     this.mergeable = hasFeature(features, VIRTIO_NET_F_MRG_RXBUF);
+    this.checksumOffload = hasFeature(features, VIRTIO_NET_F_GUEST_CSUM);
     const length = virtioNetHeaderLength(features);
     if (length !== this.header.length) this.header = new VirtioNetHeader(length);
   }

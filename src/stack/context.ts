@@ -19,6 +19,7 @@ import type { Native } from '../native';
 import type { CounterBlock } from '../counters';
 import type { StackConfig } from './config';
 import type { FramePort, OffloadInfo, SegmentList } from './frame-io';
+import { OFFLOAD_F_DATA_VALID, OFFLOAD_F_NEEDS_CSUM } from './frame-io';
 import { BROADCAST_MAC, ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
 import { IPV4_HEADER_LENGTH, IpProtocol, Ipv4View, emitIpv4 } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, Ipv6View, emitIpv6 } from './wire/ipv6';
@@ -39,6 +40,17 @@ export const MAX_SCRATCH_FRAME = 65535 + ETHERNET_HEADER_LENGTH + IPV6_HEADER_LE
 
 /** Bytes copied up front when a guest frame's headers are split across segments. */
 export const SPLIT_HEADER_COPY = 256;
+
+/**
+ * Committed with a TCP segment or UDP datagram whose checksum covers its
+ * headers but not its payload, to a port with `checksumOffload`: the guest
+ * treats the checksum as verified (VIRTIO_NET_HDR_F_DATA_VALID, virtio 1.x
+ * 5.1.6.4), ferry having taken the payload from a host socket intact. Shared
+ * and frozen: ports only read it.
+ */
+export const DATA_VALID_OFFLOAD: OffloadInfo = Object.freeze({
+  flags: OFFLOAD_F_DATA_VALID, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0,
+});
 
 /** Milliseconds from some fixed point; monotonic. */
 export interface Clock {
@@ -139,7 +151,7 @@ export class RxFrame {
 
   /** True when the guest left the L4 checksum partial (VIRTIO_NET_HDR_F_NEEDS_CSUM): don't verify it. */
   get checksumPartial(): boolean {
-    return this.offload !== null && (this.offload.flags & 1) !== 0;
+    return this.offload !== null && (this.offload.flags & OFFLOAD_F_NEEDS_CSUM) !== 0;
   }
 
   /** Drop references to guest memory after the frame is handled. */
@@ -284,6 +296,15 @@ export class StackContext {
       this.outCapacity = Math.min(want, this.txScratch.length);
     }
     return this.outCapacity;
+  }
+
+  /**
+   * True when frames to the guest may leave the payload out of their TCP/UDP
+   * checksum and be committed with DATA_VALID_OFFLOAD (the port says so;
+   * read per frame, it follows feature renegotiation).
+   */
+  get checksumOffload(): boolean {
+    return this.port.checksumOffload === true;
   }
 
   /** Publish the open frame with its real length (<= outCapacity). */

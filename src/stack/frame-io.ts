@@ -109,6 +109,16 @@ export interface OffloadInfo {
   csumOffset: number;
 }
 
+/**
+ * OffloadInfo.flags bits (the values of virtio's VIRTIO_NET_HDR_F_*, which
+ * the tap's IFF_VNET_HDR header shares). On a frame from the guest,
+ * NEEDS_CSUM says its TCP/UDP checksum is partial (not to be verified). On
+ * a frame to the guest, DATA_VALID says the guest need not verify the
+ * TCP/UDP checksum: send it only to a port whose `checksumOffload` is true.
+ */
+export const OFFLOAD_F_NEEDS_CSUM = 1;
+export const OFFLOAD_F_DATA_VALID = 2;
+
 /** Implemented by the stack (or a counting handler): consumes frames from the guest. */
 export interface FrameSink {
   /**
@@ -140,4 +150,12 @@ export interface FramePort {
   onWritable: (() => void) | null;
   /** Largest frame the port can carry (MTU + Ethernet header), for the stack's MSS choices. */
   readonly maxFrameLength: number;
+  /**
+   * True when the other side takes frames committed with OFFLOAD_F_DATA_VALID
+   * and skips verifying their TCP/UDP checksum, so the stack need not compute
+   * it over the payload (virtio-net: VIRTIO_NET_F_GUEST_CSUM negotiated). May
+   * change between reservations (feature renegotiation): read it per frame.
+   * Absent means false: checksums are always complete.
+   */
+  readonly checksumOffload?: boolean;
 }

@@ -46,7 +46,7 @@ import type { IoVecList, Native } from '../native';
 import { defineCounter } from '../counters';
 import { log, rateLimited } from '../log';
 import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
-import { IPV4_L4_OFFSET, IPV6_L4_OFFSET } from './context';
+import { DATA_VALID_OFFLOAD, IPV4_L4_OFFSET, IPV6_L4_OFFSET } from './context';
 import type { SegmentList } from './frame-io';
 import { ADDRESS_SLOT, FlowProtocol, FlowTable, NO_FLOW, defineFlowStates } from './flow-table';
 import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
@@ -1311,12 +1311,15 @@ export class TcpService implements ReadyHandler {
     const pseudo = family === 4
       ? pseudoHeaderSumIpv4(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Tcp, l4Length)
       : pseudoHeaderSumIpv6(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Tcp, l4Length);
+    // With checksum offload the guest does not verify the sum: leave the
+    // payload out of it (the per-byte cost of a download), headers still in.
+    const offload = this.ctx.checksumOffload;
     let sum = sumBytes(out, l4, tcpHeader, pseudo);
-    if (payloadLength > 0) sum += fastSumSegments(list, headerLength, payloadLength);
+    if (payloadLength > 0 && !offload) sum += fastSumSegments(list, headerLength, payloadLength);
     setBe16(out, l4 + 16, finishChecksum(sum));
     if (!inPlace) list.copyIn(0, this.headerScratch, 0, headerLength);
     this.open = false;
-    this.ctx.port.commit(headerLength + payloadLength);
+    this.ctx.port.commit(headerLength + payloadLength, offload ? DATA_VALID_OFFLOAD : undefined);
     this.pending++;
   }
 

@@ -61,7 +61,8 @@ import type { IoVecList, Native } from '../native';
 import { defineCounter } from '../counters';
 import { log, rateLimited } from '../log';
 import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
-import type { SegmentList } from './frame-io';
+import { DATA_VALID_OFFLOAD } from './context';
+import type { OffloadInfo, SegmentList } from './frame-io';
 import type { ForwardSpec } from './forward-spec';
 import type { ListenError, ListenerInfo } from './tcp-listen';
 import { ADDRESS_SLOT, FlowProtocol, FlowTable, NO_FLOW, defineFlowStates } from './flow-table';
@@ -72,7 +73,8 @@ import { UDP_HEADER_LENGTH } from './wire/udp';
 import { be16, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
 import { errorCode } from './error-code';
-import { equalAt, guestVisibleSource, isGroupOrUnspecified, mapDestination } from './udp-address-map';
+import { guestVisibleSource, isGroupOrUnspecified, mapDestination } from './udp-address-map';
+import { equalAt } from './address';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, sockaddrAddressOffset, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
 import { ExtendedError, IcmpErrorPlan, QuotedDatagram, parseExtendedError, planIcmpError, sendIcmpError } from './icmp-errors';
 
@@ -778,8 +780,7 @@ export class UdpService implements ReadyHandler {
         port.cancel();
         continue;
       }
-      this.writeHeaders(list, id, n);
-      port.commit(headers + n);
+      port.commit(headers + n, this.writeHeaders(list, id, n));
       this.delivered(id, n);
     }
   }
@@ -869,8 +870,7 @@ export class UdpService implements ReadyHandler {
         return false;
       }
       if (length > 0) list.copyIn(headers, memory, j * BATCH_SLOT_SIZE, length);
-      this.writeHeaders(list, id, length);
-      port.commit(headers + length);
+      port.commit(headers + length, this.writeHeaders(list, id, length));
       this.delivered(id, length);
     }
     this.backlogHead = 0;
@@ -913,9 +913,12 @@ export class UdpService implements ReadyHandler {
   /**
    * Write Ethernet + IP + UDP headers for `dataLength` bytes of data already
    * in the reservation after them, from the flow's remote to the guest, with
-   * the UDP checksum summed over the data in place.
+   * the UDP checksum summed over the data in place. With checksum offload
+   * the data is left out of the sum (never zero: IPv6 guests drop a zero
+   * UDP checksum whatever the offload says). Returns the OffloadInfo to
+   * commit the frame with (undefined: a complete checksum).
    */
-  private writeHeaders(list: SegmentList, id: number, dataLength: number): void {
+  private writeHeaders(list: SegmentList, id: number, dataLength: number): OffloadInfo | undefined {
     const ctx = this.ctx;
     const flows = this.flows;
     const family = flows.family[id];
@@ -942,10 +945,12 @@ export class UdpService implements ReadyHandler {
     setBe16(out, at + 2, flows.guestPort[id]);
     setBe16(out, at + 4, udpLength);
     setBe16(out, at + 6, 0);
-    const sum = sumSegments(list, headers, dataLength, sumBytes(out, at, UDP_HEADER_LENGTH, pseudo));
-    const checksum = finishChecksum(sum);
+    const offload = ctx.checksumOffload;
+    const headerSum = sumBytes(out, at, UDP_HEADER_LENGTH, pseudo);
+    const checksum = finishChecksum(offload ? headerSum : sumSegments(list, headers, dataLength, headerSum));
     setBe16(out, at + 6, checksum === 0 ? 0xffff : checksum);
     if (!inPlace) list.copyIn(0, out, 0, headers);
+    return offload ? DATA_VALID_OFFLOAD : undefined;
   }
 
   // ======================================================================
