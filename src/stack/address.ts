@@ -145,6 +145,12 @@ export function equalsAt(packet: Uint8Array, offset: number, address: Uint8Array
   return true;
 }
 
+/** True when a[aOffset..] equals b[0..length) (no bounds check: the caller knows both hold length bytes). */
+export function equalAt(a: Uint8Array, aOffset: number, b: Uint8Array, length: number): boolean {
+  for (let i = 0; i < length; i++) if (a[aOffset + i] !== b[i]) return false;
+  return true;
+}
+
 /** A copy of `address` with all bits past `prefixLength` cleared (the network address). */
 export function maskAddress(address: Uint8Array, prefixLength: number): Uint8Array {
   const out = new Uint8Array(address.length);

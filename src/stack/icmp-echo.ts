@@ -33,6 +33,7 @@ import { IpProtocol } from './wire/ipv4';
 import { pseudoHeaderSumIpv6 } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
 import { errorCode } from './error-code';
+import { equalAt } from './address';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddrFamily } from './sockaddr';
 import { log, rateLimited } from '../log';
 
@@ -350,9 +351,4 @@ export class IcmpEchoService implements ReadyHandler {
       // Nothing useful to do: the fd is gone either way.
     }
   }
-}
-
-function equalAt(bytes: Uint8Array, offset: number, address: Uint8Array, length: number): boolean {
-  for (let i = 0; i < length; i++) if (bytes[offset + i] !== address[i]) return false;
-  return true;
 }

@@ -19,6 +19,7 @@
  * answers come back from the --dns-forward address and loopback replies
  * from the gateway without a reverse lookup here.
  */
+import { equalAt } from './address';
 import type { StackConfig } from './config';
 import { writeSockaddr } from './sockaddr';
 
@@ -89,12 +90,6 @@ export function isGroupOrUnspecified(family: 4 | 6, bytes: Uint8Array, offset: n
   }
   if (bytes[offset] >= 224) return true;
   return (bytes[offset] | bytes[offset + 1] | bytes[offset + 2] | bytes[offset + 3]) === 0;
-}
-
-/** True when a[aOffset..] equals b[0..length). */
-export function equalAt(a: Uint8Array, aOffset: number, b: Uint8Array, length: number): boolean {
-  for (let i = 0; i < length; i++) if (a[aOffset + i] !== b[i]) return false;
-  return true;
 }
 
 function isV6Loopback(bytes: Uint8Array, offset: number): boolean {
