@@ -247,8 +247,13 @@ export function isUnspecified(address: Uint8Array): boolean {
 /** True for 127.0.0.0/8 (4 bytes) or ::1 (16 bytes). */
 export function isLoopback(address: Uint8Array): boolean {
   if (address.length === 4) return address[0] === 127;
-  for (let i = 0; i < 15; i++) if (address[i] !== 0) return false;
-  return address[15] === 1;
+  return isIpv6LoopbackAt(address, 0);
+}
+
+/** True when bytes[offset, offset+16) is ::1. */
+export function isIpv6LoopbackAt(bytes: Uint8Array, offset: number): boolean {
+  for (let i = 0; i < 15; i++) if (bytes[offset + i] !== 0) return false;
+  return bytes[offset + 15] === 1;
 }
 
 /** ff02::1, all nodes on the link. */

@@ -13,6 +13,7 @@ import { log, rateLimited } from '../log';
 import type { ReadyHandler, StackContext } from './context';
 import type { ForwardSpec } from './forward-spec';
 import { errorCode } from './error-code';
+import { isLoopback } from './address';
 import type { TcpService, TcpSockets } from './tcp';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
 
@@ -261,11 +262,3 @@ function listenSockaddr(family: 4 | 6, bindAddress: Uint8Array | null, port: num
   writeSockaddr(sa, family, bindAddress ?? ANY_ADDRESS, 0, port);
   return sa;
 }
-
-/** 127.0.0.0/8 or ::1. */
-function isLoopback(address: Uint8Array): boolean {
-  if (address.length === 4) return address[0] === 127;
-  for (let i = 0; i < 15; i++) if (address[i] !== 0) return false;
-  return address[15] === 1;
-}
-

@@ -19,7 +19,7 @@
  * answers come back from the --dns-forward address and loopback replies
  * from the gateway without a reverse lookup here.
  */
-import { equalAt } from './address';
+import { equalAt, isIpv6LoopbackAt } from './address';
 import type { StackConfig } from './config';
 import { writeSockaddr } from './sockaddr';
 
@@ -75,7 +75,7 @@ export function guestVisibleSource(config: StackConfig, family: 4 | 6, peer: Uin
   }
   const ipv6 = config.ipv6;
   if (ipv6 === null) return null;
-  if (isV6Loopback(peer, offset) || isV4MappedLoopback(peer, offset)) return ipv6.mapHostLoopback;
+  if (isIpv6LoopbackAt(peer, offset) || isV4MappedLoopback(peer, offset)) return ipv6.mapHostLoopback;
   if (equalAt(peer, offset, ipv6.address, 16)) return ipv6.mapGuestAddr ?? ipv6.mapHostLoopback;
   for (let i = 0; i < 16; i++) out[i] = peer[offset + i];
   return out;
@@ -90,11 +90,6 @@ export function isGroupOrUnspecified(family: 4 | 6, bytes: Uint8Array, offset: n
   }
   if (bytes[offset] >= 224) return true;
   return (bytes[offset] | bytes[offset + 1] | bytes[offset + 2] | bytes[offset + 3]) === 0;
-}
-
-function isV6Loopback(bytes: Uint8Array, offset: number): boolean {
-  for (let i = 0; i < 15; i++) if (bytes[offset + i] !== 0) return false;
-  return bytes[offset + 15] === 1;
 }
 
 function isV4MappedLoopback(bytes: Uint8Array, offset: number): boolean {

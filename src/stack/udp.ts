@@ -74,7 +74,7 @@ import { be16, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16
 import { DropReason, countDrop } from './drops';
 import { errorCode } from './error-code';
 import { guestVisibleSource, isGroupOrUnspecified, mapDestination } from './udp-address-map';
-import { equalAt } from './address';
+import { equalAt, isIpv6LoopbackAt } from './address';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, sockaddrAddressOffset, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
 import { ExtendedError, IcmpErrorPlan, QuotedDatagram, parseExtendedError, planIcmpError, sendIcmpError } from './icmp-errors';
 
@@ -476,7 +476,7 @@ export class UdpService implements ReadyHandler {
     }
     try {
       sockets.setsockoptInt(fd, family === 4 ? SOL_IP : SOL_IPV6, family === 4 ? IP_RECVERR : IPV6_RECVERR, 1);
-      const loopback = family === 4 ? sockaddr[4] === 127 : isV6LoopbackSockaddr(sockaddr);
+      const loopback = family === 4 ? sockaddr[4] === 127 : isIpv6LoopbackAt(sockaddr, sockaddrAddressOffset(6));
       if (ctx.config.interfaceName !== null && !loopback) this.bindToDevice(fd, ctx.config.interfaceName);
       this.keepSourcePort(fd, family, srcPort);
       sockets.connect(fd, target);
@@ -1034,7 +1034,7 @@ export class UdpService implements ReadyHandler {
     const offender = error.offender;
     const peerAddress = id * SOCKADDR_IN6_LENGTH + sockaddrAddressOffset(family);
     if (equalAt(this.peer, peerAddress, offender, length)) return remote;
-    if (family === 4 ? offender[0] === 127 : isV6Loopback(offender)) return remote;
+    if (family === 4 ? offender[0] === 127 : isIpv6LoopbackAt(offender, 0)) return remote;
     if (equalAt(offender, 0, cfg.address, length)) return cfg.gateway;
     return offender;
   }
@@ -1156,13 +1156,3 @@ function emitIpv6Flow(out: Uint8Array, at: number, src: Uint8Array, dst: Uint8Ar
 }
 
 const ZERO16 = new Uint8Array(16);
-
-function isV6LoopbackSockaddr(sa: Uint8Array): boolean {
-  for (let i = 8; i < 23; i++) if (sa[i] !== 0) return false;
-  return sa[23] === 1;
-}
-
-function isV6Loopback(bytes: Uint8Array): boolean {
-  for (let i = 0; i < 15; i++) if (bytes[i] !== 0) return false;
-  return bytes[15] === 1;
-}
