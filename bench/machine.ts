@@ -6,6 +6,7 @@
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
+import * as path from 'path';
 
 /** The machine and software versions, as printed above the tables. */
 export interface MachineInfo {
@@ -21,6 +22,8 @@ export interface MachineInfo {
   iperf3: string;
   /** 1-minute load average when the run started (other work on a shared machine skews the figures). */
   loadAtStart: number;
+  /** The ferry measured: commit, and whether src/ or addon/ had uncommitted changes (the tree is shared). */
+  ferryRevision: string;
 }
 
 function firstLine(argv: string[]): string {
@@ -34,6 +37,15 @@ export function debianPackageVersion(name: string): string | null {
   const r = spawnSync('dpkg-query', ['-W', '-f=${Status} ${Version}', name], { encoding: 'utf8', timeout: 5000 });
   const m = /install ok installed (\S+)/.exec(r.stdout ?? '');
   return m ? m[1] : null;
+}
+
+/** HEAD's short commit of the repository holding this file, with a note when src/ or addon/ differ from it. */
+export function ferryRevision(): string {
+  const cwd = path.join(__dirname, '..', '..');
+  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd, encoding: 'utf8', timeout: 5000 });
+  if (head.status !== 0) return 'unknown (not a git checkout)';
+  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'src', 'addon'], { cwd, encoding: 'utf8', timeout: 5000 });
+  return `${head.stdout.trim()}${dirty.stdout.trim() !== '' ? ' plus uncommitted changes in src/ or addon/' : ''}`;
 }
 
 /** Reads the machine description (no network, a few short commands). */
@@ -58,13 +70,14 @@ export function describeMachine(): MachineInfo {
     qemuLibslirp: libslirp ?? 'unknown',
     iperf3: firstLine(['iperf3', '--version']),
     loadAtStart: os.loadavg()[0],
+    ferryRevision: ferryRevision(),
   };
 }
 
 /** The machine as markdown list lines. */
 export function machineMarkdown(m: MachineInfo): string {
   return [
-    `- date: ${m.date}`,
+    `- date: ${m.date}; ferry at commit ${m.ferryRevision}`,
     `- CPU: ${m.cpuModel}, ${m.cores} cores; kernel ${m.kernel}; 1-minute load average ${m.loadAtStart.toFixed(2)} at the start (others' work on a shared machine skews the figures)`,
     `- Node ${m.node}; QEMU ${m.qemu} (TCG, 1 vCPU), its libslirp ${m.qemuLibslirp}`,
     `- ${m.passt}; slirp4netns ${m.slirp4netns}; ${m.iperf3}`,
