@@ -33,6 +33,7 @@ import { IpProtocol } from './wire/ipv4';
 import { pseudoHeaderSumIpv6 } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
 import { errorCode } from './error-code';
+import { closeSocketQuietly } from './close-quietly';
 import { equalAt } from './address';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddrFamily } from './sockaddr';
 import { log, rateLimited } from '../log';
@@ -228,7 +229,7 @@ export class IcmpEchoService implements ReadyHandler {
       sockets.connect(fd, sockaddr);
     } catch (e) {
       rateLimited('warn', 'echo connect', () => `icmp echo: connect failed: ${errorCode(e)}`);
-      this.safeClose(fd);
+      closeSocketQuietly(this.ctx.sockets, fd);
       countDrop(ctx.counters, DropReason.EchoSendFailed);
       return -1;
     }
@@ -338,17 +339,9 @@ export class IcmpEchoService implements ReadyHandler {
     const fd = this.fd[slot];
     if (fd < 0) return;
     this.ctx.watcher?.unwatch(fd);
-    this.safeClose(fd);
+    closeSocketQuietly(this.ctx.sockets, fd);
     this.slotByFd.delete(fd);
     this.fd[slot] = -1;
     this.count--;
-  }
-
-  private safeClose(fd: number): void {
-    try {
-      this.ctx.sockets?.close(fd);
-    } catch {
-      // Nothing useful to do: the fd is gone either way.
-    }
   }
 }

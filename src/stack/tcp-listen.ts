@@ -13,6 +13,7 @@ import { log, rateLimited } from '../log';
 import type { ReadyHandler, StackContext } from './context';
 import type { ForwardSpec } from './forward-spec';
 import { errorCode } from './error-code';
+import { closeSocketQuietly } from './close-quietly';
 import { isLoopback } from './address';
 import type { TcpService, TcpSockets } from './tcp';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
@@ -136,11 +137,7 @@ export class TcpListeners implements ReadyHandler {
       this.sockets.bind(fd, listenSockaddr(family, spec.bindAddress, port));
       this.sockets.listen(fd, BACKLOG);
     } catch (e) {
-      try {
-        this.sockets.close(fd);
-      } catch {
-        // Nothing more to undo.
-      }
+      closeSocketQuietly(this.sockets, fd);
       return errorCode(e);
     }
     this.family.set(fd, family);
@@ -180,11 +177,7 @@ export class TcpListeners implements ReadyHandler {
         address = this.peerAddress6;
         for (let j = 0; j < 16; j++) address[j] = this.peer[8 + j];
       } else {
-        try {
-          this.sockets.close(conn);
-        } catch {
-          // Gone already.
-        }
+        closeSocketQuietly(this.sockets, conn);
         continue;
       }
       if (this.loopbackHandoff !== null && isLoopback(address) && this.loopbackHandoff(conn, family, guestPort, address, peerPort)) continue;
@@ -220,11 +213,7 @@ export class TcpListeners implements ReadyHandler {
   /** Stop watching and close one listening socket. */
   private forget(fd: number): void {
     this.ctx.watcher?.unwatch(fd);
-    try {
-      this.sockets.close(fd);
-    } catch {
-      // Gone already.
-    }
+    closeSocketQuietly(this.sockets, fd);
     this.family.delete(fd);
     this.guestPort.delete(fd);
     this.hostPort.delete(fd);
@@ -235,11 +224,7 @@ export class TcpListeners implements ReadyHandler {
   close(): void {
     for (const fd of this.family.keys()) {
       this.ctx.watcher?.unwatch(fd);
-      try {
-        this.sockets.close(fd);
-      } catch {
-        // Gone already.
-      }
+      closeSocketQuietly(this.sockets, fd);
     }
     this.family.clear();
     this.guestPort.clear();

@@ -73,6 +73,7 @@ import { UDP_HEADER_LENGTH } from './wire/udp';
 import { be16, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
 import { errorCode } from './error-code';
+import { closeSocketQuietly } from './close-quietly';
 import { guestVisibleSource, isGroupOrUnspecified, mapDestination } from './udp-address-map';
 import { equalAt, isIpv6LoopbackAt } from './address';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, sockaddrAddressOffset, sockaddrFamily, sockaddrPort, writeSockaddr } from './sockaddr';
@@ -482,13 +483,13 @@ export class UdpService implements ReadyHandler {
       sockets.connect(fd, target);
     } catch (e) {
       rateLimited('warn', 'udp connect', () => `udp: connect failed: ${errorCode(e)}`);
-      this.safeClose(fd);
+      closeSocketQuietly(this.sockets, fd);
       ctx.counters.add(UdpEvent.Unreachable);
       return NO_FLOW;
     }
     const id = flows.allocate(FlowProtocol.Udp, family, bytes, src, srcPort, bytes, dst, dstPort, UdpFlowState.Outbound, ctx.clock.now());
     if (id === NO_FLOW) {
-      this.safeClose(fd);
+      closeSocketQuietly(this.sockets, fd);
       ctx.counters.add(UdpEvent.TableFull);
       return NO_FLOW;
     }
@@ -575,7 +576,7 @@ export class UdpService implements ReadyHandler {
       }
       this.ctx.watcher?.unwatch(fd);
       this.blocked.delete(fd);
-      this.safeClose(fd);
+      closeSocketQuietly(this.sockets, fd);
       this.listenerByFd.delete(fd);
       this.listenerFd[index] = -1;
       this.freeListenerSlots.push(index);
@@ -606,7 +607,7 @@ export class UdpService implements ReadyHandler {
       const length = writeSockaddr(this.sockaddr, family, spec.bindAddress ?? any, 0, port);
       sockets.bind(fd, this.sockaddr.subarray(0, length));
     } catch (e) {
-      this.safeClose(fd);
+      closeSocketQuietly(this.sockets, fd);
       return errorCode(e);
     }
     const index = this.freeListenerSlots.pop() ?? this.listenerCount++;
@@ -1083,7 +1084,7 @@ export class UdpService implements ReadyHandler {
       if (fd >= 0) {
         this.ctx.watcher?.unwatch(fd);
         this.blocked.delete(fd);
-        this.safeClose(fd);
+        closeSocketQuietly(this.sockets, fd);
       }
     }
     for (let j = this.backlogHead; j < this.backlogTail; j++) if (this.backlogFlow[j] === id) this.backlogFlow[j] = NO_FLOW;
@@ -1099,7 +1100,7 @@ export class UdpService implements ReadyHandler {
       if (fd < 0) continue;
       this.ctx.watcher?.unwatch(fd);
       this.blocked.delete(fd);
-      this.safeClose(fd);
+      closeSocketQuietly(this.sockets, fd);
     }
     this.listenerByFd.clear();
     this.listenerCount = 0;
@@ -1119,14 +1120,6 @@ export class UdpService implements ReadyHandler {
       this.sockets.setsockoptBytes(fd, SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(name + '\0', 'latin1'));
     } catch (e) {
       rateLimited('warn', 'udp bind', () => `udp: SO_BINDTODEVICE ${name}: ${errorCode(e)}`, 1, 600_000);
-    }
-  }
-
-  private safeClose(fd: number): void {
-    try {
-      this.sockets.close(fd);
-    } catch {
-      // The fd is gone either way.
     }
   }
 }
