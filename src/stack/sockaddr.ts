@@ -5,6 +5,7 @@
  * handlers (UDP, TCP, TCP listeners, ICMP echo) that build and read them.
  */
 import { hostU16, setHostU16 } from './host-order';
+import { be16, setBe16 } from './wire/checksum';
 
 /** Address family numbers (linux/socket.h). */
 export const AF_INET = 2;
@@ -34,8 +35,7 @@ export function writeSockaddr(out: Uint8Array, family: 4 | 6, addr: Uint8Array, 
   const length = family === 4 ? SOCKADDR_IN_LENGTH : SOCKADDR_IN6_LENGTH;
   out.fill(0, 0, length);
   writeSockaddrFamily(out, family === 4 ? AF_INET : AF_INET6);
-  out[2] = (port >>> 8) & 0xff;
-  out[3] = port & 0xff;
+  setBe16(out, 2, port);
   const at = sockaddrAddressOffset(family);
   const n = family === 4 ? 4 : 16;
   for (let i = 0; i < n; i++) out[at + i] = addr[offset + i];
@@ -50,5 +50,5 @@ export function sockaddrFamily(sa: Uint8Array): 0 | 4 | 6 {
 
 /** The port of a sockaddr_in / sockaddr_in6. */
 export function sockaddrPort(sa: Uint8Array): number {
-  return (sa[2] << 8) | sa[3];
+  return be16(sa, 2);
 }
