@@ -30,10 +30,12 @@ import {
   parseForwardSpec,
   PortRange,
 } from '../stack/forward-spec';
-import { defaultNetworkAddressOptions, defaultServiceSwitches } from '../stack/resolve-config';
+import { DEFAULT_MTU, DEFAULT_UDP_IDLE_MS, defaultNetworkAddressOptions, defaultServiceSwitches } from '../stack/resolve-config';
 import type { AddressOrNone, NetworkAddressOptions, ServiceSwitches } from '../stack/resolve-config';
 
 export type { AddressOrNone };
+/** The default MTU is also the largest -m accepts (resolve-config applies it). */
+export { DEFAULT_MTU };
 
 /** A bad option or value; `message` is one line, e.g. "--mtu: 70000 is out of range (68-65520)". */
 export class OptionError extends Error {
@@ -148,12 +150,11 @@ export interface ParseEnvironment {
   pasta?: boolean;
 }
 
-export const DEFAULT_MTU = 65520;
 export const MIN_MTU = 68;
 export const MAX_QUEUES = 16;
 export const DEFAULT_MAX_FLOWS = 16384;
 export const MAX_MAX_FLOWS = 1 << 20;
-export const DEFAULT_UDP_TIMEOUT_SECONDS = 180;
+export const DEFAULT_UDP_TIMEOUT_SECONDS = DEFAULT_UDP_IDLE_MS / 1000;
 export const DEFAULT_LOG_SIZE = 1024 * 1024;
 /** passt's minimum log file size (5 pages of 8 KiB). */
 export const MIN_LOG_SIZE = 40960;
