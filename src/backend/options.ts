@@ -30,12 +30,12 @@ import {
   parseForwardSpec,
   PortRange,
 } from '../stack/forward-spec';
-import { DEFAULT_MTU, DEFAULT_UDP_IDLE_MS, defaultNetworkAddressOptions, defaultServiceSwitches } from '../stack/resolve-config';
+import { DEFAULT_MAX_FLOWS, DEFAULT_MTU, DEFAULT_UDP_IDLE_MS, defaultNetworkAddressOptions, defaultServiceSwitches } from '../stack/resolve-config';
 import type { AddressOrNone, NetworkAddressOptions, ServiceSwitches } from '../stack/resolve-config';
 
 export type { AddressOrNone };
 /** The default MTU is also the largest -m accepts (resolve-config applies it). */
-export { DEFAULT_MTU };
+export { DEFAULT_MAX_FLOWS, DEFAULT_MTU };
 
 /** A bad option or value; `message` is one line, e.g. "--mtu: 70000 is out of range (68-65520)". */
 export class OptionError extends Error {
@@ -152,7 +152,6 @@ export interface ParseEnvironment {
 
 export const MIN_MTU = 68;
 export const MAX_QUEUES = 16;
-export const DEFAULT_MAX_FLOWS = 16384;
 export const MAX_MAX_FLOWS = 1 << 20;
 export const DEFAULT_UDP_TIMEOUT_SECONDS = DEFAULT_UDP_IDLE_MS / 1000;
 export const DEFAULT_LOG_SIZE = 1024 * 1024;

@@ -114,7 +114,7 @@ export interface AddressOverrides extends NetworkAddressOptions, ServiceSwitches
 export const DEFAULT_MAC = parseMac('9a:55:9a:55:9a:55')!;
 /** 65535 - 14 (Ethernet header), rounded down to a multiple of 4 (passt). */
 export const DEFAULT_MTU = 65520;
-export const DEFAULT_MAX_FLOWS = 65536;
+export const DEFAULT_MAX_FLOWS = 16384;
 export const DEFAULT_UDP_IDLE_MS = 180_000;
 /** Resolvers announced per family (resolv.conf's MAXNS). */
 export const MAX_ANNOUNCED_RESOLVERS = 3;
