@@ -136,7 +136,7 @@ async function main(): Promise<number> {
       say(`testpmd: 64-byte datagrams into ferry, ${runs} run(s) of ${seconds} s`);
       measurements.push(await runTestpmd(seconds, runs, say));
       notes.vm.push(
-        `testpmd: DPDK ${TESTPMD} (Debian's dpdk-dev) as a vhost-user front-end, --forward-mode=txonly, UDP 192.0.2.1:40000 -> 192.0.2.2:9 with 64 bytes of payload, as fast as it can (--no-huge -m 512, one lcore); delivered datagrams counted on the peer namespace's veth, ${seconds} s per run. No peer: Debian 12's passt has no vhost-user.`,
+        `testpmd: DPDK ${TESTPMD} (Debian's dpdk-dev) as a vhost-user front-end, --forward-mode=txonly, UDP 192.0.2.1:40000 -> 192.0.2.2:9 with 64 bytes of payload, as fast as it can (--no-huge -m 512, one forwarding lcore); delivered datagrams counted on the peer namespace's veth, ${seconds} s per run. No peer: Debian 12's passt has no vhost-user.`,
       );
     }
   }
