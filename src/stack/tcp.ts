@@ -39,7 +39,10 @@
  *
  * Nothing on the data path allocates: views, iovec lists and address scratch
  * are reused. Checksums are computed over the headers and the payload in
- * place (pseudo-header + sumSegments over the reservation).
+ * place (pseudo-header + fastSumSegments over the reservation), except that
+ * a port with checksumOffload (the guest negotiated GUEST_CSUM) gets
+ * segments marked DATA_VALID whose checksum leaves the payload out. Guest
+ * segments marked NEEDS_CSUM (partial checksum) are not verified.
  */
 import { endianness } from 'os';
 import type { IoVecList, Native } from '../native';

@@ -31,7 +31,9 @@
  *   RX reservations directly). A larger datagram gets one RX reservation of
  *   its exact size and recvmsg fills it in place after the headers (no
  *   copy). Headers are written in place afterwards, the UDP checksum summed
- *   over the reservation; one guest notification per readiness callback.
+ *   over the reservation (over the headers only, marked DATA_VALID, when
+ *   the port has checksumOffload); one guest notification per readiness
+ *   callback.
  *   Nothing is allocated per datagram except the short-lived views of the
  *   copy (SegmentList.copyIn).
  * - back-pressure: when the guest has no RX buffers, the socket's EPOLLIN
