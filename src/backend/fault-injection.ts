@@ -320,6 +320,9 @@ export class FaultInjector {
       get maxFrameLength() {
         return inner.maxFrameLength;
       },
+      get checksumOffload() {
+        return inner.checksumOffload === true;
+      },
     };
   }
 

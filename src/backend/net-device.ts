@@ -72,8 +72,9 @@ export class NetDevice implements VhostUserDevice {
    * merged RX buffers, MTU, checksum offload both ways, MQ when configured.
    * CSUM: the guest may send partial TCP/UDP checksums (NEEDS_CSUM), which
    * the stack does not verify (it terminates TCP/UDP, the checksum goes
-   * nowhere). GUEST_CSUM: ferry marks its TCP/UDP frames DATA_VALID and
-   * leaves their payload out of the checksum (the port's checksumOffload).
+   * nowhere). GUEST_CSUM: ferry sends its TCP/UDP frames NEEDS_CSUM with a
+   * partial (pseudo-header) checksum (the port's checksumOffload): no
+   * per-byte sum in ferry, and still correct if the guest forwards them.
    */
   getFeatures(): bigint {
     let features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_MTU

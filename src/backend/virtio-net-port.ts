@@ -106,7 +106,7 @@ export class VirtioNetPort implements FramePort {
   readonly maxFrameLength: number;
   /**
    * FramePort: the guest negotiated VIRTIO_NET_F_GUEST_CSUM, so frames may
-   * carry VIRTIO_NET_HDR_F_DATA_VALID and a checksum without the payload.
+   * carry VIRTIO_NET_HDR_F_NEEDS_CSUM and a partial checksum.
    */
   checksumOffload: boolean;
 

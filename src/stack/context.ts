@@ -19,7 +19,7 @@ import type { Native } from '../native';
 import type { CounterBlock } from '../counters';
 import type { StackConfig } from './config';
 import type { FramePort, OffloadInfo, SegmentList } from './frame-io';
-import { OFFLOAD_F_DATA_VALID, OFFLOAD_F_NEEDS_CSUM } from './frame-io';
+import { OFFLOAD_F_NEEDS_CSUM } from './frame-io';
 import { BROADCAST_MAC, ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
 import { IPV4_HEADER_LENGTH, IpProtocol, Ipv4View, emitIpv4 } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, Ipv6View, emitIpv6 } from './wire/ipv6';
@@ -42,15 +42,23 @@ export const MAX_SCRATCH_FRAME = 65535 + ETHERNET_HEADER_LENGTH + IPV6_HEADER_LE
 export const SPLIT_HEADER_COPY = 256;
 
 /**
- * Committed with a TCP segment or UDP datagram whose checksum covers its
- * headers but not its payload, to a port with `checksumOffload`: the guest
- * treats the checksum as verified (VIRTIO_NET_HDR_F_DATA_VALID, virtio 1.x
- * 5.1.6.4), ferry having taken the payload from a host socket intact. Shared
- * and frozen: ports only read it.
+ * Offload for a TCP segment or UDP datagram to the guest through a port
+ * with `checksumOffload`: NEEDS_CSUM with a partial checksum (the field holds
+ * the folded pseudo-header sum; csum_start/csum_offset locate it, virtio 1.x
+ * 5.1.6.4). The guest kernel takes it as CHECKSUM_PARTIAL: delivered locally
+ * it is not verified (ferry took the payload from a host socket intact), and
+ * forwarded on by the guest the checksum is completed then, so it stays
+ * correct everywhere (DATA_VALID would leave a wrong sum on forwarded
+ * packets). ferry's IPv4 headers have no options, so the L4 header starts at
+ * 14 + 20 (IPv4) or 14 + 40 (IPv6). Shared and frozen: ports only read them.
  */
-export const DATA_VALID_OFFLOAD: OffloadInfo = Object.freeze({
-  flags: OFFLOAD_F_DATA_VALID, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0,
-});
+function partialChecksumOffload(l4Start: number, checksumOffset: number): OffloadInfo {
+  return Object.freeze({ flags: OFFLOAD_F_NEEDS_CSUM, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: l4Start, csumOffset: checksumOffset });
+}
+export const TCP4_PARTIAL_CHECKSUM = partialChecksumOffload(IPV4_L4_OFFSET, 16);
+export const TCP6_PARTIAL_CHECKSUM = partialChecksumOffload(IPV6_L4_OFFSET, 16);
+export const UDP4_PARTIAL_CHECKSUM = partialChecksumOffload(IPV4_L4_OFFSET, 6);
+export const UDP6_PARTIAL_CHECKSUM = partialChecksumOffload(IPV6_L4_OFFSET, 6);
 
 /** Milliseconds from some fixed point; monotonic. */
 export interface Clock {
@@ -299,9 +307,9 @@ export class StackContext {
   }
 
   /**
-   * True when frames to the guest may leave the payload out of their TCP/UDP
-   * checksum and be committed with DATA_VALID_OFFLOAD (the port says so;
-   * read per frame, it follows feature renegotiation).
+   * True when TCP/UDP frames to the guest may carry a partial checksum
+   * (pseudo-header only) committed with the *_PARTIAL_CHECKSUM offloads (the
+   * port says so; read per frame, it follows feature renegotiation).
    */
   get checksumOffload(): boolean {
     return this.port.checksumOffload === true;

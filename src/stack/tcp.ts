@@ -41,7 +41,7 @@
  * are reused. Checksums are computed over the headers and the payload in
  * place (pseudo-header + fastSumSegments over the reservation), except that
  * a port with checksumOffload (the guest negotiated GUEST_CSUM) gets
- * segments marked DATA_VALID whose checksum leaves the payload out. Guest
+ * segments marked NEEDS_CSUM with a partial (pseudo-header) checksum. Guest
  * segments marked NEEDS_CSUM (partial checksum) are not verified.
  */
 import { endianness } from 'os';
@@ -49,14 +49,14 @@ import type { IoVecList, Native } from '../native';
 import { defineCounter } from '../counters';
 import { log, rateLimited } from '../log';
 import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
-import { DATA_VALID_OFFLOAD, IPV4_L4_OFFSET, IPV6_L4_OFFSET } from './context';
+import { IPV4_L4_OFFSET, IPV6_L4_OFFSET, TCP4_PARTIAL_CHECKSUM, TCP6_PARTIAL_CHECKSUM } from './context';
 import type { SegmentList } from './frame-io';
 import { ADDRESS_SLOT, FlowProtocol, FlowTable, NO_FLOW, defineFlowStates } from './flow-table';
 import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
 import { IPV4_HEADER_LENGTH, IpProtocol, emitIpv4 } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
 import { TCP_HEADER_LENGTH, TcpError, TcpFlag, TcpOption, TcpOptions, TcpView, emitTcp } from './wire/tcp';
-import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from './wire/checksum';
+import { finishChecksum, foldSum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from './wire/checksum';
 import { fastSumSegments } from './tcp-checksum';
 import { DropReason, countDrop } from './drops';
 import { SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, isGroupOrUnspecified, mapDestination } from './udp-address-map';
@@ -1314,15 +1314,20 @@ export class TcpService implements ReadyHandler {
     const pseudo = family === 4
       ? pseudoHeaderSumIpv4(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Tcp, l4Length)
       : pseudoHeaderSumIpv6(this.srcAddr, 0, this.dstAddr, 0, IpProtocol.Tcp, l4Length);
-    // With checksum offload the guest does not verify the sum: leave the
-    // payload out of it (the per-byte cost of a download), headers still in.
+    // With checksum offload the segment carries a partial checksum (the folded
+    // pseudo-header sum, NEEDS_CSUM: see context.ts): no per-byte sum in ferry.
     const offload = this.ctx.checksumOffload;
-    let sum = sumBytes(out, l4, tcpHeader, pseudo);
-    if (payloadLength > 0 && !offload) sum += fastSumSegments(list, headerLength, payloadLength);
-    setBe16(out, l4 + 16, finishChecksum(sum));
+    if (offload) {
+      setBe16(out, l4 + 16, foldSum(pseudo));
+    } else {
+      let sum = sumBytes(out, l4, tcpHeader, pseudo);
+      if (payloadLength > 0) sum += fastSumSegments(list, headerLength, payloadLength);
+      setBe16(out, l4 + 16, finishChecksum(sum));
+    }
     if (!inPlace) list.copyIn(0, this.headerScratch, 0, headerLength);
     this.open = false;
-    this.ctx.port.commit(headerLength + payloadLength, offload ? DATA_VALID_OFFLOAD : undefined);
+    const partial = family === 4 ? TCP4_PARTIAL_CHECKSUM : TCP6_PARTIAL_CHECKSUM;
+    this.ctx.port.commit(headerLength + payloadLength, offload ? partial : undefined);
     this.pending++;
   }
 

@@ -31,8 +31,8 @@
  *   RX reservations directly). A larger datagram gets one RX reservation of
  *   its exact size and recvmsg fills it in place after the headers (no
  *   copy). Headers are written in place afterwards, the UDP checksum summed
- *   over the reservation (over the headers only, marked DATA_VALID, when
- *   the port has checksumOffload); one guest notification per readiness
+ *   over the reservation (a partial pseudo-header checksum, marked
+ *   NEEDS_CSUM, when the port has checksumOffload); one guest notification per readiness
  *   callback.
  *   Nothing is allocated per datagram except the short-lived views of the
  *   copy (SegmentList.copyIn).
@@ -63,7 +63,7 @@ import type { IoVecList, Native } from '../native';
 import { defineCounter } from '../counters';
 import { log, rateLimited } from '../log';
 import type { IpPacket, ReadyHandler, RxFrame, StackContext } from './context';
-import { DATA_VALID_OFFLOAD } from './context';
+import { UDP4_PARTIAL_CHECKSUM, UDP6_PARTIAL_CHECKSUM } from './context';
 import type { OffloadInfo, SegmentList } from './frame-io';
 import type { ForwardSpec } from './forward-spec';
 import type { ListenError, ListenerInfo } from './tcp-listen';
@@ -72,7 +72,7 @@ import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet
 import { IPV4_HEADER_LENGTH, IpProtocol, emitIpv4 } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, emitIpv6 } from './wire/ipv6';
 import { UDP_HEADER_LENGTH } from './wire/udp';
-import { be16, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
+import { be16, finishChecksum, foldSum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes, sumSegments } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
 import { errorCode } from './error-code';
 import { closeSocketQuietly } from './close-quietly';
@@ -917,9 +917,8 @@ export class UdpService implements ReadyHandler {
    * Write Ethernet + IP + UDP headers for `dataLength` bytes of data already
    * in the reservation after them, from the flow's remote to the guest, with
    * the UDP checksum summed over the data in place. With checksum offload
-   * the data is left out of the sum (never zero: IPv6 guests drop a zero
-   * UDP checksum whatever the offload says). Returns the OffloadInfo to
-   * commit the frame with (undefined: a complete checksum).
+   * the checksum is partial (pseudo-header only, NEEDS_CSUM). Returns the
+   * OffloadInfo to commit the frame with (undefined: a complete checksum).
    */
   private writeHeaders(list: SegmentList, id: number, dataLength: number): OffloadInfo | undefined {
     const ctx = this.ctx;
@@ -949,11 +948,16 @@ export class UdpService implements ReadyHandler {
     setBe16(out, at + 4, udpLength);
     setBe16(out, at + 6, 0);
     const offload = ctx.checksumOffload;
-    const headerSum = sumBytes(out, at, UDP_HEADER_LENGTH, pseudo);
-    const checksum = finishChecksum(offload ? headerSum : sumSegments(list, headers, dataLength, headerSum));
-    setBe16(out, at + 6, checksum === 0 ? 0xffff : checksum);
+    if (offload) {
+      // Partial checksum: the folded pseudo-header sum, completed by whoever needs it (see context.ts).
+      setBe16(out, at + 6, foldSum(pseudo));
+    } else {
+      const checksum = finishChecksum(sumSegments(list, headers, dataLength, sumBytes(out, at, UDP_HEADER_LENGTH, pseudo)));
+      setBe16(out, at + 6, checksum === 0 ? 0xffff : checksum);
+    }
     if (!inPlace) list.copyIn(0, out, 0, headers);
-    return offload ? DATA_VALID_OFFLOAD : undefined;
+    if (!offload) return undefined;
+    return family === 4 ? UDP4_PARTIAL_CHECKSUM : UDP6_PARTIAL_CHECKSUM;
   }
 
   // ======================================================================

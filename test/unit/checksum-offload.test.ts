@@ -5,8 +5,10 @@
  *   - TCP segments (real sockets over the host loopback, reached through the
  *     gateway mapping) and UDP datagrams (fake sockets) to the guest: with a
  *     port without the capability they carry complete checksums and no
- *     offload; with it they are committed DATA_VALID and their checksum
- *     covers headers and pseudo-header only (so the payload is not summed);
+ *     offload; with it they are committed NEEDS_CSUM with csum_start /
+ *     csum_offset at their checksum and a partial checksum there (the folded
+ *     pseudo-header sum, so the payload is not summed), which completed the
+ *     way virtio says gives a correct checksum;
  *     the IPv4 header checksum is always complete;
  *   - guest UDP with a wrong checksum is dropped unless marked NEEDS_CSUM.
  */
@@ -27,7 +29,7 @@ import { Stack } from '../../src/stack/stack';
 import { DROP_SLOTS, DropReason } from '../../src/stack/drops';
 import { COPY_THRESHOLD, UdpService, UdpSockets } from '../../src/stack/udp';
 import { FlowTable } from '../../src/stack/flow-table';
-import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes } from '../../src/stack/wire/checksum';
+import { be16, finishChecksum, foldSum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes } from '../../src/stack/wire/checksum';
 import {
   FakeFramePort, GATEWAY_V4, GUEST_MAC, GUEST_V4, GUEST_V6, NO_OFFLOAD, OUR_MAC,
   ethernetFrame, ipv4Packet, ipv6Packet, segmentsOf, testConfig, udpDatagram,
@@ -55,11 +57,11 @@ function l4Of(frame: Uint8Array, protocol: number): { l4: number; length: number
 
 /** What a recording port saw of the frames committed to it. */
 interface Seen {
-  /** Frames committed with DATA_VALID. */
-  dataValid: number;
+  /** Frames committed with a partial checksum (NEEDS_CSUM). */
+  partial: number;
   /** Frames committed without offload. */
   plain: number;
-  /** Frames committed DATA_VALID whose checksum did not also cover the payload (payload was not summed). */
+  /** Frames committed NEEDS_CSUM whose checksum did not also cover the payload (payload was not summed). */
   payloadLeftOut: number;
   /** Problems found (checked in the tests). */
   errors: string[];
@@ -68,11 +70,13 @@ interface Seen {
 /**
  * Make `port` claim (or not) checksum offload and check every committed
  * frame: IPv4 header checksum complete; without offload the L4 checksum
- * complete; with DATA_VALID it covers headers + pseudo-header only, and is
- * then completed in the recorded copy so the test's guest can parse it.
+ * complete; with NEEDS_CSUM it is the folded pseudo-header sum at
+ * csum_start + csum_offset, and is then completed in the recorded copy the
+ * way a virtio driver would (sum from csum_start, stored at the offset), so
+ * the test's guest, which verifies every checksum, checks the result.
  */
 function recordOffload(port: FakeFramePort, offloading: boolean, protocol: number): Seen {
-  const seen: Seen = { dataValid: 0, plain: 0, payloadLeftOut: 0, errors: [] };
+  const seen: Seen = { partial: 0, plain: 0, payloadLeftOut: 0, errors: [] };
   Object.defineProperty(port, 'checksumOffload', { value: offloading });
   const commit = port.commit.bind(port);
   port.commit = (length: number, offload?: OffloadInfo): void => {
@@ -89,13 +93,13 @@ function recordOffload(port: FakeFramePort, offloading: boolean, protocol: numbe
       if (!complete) seen.errors.push('incomplete checksum without offload');
       return;
     }
-    if (offload.flags !== OFFLOAD_F_DATA_VALID) seen.errors.push(`offload flags ${offload.flags}`);
-    seen.dataValid++;
-    if (finishChecksum(sumBytes(frame, at.l4, headerLength, at.pseudo)) !== 0) seen.errors.push('DATA_VALID checksum is not the headers-only one');
+    if (offload.flags !== OFFLOAD_F_NEEDS_CSUM) seen.errors.push(`offload flags ${offload.flags}`);
+    if (offload.csumStart !== at.l4 || offload.csumOffset !== checksumAt - at.l4) seen.errors.push(`csum_start/offset ${offload.csumStart}/${offload.csumOffset}`);
+    seen.partial++;
+    if (be16(frame, checksumAt) !== foldSum(at.pseudo)) seen.errors.push('partial checksum is not the folded pseudo-header sum');
     if (at.length > headerLength && !complete) seen.payloadLeftOut++;
-    // Complete it, as a guest would not need to: the test's guest verifies every checksum.
-    setBe16(frame, checksumAt, 0);
-    const full = finishChecksum(sumBytes(frame, at.l4, at.length, at.pseudo));
+    // Complete it as a driver would (virtio 5.1.6.2: sum from csum_start, the partial value included).
+    const full = finishChecksum(sumBytes(frame, offload.csumStart, at.length, 0));
     setBe16(frame, checksumAt, protocol === 17 && full === 0 ? 0xffff : full);
   };
   return seen;
@@ -213,7 +217,7 @@ function guestUdp(family: 4 | 6, data: Uint8Array, edit?: (udp: Uint8Array) => v
 describe('checksum offload: UDP to the guest', () => {
   for (const family of [4, 6] as const) {
     for (const offloading of [false, true]) {
-      it(`IPv${family}, port ${offloading ? 'with' : 'without'} offload: replies ${offloading ? 'DATA_VALID, payload left out of the checksum' : 'with complete checksums'}`, () => {
+      it(`IPv${family}, port ${offloading ? 'with' : 'without'} offload: replies ${offloading ? 'NEEDS_CSUM with a partial checksum' : 'with complete checksums'}`, () => {
         // Split RX buffers too: the headers then go through scratch.
         for (const sizes of [undefined, [30, 40, 20000]]) {
           const rig = udpRig(offloading, sizes);
@@ -226,13 +230,13 @@ describe('checksum offload: UDP to the guest', () => {
           expect(rig.seen.errors).to.deep.equal([]);
           expect(rig.port.frames.length).to.equal(3);
           if (offloading) {
-            expect(rig.seen.dataValid).to.equal(3);
+            expect(rig.seen.partial).to.equal(3);
             expect(rig.seen.plain).to.equal(0);
             // The large datagram's checksum left its (pattern) payload out.
             expect(rig.seen.payloadLeftOut).to.be.at.least(1);
           } else {
             expect(rig.seen.plain).to.equal(3);
-            expect(rig.seen.dataValid).to.equal(0);
+            expect(rig.seen.partial).to.equal(0);
           }
           // The data arrived intact either way.
           const headers = family === 4 ? 42 : 62;
@@ -275,7 +279,7 @@ describe('checksum offload: TCP to the guest (real sockets on the host loopback)
   });
 
   for (const offloading of [false, true]) {
-    it(`port ${offloading ? 'with' : 'without'} offload: 2 MiB download and 256 KiB upload intact, segments ${offloading ? 'DATA_VALID' : 'with complete checksums'}`, async () => {
+    it(`port ${offloading ? 'with' : 'without'} offload: 2 MiB download and 256 KiB upload intact, segments ${offloading ? 'NEEDS_CSUM with partial checksums' : 'with complete checksums'}`, async () => {
       const down = patternBytes(2 * 1024 * 1024, 21);
       const up = patternBytes(256 * 1024, 22);
       const upload = { bytes: 0, hash: '' };
@@ -311,11 +315,11 @@ describe('checksum offload: TCP to the guest (real sockets on the host loopback)
       expect(seen.errors).to.deep.equal([]);
       if (offloading) {
         expect(seen.plain).to.equal(0);
-        expect(seen.dataValid).to.be.greaterThan(10);
+        expect(seen.partial).to.be.greaterThan(10);
         // With 2 MiB of pattern bytes a complete checksum by chance would be one in 65535 per segment.
         expect(seen.payloadLeftOut).to.be.greaterThan(10);
       } else {
-        expect(seen.dataValid).to.equal(0);
+        expect(seen.partial).to.equal(0);
         expect(seen.plain).to.be.greaterThan(10);
       }
     });
