@@ -44,7 +44,6 @@
  * segments marked NEEDS_CSUM with a partial (pseudo-header) checksum. Guest
  * segments marked NEEDS_CSUM (partial checksum) are not verified.
  */
-import { endianness } from 'os';
 import type { IoVecList, Native } from '../native';
 import { defineCounter } from '../counters';
 import { log, rateLimited } from '../log';
@@ -59,7 +58,12 @@ import { TCP_HEADER_LENGTH, TcpError, TcpFlag, TcpOption, TcpOptions, TcpView, e
 import { finishChecksum, foldSum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from './wire/checksum';
 import { fastSumSegments } from './tcp-checksum';
 import { DropReason, countDrop } from './drops';
-import { SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, isGroupOrUnspecified, mapDestination } from './udp-address-map';
+import { isGroupOrUnspecified, mapDestination } from './udp-address-map';
+import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddrFamily } from './sockaddr';
+import { equalAt, isIpv6LoopbackAt } from './address';
+import { errorCode } from './error-code';
+import { closeSocketQuietly } from './close-quietly';
+import { LITTLE_ENDIAN, setHostU32 } from './host-order';
 
 /** The addon calls TCP needs (a subset, so tests could pass a fake). */
 export type TcpSockets = Pick<
@@ -82,8 +86,6 @@ export type TcpSockets = Pick<
 >;
 
 // ---- Linux constants (the addon passes numbers through unchanged) ----
-const AF_INET = 2;
-const AF_INET6 = 10;
 const SOCK_STREAM = 1;
 const SOL_SOCKET = 1;
 const SO_ERROR = 4;
@@ -192,15 +194,9 @@ const BYTES_HELP = 'TCP payload bytes moved, by direction';
 const BYTES_FROM_GUEST = defineCounter('ferry_tcp_bytes_total', BYTES_HELP, { direction: 'from_guest' });
 const BYTES_TO_GUEST = defineCounter('ferry_tcp_bytes_total', BYTES_HELP, { direction: 'to_guest' });
 
-const LITTLE_ENDIAN = endianness() === 'LE';
-
 /** Sequence number comparison: (a - b) as a signed 32-bit number. */
 function seqDiff(a: number, b: number): number {
   return (a - b) | 0;
-}
-
-function errorCode(e: unknown): string {
-  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : String(e);
 }
 
 /** What TcpService.hostInfo reports (TCP_INFO of the host socket plus ferry's view). */
@@ -340,8 +336,7 @@ export class TcpService implements ReadyHandler {
     this.sndbuf = new Int32Array(n);
     this.iov = { buffers: new Array<Uint8Array>(IOV_ENTRIES), offsets: new Float64Array(IOV_ENTRIES), lengths: new Float64Array(IOV_ENTRIES), count: 0 };
     this.discardIov = { buffers: [this.discard], offsets: new Float64Array(1), lengths: new Float64Array(1), count: 1 };
-    this.linger[0] = LITTLE_ENDIAN ? 1 : 0; // struct linger { int l_onoff = 1; int l_linger = 0; }
-    this.linger[3] = LITTLE_ENDIAN ? 0 : 1;
+    setHostU32(this.linger, 0, 1); // struct linger { int l_onoff = 1; int l_linger = 0; }
     if (ctx.config.ipv4 !== null) this.seen4.set(ctx.config.ipv4.address.subarray(0, 4));
     if (ctx.config.ipv6 !== null) this.seen6.set(ctx.config.ipv6.address.subarray(0, 16));
     // Resume flows blocked on guest RX buffers; keep any earlier listener.
@@ -616,7 +611,7 @@ export class TcpService implements ReadyHandler {
     this.flows.setFd(id, fd);
     let connected: number;
     try {
-      const loopback = sockaddr === this.sockaddr4 ? sockaddr[4] === 127 : isV6Loopback(sockaddr, 8);
+      const loopback = sockaddr === this.sockaddr4 ? sockaddr[4] === 127 : isIpv6LoopbackAt(sockaddr, 8);
       if (!loopback) {
         if (ctx.config.interfaceName !== null) this.bindToDevice(fd, ctx.config.interfaceName);
         this.bindToGuestAddress(fd, packet, bytes);
@@ -1599,7 +1594,7 @@ export class TcpService implements ReadyHandler {
     this.ctx.watcher?.unwatch(fd);
     this.events[id] = 0;
     if (resetPeer) this.closeWithReset(fd);
-    else this.safeClose(fd);
+    else closeSocketQuietly(this.sockets, fd);
   }
 
   /** Close with SO_LINGER 0: the peer sees a reset instead of a FIN. */
@@ -1609,15 +1604,7 @@ export class TcpService implements ReadyHandler {
     } catch {
       // Closing is all that is left either way.
     }
-    this.safeClose(fd);
-  }
-
-  private safeClose(fd: number): void {
-    try {
-      this.sockets.close(fd);
-    } catch {
-      // The fd is gone either way.
-    }
+    closeSocketQuietly(this.sockets, fd);
   }
 
   // ======================================================================
@@ -1661,7 +1648,7 @@ export class TcpService implements ReadyHandler {
     if (cfg === null || !equalAt(bytes, packet.srcOffset, cfg.address, length)) return;
     const sa = v6 ? this.bindSockaddr6 : this.bindSockaddr4;
     sa.fill(0);
-    writeFamily(sa, v6 ? AF_INET6 : AF_INET);
+    writeSockaddrFamily(sa, v6 ? AF_INET6 : AF_INET);
     sa.set(cfg.address.subarray(0, length), v6 ? 8 : 4);
     try {
       this.sockets.bind(fd, sa);
@@ -1708,7 +1695,7 @@ export class TcpService implements ReadyHandler {
       return peer;
     }
     const ipv6 = this.ctx.config.ipv6!;
-    if (isV6Loopback(peer, 0)) return ipv6.mapHostLoopback;
+    if (isIpv6LoopbackAt(peer, 0)) return ipv6.mapHostLoopback;
     if (equalAt(peer, 0, ipv6.address, 16)) return ipv6.mapGuestAddr ?? ipv6.mapHostLoopback;
     return peer;
   }
@@ -1717,27 +1704,6 @@ export class TcpService implements ReadyHandler {
 /** A fresh initial sequence number. */
 function randomIsn(): number {
   return (Math.random() * 0x100000000) >>> 0;
-}
-
-/** sa_family is in host byte order. */
-export function writeFamily(sa: Uint8Array, family: number): void {
-  if (LITTLE_ENDIAN) {
-    sa[0] = family & 0xff;
-    sa[1] = family >>> 8;
-  } else {
-    sa[0] = family >>> 8;
-    sa[1] = family & 0xff;
-  }
-}
-
-function equalAt(bytes: Uint8Array, offset: number, address: Uint8Array, length: number): boolean {
-  for (let i = 0; i < length; i++) if (bytes[offset + i] !== address[i]) return false;
-  return true;
-}
-
-function isV6Loopback(bytes: Uint8Array, offset: number): boolean {
-  for (let i = 0; i < 15; i++) if (bytes[offset + i] !== 0) return false;
-  return bytes[offset + 15] === 1;
 }
 
 function isMulticastOrBroadcast(family: number, bytes: Uint8Array, offset: number): boolean {
