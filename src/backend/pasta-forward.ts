@@ -29,7 +29,7 @@ import { IoVecList, native } from '../native';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import type { ForwardSpec } from '../stack/forward-spec';
 import type { ListenError, ListenerInfo } from '../stack/tcp-listen';
-import { writeSockaddr } from '../stack/udp-address-map';
+import { writeSockaddr } from '../stack/sockaddr';
 
 /** One forwarded port: listen on `listenPort` in the namespace, go to `targetPort` on the host's loopback. */
 export interface PortForward {

@@ -23,9 +23,6 @@ import { equalAt, isIpv6LoopbackAt } from './address';
 import type { StackConfig } from './config';
 import { writeSockaddr } from './sockaddr';
 
-// The sockaddr helpers lived here first; tcp.ts and pasta-forward.ts still import them from this module.
-export { SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddr } from './sockaddr';
-
 /** Well-known DNS port (RFC 1035). */
 export const DNS_PORT = 53;
 
