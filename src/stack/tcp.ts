@@ -1686,6 +1686,14 @@ export class TcpService implements ReadyHandler {
    * except the host's loopback (-> the --map-host-loopback address) and the
    * host's own address (-> --map-guest-addr, else the loopback mapping).
    * null when there is no mapping to show.
+   *
+   * Deliberately not udp-address-map's guestVisibleSource: that one also
+   * maps an IPv4-mapped loopback peer (::ffff:127.x.y.z, which an IPv6 UDP
+   * socket can see) to the loopback mapping, where this one shows such a
+   * peer as it is; it also copies the peer into scratch where this returns
+   * `peer` itself. TCP listeners are IPV6_V6ONLY, so no such peer reaches
+   * acceptInbound today, but switching would change what acceptInbound
+   * does with one: a decision to make on its own, not in a cleanup.
    */
   private guestVisibleSource(family: 4 | 6, peer: Uint8Array): Uint8Array | null {
     if (family === 4) {
