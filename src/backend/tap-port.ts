@@ -50,6 +50,7 @@ import { native } from '../native';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
 import type { FramePort, FrameSink, OffloadInfo } from '../stack/frame-io';
 import { SegmentList } from '../stack/frame-io';
+import { closeQuietly } from './close-quietly';
 import { continuesRun, emptySegmentView, finishRun, parseDataSegment } from './tap-coalesce';
 import type { FrameTap } from './virtio-net-port';
 import { PORT_COUNTERS } from './virtio-net-port';
@@ -210,11 +211,7 @@ export class TapPort implements FramePort, ReadyHandler {
     const fd = this.fd;
     this.fd = -1;
     this.watcher.unwatch(fd);
-    try {
-      native.close(fd);
-    } catch {
-      // already gone
-    }
+    closeQuietly(fd);
     if (this.onClosed !== null) this.onClosed(reason);
   }
 
