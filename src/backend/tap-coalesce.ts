@@ -19,6 +19,7 @@
  * ACK|PSH, a non-empty payload whose length matches the IP header. Anything
  * else (handshakes, FIN, RST, pure ACKs, ICMP, UDP...) is written as is.
  */
+import { setHostU16 } from '../stack/host-order';
 import { be16, be32, foldSum, internetChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16 } from '../stack/wire/checksum';
 
 const ETHERNET_HEADER = 14;
@@ -133,9 +134,9 @@ export function continuesRun(buf: Uint8Array, head: SegmentView, runLength: numb
  * (and IPv4 header checksum), PSH when any segment had it, the TCP
  * checksum field set to the pseudo-header sum for a partial checksum, and
  * the 10-byte virtio-net header written at buf[head.at - 10] in host byte
- * order (`littleEndian`).
+ * order (tun's IFF_VNET_HDR order unless TUNSETVNETLE/BE says otherwise).
  */
-export function finishRun(buf: Uint8Array, head: SegmentView, runLength: number, segmentSize: number, anyPush: boolean, littleEndian: boolean): void {
+export function finishRun(buf: Uint8Array, head: SegmentView, runLength: number, segmentSize: number, anyPush: boolean): void {
   const ip = head.at + ETHERNET_HEADER;
   const tcp = ip + head.ipHeaderLength;
   const l4Length = runLength - ETHERNET_HEADER - head.ipHeaderLength;
@@ -155,13 +156,8 @@ export function finishRun(buf: Uint8Array, head: SegmentView, runLength: number,
   const h = head.at - 10;
   buf[h] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
   buf[h + 1] = head.family === 4 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_TCPV6;
-  setU16(buf, h + 2, ETHERNET_HEADER + head.ipHeaderLength + TCP_HEADER, littleEndian); // hdr_len
-  setU16(buf, h + 4, segmentSize, littleEndian); // gso_size
-  setU16(buf, h + 6, ETHERNET_HEADER + head.ipHeaderLength, littleEndian); // csum_start
-  setU16(buf, h + 8, 16, littleEndian); // csum_offset: TCP's checksum field
-}
-
-function setU16(buf: Uint8Array, offset: number, value: number, littleEndian: boolean): void {
-  buf[offset] = littleEndian ? value & 0xff : value >>> 8;
-  buf[offset + 1] = littleEndian ? value >>> 8 : value & 0xff;
+  setHostU16(buf, h + 2, ETHERNET_HEADER + head.ipHeaderLength + TCP_HEADER); // hdr_len
+  setHostU16(buf, h + 4, segmentSize); // gso_size
+  setHostU16(buf, h + 6, ETHERNET_HEADER + head.ipHeaderLength); // csum_start
+  setHostU16(buf, h + 8, 16); // csum_offset: TCP's checksum field
 }

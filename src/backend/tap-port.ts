@@ -43,11 +43,11 @@
  * tap-coalesce.ts. Other frames get an all-zero header (complete checksums,
  * no GSO) and leave at commit, after any run before them.
  */
-import * as os from 'os';
 import { CounterBlock, defineCounter } from '../counters';
 import { rateLimited } from '../log';
 import { native } from '../native';
 import type { FdWatcher, ReadyHandler } from '../stack/context';
+import { LITTLE_ENDIAN } from '../stack/host-order';
 import type { FramePort, FrameSink, OffloadInfo } from '../stack/frame-io';
 import { SegmentList } from '../stack/frame-io';
 import { closeQuietly } from './close-quietly';
@@ -71,7 +71,6 @@ const MIN_FRAME_LENGTH = 14;
 export const TAP_VNET_HDR_LENGTH = 10;
 /** Largest frame a TSO segment makes: a 65535-byte IP packet plus the Ethernet header. */
 export const MAX_GSO_FRAME = 65535 + 14;
-const LITTLE_ENDIAN = os.endianness() === 'LE';
 
 /** The kernel's default tap queue length (never go below it). */
 export const DEFAULT_TAP_QUEUE_LENGTH = 1000;
@@ -368,7 +367,7 @@ export class TapPort implements FramePort, ReadyHandler {
     const length = this.runLength;
     this.runLength = 0;
     if (this.runSegments > 1) {
-      finishRun(this.output, this.runHead, length, this.runSegmentSize, this.runPush, LITTLE_ENDIAN);
+      finishRun(this.output, this.runHead, length, this.runSegmentSize, this.runPush);
       this.counters.add(TAP_COALESCE.frames);
       this.counters.add(TAP_COALESCE.segments, this.runSegments);
     }
