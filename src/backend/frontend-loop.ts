@@ -102,14 +102,14 @@ export interface FrontendPort extends FramePort {
  * after every batch of ready fds committed frames are flushed once.
  * Returns the stack (close it with the loop).
  */
-export function runStackOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock, protocols: { tcp: boolean; udp: boolean } = { tcp: true, udp: true }): Stack {
+export function runStackOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock, protocols: { tcp: boolean; udp: boolean; icmp?: boolean } = { tcp: true, udp: true }): Stack {
   return runStackPartsOnLoop(loop, config, port, counters, protocols).stack;
 }
 
 /** runStackOnLoop, also returning the stack's parts (its -t listeners and UDP service, for pasta's auto forwarding and splice path). */
-export function runStackPartsOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock, protocols: { tcp: boolean; udp: boolean } = { tcp: true, udp: true }): StackParts {
+export function runStackPartsOnLoop(loop: FrontendLoop, config: StackConfig, port: FrontendPort, counters: CounterBlock, protocols: { tcp: boolean; udp: boolean; icmp?: boolean } = { tcp: true, udp: true }): StackParts {
   // One stack, one thread: it owns the -t/-u listeners; --no-tcp/--no-udp as for the daemon's workers.
-  const worker = { ownsListeners: true, tcp: protocols.tcp, udp: protocols.udp };
+  const worker = { ownsListeners: true, tcp: protocols.tcp, udp: protocols.udp, icmp: protocols.icmp };
   const parts = createStackParts({ config, port, counters, watcher: loop, sockets: native }, worker);
   const stack = parts.stack;
   port.sink = stack;

@@ -22,6 +22,8 @@ export interface WorkerStackOptions {
   tcp: boolean;
   /** --no-udp: guest UDP is dropped and no -u listeners are opened. */
   udp: boolean;
+  /** --no-icmp: guest echo requests are dropped (default true). */
+  icmp?: boolean;
   /**
    * Open the configured -t/-u forwards (default true). false: the listeners
    * exist empty and the caller opens forwards itself (the daemon's workers,
@@ -50,6 +52,7 @@ export function createStack(options: StackOptions, worker: WorkerStackOptions = 
 export function createStackParts(options: StackOptions, worker: WorkerStackOptions = { ownsListeners: true, tcp: true, udp: true }): StackParts {
   const ipv6Control = options.config.ipv6 !== null ? new Ipv6ControlPlane(options.config, options.counters) : null;
   const stack = new Stack({ ...options, ipv6Control });
+  stack.echoEnabled = worker.icmp !== false;
   const parts: StackParts = { stack, flows: null, tcp: null, udp: null, tcpListeners: null };
   const openConfigured = worker.openConfiguredForwards ?? true;
   if (options.sockets !== null && options.sockets !== undefined && options.watcher !== null && options.watcher !== undefined) {

@@ -123,7 +123,7 @@ class QueuePairWorker implements FdWatcher {
     this.parts = createStackParts(
       // With test fault injection the stack writes through its port and receives through its sink.
       { config: init.stack, port: this.faults?.port ?? this.port, counters: this.counters, watcher: this, sockets: native },
-      { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp, openConfiguredForwards: false },
+      { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp, icmp: init.protocols.icmp, openConfiguredForwards: false },
     );
     this.stack = this.parts.stack;
     this.forwards?.openAll(this.parts);

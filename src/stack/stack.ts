@@ -102,6 +102,8 @@ export class Stack implements FrameSink {
   tcpHandler: TransportHandler | null;
   udpHandler: TransportHandler | null;
   readonly echo: IcmpEchoService;
+  /** false with --no-icmp: echo requests are dropped (counted as icmp_unsupported), NDP still works. */
+  echoEnabled = true;
 
   private readonly frame: RxFrame;
   private readonly ethernet = new EthernetView();
@@ -353,7 +355,8 @@ export class Stack implements FrameSink {
     }
     const type = icmp.type;
     if (type === (v6 ? Icmpv6EchoType.EchoRequest : IcmpType.EchoRequest)) {
-      this.echo.handleRequest(frame, packet, icmp);
+      if (this.echoEnabled) this.echo.handleRequest(frame, packet, icmp);
+      else this.drop(DropReason.IcmpUnsupported); // --no-icmp
       return;
     }
     if (v6 && this.ipv6Control !== null && this.ipv6Control.handleIcmpv6(this.ctx, frame, packet)) return;

@@ -264,6 +264,15 @@ describe('stack dispatch', () => {
     expect(drops(DropReason.IcmpUnsupported)).to.equal(1);
   });
 
+  it('--no-icmp (echoEnabled false): echo requests are dropped as icmp_unsupported and nothing is sent', () => {
+    const { stack, port, drops, send } = setup();
+    stack.echoEnabled = false;
+    send(v4Frame(1, icmpEcho(8, 1, 1, new Uint8Array(4))));
+    send(v6Frame(58, icmpEcho(128, 1, 1, new Uint8Array(4), { src: GUEST_V6, dst: SERVER_V6 })));
+    expect(drops(DropReason.IcmpUnsupported)).to.equal(2);
+    expect(port.frames).to.have.length(0);
+  });
+
   it('without transport handlers, TCP and UDP are counted as no_handler', () => {
     const counters = new CounterBlock();
     const stack = new Stack({ config: testConfig(), port: new FakeFramePort(), counters });
