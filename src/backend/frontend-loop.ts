@@ -1,13 +1,11 @@
 /**
- * A single-threaded event loop driver for the plain-fd frontends (tap for
- * `ferry pasta`, the length-prefixed stream socket for `ferry stream`): one
- * epoll Poller on the main thread's libuv loop, serving both the frontend's
- * fd and the stack's host sockets, plus the stack's periodic timer.
- *
- * It is worker-main.ts without the virtqueues: there a worker thread per
- * queue pair is needed because guest memory and rings are per queue; a tap
- * or a stream socket is one fd with one queue, so the stack runs right on
- * the main thread and no frame ever crosses a thread.
+ * A single-threaded event loop driver: one epoll Poller on the calling
+ * thread's libuv loop serving a frontend's fds and the stack's host sockets
+ * (FdWatcher), a flush hook after every batch of ready fds, and periodic
+ * timers. The vhost-user workers (worker-main.ts: kick fds, one loop per
+ * queue-pair thread) and the plain-fd frontends (tap for `ferry pasta`, the
+ * length-prefixed stream socket for `ferry stream`, run on the main thread:
+ * one fd, one queue, so no frame crosses a thread) all use it.
  */
 import { native, Poller } from '../native';
 import type { CounterBlock } from '../counters';

@@ -1,12 +1,12 @@
 /**
  * Entry point of a queue-pair worker thread: maps guest memory itself, owns
- * its rings' kick and call eventfds, runs one epoll Poller for those and for
+ * its rings' kick and call eventfds, runs one epoll loop (FrontendLoop) for those and for
  * the stack's host sockets, and moves frames between the virtqueues and the
  * stack. The main thread talks to it only through worker-protocol messages.
  */
 import { SHARED_LAYOUT } from './counter-layout'; // first: fixes the counter slot layout (see counter-layout.ts)
 import { parentPort, workerData } from 'worker_threads';
-import { native, Poller } from '../native';
+import { native } from '../native';
 import { closeQuietly } from './close-quietly';
 import { CounterBlock } from '../counters';
 import { setLogSink, log, LogLevel } from '../log';
@@ -16,7 +16,8 @@ import { VirtioNetPort } from './virtio-net-port';
 import { PcapWriter } from './pcap';
 import { RX_RING, TX_RING, WorkerControlRequest, WorkerInit, WorkerMessage, WorkerReplyValue, WorkerRequestWithId } from './worker-protocol';
 import type { FrameSink, OffloadInfo, SegmentList } from '../stack/frame-io';
-import type { FdWatcher, ReadyHandler } from '../stack/context';
+import type { ReadyHandler } from '../stack/context';
+import { FrontendLoop } from './frontend-loop';
 import { createStackParts, StackParts } from './stack-factory';
 import { FaultInjector } from './fault-injection';
 import type { Stack } from '../stack/stack';
@@ -32,8 +33,6 @@ const ETHERNET_HEADER_LENGTH = 14;
  * that TCP's 1 s retransmission timeout fires close to when it is due.
  */
 const WORKER_TIMER_INTERVAL_MS = 100;
-/** Poller batch: at most this many ready fds per wake-up. */
-const POLL_BATCH = 256;
 
 /** Per-ring state as configured by the front-end. */
 class RingSlot {
@@ -55,9 +54,17 @@ class RingSlot {
    * are not watched until it hands over a kick fd anew (as libvhost-user does).
    */
   handedBack = false;
+  /** Watches the kick fd: drains the eventfd and lets the owner service the ring. */
+  readonly kickHandler: ReadyHandler;
 
-  constructor(readonly index: number) {
+  constructor(readonly index: number, onKick: (slot: RingSlot) => void) {
     this.ring = new SplitRing(null);
+    this.kickHandler = {
+      onReady: (fd: number): void => {
+        native.eventfdRead(fd);
+        onKick(this);
+      },
+    };
   }
 }
 
@@ -68,15 +75,13 @@ class CountingSink implements FrameSink {
   }
 }
 
-class QueuePairWorker implements FdWatcher {
+class QueuePairWorker {
   private readonly counters: CounterBlock;
   private memory: GuestMemory | null = null;
   private features = 0n;
-  private readonly slots = [new RingSlot(RX_RING), new RingSlot(TX_RING)];
-  private readonly pollEvents = new Int32Array(POLL_BATCH * 2);
-  private readonly poller: Poller;
-  /** Host-socket handlers registered by the stack, by fd. */
-  private readonly handlers = new Map<number, ReadyHandler>();
+  private readonly slots = [new RingSlot(RX_RING, (slot) => this.serviceRing(slot)), new RingSlot(TX_RING, (slot) => this.serviceRing(slot))];
+  /** The worker's epoll loop: kick fds and the stack's host sockets (FdWatcher for the stack). */
+  private readonly loop = new FrontendLoop();
   private readonly port: VirtioNetPort;
   private readonly pcap: PcapWriter | null;
   private txRescheduled = false;
@@ -91,7 +96,6 @@ class QueuePairWorker implements FdWatcher {
   constructor(private readonly init: WorkerInit) {
     this.counters = new CounterBlock(init.counters);
     this.forwards = init.stack !== null && init.queuePair === 0 ? new WorkerForwards(init.stack) : null;
-    this.poller = new native.Poller(this.pollEvents, (count) => this.onPoll(count));
     this.pcap = init.pcapPath !== null ? new PcapWriter(init.pcapPath) : null;
     const pcap = this.pcap;
     this.port = new VirtioNetPort({
@@ -106,11 +110,13 @@ class QueuePairWorker implements FdWatcher {
     });
     this.faults = init.stack !== null ? FaultInjector.fromEnvironment(this.port) : null;
     this.port.sink = this.buildStack();
-    // Periodic stack work (timers, idle flow expiry, router advertisements); unref'd so it never keeps the thread alive.
-    setInterval(() => {
+    // One guest notification per batch of ready fds.
+    this.loop.onBatchEnd(() => this.port.flush());
+    // Periodic stack work (timers, idle flow expiry, router advertisements); never keeps the thread alive.
+    this.loop.every(WORKER_TIMER_INTERVAL_MS, () => {
       this.stack?.onTimer();
       this.faults?.tick(); // tests only: frames held back by fault injection go out
-    }, WORKER_TIMER_INTERVAL_MS).unref();
+    });
   }
 
   /**
@@ -122,7 +128,7 @@ class QueuePairWorker implements FdWatcher {
     if (init.stack === null) return new CountingSink();
     this.parts = createStackParts(
       // With test fault injection the stack writes through its port and receives through its sink.
-      { config: init.stack, port: this.faults?.port ?? this.port, counters: this.counters, watcher: this, sockets: native },
+      { config: init.stack, port: this.faults?.port ?? this.port, counters: this.counters, watcher: this.loop, sockets: native },
       { ownsListeners: init.queuePair === 0, tcp: init.protocols.tcp, udp: init.protocols.udp, icmp: init.protocols.icmp, openConfiguredForwards: false },
     );
     this.stack = this.parts.stack;
@@ -154,21 +160,6 @@ class QueuePairWorker implements FdWatcher {
   private ownForwards(): WorkerForwards {
     if (this.forwards === null) throw new Error(`queue pair ${this.init.queuePair} does not own the forwarding listeners`);
     return this.forwards;
-  }
-
-  // ---- FdWatcher for the stack's host sockets ----
-
-  watch(fd: number, events: number, handler: ReadyHandler): void {
-    this.handlers.set(fd, handler);
-    this.poller.add(fd, events);
-  }
-
-  modify(fd: number, events: number): void {
-    this.poller.modify(fd, events);
-  }
-
-  unwatch(fd: number): void {
-    if (this.handlers.delete(fd)) this.poller.remove(fd);
   }
 
   // ---- requests from main ----
@@ -228,7 +219,7 @@ class QueuePairWorker implements FdWatcher {
         this.stopRing(slot);
         slot.base = index;
         slot.handedBack = true;
-        if (slot.kickFd !== null) this.poller.remove(slot.kickFd);
+        if (slot.kickFd !== null) this.loop.unwatch(slot.kickFd);
         return index;
       }
       case 'vring-kick': {
@@ -270,12 +261,12 @@ class QueuePairWorker implements FdWatcher {
 
   private replaceKick(slot: RingSlot, fd: number | null): void {
     if (slot.kickFd !== null) {
-      if (!slot.handedBack) this.poller.remove(slot.kickFd);
+      if (!slot.handedBack) this.loop.unwatch(slot.kickFd);
       closeQuietly(slot.kickFd);
     }
     slot.handedBack = false;
     slot.kickFd = fd;
-    if (fd !== null) this.poller.add(fd, native.constants.EPOLLIN);
+    if (fd !== null) this.loop.watch(fd, native.constants.EPOLLIN, slot.kickHandler);
     // vhost-user: a ring starts on its first kick. With no kick fd the front-end
     // polls: treat the ring as kicked now.
     else this.serviceRing(slot);
@@ -358,33 +349,11 @@ class QueuePairWorker implements FdWatcher {
     if (fd !== null) native.eventfdWrite(fd, 1);
   }
 
-  private onPoll(count: number): void {
-    const events = this.pollEvents;
-    for (let i = 0; i < count; i++) {
-      const fd = events[2 * i];
-      const bits = events[2 * i + 1];
-      const rx = this.slots[RX_RING];
-      const tx = this.slots[TX_RING];
-      if (fd === tx.kickFd) {
-        native.eventfdRead(fd);
-        this.serviceRing(tx);
-      } else if (fd === rx.kickFd) {
-        native.eventfdRead(fd);
-        this.serviceRing(rx);
-      } else {
-        const handler = this.handlers.get(fd);
-        if (handler !== undefined) handler.onReady(fd, bits);
-        else this.poller.remove(fd);
-      }
-    }
-    this.port.flush();
-  }
-
   private reset(): void {
     for (const slot of this.slots) {
       this.stopRing(slot);
       if (slot.kickFd !== null) {
-        if (!slot.handedBack) this.poller.remove(slot.kickFd);
+        if (!slot.handedBack) this.loop.unwatch(slot.kickFd);
         closeQuietly(slot.kickFd);
       }
       slot.handedBack = false;
