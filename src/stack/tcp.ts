@@ -172,6 +172,9 @@ const F_EVER_FIN = 1 << 8; // finSeq is valid
 const F_RECOVERY = 1 << 10; // rewound: duplicate ACKs are not counted until `recover` is ACKed
 const F_NO_REBLOCK = 1 << 11; // sending a window update after EPOLLOUT
 const F_PEER_CLOSED = 1 << 9; // EPOLLRDHUP/EPOLLHUP seen: the socket stays readable until the peek finds the end
+/** Bound on RSTs waiting for guest buffers (beyond it they are given up, as before). */
+const MAX_PENDING_RST = 256;
+const F_RST_PENDING = 1 << 12; // the socket is gone; the slot waits only for its RST to reach the guest (no guest buffers when it was due)
 
 /** Events counted by the TCP translator (ferry_tcp_events_total{event}). */
 const EVENT_HELP = 'TCP translation events, by kind';
@@ -290,7 +293,16 @@ export class TcpService implements ReadyHandler {
   private readonly linger = new Uint8Array(8);
   private readonly tcpInfo = new Uint8Array(256);
   private readonly meta = new Int32Array(3);
-  private readonly dueHandler = (id: number): void => this.onDeadline(id);
+  private readonly dueHandler = (id: number): void => {
+    if ((this.flag[id] & F_RST_PENDING) === 0) this.onDeadline(id);
+  };
+  /**
+   * Flows reset while the guest had no RX buffers for the RST: their slot
+   * (addresses, ports, sequence numbers) is kept, without a socket, until
+   * the RST goes out (retried on onWritable, every timer tick and when the
+   * guest sends on the flow). Bounded: beyond it the RST is given up.
+   */
+  private readonly pendingRst: number[] = [];
   /** Frames committed by this module since the last flush. */
   private pending = 0;
   /** Flow whose burst of segments sendData is building (-1: none), and the window computed for it (-1: not yet). */
@@ -385,6 +397,7 @@ export class TcpService implements ReadyHandler {
   onTimer(now = this.ctx.clock.now()): void {
     this.timerNow = now;
     try {
+      if (this.pendingRst.length > 0) this.retryPendingRst();
       this.flows.forEachDue(now, FlowProtocol.Tcp, this.dueHandler);
     } finally {
       this.cancelOpen();
@@ -537,6 +550,11 @@ export class TcpService implements ReadyHandler {
       } else if ((flags & TcpFlag.Rst) === 0) {
         this.resetUnknown(packet, bytes);
       }
+      return;
+    }
+    if ((this.flag[id] & F_RST_PENDING) !== 0) {
+      // The flow was reset and the guest has not heard: it has buffers now, perhaps.
+      this.retryPendingRst();
       return;
     }
     this.activity[id] = ctx.clock.now();
@@ -1073,6 +1091,10 @@ export class TcpService implements ReadyHandler {
 
   /** Guest RX buffers are available again: resume flows that were waiting. */
   private onWritable(): void {
+    if (this.pendingRst.length > 0) {
+      this.retryPendingRst();
+      this.flush();
+    }
     if (this.rxBlocked === 0) return;
     try {
       for (let id = 0; id < this.flows.capacity && this.rxBlocked > 0; id++) {
@@ -1551,6 +1573,7 @@ export class TcpService implements ReadyHandler {
   /** Close a flow whose FINs went both ways and were ACKed. Returns true when it was closed. */
   private finished(id: number): boolean {
     const flag = this.flag[id];
+    if ((flag & F_RST_PENDING) !== 0) return false;
     if ((flag & F_GUEST_FIN) === 0 || (flag & F_FIN_ACKED) === 0) return false;
     this.closeFlow(id, false);
     return true;
@@ -1562,35 +1585,65 @@ export class TcpService implements ReadyHandler {
    */
   private abort(id: number, rstToGuest: boolean, resetPeer: boolean): void {
     if (rstToGuest) {
-      const state = this.flows.state[id] as TcpState;
-      if (state === TcpState.Connecting) {
-        // Refused or unreachable: RST|ACK for the guest's SYN.
-        this.sendFlagsWithSeq(id, TcpFlag.Rst | TcpFlag.Ack, 0);
-      } else {
-        this.sendFlagsWithSeq(id, TcpFlag.Rst | TcpFlag.Ack, this.sndNxt[id]);
-      }
       this.ctx.counters.add(TcpEvent.RstToGuest);
+      if (!this.sendRst(id) && this.pendingRst.length < MAX_PENDING_RST) {
+        // No guest buffer for the RST now: the guest must still learn of the
+        // reset, so keep the slot until it goes out; the socket goes now.
+        this.closeSocket(id, resetPeer);
+        this.flag[id] = F_RST_PENDING;
+        this.pendingRst.push(id);
+        return;
+      }
     }
     this.closeFlow(id, resetPeer);
   }
 
-  private sendFlagsWithSeq(id: number, flags: number, seq: number): void {
+  /** RST|ACK to the guest for flow id (for the guest's SYN while connecting); returns false when it had no buffer. */
+  private sendRst(id: number): boolean {
+    const seq = (this.flows.state[id] as TcpState) === TcpState.Connecting ? 0 : this.sndNxt[id];
+    return this.sendFlagsWithSeq(id, TcpFlag.Rst | TcpFlag.Ack, seq);
+  }
+
+  /** Send the RSTs that found no guest buffer before, in order; stops at the first that still finds none. */
+  private retryPendingRst(): void {
+    const pending = this.pendingRst;
+    let sent = 0;
+    while (sent < pending.length) {
+      const id = pending[sent];
+      if ((this.flag[id] & F_RST_PENDING) !== 0 && this.flows.isLive(id, FlowProtocol.Tcp)) {
+        if (!this.sendRst(id)) break;
+        this.closeFlow(id, false);
+      }
+      sent++;
+    }
+    if (sent > 0) pending.splice(0, sent);
+  }
+
+  private sendFlagsWithSeq(id: number, flags: number, seq: number): boolean {
     const family = this.flows.family[id];
     const length = ETHERNET_HEADER_LENGTH + (family === 4 ? IPV4_HEADER_LENGTH : IPV6_HEADER_LENGTH) + TCP_HEADER_LENGTH;
     const list = this.reserve(length);
     if (list === null || list.totalLength < length) {
       if (list !== null) this.cancelOpen();
-      return;
+      return false;
     }
     this.writeSegment(id, list, flags, seq, 0, 0);
+    return true;
   }
 
   private closeFlow(id: number, resetPeer: boolean): void {
-    const fd = this.flows.fd[id];
-    if ((this.flag[id] & F_RX_BLOCKED) !== 0) this.rxBlocked--;
+    this.closeSocket(id, resetPeer);
     this.flag[id] = 0;
     this.flows.release(id);
+  }
+
+  /** Close flow id's host socket (if it still has one) and forget its RX-blocked mark; the slot stays. */
+  private closeSocket(id: number, resetPeer: boolean): void {
+    const fd = this.flows.fd[id];
+    if ((this.flag[id] & F_RX_BLOCKED) !== 0) this.rxBlocked--;
+    this.flag[id] &= ~F_RX_BLOCKED;
     if (fd < 0) return;
+    this.flows.setFd(id, -1);
     this.ctx.watcher?.unwatch(fd);
     this.events[id] = 0;
     if (resetPeer) this.closeWithReset(fd);
@@ -1620,7 +1673,7 @@ export class TcpService implements ReadyHandler {
 
   /** Watch what the flow can act on: connect completion, then (edge-triggered) new data, EOF and room to send. */
   private updateEvents(id: number): void {
-    if (!this.flows.isLive(id, FlowProtocol.Tcp)) return;
+    if (!this.flows.isLive(id, FlowProtocol.Tcp) || this.flows.fd[id] < 0) return;
     const flag = this.flag[id];
     const state = this.flows.state[id] as TcpState;
     let want = 0;

@@ -349,6 +349,28 @@ if (!INSIDE) {
       expect(harness.tcp.flowCount).to.equal(0);
     });
 
+    it('a reset from the server while the guest has no RX buffers still reaches the guest once it has', async () => {
+      harness = new TcpHarness();
+      let serverSocket: net.Socket | null = null;
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', () => undefined);
+        serverSocket = socket;
+      });
+      const g = guest(SERVER_V4, port);
+      g.connect();
+      await harness.until(() => serverSocket !== null && harness.tcp.flowCount === 1, 5000, 'connection');
+      await harness.until(() => g.established, 5000, 'handshake');
+      harness.port.available = false; // the guest's RX ring is empty
+      (serverSocket as unknown as net.Socket).resetAndDestroy();
+      // The reset is seen by ferry and the socket closed, but the RST has nowhere to go yet.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(g.rstReceived).to.equal(false);
+      harness.port.available = true; // buffers again: the next timer tick (or onWritable) sends it
+      harness.advance(100);
+      await harness.until(() => g.rstReceived, 5000, 'RST to the guest after buffers came back');
+      expect(harness.tcp.flowCount).to.equal(0);
+    });
+
     it('never sends beyond a small unscaled guest window, and resumes as it is ACKed', async () => {
       harness = new TcpHarness();
       const data = patternBytes(200_000, 9);
