@@ -71,7 +71,7 @@ import { FrontendLoop, maxFrameLengthFor, runStackPartsOnLoop } from './frontend
 import { FerryMetrics, MetricsServer, startMetricsServer } from './metrics';
 import { NamespaceNetwork, NetlinkConfigurator } from './netlink-config';
 import { DaemonOptions, namespacePath, PastaOptions, readEphemeralRange } from './options';
-import { createPcapFile, PcapWriter } from './pcap';
+import { startPcap } from './pcap';
 import { resolveStack } from './stack-setup';
 import {
   AutoForwarder,
@@ -367,12 +367,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   log.info(`tap ${tapName} in ${target.netPath}${pasta.configNet ? ' configured with the host\'s addresses and routes' : ''}`);
 
   const counters = new CounterBlock();
-  let pcap: PcapWriter | null = null;
-  if (options.pcapFile !== null) {
-    createPcapFile(options.pcapFile);
-    pcap = new PcapWriter(options.pcapFile);
-  }
-  const capture = pcap;
+  const capture = startPcap(options.pcapFile);
   const loop = new FrontendLoop();
   const port = new TapPort({
     fd: tapFd,

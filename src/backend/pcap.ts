@@ -29,6 +29,17 @@ export function createPcapFile(path: string): void {
   fs.writeFileSync(path, header, { mode: 0o600 });
 }
 
+/**
+ * For a frontend that writes its own capture on the main thread (pasta,
+ * stream): create FILE with its header and open it for records, or null
+ * when no capture was asked for.
+ */
+export function startPcap(path: string | null): PcapWriter | null {
+  if (path === null) return null;
+  createPcapFile(path);
+  return new PcapWriter(path);
+}
+
 /** Appends records to a pcap file created by createPcapFile. */
 export class PcapWriter {
   private readonly fd: number;

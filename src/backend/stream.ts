@@ -19,7 +19,7 @@ import { log } from '../log';
 import { native } from '../native';
 import { FrontendLoop, maxFrameLengthFor, runStackOnLoop } from './frontend-loop';
 import type { DaemonOptions } from './options';
-import { createPcapFile, PcapWriter } from './pcap';
+import { startPcap } from './pcap';
 import { resolveDaemonStackConfig } from './stack-setup';
 import { StreamPort } from './stream-port';
 import { FerryMetrics, MetricsServer, startMetricsServer } from './metrics';
@@ -39,12 +39,7 @@ function isListeningSocket(fd: number): boolean {
 export async function runStream(options: DaemonOptions): Promise<number> {
   const config = await resolveDaemonStackConfig(options);
   const counters = new CounterBlock();
-  let pcap: PcapWriter | null = null;
-  if (options.pcapFile !== null) {
-    createPcapFile(options.pcapFile);
-    pcap = new PcapWriter(options.pcapFile);
-  }
-  const capture = pcap;
+  const capture = startPcap(options.pcapFile);
 
   let listenFd = -1;
   let connectedFd = -1;
