@@ -4,7 +4,7 @@
  * JSON of whichever end received (the server for forward tests, the client
  * for -R), matched by iperf3's per-test cookie.
  */
-import { ChildProcess } from 'child_process';
+import { type ChildProcess } from 'child_process';
 import { runIn, spawnIn, stopChild } from '../test/support/netns';
 
 /** What the receiving end of one iperf3 test saw. */

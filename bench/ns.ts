@@ -7,13 +7,13 @@
  * and TCP request/response round trips over one connection. The back-end's
  * CPU time is read from /proc around each run.
  */
-import { ChildProcess, spawnSync } from 'child_process';
+import { type ChildProcess, spawnSync } from 'child_process';
 import * as fs from 'fs';
-import { createTestNetwork, destroyTestNetwork, run, runChecked, spawnIn, stopChild, TestNetwork, TEST_NET } from '../test/support/netns';
+import { createTestNetwork, destroyTestNetwork, run, runChecked, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
 import { commandAvailable, REPO_ROOT } from '../test/support/guest';
 import { FERRY_BIN, FERRY_CLI_MODULE } from '../test/e2e/ferry-process';
 import { processCpuSeconds } from './cpu';
-import { Measurement, Run, TestKind } from './figures';
+import { type Measurement, type Run, type TestKind } from './figures';
 import { IperfServer, iperfCookie, parseIperf, receivedFigures } from './iperf';
 
 /** One test run inside the served namespace. */

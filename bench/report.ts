@@ -3,8 +3,8 @@
  * one row per test and back-end, ferry's row first and each peer's figures
  * followed by ferry's figure divided by the peer's.
  */
-import { Figures, figuresOf, Measurement, medianFigures, TestKind } from './figures';
-import { MachineInfo, machineMarkdown } from './machine';
+import { type Figures, figuresOf, type Measurement, medianFigures, type TestKind } from './figures';
+import { type MachineInfo, machineMarkdown } from './machine';
 
 /** The back-end whose figures are divided by each peer's. */
 export const FERRY = 'ferry';

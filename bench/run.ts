@@ -14,12 +14,12 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { REPO_ROOT } from '../test/support/guest';
 import { canCreateNamespaces } from '../test/support/netns';
-import { Measurement, TestKind } from './figures';
+import { type Measurement, type TestKind } from './figures';
 import { describeMachine } from './machine';
-import { NS_BACKENDS, NsPlan, nsPrerequisitesMissing, nsTests, runNsBackend } from './ns';
-import { reportMarkdown, ReportNotes } from './report';
+import { NS_BACKENDS, type NsPlan, nsPrerequisitesMissing, nsTests, runNsBackend } from './ns';
+import { reportMarkdown, type ReportNotes } from './report';
 import { runTestpmd, TESTPMD, testpmdMissing } from './testpmd';
-import { runVmBackend, VM_BACKENDS, VmPlan, vmPrerequisitesMissing, vmTests } from './vm';
+import { runVmBackend, VM_BACKENDS, type VmPlan, vmPrerequisitesMissing, vmTests } from './vm';
 
 /** Parsed command line. */
 export interface BenchOptions {

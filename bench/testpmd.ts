@@ -11,11 +11,11 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, run, spawnIn, stopChild, TestNetwork, TEST_NET } from '../test/support/netns';
+import { createTestNetwork, destroyTestNetwork, run, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
 import { commandAvailable } from '../test/support/guest';
 import { FERRY_CLI_MODULE, startFerry } from '../test/e2e/ferry-process';
 import { processCpuSeconds } from './cpu';
-import { Measurement } from './figures';
+import { type Measurement } from './figures';
 
 /** testpmd's binary name in Debian's `dpdk` package. */
 export const TESTPMD = 'dpdk-testpmd';

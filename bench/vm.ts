@@ -16,13 +16,13 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ChildProcess } from 'child_process';
-import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, TestNetwork, TEST_NET } from '../test/support/netns';
-import { bootGuest, commandAvailable, Guest, missingGuestPrerequisites } from '../test/support/guest';
-import { DEFAULT_GUEST_MAC, GuestNic } from '../test/support/qemu';
+import { type ChildProcess } from 'child_process';
+import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
+import { bootGuest, commandAvailable, type Guest, missingGuestPrerequisites } from '../test/support/guest';
+import { DEFAULT_GUEST_MAC, type GuestNic } from '../test/support/qemu';
 import { FERRY_CLI_MODULE, startFerry } from '../test/e2e/ferry-process';
 import { processCpuSeconds, qemuIoCpuSeconds } from './cpu';
-import { Measurement, Run, TestKind } from './figures';
+import { type Measurement, type Run, type TestKind } from './figures';
 import { IperfServer, iperfCookie, parseIperf, receivedFigures } from './iperf';
 
 /** One iperf3 test the guest runs. */

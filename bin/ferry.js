@@ -1,3 +1,3 @@
 #!/usr/bin/env node
 'use strict';
-require('../dist/src/backend/cli.js').main(process.argv.slice(2));
+require('../dist/src/backend/main.js').main(process.argv.slice(2));

@@ -1,3 +1,3 @@
 #!/usr/bin/env node
 'use strict';
-require('../dist/src/backend/ferryctl.js').main(process.argv.slice(2));
+require('../dist/src/backend/control/ferryctl.js').main(process.argv.slice(2));

@@ -6,7 +6,7 @@
  * Addresses are kept as bytes (4 for IPv4, 16 for IPv6) so the hot path can
  * compare them against packet bytes without parsing strings.
  */
-import type { ForwardSpec } from './forward-spec';
+import type { ForwardSpec } from './flow/forward-spec';
 
 export interface Ipv4Config {
   /** The address the guest is given (the host's own, passt's model). */

@@ -15,11 +15,11 @@
  * reservation's first segment when it is big enough, else a scratch buffer
  * copied in at commit.
  */
-import type { Native } from '../native';
-import type { CounterBlock } from '../counters';
+import type { Native } from '../sys/native';
+import type { CounterBlock } from '../sys/counters';
 import type { StackConfig } from './config';
-import type { FramePort, OffloadInfo, SegmentList } from './frame-io';
-import { OFFLOAD_F_NEEDS_CSUM } from './frame-io';
+import type { FramePort, OffloadInfo, SegmentList } from '../io/frame-io';
+import { OFFLOAD_F_NEEDS_CSUM } from '../io/frame-io';
 import { BROADCAST_MAC, ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from './wire/ethernet';
 import { IPV4_HEADER_LENGTH, IpProtocol, Ipv4View, emitIpv4 } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, Ipv6View, emitIpv6 } from './wire/ipv6';

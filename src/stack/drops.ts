@@ -5,8 +5,8 @@
  * Reasons are small integers so the hot path indexes an array; the label
  * text is only used for the metric and for log lines.
  */
-import { CounterBlock, defineCounter } from '../counters';
-import { rateLimited } from '../log';
+import { type CounterBlock, defineCounter } from '../sys/counters';
+import { rateLimited } from '../sys/log';
 
 /** Reasons the stack drops guest frames. */
 export enum DropReason {

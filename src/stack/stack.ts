@@ -13,8 +13,8 @@
  * Anything malformed is counted (ferry_stack_drops_total{reason}) and
  * dropped with a rate-limited log line; nothing from the guest throws.
  */
-import type { FrameSink, OffloadInfo, SegmentList } from './frame-io';
-import { IpPacket, RxFrame, StackContext, StackContextOptions } from './context';
+import type { FrameSink, OffloadInfo, SegmentList } from '../io/frame-io';
+import { IpPacket, RxFrame, StackContext, type StackContextOptions } from './context';
 import { ETHERNET_HEADER_LENGTH, EtherType, EthernetView } from './wire/ethernet';
 import { IPV4_HEADER_LENGTH, IpProtocol, Ipv4Error } from './wire/ipv4';
 import { IPV6_HEADER_LENGTH, Ipv6Error } from './wire/ipv6';
@@ -23,49 +23,15 @@ import { IcmpError, IcmpType, IcmpView, Icmpv6EchoType } from './wire/icmp';
 import { TCP_HEADER_LENGTH } from './wire/tcp';
 import { pseudoHeaderSumIpv4, pseudoHeaderSumIpv6 } from './wire/checksum';
 import { DropReason, countDrop } from './drops';
-import { handleArp } from './arp';
-import { DHCP_SERVER_PORT, handleDhcp } from './dhcp';
-import { IcmpEchoService } from './icmp-echo';
+import { handleArp } from './l2/arp';
+import { DHCP_SERVER_PORT, handleDhcp } from './l2/dhcp';
+import { IcmpEchoService } from './icmp/echo';
+import type { Ipv6ControlHandler, TransportHandler } from './handlers';
+
+export type { Ipv6ControlHandler, TransportHandler };
 
 /** DHCPv6 server port (RFC 8415). */
 export const DHCPV6_SERVER_PORT = 547;
-
-/**
- * IPv6 control plane (NDP, router advertisements, DHCPv6), implemented in
- * ndp.ts / dhcpv6.ts and installed with `stack.ipv6Control = ...`.
- * The frame is whole and contiguous in frame.bytes; packet.ipv6 is validated
- * and packet.l4Offset/l4Length locate the ICMPv6 message or UDP datagram.
- * Replies are built with ctx.openFrame + ctx.finishIpv6/finishUdp6.
- */
-export interface Ipv6ControlHandler {
-  /**
-   * An ICMPv6 message other than echo request (those go to the echo
-   * service). The ICMPv6 checksum was verified (unless the guest left it to
-   * offload). Return true when consumed; false counts an 'icmp_unsupported' drop.
-   */
-  handleIcmpv6(ctx: StackContext, frame: RxFrame, packet: IpPacket): boolean;
-  /**
-   * A UDP datagram to port 547 (DHCPv6). `udp` is validated (length and
-   * checksum). Return true when consumed; false passes it to udpHandler.
-   */
-  handleDhcpv6(ctx: StackContext, frame: RxFrame, packet: IpPacket, udp: UdpView): boolean;
-  /** Periodic work (unsolicited router advertisements), from Stack.onTimer; returns true when a frame was sent. */
-  onTimer?(ctx: StackContext, nowMs: number): boolean;
-}
-
-/**
- * TCP or UDP translation (later issues). Called with the IP header and at
- * least the first 60 bytes of the L4 header contiguous (frame.ensure() for
- * more; payload also reachable through frame.segments at
- * packet.l4Offset - frame.base).
- */
-export interface TransportHandler {
-  handle(ctx: StackContext, frame: RxFrame, packet: IpPacket): void;
-  /** Periodic work (idle expiry, retransmission timers), from Stack.onTimer. */
-  onTimer?(now: number): void;
-  /** Release host sockets (the worker is stopping or the guest went away). */
-  close?(): void;
-}
 
 /** What a Stack is built from: the context's parts plus optional protocol handlers. */
 export interface StackOptions extends StackContextOptions {

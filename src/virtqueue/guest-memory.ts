@@ -12,7 +12,7 @@
  * rejected at construction (and by `addressFromBigInt`), so arithmetic on
  * them stays exact. Everything the guest hands us is checked here before use.
  */
-import type { SegmentList } from '../stack/frame-io';
+import type { SegmentList } from '../io/frame-io';
 
 /** 2^53: no guest address, size or end may reach this. */
 export const MAX_GUEST_ADDRESS = 2 ** 53;
@@ -299,7 +299,7 @@ export class GuestMemory {
 
 /** The addon's mmap/munmap, loaded on first use so that unit tests of this module need no addon. */
 function loadNativeMapper(): GuestMemoryMapper {
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
-  const { native } = require('../native') as typeof import('../native');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily: unit tests of this module need no addon
+  const { native } = require('../sys/native') as typeof import('../sys/native');
   return { mmap: (fd, offset, size, chunkSize) => native.mmap(fd, offset, size, chunkSize), munmap: (b) => native.munmap(b) };
 }

@@ -13,8 +13,8 @@
  * The views over the three ring areas are set up once in `configure`; pop
  * and push allocate nothing.
  */
-import { SegmentList } from '../stack/frame-io';
-import { GuestMemory, MAX_GUEST_ADDRESS } from './guest-memory';
+import { SegmentList } from '../io/frame-io';
+import { type GuestMemory, MAX_GUEST_ADDRESS } from './guest-memory';
 import { VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, hasFeature } from './features';
 
 // Descriptor flags (2.7.5).
@@ -145,8 +145,8 @@ function atomicsFence(): void {
 /** The addon's fence when it exists, else the Atomics fallback. */
 export function defaultFence(): () => void {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const { native } = require('../native') as typeof import('../native');
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily: the ring's unit tests run without the addon
+    const { native } = require('../sys/native') as typeof import('../sys/native');
     if (typeof native.fence === 'function') return () => native.fence();
   } catch {
     // addon not built: fall through

@@ -8,7 +8,7 @@
  * split anywhere: reading and writing go straight to guest memory when the
  * first segment holds the whole header, through a 12-byte scratch otherwise.
  */
-import type { OffloadInfo, SegmentList } from '../stack/frame-io';
+import type { OffloadInfo, SegmentList } from '../io/frame-io';
 import { VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF } from './features';
 
 export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;

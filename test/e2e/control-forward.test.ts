@@ -23,18 +23,18 @@
  *     error replies and ferry keeps serving.
  */
 import { expect } from 'chai';
-import { ChildProcess, spawn, spawnSync } from 'child_process';
+import { type ChildProcess, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as http from 'http';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { gzipSync } from 'zlib';
-import { decodeResponse, frame, FrameReader } from '../../src/backend/control-protocol';
-import type { FlowInfo, ForwardInfo } from '../../src/backend/control-protocol';
-import { bootGuest, Guest, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
-import { createTestNetwork, destroyTestNetwork, runInChecked, spawnIn, stopChild, TestNetwork, TEST_NET } from '../support/netns';
-import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
+import { decodeResponse, frame, FrameReader } from '../../src/backend/control/control-protocol';
+import type { FlowInfo, ForwardInfo } from '../../src/backend/control/control-protocol';
+import { bootGuest, type Guest, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
+import { createTestNetwork, destroyTestNetwork, runInChecked, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../support/netns';
+import { type FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
 
 /** Resolver given to ferry so the guest is never told about the machine's real one. */
 const TEST_DNS_V4 = '192.0.2.53';

@@ -3,7 +3,7 @@
  * tests: waits until its vhost-user socket exists, keeps its log, stops it by
  * PID.
  */
-import { ChildProcess } from 'child_process';
+import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as http from 'http';
 import * as path from 'path';
@@ -30,7 +30,7 @@ export interface FerryProcess {
 /** Path of ferry's entry point. */
 export const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
 /** The compiled module bin/ferry.js loads: absent until the daemon is built. */
-export const FERRY_CLI_MODULE = path.join(REPO_ROOT, 'dist', 'src', 'backend', 'cli.js');
+export const FERRY_CLI_MODULE = path.join(REPO_ROOT, 'dist', 'src', 'backend', 'main.js');
 
 /**
  * Starts `node bin/ferry.js --socket-path SOCKET ...args` in `ns` and resolves

@@ -13,13 +13,13 @@ import * as path from 'path';
 import {
   createTestNetwork,
   destroyTestNetwork,
-  TestNetwork,
+  type TestNetwork,
   liveNamespaceNames,
   runIn,
   startCapture,
   TEST_NET,
 } from '../support/netns';
-import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
+import { bootGuest, type Guest, requireGuestPrerequisites } from '../support/guest';
 import { readPcapFile, isDhcpDiscover, isRouterSolicitation, sourceMac, etherType, ETHERTYPE_IPV4, ETHERTYPE_IPV6 } from '../support/pcap-reader';
 import { DEFAULT_GUEST_MAC } from '../support/qemu';
 

@@ -10,11 +10,11 @@ import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, TestNetwork, TEST_NET } from '../support/netns';
-import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
-import { DEFAULT_GUEST_MAC, QemuExit } from '../support/qemu';
-import { isDhcpDiscover, isRouterSolicitation, PcapFile, readPcapFile, sourceMac } from '../support/pcap-reader';
-import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
+import { createTestNetwork, destroyTestNetwork, type TestNetwork, TEST_NET } from '../support/netns';
+import { bootGuest, type Guest, requireGuestPrerequisites } from '../support/guest';
+import { DEFAULT_GUEST_MAC, type QemuExit } from '../support/qemu';
+import { isDhcpDiscover, isRouterSolicitation, type PcapFile, readPcapFile, sourceMac } from '../support/pcap-reader';
+import { type FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
 
 /** Resolvers given to ferry so the guest is never told about the machine's real one. */
 const TEST_DNS_V4 = '192.0.2.53';

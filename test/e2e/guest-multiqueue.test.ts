@@ -17,9 +17,9 @@ import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, TestNetwork, TEST_NET } from '../support/netns';
-import { bootGuest, Guest, pingScript, requireGuestPrerequisites } from '../support/guest';
-import { FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
+import { createTestNetwork, destroyTestNetwork, type TestNetwork, TEST_NET } from '../support/netns';
+import { bootGuest, type Guest, pingScript, requireGuestPrerequisites } from '../support/guest';
+import { type FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
 
 const CPUS = [0, 1];
 const TARGETS = [TEST_NET.serverV4, TEST_NET.serverV6];
@@ -81,7 +81,6 @@ describe('e2e: multiqueue, two queue pairs used by a two-vCPU guest', function (
     }
     if (KNOWN_DUPLICATE_REGION_BUG.test(ferry.log())) {
       await guest.vm.kill();
-      // eslint-disable-next-line no-console
       console.warn('    (pending: ferry refuses the duplicate ADD_MEM_REG QEMU 7.2 sends for the second queue pair; see this file)');
       this.skip();
     }

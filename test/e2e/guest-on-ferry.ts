@@ -7,9 +7,9 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, TestNetwork } from '../support/netns';
-import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
-import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
+import { createTestNetwork, destroyTestNetwork, type TestNetwork } from '../support/netns';
+import { bootGuest, type Guest, requireGuestPrerequisites } from '../support/guest';
+import { type FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
 
 /** What a boot should run. */
 export interface GuestOnFerryOptions {

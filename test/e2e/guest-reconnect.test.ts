@@ -15,9 +15,9 @@ import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, killPid, TestNetwork, TEST_NET } from '../support/netns';
-import { bootGuest, Guest, pingScript, requireGuestPrerequisites } from '../support/guest';
-import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
+import { createTestNetwork, destroyTestNetwork, killPid, type TestNetwork, TEST_NET } from '../support/netns';
+import { bootGuest, type Guest, pingScript, requireGuestPrerequisites } from '../support/guest';
+import { type FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
 
 const TARGETS = [TEST_NET.serverV4, TEST_NET.serverV6];
 /** A test resolver, so the guest is never told about the machine's real one. */

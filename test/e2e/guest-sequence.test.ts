@@ -10,9 +10,9 @@ import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, TestNetwork, TEST_NET } from '../support/netns';
-import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
-import { FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
+import { createTestNetwork, destroyTestNetwork, type TestNetwork, TEST_NET } from '../support/netns';
+import { bootGuest, type Guest, requireGuestPrerequisites } from '../support/guest';
+import { type FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
 
 const PINGS = 10;
 /**

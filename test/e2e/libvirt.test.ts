@@ -12,7 +12,7 @@ import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, CommandResult, TestNetwork, TEST_NET } from '../support/netns';
+import { createTestNetwork, destroyTestNetwork, type CommandResult, type TestNetwork, TEST_NET } from '../support/netns';
 import { guestImage, requireGuestPrerequisites } from '../support/guest';
 import { DEFAULT_GUEST_MAC } from '../support/qemu';
 import {
@@ -20,7 +20,7 @@ import {
   groupId,
   LIBVIRT_DOC,
   LIBVIRT_QEMU_USER,
-  Libvirtd,
+  type Libvirtd,
   missingLibvirtPrerequisites,
   processExists,
   startLibvirtd,
@@ -29,7 +29,7 @@ import {
   waitUntil,
   xmlEscape,
 } from '../support/libvirt';
-import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
+import { type FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
 
 /** The domain's name in docs/libvirt.md (the test's libvirtd is private, so no clash). */
 const DOMAIN = 'vm1';

@@ -6,10 +6,10 @@
  * checked by sha256 in both directions, with several connections at once.
  */
 import { expect } from 'chai';
-import { ChildProcess } from 'child_process';
+import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { canCreateNamespaces, CommandResult, createTestNetwork, destroyTestNetwork, run, runIn, spawnIn, stopChild, TestNetwork } from '../support/netns';
+import { canCreateNamespaces, type CommandResult, createTestNetwork, destroyTestNetwork, run, runIn, spawnIn, stopChild, type TestNetwork } from '../support/netns';
 import { REPO_ROOT } from '../support/guest';
 
 const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
@@ -60,7 +60,7 @@ describe('e2e: ferry pasta -T/-U (namespace loopback to host loopback)', functio
   const servers: ChildProcess[] = [];
 
   before(async function () {
-    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'cli.js'))) this.skip();
+    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'main.js'))) this.skip();
     if ((await run(['unshare', '--user', '--map-root-user', '--net', 'true'])).code !== 0) this.skip();
     net = await createTestNetwork();
   });

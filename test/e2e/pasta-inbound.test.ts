@@ -15,12 +15,12 @@
  * temporary directory: "start" and "stop" tell it what to do next.
  */
 import { expect } from 'chai';
-import { ChildProcess } from 'child_process';
+import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as http from 'http';
 import * as os from 'os';
 import * as path from 'path';
-import { canCreateNamespaces, createTestNetwork, destroyTestNetwork, run, runIn, spawnIn, stopChild, TestNetwork, TEST_NET } from '../support/netns';
+import { canCreateNamespaces, createTestNetwork, destroyTestNetwork, run, runIn, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../support/netns';
 import { REPO_ROOT } from '../support/guest';
 
 const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
@@ -147,7 +147,7 @@ describe('e2e: ferry pasta -t/-u auto and the -t splice path', function () {
   const children: ChildProcess[] = [];
 
   before(async function () {
-    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'cli.js'))) this.skip();
+    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'main.js'))) this.skip();
     if ((await run(['unshare', '--user', '--map-root-user', '--net', 'true'])).code !== 0) this.skip();
     net = await createTestNetwork();
   });

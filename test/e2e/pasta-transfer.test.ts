@@ -14,16 +14,16 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ChildProcess } from 'child_process';
-import { canCreateNamespaces, CommandResult, createTestNetwork, destroyTestNetwork, run, runIn, spawnIn, stopChild, TestNetwork, TEST_NET } from '../support/netns';
+import { type ChildProcess } from 'child_process';
+import { canCreateNamespaces, type CommandResult, createTestNetwork, destroyTestNetwork, run, runIn, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../support/netns';
 import { REPO_ROOT } from '../support/guest';
-import { createStack } from '../../src/backend/stack-factory';
-import { CounterBlock } from '../../src/counters';
-import { native } from '../../src/native';
+import { createStack } from '../../src/stack/stack-factory';
+import { CounterBlock } from '../../src/sys/counters';
+import { native } from '../../src/sys/native';
 import { FakeFramePort, testConfig } from '../support/stack-fakes';
 import { readPcapFile, sourceMac } from '../support/pcap-reader';
-import { tapQueueLength } from '../../src/backend/tap-port';
-import { largestSendBuffer } from '../../src/backend/pasta';
+import { tapQueueLength } from '../../src/backend/frontends/tap-port';
+import { largestSendBuffer } from '../../src/backend/modes/pasta/pasta';
 
 const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
 const UDP_PORT = 7007;
@@ -69,7 +69,7 @@ describe('e2e: data through ferry pasta', function () {
   const servers: ChildProcess[] = [];
 
   before(async function () {
-    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'cli.js'))) this.skip();
+    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'main.js'))) this.skip();
     if ((await run(['unshare', '--user', '--map-root-user', '--net', 'true'])).code !== 0) this.skip();
     net = await createTestNetwork();
     workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-pasta-data-'));

@@ -7,14 +7,14 @@
  * network through ferry's ICMP echo sockets.
  */
 import { expect } from 'chai';
-import { ChildProcess } from 'child_process';
+import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, TestNetwork, TEST_NET } from '../support/netns';
-import { bootGuest, Guest, pingScript, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
-import { DEFAULT_GUEST_MAC, QemuExit } from '../support/qemu';
-import { isDhcpDiscover, PcapFile, readPcapFile, sourceMac } from '../support/pcap-reader';
+import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../support/netns';
+import { bootGuest, type Guest, pingScript, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
+import { DEFAULT_GUEST_MAC, type QemuExit } from '../support/qemu';
+import { isDhcpDiscover, type PcapFile, readPcapFile, sourceMac } from '../support/pcap-reader';
 import { FERRY_BIN, FERRY_CLI_MODULE } from './ferry-process';
 
 const TEST_DNS_V4 = '192.0.2.53';

@@ -8,13 +8,13 @@
  * on. Everything runs in a namespace the test creates.
  */
 import { expect } from 'chai';
-import { ChildProcess } from 'child_process';
+import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { IoVecList, native } from '../../src/native';
-import { bootGuest, commandAvailable, Guest, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
-import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, TEST_NET, TestNetwork } from '../support/netns';
+import { type IoVecList, native } from '../../src/sys/native';
+import { bootGuest, commandAvailable, type Guest, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
+import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, TEST_NET, type TestNetwork } from '../support/netns';
 import { allowedSyscalls, serviceSyscallFilter } from '../support/systemd-units';
 
 /** sockaddr_un for a filesystem path: sun_family (host order) then the NUL-terminated path. */

@@ -18,11 +18,11 @@ import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, stopChild, TestNetwork } from '../support/netns';
-import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
-import { FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
-import { guestMarker, guestToolPrelude, LoggedChild, startTcpServers, tcpToolForGuest, TCP_PORTS, writeTcpScripts } from '../support/tcp-e2e';
-import { FAULTS_ENV } from '../../src/backend/fault-injection';
+import { createTestNetwork, destroyTestNetwork, stopChild, type TestNetwork } from '../support/netns';
+import { bootGuest, type Guest, requireGuestPrerequisites } from '../support/guest';
+import { type FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
+import { guestMarker, guestToolPrelude, type LoggedChild, startTcpServers, tcpToolForGuest, TCP_PORTS, writeTcpScripts } from '../support/tcp-e2e';
+import { FAULTS_ENV } from '../../src/backend/frontends/middleware/fault-injection';
 
 const BYTES = Number(process.env.FERRY_TCP_FAULTS_BYTES ?? 20_000_000);
 const FAULTS = process.env.FERRY_TCP_FAULTS_SPEC ?? 'drop=0.02,dup=0.01,reorder=0.02,seed=4242';
@@ -123,7 +123,6 @@ describe(`e2e: TCP through ferry with injected faults (${FAULTS}), real guest`, 
   }
 
   it('the guest test script runs to the end', function () {
-    // eslint-disable-next-line no-console
     console.log(`      (${['upload4', 'download4', 'upload6', 'download6'].map((n) => `${n} ${/ms (\d+)/.exec(marker(n) ?? '')?.[1] ?? '?'} ms`).join(', ')})`);
     expect(bootError, diagnostics()).to.equal(null);
     expect(exitCode, diagnostics()).to.equal(0);
@@ -152,7 +151,6 @@ describe(`e2e: TCP through ferry with injected faults (${FAULTS}), real guest`, 
   it('faults were injected in both directions (drops, duplicates and reorderings counted by ferry)', function () {
     const counts = lastFaultCounts(ferry?.log() ?? '');
     expect(counts, diagnostics()).to.not.equal(null);
-    // eslint-disable-next-line no-console
     console.log(`      (to the stack: ${JSON.stringify(counts!.toStack)}; to the guest: ${JSON.stringify(counts!.toGuest)})`);
     for (const direction of [counts!.toStack, counts!.toGuest]) {
       // Bulk frames are ~64 KB (GSO one way, ferry's MSS the other).
@@ -166,7 +164,6 @@ describe(`e2e: TCP through ferry with injected faults (${FAULTS}), real guest`, 
   it("ferry's TCP recovered from frames lost on the way to the guest by retransmitting", function () {
     const retransmits =
       metricSum(metrics, 'ferry_tcp_events_total', { event: 'retransmit_timeout' }) + metricSum(metrics, 'ferry_tcp_events_total', { event: 'fast_retransmit' });
-    // eslint-disable-next-line no-console
     console.log(`      (ferry retransmissions: ${retransmits})`);
     expect(retransmits, metrics.split('\n').filter((l) => l.startsWith('ferry_tcp')).join('\n')).to.be.above(0);
   });

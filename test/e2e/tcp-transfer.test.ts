@@ -23,11 +23,11 @@ import { expect } from 'chai';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, stopChild, TestNetwork } from '../support/netns';
-import { bootGuest, Guest, requireGuestPrerequisites } from '../support/guest';
-import { FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
+import { createTestNetwork, destroyTestNetwork, stopChild, type TestNetwork } from '../support/netns';
+import { bootGuest, type Guest, requireGuestPrerequisites } from '../support/guest';
+import { type FerryProcess, FERRY_CLI_MODULE, metricSum, scrapeMetrics, startFerry } from './ferry-process';
 import {
-  guestMarker, guestToolPrelude, LoggedChild, spawnLogged, startTcpServers, tcpToolForGuest, TCP_PORTS, writeTcpScripts,
+  guestMarker, guestToolPrelude, type LoggedChild, spawnLogged, startTcpServers, tcpToolForGuest, TCP_PORTS, writeTcpScripts,
 } from '../support/tcp-e2e';
 
 /** Bytes of each bulk transfer (the issue's 100 MB). */
@@ -140,7 +140,6 @@ describe('e2e: TCP through ferry (real guest): bulk transfers, -t, many connecti
   }
 
   it('the guest test script runs to the end', function () {
-    // eslint-disable-next-line no-console
     console.log(`      (boot and all transfers: ${(elapsedMs / 1000).toFixed(1)} s; ${['upload4', 'upload6', 'download4', 'download6'].map((n) => `${n} ${/ms (\d+)/.exec(marker(n) ?? '')?.[1] ?? '?'} ms`).join(', ')})`);
     expect(bootError, diagnostics()).to.equal(null);
     expect(exitCode, diagnostics()).to.equal(0);

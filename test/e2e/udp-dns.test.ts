@@ -22,9 +22,9 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, TestNetwork } from '../support/netns';
-import { bootGuest, Guest, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
-import { FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
+import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, type TestNetwork } from '../support/netns';
+import { bootGuest, type Guest, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
+import { type FerryProcess, FERRY_CLI_MODULE, startFerry } from './ferry-process';
 import type { ChildProcess } from 'child_process';
 
 const DNS_FORWARD = '192.0.2.53';

@@ -14,7 +14,7 @@ import * as os from 'os';
 import * as path from 'path';
 import {
   canCreateNamespaces,
-  CommandResult,
+  type CommandResult,
   createTestNetwork,
   destroyTestNetwork,
   run,
@@ -22,7 +22,7 @@ import {
   runIn,
   spawnIn,
   stopChild,
-  TestNetwork,
+  type TestNetwork,
   TEST_NET,
 } from '../support/netns';
 import { REPO_ROOT } from '../support/guest';
@@ -45,7 +45,7 @@ describe('integration: ferry pasta in a test namespace', function () {
   let net: TestNetwork | null = null;
 
   before(async function () {
-    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'cli.js'))) this.skip();
+    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'main.js'))) this.skip();
     if ((await run(['unshare', '--user', '--map-root-user', '--net', 'true'])).code !== 0) this.skip();
     net = await createTestNetwork();
   });

@@ -5,10 +5,10 @@
  * multi-threaded, and failures name their step and leave no fd behind.
  */
 import { expect } from 'chai';
-import { ChildProcess, spawn } from 'child_process';
+import { type ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
-import { native } from '../../src/native';
-import { NetlinkConfigurator } from '../../src/backend/netlink-config';
+import { native } from '../../src/sys/native';
+import { NetlinkConfigurator } from '../../src/backend/host/netlink-config';
 import { canCreateNamespaces, run, runChecked } from '../support/netns';
 
 const c = native.constants;

@@ -6,12 +6,12 @@
  * next peer is served, --one-off, and an inherited connected socket (--fd).
  */
 import { expect } from 'chai';
-import { ChildProcess } from 'child_process';
+import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { native } from '../../src/native';
-import { canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild, TestNetwork } from '../support/netns';
+import { native } from '../../src/sys/native';
+import { canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild, type TestNetwork } from '../support/netns';
 import { REPO_ROOT } from '../support/guest';
 import { arpPacket, ethernetFrame, GUEST_MAC, icmpEcho, ipv4Packet, OUR_MAC } from '../support/stack-fakes';
 
@@ -136,7 +136,7 @@ describe('integration: ferry stream daemon', function () {
   const ferries: Ferry[] = [];
 
   before(async function () {
-    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'cli.js'))) this.skip();
+    if (!canCreateNamespaces() || !fs.existsSync(path.join(REPO_ROOT, 'dist', 'src', 'backend', 'main.js'))) this.skip();
     net = await createTestNetwork();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-stream-'));
   });

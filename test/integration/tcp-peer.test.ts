@@ -10,13 +10,13 @@
  * namespace with FERRY_TCP_PEER_NS set.
  */
 import { expect } from 'chai';
-import { ChildProcess, spawn } from 'child_process';
+import { type ChildProcess, spawn } from 'child_process';
 import * as path from 'path';
 import { canCreateNamespaces, createTestNetwork, destroyTestNetwork, killPid } from '../support/netns';
 import { ACK, FakeGuestTcp, SYN, TcpHarness, patternBytes, sha256 } from '../support/tcp-guest';
 import type { Segment } from '../support/tcp-guest';
-import { TcpListeners } from '../../src/stack/tcp-listen';
-import { parseForwardSpec } from '../../src/stack/forward-spec';
+import { TcpListeners } from '../../src/stack/tcp/listen';
+import { parseForwardSpec } from '../../src/stack/flow/forward-spec';
 
 const PEER_NS = process.env.FERRY_TCP_PEER_NS;
 const HELPER = path.join(__dirname, 'tcp-peer-helper.js');

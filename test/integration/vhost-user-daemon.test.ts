@@ -9,16 +9,16 @@
  * (documentation addresses only): nothing reaches the machine's network.
  */
 import { expect } from 'chai';
-import { ChildProcess } from 'child_process';
+import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as http from 'http';
 import * as os from 'os';
 import * as path from 'path';
-import { TEST_NET, TestNetwork, canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild } from '../support/netns';
+import { TEST_NET, type TestNetwork, canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild } from '../support/netns';
 import { TEST_DRIVER_FEATURES, VhostUserFrontend } from '../support/vhost-user-frontend';
 import { DESC_F_NEXT } from '../support/split-ring-driver';
-import { Request } from '../../src/backend/vhost-user/protocol';
-import { native } from '../../src/native';
+import { Request } from '../../src/backend/modes/vhost-user/protocol';
+import { native } from '../../src/sys/native';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const GUEST_MAC = Uint8Array.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);

@@ -8,10 +8,10 @@ import { once } from 'events';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { native } from '../../src/native';
-import { CounterBlock } from '../../src/counters';
-import type { VhostUserDevice, VhostUserMemoryRegion, VhostUserMemoryRegionWithFd, VhostUserVringAddress } from '../../src/backend/vhost-user/device';
-import { VhostUserServer, vhostUserCounterSlots } from '../../src/backend/vhost-user/server';
+import { native } from '../../src/sys/native';
+import { CounterBlock } from '../../src/sys/counters';
+import type { VhostUserDevice, VhostUserMemoryRegion, VhostUserMemoryRegionWithFd, VhostUserVringAddress } from '../../src/backend/modes/vhost-user/device';
+import { VhostUserServer, vhostUserCounterSlots } from '../../src/backend/modes/vhost-user/server';
 import {
   FLAG_NEED_REPLY,
   FLAG_VERSION,
@@ -23,7 +23,7 @@ import {
   VHOST_USER_PROTOCOL_F_RARP,
   VHOST_USER_PROTOCOL_F_REPLY_ACK,
   VHOST_USER_PROTOCOL_F_LOG_SHMFD,
-} from '../../src/backend/vhost-user/protocol';
+} from '../../src/backend/modes/vhost-user/protocol';
 import { VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX } from '../../src/virtqueue/features';
 import { VhostUserFrontend, u64Bytes, vringStateBytes } from '../support/vhost-user-frontend';
 

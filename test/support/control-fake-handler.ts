@@ -3,9 +3,9 @@
  * records every call, answers from fixed data, and can fail or hang on
  * demand.
  */
-import { ControlError, ControlHandler } from '../../src/backend/control';
-import type { FlowInfo, FlowProtocol, ForwardInfo, ForwardProtocol, StatSample } from '../../src/backend/control-protocol';
-import type { ForwardSpec } from '../../src/stack/forward-spec';
+import { ControlError, type ControlHandler } from '../../src/backend/control/control';
+import type { FlowInfo, FlowProtocol, ForwardInfo, ForwardProtocol, StatSample } from '../../src/backend/control/control-protocol';
+import type { ForwardSpec } from '../../src/stack/flow/forward-spec';
 
 /** The one flow FakeHandler lists by default. */
 export const SAMPLE_FLOW: FlowInfo = {

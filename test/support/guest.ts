@@ -8,20 +8,12 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { canCreateNamespaces, TestNetwork } from './netns';
-import { GuestNic, QemuVm, qemuAvailable, startQemu } from './qemu';
+import { canCreateNamespaces, type TestNetwork } from './netns';
+import { type GuestNic, type QemuVm, qemuAvailable, startQemu } from './qemu';
 
-/** Repository root (this file runs from dist/test/support/). */
-export const REPO_ROOT = findRepoRoot();
+import { REPO_ROOT } from './paths';
 
-function findRepoRoot(): string {
-  let dir = __dirname;
-  for (let i = 0; i < 6; i++) {
-    if (fs.existsSync(path.join(dir, 'package.json')) && fs.existsSync(path.join(dir, 'scripts'))) return dir;
-    dir = path.dirname(dir);
-  }
-  return process.cwd();
-}
+export { REPO_ROOT };
 
 /** Kernel and initramfs of the built guest. */
 export interface GuestImage {
@@ -60,7 +52,6 @@ export function requireGuestPrerequisites(ctx: Mocha.Context, extra: string[] = 
   if (process.env.CI === 'true') {
     throw new Error(`e2e prerequisites missing under CI: ${missing.join('; ')}`);
   }
-  // eslint-disable-next-line no-console
   console.warn(`    (skipping: missing ${missing.join('; ')})`);
   ctx.skip();
 }

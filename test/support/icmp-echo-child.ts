@@ -4,8 +4,8 @@
  * 2001:db8:1::1), drives a Stack with real ping sockets and a real Poller,
  * and prints "RESULT <json>" with the echo replies the guest would see.
  */
-import { native } from '../../src/native';
-import { CounterBlock } from '../../src/counters';
+import { native } from '../../src/sys/native';
+import { CounterBlock } from '../../src/sys/counters';
 import { Stack } from '../../src/stack/stack';
 import type { FdWatcher, ReadyHandler } from '../../src/stack/context';
 import { DROP_SLOTS, DropReason } from '../../src/stack/drops';
@@ -17,7 +17,6 @@ const events = new Int32Array(64);
 const handlers = new Map<number, ReadyHandler>();
 const port = new FakeFramePort();
 const counters = new CounterBlock();
-let stack: Stack;
 const poller = new native.Poller(events, (count) => {
   for (let i = 0; i < count; i++) handlers.get(events[2 * i])?.onReady(events[2 * i], events[2 * i + 1]);
   check();
@@ -33,7 +32,7 @@ const watcher: FdWatcher = {
     poller.remove(fd);
   },
 };
-stack = new Stack({ config: testConfig(), port, counters, watcher, sockets: native });
+const stack = new Stack({ config: testConfig(), port, counters, watcher, sockets: native });
 
 const data = Uint8Array.from(Buffer.from('ferry-ping'));
 const v4Targets = [Uint8Array.from([203, 0, 113, 1]), GATEWAY_V4];

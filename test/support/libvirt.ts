@@ -9,10 +9,10 @@
  * Also: the tested domain XML read from docs/libvirt.md, a console log file
  * followed like QEMU's serial output, and bounded virsh calls.
  */
-import { ChildProcess, spawnSync } from 'child_process';
+import { type ChildProcess, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { CommandResult, killPid, run, spawnIn, stopChild } from './netns';
+import { type CommandResult, killPid, run, spawnIn, stopChild } from './netns';
 import { commandAvailable, REPO_ROOT } from './guest';
 
 /** The user and group libvirt 9.0 runs QEMU as (and refuses to start without). */

@@ -14,7 +14,7 @@
  * in them are torn down by destroyTestNetwork() and, as a last resort, when
  * the Node.js process exits.
  */
-import { spawn, spawnSync, ChildProcess, SpawnOptions } from 'child_process';
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'child_process';
 import * as fs from 'fs';
 
 /** Addresses of the test network, as text (for command lines and asserts). */

@@ -4,7 +4,7 @@
  * needs the backend to map guest memory), the serial console on stdio and
  * collected as text, one virtio-net NIC whose backend is chosen per test.
  */
-import { ChildProcess, spawnSync } from 'child_process';
+import { type ChildProcess, spawnSync } from 'child_process';
 import { spawnIn, stopChild } from './netns';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';

@@ -3,7 +3,7 @@
  * collects committed frames, a test StackConfig on documentation addresses,
  * and helpers that build guest frames with correct checksums.
  */
-import { FramePort, OffloadInfo, SegmentList } from '../../src/stack/frame-io';
+import { type FramePort, type OffloadInfo, SegmentList } from '../../src/io/frame-io';
 import type { StackConfig } from '../../src/stack/config';
 import { internetChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, finishChecksum, sumBytes } from '../../src/stack/wire/checksum';
 

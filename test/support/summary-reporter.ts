@@ -7,7 +7,7 @@
  * missing tool must not pass for a green run. The skipped tests are listed
  * and counted as failed, and the exit code is non-zero.
  */
-import Mocha = require('mocha');
+import Mocha from 'mocha';
 
 class SummaryReporter extends Mocha.reporters.Spec {
   constructor(runner: Mocha.Runner, options?: Mocha.MochaOptions) {

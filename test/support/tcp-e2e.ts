@@ -15,7 +15,7 @@
  *     guest answers with;
  *   - the guest tool (test/e2e/tcp-tool.c) as gzip+base64 for /test.sh.
  */
-import { spawnSync, ChildProcess } from 'child_process';
+import { spawnSync, type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { gzipSync } from 'zlib';

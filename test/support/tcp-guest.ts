@@ -9,12 +9,12 @@
  * runInsideNamespace in tcp.test.ts).
  */
 import { createHash } from 'crypto';
-import { native } from '../../src/native';
-import { CounterBlock } from '../../src/counters';
+import { native } from '../../src/sys/native';
+import { CounterBlock } from '../../src/sys/counters';
 import type { FdWatcher, ReadyHandler } from '../../src/stack/context';
 import type { StackConfig } from '../../src/stack/config';
 import { Stack } from '../../src/stack/stack';
-import { TcpService, TcpServiceOptions } from '../../src/stack/tcp';
+import { TcpService, type TcpServiceOptions } from '../../src/stack/tcp/tcp';
 import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from '../../src/stack/wire/checksum';
 import { FakeFramePort, GUEST_MAC, NO_OFFLOAD, OUR_MAC, ethernetFrame, ipv4Packet, ipv6Packet, segmentsOf, testConfig } from './stack-fakes';
 

@@ -10,13 +10,13 @@
  *
  * Rings are built with the shared driver-side helper (split-ring-driver.ts).
  */
-import { native } from '../../src/native';
+import { native } from '../../src/sys/native';
 import {
   FLAG_NEED_REPLY,
   FLAG_REPLY,
   FLAG_VERSION,
   HEADER_SIZE,
-  MemoryRegion,
+  type MemoryRegion,
   PayloadSize,
   Request,
   VHOST_USER_F_PROTOCOL_FEATURES,
@@ -25,7 +25,7 @@ import {
   VHOST_USER_PROTOCOL_F_MTU,
   VHOST_USER_PROTOCOL_F_RARP,
   VHOST_USER_PROTOCOL_F_REPLY_ACK,
-  VringAddress,
+  type VringAddress,
   decodeHeader,
   encodeHeader,
   encodeMemoryTable,
@@ -35,7 +35,7 @@ import {
   encodeVringState,
   memoryTableSize,
   vringFdRequestValue,
-} from '../../src/backend/vhost-user/protocol';
+} from '../../src/backend/modes/vhost-user/protocol';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_MQ,
@@ -43,7 +43,7 @@ import {
   VIRTIO_NET_F_MTU,
   VIRTIO_RING_F_EVENT_IDX,
 } from '../../src/virtqueue/features';
-import { GuestArena, SplitRingDriver, UsedEntry } from './split-ring-driver';
+import { GuestArena, SplitRingDriver, type UsedEntry } from './split-ring-driver';
 
 const PAGE_SIZE = 4096;
 /** virtio-net header with VERSION_1 (or MRG_RXBUF): 12 bytes, num_buffers last. */

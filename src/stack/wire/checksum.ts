@@ -6,31 +6,9 @@
  * carry folding (exact up to 2^53, i.e. far beyond any packet), so partial
  * sums over several ranges can simply be added and folded once at the end.
  */
-import type { SegmentList } from '../frame-io';
+import type { SegmentList } from '../../io/frame-io';
 
-/** Read a big-endian 16-bit value at bytes[offset]. */
-export function be16(bytes: Uint8Array, offset: number): number {
-  return (bytes[offset] << 8) | bytes[offset + 1];
-}
-
-/** Read a big-endian 32-bit value (unsigned) at bytes[offset]. */
-export function be32(bytes: Uint8Array, offset: number): number {
-  return ((bytes[offset] << 24) | (bytes[offset + 1] << 16) | (bytes[offset + 2] << 8) | bytes[offset + 3]) >>> 0;
-}
-
-/** Write a big-endian 16-bit value at bytes[offset]. */
-export function setBe16(bytes: Uint8Array, offset: number, value: number): void {
-  bytes[offset] = (value >>> 8) & 0xff;
-  bytes[offset + 1] = value & 0xff;
-}
-
-/** Write a big-endian 32-bit value at bytes[offset]. */
-export function setBe32(bytes: Uint8Array, offset: number, value: number): void {
-  bytes[offset] = (value >>> 24) & 0xff;
-  bytes[offset + 1] = (value >>> 16) & 0xff;
-  bytes[offset + 2] = (value >>> 8) & 0xff;
-  bytes[offset + 3] = value & 0xff;
-}
+export { be16, be32, setBe16, setBe32 } from '../../sys/byte-order';
 
 /**
  * Unfolded one's-complement sum of bytes[offset, offset+length) read as

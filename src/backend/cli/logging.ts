@@ -1,0 +1,175 @@
+/**
+ * The main thread's logger: winston with four levels (error, warn, info,
+ * debug), one line per event, the instance name in every line. Installed as
+ * the sink of src/log.ts, so every layer's `log.*` and `rateLimited` calls
+ * end up here; worker threads post their lines to the main thread, which
+ * passes them to `logFromWorker`.
+ *
+ * Output: stderr by default, or a file with -l/--log-file (bounded by
+ * --log-size: one rotated copy is kept, so the disk use is at most twice
+ * that). On stderr, colours only on a TTY, and when stderr is the journal
+ * (systemd sets JOURNAL_STREAM to its device:inode) each line starts with a
+ * `<N>` syslog priority so journald records the right level.
+ */
+
+import { fstatSync } from 'fs';
+import { type Writable } from 'stream';
+import * as winston from 'winston';
+import { type LogLevel, setLogSink } from '../../sys/log';
+import { type LoggingOptions } from './options';
+
+/** winston levels, most severe first (the numbers are winston's ordering, not syslog's). */
+const LEVELS: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
+
+/** syslog priorities (sd-daemon(3) prefixes) for each level. */
+const SYSLOG_PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, info: 6, debug: 7 };
+
+const COLOURS: Record<LogLevel, string> = { error: '\x1b[31m', warn: '\x1b[33m', info: '\x1b[32m', debug: '\x1b[90m' };
+const RESET = '\x1b[0m';
+
+/** How lines are decorated; decided once from where they go. */
+export interface LineStyle {
+  /** Instance name at the start of every line. */
+  name: string;
+  /** ANSI colour on the level word (TTY only). */
+  colour: boolean;
+  /** `<N>` syslog priority prefix (stderr connected to journald). */
+  journal: boolean;
+  /** ISO timestamp (files; journald and terminals have their own). */
+  timestamp: boolean;
+}
+
+/** True for a string that is one of our four levels. */
+export function isLogLevel(level: unknown): level is LogLevel {
+  return level === 'error' || level === 'warn' || level === 'info' || level === 'debug';
+}
+
+/**
+ * Make a message safe for a one-line log: newlines and other control
+ * characters (which could also forge log lines or terminal escapes from
+ * guest-controlled text) become visible escapes.
+ */
+export function oneLine(message: string): string {
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point: they are escaped
+  return message.replace(/[\x00-\x1f\x7f]/g, (c) => (c === '\n' ? '\\n' : c === '\t' ? '\\t' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
+
+/** The text of one log line (without the trailing newline). */
+export function formatLine(style: LineStyle, level: LogLevel, message: string, time: Date = new Date()): string {
+  const prefix = style.journal ? `<${SYSLOG_PRIORITY[level]}>` : '';
+  const stamp = style.timestamp ? `${time.toISOString()} ` : '';
+  const levelText = style.colour ? `${COLOURS[level]}${level}${RESET}` : level;
+  return `${prefix}${stamp}${style.name}: ${levelText}: ${oneLine(message)}`;
+}
+
+/**
+ * True when file descriptor `fd` is the journal stream systemd announced in
+ * JOURNAL_STREAM ("device:inode"), i.e. our lines go straight to journald.
+ */
+export function isJournalStream(env: NodeJS.ProcessEnv = process.env, fd = 2): boolean {
+  const announced = env.JOURNAL_STREAM;
+  if (announced === undefined) return false;
+  const match = /^([0-9]+):([0-9]+)$/.exec(announced);
+  if (match === null) return false;
+  try {
+    const stat = fstatSync(fd, { bigint: true });
+    return stat.dev === BigInt(match[1]) && stat.ino === BigInt(match[2]);
+  } catch {
+    return false;
+  }
+}
+
+/** winston format producing our line for each event. */
+function lineFormat(style: LineStyle): winston.Logform.Format {
+  return winston.format.printf((info) => formatLine(style, isLogLevel(info.level) ? info.level : 'info', String(info.message)));
+}
+
+/** Where the logger writes; tests inject a stream. */
+export interface LogDestination {
+  /** Stream for non-file logging (default process.stderr). */
+  stream?: Writable;
+  /** Whether that stream is a terminal (default: process.stderr.isTTY). */
+  isTty?: boolean;
+  /** Whether that stream is the journal (default: isJournalStream()). */
+  journal?: boolean;
+}
+
+export interface Logging {
+  logger: winston.Logger;
+  /** Flush and close the transports. */
+  close(): Promise<void>;
+}
+
+let current: Logging | null = null;
+let currentName = 'ferry';
+
+/**
+ * Create the process logger from the options, install it as src/log.ts's
+ * sink and return it. Calling it again replaces the previous one.
+ */
+export function setupLogging(options: LoggingOptions, destination: LogDestination = {}): Logging {
+  const transports: winston.transport[] = [];
+  if (options.file !== null) {
+    const style: LineStyle = { name: options.name, colour: false, journal: false, timestamp: true };
+    transports.push(
+      new winston.transports.File({
+        filename: options.file,
+        level: options.level,
+        maxsize: options.fileSize,
+        maxFiles: 2,
+        tailable: true,
+        format: lineFormat(style),
+      }),
+    );
+  } else {
+    const stream = destination.stream ?? process.stderr;
+    const isTty = destination.isTty ?? (stream === process.stderr && process.stderr.isTTY === true);
+    const journal = destination.journal ?? (stream === process.stderr && isJournalStream());
+    const style: LineStyle = { name: options.name, colour: isTty && !journal, journal, timestamp: false };
+    transports.push(new winston.transports.Stream({ stream, level: options.level, format: lineFormat(style) }));
+  }
+  const logger = winston.createLogger({ levels: LEVELS, level: options.level, transports, exitOnError: false });
+  const previous = current;
+  current = {
+    logger,
+    close: () =>
+      new Promise<void>((resolve) => {
+        logger.on('finish', () => resolve());
+        logger.end();
+      }),
+  };
+  currentName = options.name;
+  setLogSink((level, message) => {
+    logger.log(level, message);
+  });
+  if (previous !== null) void previous.close();
+  return current;
+}
+
+/**
+ * Log a line a worker thread posted to the main thread. The level comes
+ * from another thread, so it is checked; the worker id goes in the line.
+ */
+export function logFromWorker(level: unknown, message: unknown, workerId: number): void {
+  const safeLevel: LogLevel = isLogLevel(level) ? level : 'warn';
+  const text = `[worker ${workerId}] ${typeof message === 'string' ? message : String(message)}`;
+  if (current !== null) current.logger.log(safeLevel, text);
+  else process.stderr.write(`${currentName}: ${safeLevel}: ${oneLine(text)}\n`);
+}
+
+/** Change the level of the installed logger and its transports at run time (control API). */
+export function setLogLevel(level: LogLevel): void {
+  if (current === null) return;
+  current.logger.level = level;
+  for (const transport of current.logger.transports) transport.level = level;
+}
+
+/** Flush and close the installed logger (before exit); later lines go straight to stderr. */
+export async function closeLogging(): Promise<void> {
+  const closing = current;
+  current = null;
+  setLogSink((level, message) => {
+    if (level !== 'debug') process.stderr.write(`${currentName}: ${level}: ${oneLine(message)}\n`);
+  });
+  if (closing !== null) await closing.close();
+}

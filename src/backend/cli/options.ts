@@ -1,0 +1,868 @@
+/**
+ * Command line parsing for the ferry daemon: GNU-style long options
+ * (`--opt VALUE`, `--opt=VALUE`), short options (`-s PATH`, `-sPATH`,
+ * bundled flags `-4f`), with passt's option names and meanings wherever passt
+ * has the same option, so passt configurations written by libvirt or podman
+ * carry over. ferry's own options (queues, metrics, control socket...) are
+ * long-only.
+ *
+ * Differences from passt, on purpose:
+ * - -4 with -6, and --socket with --fd, are rejected as contradictory
+ *   (passt lets the last one win).
+ * - Long options must be spelled in full (no getopt-style abbreviations):
+ *   scripts stay readable and new options cannot make old ones ambiguous.
+ * - --runas is accepted and ignored: ferry never starts as root.
+ *
+ * The result is a plain object (DaemonOptions) with no behaviour; invalid
+ * input throws OptionError whose message is one line naming the option.
+ */
+
+import { basename, extname } from 'path';
+import { readFileSync } from 'fs';
+import { isLoopback, isUnspecified, isIpv6Multicast, parseIp, parseIpv4, parseMac, prefixFromNetmask } from '../../stack/address';
+import {
+  checkForwardSpecCombination,
+  DEFAULT_EPHEMERAL_RANGE,
+  type ForwardSpec,
+  ForwardSpecError,
+  type ForwardSpecRules,
+  parseEphemeralRange,
+  parseForwardSpec,
+  type PortRange,
+} from '../../stack/flow/forward-spec';
+import { DEFAULT_MAX_FLOWS, DEFAULT_MTU, DEFAULT_UDP_IDLE_MS, defaultNetworkAddressOptions, defaultServiceSwitches } from '../host/resolve-config';
+import type { AddressOrNone, NetworkAddressOptions, ServiceSwitches } from '../host/resolve-config';
+
+export type { AddressOrNone };
+/** The default MTU is also the largest -m accepts (resolve-config applies it). */
+export { DEFAULT_MAX_FLOWS, DEFAULT_MTU };
+
+/** A bad option or value; `message` is one line, e.g. "--mtu: 70000 is out of range (68-65520)". */
+export class OptionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'OptionError';
+  }
+}
+
+export type LogLevelName = 'error' | 'warn' | 'info' | 'debug';
+
+export interface LoggingOptions {
+  /** -d/--debug: 'debug'; -q/--quiet: 'warn'; default 'info'. The last of -d/-q/--trace wins, as in passt. */
+  level: LogLevelName;
+  /** --trace: also log single packets (implies level 'debug'). */
+  trace: boolean;
+  /** -l/--log-file: log to this file instead of stderr. */
+  file: string | null;
+  /** --log-size: bytes the log file may grow to (default 1 MiB). */
+  fileSize: number;
+  /** --name: instance name put in every log line (default: the socket file name without extension). */
+  name: string;
+}
+
+/** Where --metrics serves GET /metrics: TCP HOST:PORT or a UNIX socket path. */
+export type MetricsEndpoint = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+
+/** The address options beyond what the stack resolves (src/stack/resolve-config.ts declares those). */
+export interface NetworkOverrides extends NetworkAddressOptions {
+  /** -o/--outbound (IPv4): source address of outbound sockets. */
+  outbound4: Uint8Array | null;
+  /** -o/--outbound (IPv6). */
+  outbound6: Uint8Array | null;
+}
+
+/** Which built-in services answer the guest (declared with the stack's other overrides). */
+export type ServiceOptions = ServiceSwitches;
+
+/** Protocol handlers (--no-tcp, --no-udp, --no-icmp turn them off). */
+export interface ProtocolOptions {
+  tcp: boolean;
+  udp: boolean;
+  icmp: boolean;
+}
+
+/** Port forwarding specs in the order given; empty = option not given (passt's default for passt mode: none). */
+export interface ForwardOptions {
+  /** -t/--tcp-ports: host to guest TCP. */
+  tcp: ForwardSpec[];
+  /** -u/--udp-ports: host to guest UDP. */
+  udp: ForwardSpec[];
+  /** -T/--tcp-ns: guest (namespace) to host TCP (pasta). */
+  tcpNs: ForwardSpec[];
+  /** -U/--udp-ns: guest (namespace) to host UDP (pasta). */
+  udpNs: ForwardSpec[];
+}
+
+/** Everything runDaemon needs from the command line. */
+export interface DaemonOptions {
+  /** -s/--socket/--socket-path: vhost-user socket to listen on; null with --fd or when none given (the daemon picks). */
+  socketPath: string | null;
+  /** -F/--fd: an inherited, already connected vhost-user socket (implies oneOff). */
+  fd: number | null;
+  /** --vhost-user was given (ferry always speaks vhost-user in this mode; accepted for passt compatibility). */
+  vhostUser: boolean;
+  /** -1/--one-off: exit once the first front-end disconnects. */
+  oneOff: boolean;
+  /** -P/--pid: write our PID to this file once listening. */
+  pidFile: string | null;
+  /** -p/--pcap: capture guest-side frames to this file. */
+  pcapFile: string | null;
+  /** --freebind: allow -t/-u bind addresses not (yet) configured on the host. */
+  freebind: boolean;
+  /** --runas: accepted for compatibility, ignored (ferry runs as the invoking user). */
+  runas: string | null;
+  logging: LoggingOptions;
+  network: NetworkOverrides;
+  services: ServiceOptions;
+  protocols: ProtocolOptions;
+  forwards: ForwardOptions;
+  /** --queues: virtqueue pairs (one worker thread each), 1-16, default 1. */
+  queues: number;
+  /** --max-flows: bound on flows per worker. */
+  maxFlows: number;
+  /** --udp-timeout: idle seconds before a UDP flow is dropped. */
+  udpTimeoutSeconds: number;
+  /** --metrics: Prometheus endpoint, or null for none. */
+  metrics: MetricsEndpoint | null;
+  /** --control: control API socket path, or null for none. */
+  controlPath: string | null;
+  /** --socket-mode: permission bits for the vhost-user socket file, or null to leave them to the umask. */
+  socketMode: number | null;
+  /** --socket-group: group (name or numeric id) for the socket file, or null. */
+  socketGroup: string | null;
+}
+
+/** What the command line asks for: run the daemon, or print something and exit. */
+export type CommandAction = 'run' | 'help' | 'version' | 'print-capabilities';
+
+export interface ParsedCommandLine {
+  action: CommandAction;
+  options: DaemonOptions;
+  /** Notes for the log once logging is up (e.g. options accepted but ignored). */
+  notes: string[];
+}
+
+/** Context the parser needs from the host; injectable for tests. */
+export interface ParseEnvironment {
+  /** The kernel's ephemeral port range (skipped by -t all). */
+  ephemeral: PortRange;
+  /** `ferry pasta`: -t/-u also accept 'auto' (ports bound in the namespace). */
+  pasta?: boolean;
+}
+
+export const MIN_MTU = 68;
+export const MAX_QUEUES = 16;
+export const MAX_MAX_FLOWS = 1 << 20;
+export const DEFAULT_UDP_TIMEOUT_SECONDS = DEFAULT_UDP_IDLE_MS / 1000;
+export const DEFAULT_LOG_SIZE = 1024 * 1024;
+/** passt's minimum log file size (5 pages of 8 KiB). */
+export const MIN_LOG_SIZE = 40960;
+
+/** Fresh options with every default applied. */
+export function defaultDaemonOptions(): DaemonOptions {
+  return {
+    socketPath: null,
+    fd: null,
+    vhostUser: false,
+    oneOff: false,
+    pidFile: null,
+    pcapFile: null,
+    freebind: false,
+    runas: null,
+    logging: { level: 'info', trace: false, file: null, fileSize: DEFAULT_LOG_SIZE, name: 'ferry' },
+    network: { ...defaultNetworkAddressOptions(), outbound4: null, outbound6: null },
+    services: defaultServiceSwitches(),
+    protocols: { tcp: true, udp: true, icmp: true },
+    forwards: { tcp: [], udp: [], tcpNs: [], udpNs: [] },
+    queues: 1,
+    maxFlows: DEFAULT_MAX_FLOWS,
+    udpTimeoutSeconds: DEFAULT_UDP_TIMEOUT_SECONDS,
+    metrics: null,
+    controlPath: null,
+    socketMode: null,
+    socketGroup: null,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Value validators. Each throws OptionError("<option as typed>: <reason>").
+
+function fail(shown: string, reason: string): never {
+  throw new OptionError(`${shown}: ${reason}`);
+}
+
+/** Strict decimal integer in [min, max]. */
+function integerValue(shown: string, text: string, min: number, max: number): number {
+  if (!/^[0-9]+$/.test(text)) fail(shown, `'${text}' is not a number`);
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < min || value > max) fail(shown, `${text} is out of range (${min}-${max})`);
+  return value;
+}
+
+function nonEmpty(shown: string, text: string, what: string): string {
+  if (text === '') fail(shown, `empty ${what}`);
+  if (text.includes('\0')) fail(shown, `${what} contains a NUL byte`);
+  return text;
+}
+
+/** A filesystem path for a UNIX socket: sun_path holds 107 bytes plus NUL. */
+function socketPathValue(shown: string, text: string): string {
+  nonEmpty(shown, text, 'path');
+  if (Buffer.byteLength(text) > 107) fail(shown, `path is longer than 107 bytes (the UNIX socket limit)`);
+  return text;
+}
+
+/** Linux interface name: 1-15 bytes, no '/', ':' or whitespace. */
+function interfaceNameValue(shown: string, text: string): string {
+  nonEmpty(shown, text, 'interface name');
+  if (Buffer.byteLength(text) > 15 || /[\s/:%]/.test(text) || text === '.' || text === '..') fail(shown, `'${text}' is not a valid interface name`);
+  return text;
+}
+
+interface AddressRestrictions {
+  unspecified?: boolean;
+  loopback?: boolean;
+  multicast?: boolean;
+  /** IPv4 limited broadcast 255.255.255.255 */
+  broadcast?: boolean;
+  /** ::ffff:a.b.c.d */
+  v4mapped?: boolean;
+}
+
+function isIpv4Broadcast(address: Uint8Array): boolean {
+  return address.length === 4 && address[0] === 255 && address[1] === 255 && address[2] === 255 && address[3] === 255;
+}
+
+function isIpv4Multicast(address: Uint8Array): boolean {
+  return address.length === 4 && address[0] >= 224 && address[0] <= 239;
+}
+
+function isV4Mapped(address: Uint8Array): boolean {
+  if (address.length !== 16) return false;
+  for (let i = 0; i < 10; i++) if (address[i] !== 0) return false;
+  return address[10] === 0xff && address[11] === 0xff;
+}
+
+/**
+ * An IPv4 or IPv6 literal as bytes; `refuse` lists the kinds of address the
+ * option cannot sensibly take (mirroring passt's checks for the same option).
+ */
+function addressValue(shown: string, text: string, refuse: AddressRestrictions = {}): Uint8Array {
+  const address = parseIp(text);
+  if (address === null) fail(shown, `'${text}' is not an IPv4 or IPv6 address`);
+  const kind = (refuse.unspecified && isUnspecified(address) && 'the unspecified') ||
+    (refuse.loopback && isLoopback(address) && 'a loopback') ||
+    (refuse.multicast && (isIpv4Multicast(address) || (address.length === 16 && isIpv6Multicast(address))) && 'a multicast') ||
+    (refuse.broadcast && isIpv4Broadcast(address) && 'the broadcast') ||
+    (refuse.v4mapped && isV4Mapped(address) && 'an IPv4-mapped');
+  if (kind) fail(shown, `${text} is ${kind} address`);
+  return address;
+}
+
+/** -n: prefix length 0-32 or a contiguous dotted netmask. */
+function netmaskValue(shown: string, text: string): number {
+  if (/^[0-9]+$/.test(text)) return integerValue(shown, text, 0, 32);
+  const mask = parseIpv4(text);
+  if (mask === null) fail(shown, `'${text}' is neither a prefix length nor a dotted netmask`);
+  const length = prefixFromNetmask(mask);
+  if (length < 0) fail(shown, `${text} is not a contiguous netmask`);
+  return length;
+}
+
+/** --socket-mode: octal permission bits ('660', '0660', '0o660'). */
+function fileModeValue(shown: string, text: string): number {
+  const digits = text.startsWith('0o') ? text.slice(2) : text;
+  if (!/^[0-7]{1,4}$/.test(digits)) fail(shown, `'${text}' is not an octal file mode`);
+  const mode = parseInt(digits, 8);
+  if (mode > 0o777) fail(shown, `${text} has bits beyond 0777`);
+  return mode;
+}
+
+/** --socket-group: a group name or a numeric id. */
+function groupValue(shown: string, text: string): string {
+  nonEmpty(shown, text, 'group');
+  if (/^[0-9]+$/.test(text)) {
+    integerValue(shown, text, 0, 0xfffffffe);
+    return text;
+  }
+  if (!/^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(text) || text.length > 32) fail(shown, `'${text}' is not a valid group name`);
+  return text;
+}
+
+/**
+ * --metrics: 'unix:PATH', 'HOST:PORT' or '[IPv6]:PORT'. HOST is an IP
+ * literal or a host name; PORT 0 lets the kernel pick (useful in tests).
+ */
+export function parseMetricsEndpoint(text: string, shown = '--metrics'): MetricsEndpoint {
+  if (text.startsWith('unix:')) return { kind: 'unix', path: socketPathValue(shown, text.slice(5)) };
+  let host: string;
+  let portText: string;
+  const bracketed = /^\[([^\]]+)\]:([^:]*)$/.exec(text);
+  if (bracketed !== null) {
+    host = bracketed[1];
+    portText = bracketed[2];
+    if (parseIp(host)?.length !== 16) fail(shown, `'${host}' is not an IPv6 address`);
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon === -1) fail(shown, `'${text}' is neither HOST:PORT nor unix:PATH`);
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host.includes(':')) fail(shown, `put an IPv6 address in brackets: '[${host}]:${portText}'`);
+    if (host === '') fail(shown, `missing host in '${text}'`);
+    if (parseIp(host) === null && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/.test(host)) fail(shown, `'${host}' is not a host name or address`);
+  }
+  if (portText === '') fail(shown, `missing port in '${text}'`);
+  return { kind: 'tcp', host, port: integerValue(shown, portText, 0, 65535) };
+}
+
+/** Default instance name: the socket file's name without extension, 'fd<N>' with --fd, else 'ferry'. */
+export function defaultInstanceName(socketPath: string | null, fd: number | null): string {
+  if (socketPath !== null) {
+    const base = basename(socketPath);
+    const stem = base.slice(0, base.length - extname(base).length);
+    return stem !== '' ? stem : base;
+  }
+  if (fd !== null) return `fd${fd}`;
+  return 'ferry';
+}
+
+/** The kernel's ephemeral port range from procfs, or RFC 6335's when unreadable. */
+export function readEphemeralRange(path = '/proc/sys/net/ipv4/ip_local_port_range'): PortRange {
+  try {
+    return parseEphemeralRange(readFileSync(path, 'utf8')) ?? DEFAULT_EPHEMERAL_RANGE;
+  } catch {
+    return DEFAULT_EPHEMERAL_RANGE;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The option table: names, help text and what each option does.
+
+/** Mutable parse state: the options being built plus what was seen. */
+interface ParseState {
+  options: DaemonOptions;
+  environment: ParseEnvironment;
+  notes: string[];
+  action: CommandAction;
+  /** Option (as typed) that set each of these, for conflict messages. */
+  socketGiven: string | null;
+  fdGiven: string | null;
+  ipv4OnlyGiven: string | null;
+  ipv6OnlyGiven: string | null;
+  nameGiven: boolean;
+  /** Options as typed that need TCP / UDP, to report --no-tcp conflicts. */
+  tcpForwardGiven: string | null;
+  udpForwardGiven: string | null;
+}
+
+interface OptionSpec {
+  /** Long names without the leading '--'; the first is the one shown in help. */
+  long: readonly string[];
+  /** Single-character short name, if any. */
+  short?: string;
+  /** Placeholder shown in help; present iff the option takes a value. */
+  value?: string;
+  help: string;
+  apply(state: ParseState, value: string, shown: string): void;
+}
+
+/** Put an address into the ...4 or ...6 field by family. */
+function byFamily(address: Uint8Array, set4: () => void, set6: () => void): void {
+  if (address.length === 4) set4();
+  else set6();
+}
+
+function addForward(state: ParseState, shown: string, text: string, list: ForwardSpec[], rules: Partial<ForwardSpecRules>): void {
+  try {
+    const spec = parseForwardSpec(text, { ...rules, ephemeral: state.environment.ephemeral });
+    checkForwardSpecCombination(list, spec);
+    list.push(spec);
+  } catch (error) {
+    if (error instanceof ForwardSpecError) fail(shown, error.message);
+    throw error;
+  }
+}
+
+/** -t/-u (passt: bind addresses and 'all' allowed, 'auto' is pasta-only). */
+const HOST_SIDE_RULES: Partial<ForwardSpecRules> = { allowBindAddress: true, allowAll: true, allowAuto: false };
+/** -t/-u rules: pasta also takes 'auto' there (forward what the namespace binds). */
+function hostSideRules(state: ParseState): Partial<ForwardSpecRules> {
+  return state.environment.pasta === true ? { ...HOST_SIDE_RULES, allowAuto: true } : HOST_SIDE_RULES;
+}
+/** -T/-U (pasta: no bind address, 'auto' allowed, 'all' not). */
+const NAMESPACE_SIDE_RULES: Partial<ForwardSpecRules> = { allowBindAddress: false, allowAll: false, allowAuto: true };
+
+const OPTIONS: readonly OptionSpec[] = [
+  // --- what to do
+  { long: ['help'], short: 'h', help: 'Print this help and exit', apply: (s) => (s.action = 'help') },
+  { long: ['version'], help: 'Print the version and exit', apply: (s) => (s.action = 'version') },
+  { long: ['print-capabilities'], help: 'Print vhost-user back-end capabilities as JSON and exit', apply: (s) => (s.action = 'print-capabilities') },
+  // --- front-end connection
+  {
+    long: ['socket', 'socket-path'], short: 's', value: 'PATH', help: 'Listen for the vhost-user front-end on UNIX socket PATH',
+    apply: (s, v, shown) => {
+      s.options.socketPath = socketPathValue(shown, v);
+      s.socketGiven = shown;
+    },
+  },
+  {
+    long: ['fd'], short: 'F', value: 'FD', help: 'Use inherited, connected vhost-user socket FD (implies --one-off)',
+    apply: (s, v, shown) => {
+      s.options.fd = integerValue(shown, v, 3, 0x7fffffff);
+      s.options.oneOff = true;
+      s.fdGiven = shown;
+    },
+  },
+  { long: ['vhost-user'], help: 'Speak vhost-user on --socket (always the case; accepted for passt compatibility)', apply: (s) => (s.options.vhostUser = true) },
+  { long: ['one-off'], short: '1', help: 'Exit after the first front-end disconnects', apply: (s) => (s.options.oneOff = true) },
+  { long: ['socket-mode'], value: 'MODE', help: 'Permission bits (octal) of the socket file, e.g. 0660', apply: (s, v, shown) => (s.options.socketMode = fileModeValue(shown, v)) },
+  { long: ['socket-group'], value: 'GROUP', help: 'Group (name or id) owning the socket file', apply: (s, v, shown) => (s.options.socketGroup = groupValue(shown, v)) },
+  { long: ['queues'], value: 'N', help: `Virtqueue pairs, one worker thread each (1-${MAX_QUEUES}, default 1)`, apply: (s, v, shown) => (s.options.queues = integerValue(shown, v, 1, MAX_QUEUES)) },
+  // --- process
+  { long: ['foreground'], short: 'f', help: 'Stay in the foreground (always the case; accepted for passt compatibility)', apply: () => undefined },
+  { long: ['pid'], short: 'P', value: 'FILE', help: 'Write our PID to FILE once listening', apply: (s, v, shown) => (s.options.pidFile = nonEmpty(shown, v, 'path')) },
+  {
+    long: ['runas'], value: 'UID[:GID]', help: 'Accepted for passt compatibility and ignored (ferry never runs as root)',
+    apply: (s, v, shown) => {
+      s.options.runas = nonEmpty(shown, v, 'user');
+      s.notes.push(`${shown} ${v} ignored: ferry runs as the user that starts it`);
+    },
+  },
+  { long: ['name'], value: 'NAME', help: 'Instance name in log lines (default: socket file name)', apply: (s, v, shown) => {
+    if (!/^[A-Za-z0-9_.@:+-]{1,64}$/.test(v)) fail(shown, `'${v}' is not a valid name (1-64 letters, digits, _ . @ : + -)`);
+    s.options.logging.name = v;
+    s.nameGiven = true;
+  } },
+  // --- logging
+  {
+    long: ['debug'], short: 'd', help: 'Log debug messages',
+    apply: (s) => {
+      s.options.logging.level = 'debug';
+    },
+  },
+  {
+    long: ['trace'], help: 'Log single packets too (implies --debug)',
+    apply: (s) => {
+      s.options.logging.level = 'debug';
+      s.options.logging.trace = true;
+    },
+  },
+  {
+    long: ['quiet'], short: 'q', help: 'Log warnings and errors only',
+    apply: (s) => {
+      s.options.logging.level = 'warn';
+      s.options.logging.trace = false;
+    },
+  },
+  { long: ['log-file'], short: 'l', value: 'PATH', help: 'Log to file PATH instead of stderr', apply: (s, v, shown) => (s.options.logging.file = nonEmpty(shown, v, 'path')) },
+  { long: ['log-size'], value: 'BYTES', help: `Limit the log file to BYTES (default ${DEFAULT_LOG_SIZE})`, apply: (s, v, shown) => (s.options.logging.fileSize = integerValue(shown, v, MIN_LOG_SIZE, Number.MAX_SAFE_INTEGER)) },
+  { long: ['stderr'], short: 'e', help: 'No effect (deprecated in passt; logs go to stderr unless --log-file)', apply: () => undefined },
+  { long: ['pcap'], short: 'p', value: 'FILE', help: 'Capture guest-side frames to FILE (pcap format)', apply: (s, v, shown) => (s.options.pcapFile = nonEmpty(shown, v, 'path')) },
+  // --- observability
+  { long: ['metrics'], value: 'HOST:PORT|unix:PATH', help: 'Serve Prometheus metrics at GET /metrics', apply: (s, v, shown) => (s.options.metrics = parseMetricsEndpoint(v, shown)) },
+  { long: ['control'], value: 'PATH', help: 'Serve the control API on UNIX socket PATH', apply: (s, v, shown) => (s.options.controlPath = socketPathValue(shown, v)) },
+  // --- addresses
+  { long: ['mtu'], short: 'm', value: 'MTU', help: `MTU announced to the guest (${MIN_MTU}-${DEFAULT_MTU}; 0: announce none; default ${DEFAULT_MTU})`, apply: (s, v, shown) => {
+    // 0 (announce no MTU) is passt's special value, outside the range proper.
+    if (!/^[0-9]+$/.test(v)) fail(shown, `'${v}' is not a number`);
+    const mtu = Number(v);
+    if (mtu !== 0 && !(mtu >= MIN_MTU && mtu <= DEFAULT_MTU)) fail(shown, `${v} is out of range (${MIN_MTU}-${DEFAULT_MTU})`);
+    s.options.network.mtu = mtu;
+  } },
+  {
+    long: ['address'], short: 'a', value: 'ADDR', help: 'Address given to the guest (once per family; default: the host\'s)',
+    apply: (s, v, shown) => {
+      const address = addressValue(shown, v, { unspecified: true, loopback: true, multicast: true, broadcast: true, v4mapped: true });
+      byFamily(address, () => (s.options.network.address4 = address), () => (s.options.network.address6 = address));
+    },
+  },
+  { long: ['netmask'], short: 'n', value: 'MASK', help: 'IPv4 netmask, dotted or prefix length', apply: (s, v, shown) => (s.options.network.prefixLength4 = netmaskValue(shown, v)) },
+  {
+    long: ['gateway'], short: 'g', value: 'ADDR', help: 'Default gateway announced to the guest (once per family)',
+    apply: (s, v, shown) => {
+      const address = addressValue(shown, v, { unspecified: true, loopback: true, broadcast: true });
+      byFamily(address, () => (s.options.network.gateway4 = address), () => (s.options.network.gateway6 = address));
+    },
+  },
+  { long: ['interface'], short: 'i', value: 'NAME', help: 'Host interface to derive addresses and routes from', apply: (s, v, shown) => (s.options.network.interface = interfaceNameValue(shown, v)) },
+  {
+    long: ['outbound'], short: 'o', value: 'ADDR', help: 'Source address for outbound sockets (once per family)',
+    apply: (s, v, shown) => {
+      const address = addressValue(shown, v, { unspecified: true, multicast: true, broadcast: true, v4mapped: true });
+      if (address.length === 16 && isLoopback(address)) fail(shown, `${v} is a loopback address`);
+      byFamily(address, () => (s.options.network.outbound4 = address), () => (s.options.network.outbound6 = address));
+    },
+  },
+  { long: ['outbound-if4'], value: 'NAME', help: 'Bind IPv4 outbound sockets to interface NAME', apply: (s, v, shown) => (s.options.network.outboundIf4 = interfaceNameValue(shown, v)) },
+  { long: ['outbound-if6'], value: 'NAME', help: 'Bind IPv6 outbound sockets to interface NAME', apply: (s, v, shown) => (s.options.network.outboundIf6 = interfaceNameValue(shown, v)) },
+  {
+    long: ['mac-addr'], short: 'M', value: 'ADDR', help: 'ferry\'s own MAC address towards the guest (default 9a:55:9a:55:9a:55)',
+    apply: (s, v, shown) => {
+      const mac = parseMac(v);
+      if (mac === null) fail(shown, `'${v}' is not a MAC address`);
+      if ((mac[0] & 1) === 1) fail(shown, `${v} is a multicast MAC address`);
+      s.options.network.macAddr = mac;
+    },
+  },
+  {
+    long: ['ipv4-only'], short: '4', help: 'IPv4 only: ignore IPv6 traffic',
+    apply: (s, _v, shown) => {
+      s.options.network.ipv4Only = true;
+      s.ipv4OnlyGiven = shown;
+    },
+  },
+  {
+    long: ['ipv6-only'], short: '6', help: 'IPv6 only: ignore IPv4 traffic',
+    apply: (s, _v, shown) => {
+      s.options.network.ipv6Only = true;
+      s.ipv6OnlyGiven = shown;
+    },
+  },
+  // --- DNS
+  {
+    long: ['dns'], short: 'D', value: 'ADDR|none', help: 'Resolver announced to the guest, verbatim (repeatable); none: no DNS',
+    apply: (s, v, shown) => {
+      if (v === 'none') {
+        s.options.network.dns = 'none';
+        return;
+      }
+      const address = addressValue(shown, v);
+      const current = s.options.network.dns;
+      s.options.network.dns = Array.isArray(current) ? [...current, address] : [address];
+    },
+  },
+  {
+    long: ['dns-forward'], value: 'ADDR', help: 'Guest DNS traffic to ADDR goes to --dns-host (once per family)',
+    apply: (s, v, shown) => {
+      const address = addressValue(shown, v, { unspecified: true, loopback: true, broadcast: true });
+      byFamily(address, () => (s.options.network.dnsForward4 = address), () => (s.options.network.dnsForward6 = address));
+    },
+  },
+  {
+    long: ['dns-host'], value: 'ADDR', help: 'Host resolver for --dns-forward traffic (default: first in /etc/resolv.conf)',
+    apply: (s, v, shown) => {
+      const address = addressValue(shown, v, { unspecified: true, broadcast: true });
+      byFamily(address, () => (s.options.network.dnsHost4 = address), () => (s.options.network.dnsHost6 = address));
+    },
+  },
+  {
+    long: ['search'], short: 'S', value: 'LIST|none', help: 'DNS search domains, space separated (repeatable); none: no list',
+    apply: (s, v, shown) => {
+      if (v === 'none') {
+        s.options.network.search = 'none';
+        return;
+      }
+      const domains = v.split(/\s+/).filter((d) => d !== '');
+      if (domains.length === 0) fail(shown, 'empty search list');
+      for (const domain of domains) {
+        if (domain.length > 253 || !/^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$/.test(domain)) fail(shown, `'${domain}' is not a domain name`);
+      }
+      const current = s.options.network.search;
+      s.options.network.search = Array.isArray(current) ? [...current, ...domains] : domains;
+    },
+  },
+  { long: ['no-dhcp-dns'], help: 'Don\'t announce resolvers via DHCP, DHCPv6 or NDP', apply: (s) => (s.options.services.dhcpDns = false) },
+  { long: ['no-dhcp-search'], help: 'Don\'t announce the search list via DHCP, DHCPv6 or NDP', apply: (s) => (s.options.services.dhcpSearch = false) },
+  // --- address mapping
+  {
+    long: ['map-host-loopback'], value: 'ADDR|none', help: 'Guest traffic to ADDR goes to the host\'s loopback (default: the gateway)',
+    apply: (s, v, shown) => {
+      if (v === 'none') {
+        s.options.network.mapHostLoopback4 = 'none';
+        s.options.network.mapHostLoopback6 = 'none';
+        s.options.network.noMapGw = true;
+        return;
+      }
+      const address = addressValue(shown, v, { unspecified: true, loopback: true, multicast: true });
+      byFamily(address, () => (s.options.network.mapHostLoopback4 = address), () => (s.options.network.mapHostLoopback6 = address));
+    },
+  },
+  { long: ['no-map-gw'], help: 'Don\'t map the gateway address to the host', apply: (s) => (s.options.network.noMapGw = true) },
+  {
+    long: ['map-guest-addr'], value: 'ADDR|none', help: 'Guest traffic to ADDR goes to the guest\'s own address on the host',
+    apply: (s, v, shown) => {
+      if (v === 'none') {
+        s.options.network.mapGuestAddr4 = 'none';
+        s.options.network.mapGuestAddr6 = 'none';
+        return;
+      }
+      const address = addressValue(shown, v, { unspecified: true, loopback: true, multicast: true });
+      byFamily(address, () => (s.options.network.mapGuestAddr4 = address), () => (s.options.network.mapGuestAddr6 = address));
+    },
+  },
+  // --- services and protocols
+  { long: ['no-dhcp'], help: 'Disable the DHCP server', apply: (s) => (s.options.services.dhcp = false) },
+  { long: ['no-dhcpv6'], help: 'Disable the DHCPv6 server', apply: (s) => (s.options.services.dhcpv6 = false) },
+  { long: ['no-ndp'], help: 'Disable NDP responses', apply: (s) => (s.options.services.ndp = false) },
+  { long: ['no-ra'], help: 'Disable router advertisements', apply: (s) => (s.options.services.ra = false) },
+  { long: ['no-tcp'], help: 'Disable TCP', apply: (s) => (s.options.protocols.tcp = false) },
+  { long: ['no-udp'], help: 'Disable UDP', apply: (s) => (s.options.protocols.udp = false) },
+  { long: ['no-icmp'], help: 'Disable ICMP/ICMPv6 echo', apply: (s) => (s.options.protocols.icmp = false) },
+  // --- forwarding
+  {
+    long: ['tcp-ports'], short: 't', value: 'SPEC', help: 'Forward host TCP ports to the guest: none, all, or a list like 22,2222:22,8000-8010,~8005 with an optional ADDR%IF/ prefix (repeatable)',
+    apply: (s, v, shown) => {
+      addForward(s, shown, v, s.options.forwards.tcp, hostSideRules(s));
+      s.tcpForwardGiven ??= shown;
+    },
+  },
+  {
+    long: ['udp-ports'], short: 'u', value: 'SPEC', help: 'Forward host UDP ports to the guest (syntax as for -t)',
+    apply: (s, v, shown) => {
+      addForward(s, shown, v, s.options.forwards.udp, hostSideRules(s));
+      s.udpForwardGiven ??= shown;
+    },
+  },
+  {
+    long: ['tcp-ns'], short: 'T', value: 'SPEC', help: 'Forward guest-side TCP ports to the host (pasta; none, auto or a port list)',
+    apply: (s, v, shown) => {
+      addForward(s, shown, v, s.options.forwards.tcpNs, NAMESPACE_SIDE_RULES);
+      s.tcpForwardGiven ??= shown;
+    },
+  },
+  {
+    long: ['udp-ns'], short: 'U', value: 'SPEC', help: 'Forward guest-side UDP ports to the host (pasta)',
+    apply: (s, v, shown) => {
+      addForward(s, shown, v, s.options.forwards.udpNs, NAMESPACE_SIDE_RULES);
+      s.udpForwardGiven ??= shown;
+    },
+  },
+  { long: ['freebind'], help: 'Allow -t/-u bind addresses not configured on the host', apply: (s) => (s.options.freebind = true) },
+  // --- limits
+  { long: ['max-flows'], value: 'N', help: `Flows per worker (1-${MAX_MAX_FLOWS}, default ${DEFAULT_MAX_FLOWS})`, apply: (s, v, shown) => (s.options.maxFlows = integerValue(shown, v, 1, MAX_MAX_FLOWS)) },
+  { long: ['udp-timeout'], value: 'SECONDS', help: `Idle time before a UDP flow is dropped (1-86400, default ${DEFAULT_UDP_TIMEOUT_SECONDS})`, apply: (s, v, shown) => (s.options.udpTimeoutSeconds = integerValue(shown, v, 1, 86400)) },
+];
+
+const byLong = new Map<string, OptionSpec>();
+const byShort = new Map<string, OptionSpec>();
+for (const spec of OPTIONS) {
+  for (const name of spec.long) byLong.set(name, spec);
+  if (spec.short !== undefined) byShort.set(spec.short, spec);
+}
+
+/** One help line per option: ["-s, --socket, --socket-path PATH", "Listen for..."], in table order. */
+export function optionHelp(): Array<[string, string]> {
+  return OPTIONS.map((spec) => {
+    const names = [...(spec.short !== undefined ? [`-${spec.short}`] : []), ...spec.long.map((name) => `--${name}`)].join(', ');
+    return [spec.value !== undefined ? `${names} ${spec.value}` : names, spec.help];
+  });
+}
+
+/** Checks that need every option seen (conflicts between options). */
+function finish(state: ParseState): void {
+  const { options } = state;
+  if (state.socketGiven !== null && state.fdGiven !== null) fail(state.fdGiven, `cannot be combined with ${state.socketGiven}`);
+  if (state.ipv4OnlyGiven !== null && state.ipv6OnlyGiven !== null) fail(state.ipv6OnlyGiven, `cannot be combined with ${state.ipv4OnlyGiven}`);
+  if (!options.protocols.tcp && state.tcpForwardGiven !== null) fail(state.tcpForwardGiven, 'TCP port forwarding requested but --no-tcp was given');
+  if (!options.protocols.udp && state.udpForwardGiven !== null) fail(state.udpForwardGiven, 'UDP port forwarding requested but --no-udp was given');
+  if (options.socketPath !== null && options.controlPath === options.socketPath) fail('--control', 'must differ from the vhost-user socket path');
+  if (options.metrics?.kind === 'unix' && (options.metrics.path === options.socketPath || options.metrics.path === options.controlPath)) {
+    fail('--metrics', 'must differ from the other socket paths');
+  }
+  if (!state.nameGiven) options.logging.name = defaultInstanceName(options.socketPath, options.fd);
+}
+
+/**
+ * Parse the daemon's arguments (without 'node' and the script). Returns the
+ * action to take and the options; --help, --version and
+ * --print-capabilities stop parsing where they appear, as in passt. Throws
+ * OptionError with a one-line message for anything invalid.
+ */
+export function parseOptions(argv: readonly string[], environment: ParseEnvironment = { ephemeral: DEFAULT_EPHEMERAL_RANGE }): ParsedCommandLine {
+  const state: ParseState = {
+    options: defaultDaemonOptions(),
+    environment,
+    notes: [],
+    action: 'run',
+    socketGiven: null,
+    fdGiven: null,
+    ipv4OnlyGiven: null,
+    ipv6OnlyGiven: null,
+    nameGiven: false,
+    tcpForwardGiven: null,
+    udpForwardGiven: null,
+  };
+  const done = (): ParsedCommandLine => ({ action: state.action, options: state.options, notes: state.notes });
+
+  let index = 0;
+  while (index < argv.length) {
+    const argument = argv[index++];
+    if (argument === '--') {
+      if (index < argv.length) throw new OptionError(`unexpected argument '${argv[index]}'`);
+      break;
+    }
+    if (argument.startsWith('--')) {
+      const equals = argument.indexOf('=');
+      const name = equals === -1 ? argument.slice(2) : argument.slice(2, equals);
+      const shown = `--${name}`;
+      const spec = byLong.get(name);
+      if (spec === undefined) throw new OptionError(`unknown option '${shown}' (see --help)`);
+      let value = '';
+      if (spec.value !== undefined) {
+        if (equals !== -1) value = argument.slice(equals + 1);
+        else if (index < argv.length) value = argv[index++];
+        else fail(shown, `needs a value (${spec.value})`);
+      } else if (equals !== -1) {
+        fail(shown, 'does not take a value');
+      }
+      spec.apply(state, value, shown);
+      if (state.action !== 'run') return done();
+      continue;
+    }
+    if (argument.startsWith('-') && argument.length > 1) {
+      // A bundle of short options: flags, then at most one option taking a
+      // value, which is the rest of the argument or the next argument.
+      for (let position = 1; position < argument.length; position++) {
+        const letter = argument[position];
+        const shown = `-${letter}`;
+        const spec = byShort.get(letter);
+        if (spec === undefined) throw new OptionError(`unknown option '${shown}' (see --help)`);
+        let value = '';
+        if (spec.value !== undefined) {
+          if (position + 1 < argument.length) value = argument.slice(position + 1);
+          else if (index < argv.length) value = argv[index++];
+          else fail(shown, `needs a value (${spec.value})`);
+          position = argument.length;
+        }
+        spec.apply(state, value, shown);
+        if (state.action !== 'run') return done();
+      }
+      continue;
+    }
+    throw new OptionError(`unexpected argument '${argument}'`);
+  }
+  finish(state);
+  return done();
+}
+
+// ---------------------------------------------------------------------------
+// `ferry pasta`: the namespace options pasta(1) adds, and the command to run.
+
+/** pasta's own options (everything else is shared with the daemon and parsed by parseOptions). */
+export interface PastaOptions {
+  /** -I/--ns-ifname: name of the tap device in the namespace (default: the host's interface name). */
+  nsIfname: string | null;
+  /** --netns PATH|NAME or a PID (positional or --netns PID): join this network namespace instead of creating one. */
+  netns: string | null;
+  /** --userns PATH|PID: user namespace to join with --netns (default: none, or the target PID's). */
+  userns: string | null;
+  /** --config-net: configure the tap over netlink (addresses, routes, MTU, link up). */
+  configNet: boolean;
+  /** false with --no-splice: no splice() fast path between the loopbacks. */
+  splice: boolean;
+  /** The command to run in the namespace; empty = the user's shell (or, with --netns, none). */
+  command: string[];
+}
+
+/** A namespace spec as a path: a PID means /proc/PID/ns/KIND, a bare name a file under /run/netns (net only). */
+export function namespacePath(spec: string, kind: 'net' | 'user'): string {
+  if (/^[0-9]+$/.test(spec)) return `/proc/${spec}/ns/${kind}`;
+  if (kind === 'net' && !spec.includes('/')) return `/run/netns/${spec}`;
+  return spec;
+}
+
+/** Does this option (as typed, '--name' or '-x') take a value? undefined when unknown. */
+function sharedOptionTakesValue(name: string, long: boolean): boolean | undefined {
+  const spec = long ? byLong.get(name) : byShort.get(name);
+  return spec === undefined ? undefined : spec.value !== undefined;
+}
+
+const PASTA_VALUE_OPTIONS: Record<string, keyof PastaOptions> = { 'ns-ifname': 'nsIfname', I: 'nsIfname', netns: 'netns', userns: 'userns' };
+const PASTA_FLAGS: Record<string, () => Partial<PastaOptions>> = {
+  'config-net': () => ({ configNet: true }),
+  'no-splice': () => ({ splice: false }),
+};
+
+/** pasta's options for its --help, after the shared ones. */
+export function pastaOptionHelp(): Array<[string, string]> {
+  return [
+    ['-I, --ns-ifname NAME', 'Name of the tap device in the namespace (default: the host\'s interface name)'],
+    ['--netns PATH|NAME|PID', 'Join this network namespace instead of creating one (a PID: its namespace)'],
+    ['--userns PATH|PID', 'User namespace to join with --netns'],
+    ['--config-net', 'Configure the tap: the host\'s addresses, routes and MTU, link and loopback up'],
+    ['--no-splice', 'No splice() fast path between the namespace\'s and the host\'s loopback'],
+  ];
+}
+
+/**
+ * Parse `ferry pasta [OPTION]... [--] [COMMAND [ARG]...]` (or `... PID`):
+ * pasta's own options are taken out here, the rest goes to parseOptions; the
+ * first argument that is not an option (or everything after `--`) is the
+ * command. Throws OptionError like parseOptions.
+ */
+export function parsePastaCommandLine(argv: readonly string[], environment: ParseEnvironment = { ephemeral: DEFAULT_EPHEMERAL_RANGE }): { parsed: ParsedCommandLine; pasta: PastaOptions } {
+  const pasta: PastaOptions = { nsIfname: null, netns: null, userns: null, configNet: false, splice: true, command: [] };
+  const shared: string[] = [];
+  let commandAfterDashes = false;
+  let index = 0;
+  const valueFor = (shown: string, inline: string | null): string => {
+    if (inline !== null) return inline;
+    if (index < argv.length) return argv[index++];
+    return fail(shown, 'needs a value');
+  };
+  while (index < argv.length) {
+    const argument = argv[index++];
+    if (argument === '--') {
+      pasta.command = argv.slice(index);
+      commandAfterDashes = true;
+      break;
+    }
+    if (argument.startsWith('--')) {
+      const equals = argument.indexOf('=');
+      const name = equals === -1 ? argument.slice(2) : argument.slice(2, equals);
+      const inline = equals === -1 ? null : argument.slice(equals + 1);
+      const field = PASTA_VALUE_OPTIONS[name];
+      if (field !== undefined) {
+        setPastaValue(pasta, field, `--${name}`, valueFor(`--${name}`, inline));
+        continue;
+      }
+      const flag = PASTA_FLAGS[name];
+      if (flag !== undefined) {
+        if (inline !== null) fail(`--${name}`, 'does not take a value');
+        Object.assign(pasta, flag());
+        continue;
+      }
+      shared.push(argument);
+      if (inline === null && sharedOptionTakesValue(name, true) === true && index < argv.length) shared.push(argv[index++]);
+      continue;
+    }
+    if (argument.startsWith('-') && argument.length > 1) {
+      if (argument[1] === 'I') {
+        setPastaValue(pasta, 'nsIfname', '-I', valueFor('-I', argument.length > 2 ? argument.slice(2) : null));
+        continue;
+      }
+      shared.push(argument);
+      // A bundle: its first option taking a value swallows the rest, or the next argument.
+      for (let position = 1; position < argument.length; position++) {
+        const takes = sharedOptionTakesValue(argument[position], false);
+        if (takes !== true) continue;
+        if (position + 1 === argument.length && index < argv.length) shared.push(argv[index++]);
+        break;
+      }
+      continue;
+    }
+    pasta.command = argv.slice(index - 1);
+    break;
+  }
+  if (!commandAfterDashes && pasta.command.length === 1 && /^[0-9]+$/.test(pasta.command[0]) && pasta.netns === null) {
+    // `pasta PID`: attach to that process's namespaces, as pasta does.
+    pasta.netns = pasta.command[0];
+    pasta.command = [];
+  }
+  const parsed = parseOptions(shared, { ...environment, pasta: true });
+  if (parsed.action === 'run' && !nameOptionGiven(shared)) parsed.options.logging.name = 'pasta';
+  // The command shares ferry's terminal: warnings and errors only unless -d/--trace asked for more ('info' is only ever the default).
+  if (parsed.options.logging.level === 'info') parsed.options.logging.level = 'warn';
+  return { parsed, pasta };
+}
+
+function setPastaValue(pasta: PastaOptions, field: keyof PastaOptions, shown: string, value: string): void {
+  if (field === 'nsIfname') pasta.nsIfname = interfaceNameValue(shown, value);
+  else if (field === 'netns') pasta.netns = nonEmpty(shown, value, 'namespace');
+  else if (field === 'userns') pasta.userns = nonEmpty(shown, value, 'namespace');
+}
+
+/** True when --name was among the shared options (then it names the instance, not 'pasta'). */
+function nameOptionGiven(shared: readonly string[]): boolean {
+  return shared.some((a) => a === '--name' || a.startsWith('--name='));
+}

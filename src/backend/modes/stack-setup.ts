@@ -1,0 +1,41 @@
+/**
+ * Turns the command line's network options and what host discovery finds
+ * into the StackConfig every worker gets.
+ */
+import { native } from '../../sys/native';
+import { log } from '../../sys/log';
+import type { StackConfig } from '../../stack/config';
+import { discoverHost } from '../host/host-discovery';
+import { type AddressOverrides, describeStackConfig, resolveStackConfig } from '../host/resolve-config';
+import type { DaemonOptions } from '../cli/options';
+
+/** The address-related subset of the parsed options, in resolve-config's terms. */
+export function addressOverridesFrom(options: DaemonOptions): AddressOverrides {
+  // -o/--outbound is parsed but not applied by the stack: left out, as before.
+  const { outbound4: _outbound4, outbound6: _outbound6, ...addressOptions } = options.network;
+  return { ...addressOptions, ...options.services, maxFlows: options.maxFlows, udpIdleMs: options.udpTimeoutSeconds * 1000 };
+}
+
+/** A resolved stack configuration and the host interface it came from (pasta names its tap after it). */
+export interface ResolvedStack {
+  config: StackConfig;
+  /** -i, else the interface holding the IPv4 (or IPv6) default route, else null. */
+  hostInterface: string | null;
+}
+
+/** Discover the host's addresses and apply the options: the configuration every stack gets, and its interface. */
+export function resolveStack(options: DaemonOptions): ResolvedStack {
+  const discovered = discoverHost(native, { interfaceName: options.network.interface });
+  const config = resolveStackConfig(addressOverridesFrom(options), discovered, (level, line) => log[level](line));
+  // -t/-u specs: the inbound listeners of the stack that owns them.
+  if (options.forwards.tcp.length > 0) config.tcpForwards = options.forwards.tcp;
+  if (options.forwards.udp.length > 0) config.udpForwards = options.forwards.udp;
+  for (const line of describeStackConfig(config)) log.info(line);
+  const hostInterface = options.network.interface ?? discovered.ipv4?.interfaceName ?? discovered.ipv6?.interfaceName ?? null;
+  return { config, hostInterface };
+}
+
+/** The stack configuration alone (see resolveStack). */
+export async function resolveDaemonStackConfig(options: DaemonOptions): Promise<StackConfig> {
+  return resolveStack(options).config;
+}

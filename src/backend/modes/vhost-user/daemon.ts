@@ -1,0 +1,145 @@
+/**
+ * The long-running daemon: starts the queue-pair workers, serves vhost-user
+ * front-ends one after another on the socket, and shuts down cleanly on
+ * SIGTERM/SIGINT (socket file removed, workers stopped).
+ */
+import './counter-layout'; // first: fixes the counter slot layout shared with the workers
+import * as fs from 'fs';
+import { log } from '../../../sys/log';
+import { native } from '../../../sys/native';
+import { CounterBlock } from '../../../sys/counters';
+import type { DaemonOptions } from '../../cli/options';
+import { QueueWorker } from './queue-worker';
+import { NetDevice } from './net-device';
+import { VhostUserServer } from './server';
+import { createPcapFile } from '../../frontends/middleware/pcap';
+import { resolveDaemonStackConfig } from '../stack-setup';
+import { systemdListenFds, systemdNotify } from '../../cli/systemd';
+import { logFromWorker } from '../../cli/logging';
+import { type ControlServer, startControlServer } from '../../control/control';
+import { DaemonControlHandler } from './control-handler';
+import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
+
+/** Where the vhost-user socket goes when neither --socket-path nor --fd is given. */
+export const DEFAULT_SOCKET_PATH = '/tmp/ferry.socket';
+
+/** True when fd is a listening socket (SO_ACCEPTCONN), false for a connected one. */
+function isListeningSocket(fd: number): boolean {
+  const SO_ACCEPTCONN = 30;
+  return native.getsockoptInt(fd, native.constants.SOL_SOCKET, SO_ACCEPTCONN) !== 0;
+}
+
+/**
+ * Run until a signal (or, with --one-off, the first front-end's
+ * disconnection). Resolves with the process exit code.
+ */
+export async function runDaemon(options: DaemonOptions): Promise<number> {
+  const stackConfig = await resolveDaemonStackConfig(options);
+  if (options.pcapFile !== null) createPcapFile(options.pcapFile);
+
+  const workers: QueueWorker[] = [];
+  for (let queuePair = 0; queuePair < options.queues; queuePair++) {
+    workers.push(
+      new QueueWorker(
+        { queuePair, stack: stackConfig, protocols: options.protocols, pcapPath: options.pcapFile, debug: options.logging.level === 'debug' },
+        logFromWorker,
+      ),
+    );
+  }
+  try {
+    await Promise.all(workers.map((w) => w.whenReady()));
+  } catch (error) {
+    await Promise.all(workers.map((w) => w.terminate()));
+    throw error;
+  }
+
+  const device = new NetDevice(workers, { queuePairs: options.queues, mtu: stackConfig?.mtu ?? 65520 });
+  const mainCounters = new CounterBlock();
+
+  let listenFd: number | undefined;
+  let connectedFd: number | undefined;
+  const activated = systemdListenFds();
+  if (options.fd !== null) {
+    if (isListeningSocket(options.fd)) listenFd = options.fd;
+    else connectedFd = options.fd;
+  } else if (activated.length > 0 && options.socketPath === null) {
+    listenFd = activated[0];
+  }
+  const socketPath = listenFd === undefined && connectedFd === undefined ? (options.socketPath ?? DEFAULT_SOCKET_PATH) : undefined;
+
+  let socketGroup: number | undefined;
+  if (options.socketGroup !== null) socketGroup = groupId(options.socketGroup);
+
+  const server = VhostUserServer.listen({
+    device,
+    counters: mainCounters,
+    ...(socketPath !== undefined ? { socketPath } : { listenFd: (listenFd ?? connectedFd) as number }),
+    ...(connectedFd !== undefined ? { connected: true } : {}),
+    ...(options.socketMode !== null ? { socketMode: options.socketMode } : {}),
+    ...(socketGroup !== undefined ? { socketGroup } : {}),
+  });
+
+  // Index = queue pair; main's own block (vhost-user server counters) last.
+  const metrics = new FerryMetrics(() => [...workers.map((w) => w.counters), mainCounters]);
+  let metricsServer: MetricsServer | null = null;
+  if (options.metrics !== null) {
+    metricsServer = await startMetricsServer(options.metrics, metrics);
+    log.info(`metrics on ${metricsServer.address}`);
+  }
+  let control: ControlServer | null = null;
+  if (options.controlPath !== null) {
+    control = await startControlServer(options.controlPath, new DaemonControlHandler(workers, metrics.registry));
+    log.info(`control API on ${control.path}`);
+  }
+
+  if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
+  const where = socketPath ?? `fd ${listenFd ?? connectedFd}`;
+  log.info(`listening for vhost-user front-ends on ${where} (${options.queues} queue pair${options.queues > 1 ? 's' : ''})`);
+  systemdNotify(`READY=1\nSTATUS=Listening on ${where}`);
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = async (reason: string, code: number): Promise<void> => {
+      if (stopping) return;
+      stopping = true;
+      log.info(`stopping: ${reason}`);
+      systemdNotify('STOPPING=1');
+      try {
+        await server.close();
+      } catch (error) {
+        log.warn(`closing the vhost-user server: ${String(error)}`);
+      }
+      await Promise.all(workers.map((w) => w.terminate()));
+      if (metricsServer !== null) await metricsServer.close();
+      if (control !== null) await control.close();
+      if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
+      process.removeListener('SIGTERM', onTerm);
+      process.removeListener('SIGINT', onInt);
+      resolve(code);
+    };
+    const onTerm = (): void => void stop('SIGTERM', 0);
+    const onInt = (): void => void stop('SIGINT', 0);
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+    server.on('connected', (id: number) => {
+      log.info(`front-end ${id} connected`);
+      systemdNotify(`STATUS=Serving front-end ${id} on ${where}`);
+    });
+    server.on('disconnected', (id: number, reason: string) => {
+      log.info(`front-end ${id} disconnected: ${reason}`);
+      if (options.oneOff || connectedFd !== undefined) void stop('--one-off: the front-end disconnected', 0);
+      else systemdNotify(`STATUS=Listening on ${where}`);
+    });
+  });
+}
+
+/** A group name or number as a gid; throws naming the group when unknown. */
+function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  const line = fs
+    .readFileSync('/etc/group', 'utf8')
+    .split('\n')
+    .find((l) => l.split(':')[0] === group);
+  if (line === undefined) throw new Error(`--socket-group: no group named ${group}`);
+  return Number(line.split(':')[2]);
+}

@@ -1,0 +1,149 @@
+import { expect } from 'chai';
+import { spawnSync } from 'child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'fs';
+import { tmpdir } from 'os';
+import { join } from 'path';
+import { type CliIo, packageVersion, run, type RunDaemon, usageText } from '../../../../src/backend/main';
+import { type DaemonOptions } from '../../../../src/backend/cli/options';
+import { optionHelp } from '../../../../src/backend/cli/options';
+import { setLogSink } from '../../../../src/sys/log';
+import { REPO_ROOT } from '../../../support/paths';
+
+interface Captured {
+  io: Partial<CliIo>;
+  out: () => string;
+  err: () => string;
+  daemonCalls: DaemonOptions[];
+  loggingCalls: number;
+}
+
+/** An io that records output and uses a fake daemon returning `code` (or throwing). */
+function capture(daemon: RunDaemon = async () => 0): Captured {
+  let out = '';
+  let err = '';
+  const captured: Captured = {
+    out: () => out,
+    err: () => err,
+    daemonCalls: [],
+    loggingCalls: 0,
+    io: {},
+  };
+  captured.io = {
+    stdout: (text) => (out += text),
+    stderr: (text) => (err += text),
+    loadDaemon: () => async (options) => {
+      captured.daemonCalls.push(options);
+      return daemon(options);
+    },
+    setupLogging: () => {
+      captured.loggingCalls++;
+    },
+  };
+  return captured;
+}
+
+describe('cli', () => {
+  it('--help prints every option and exits 0 without starting the daemon', async () => {
+    const c = capture();
+    expect(await run(['--help'], c.io)).to.equal(0);
+    expect(c.out()).to.match(/^Usage: ferry \[OPTION\]/);
+    for (const [names] of optionHelp()) expect(c.out()).to.include(names);
+    expect(c.daemonCalls).to.have.length(0);
+    expect(c.err()).to.equal('');
+  });
+
+  it('--version prints the package version', async () => {
+    const c = capture();
+    expect(await run(['--version'], c.io)).to.equal(0);
+    expect(c.out()).to.equal(`ferry ${packageVersion()}\n`);
+    expect(packageVersion()).to.match(/^\d+\.\d+\.\d+/);
+  });
+
+  it('--print-capabilities prints {"type": "net"} as JSON', async () => {
+    const c = capture();
+    expect(await run(['--socket', '/tmp/x.sock', '--print-capabilities'], c.io)).to.equal(0);
+    expect(JSON.parse(c.out())).to.deep.equal({ type: 'net' });
+    expect(c.daemonCalls).to.have.length(0);
+  });
+
+  it('a bad option is one line on stderr and exit code 1', async () => {
+    const c = capture();
+    expect(await run(['--mtu', '70000'], c.io)).to.equal(1);
+    expect(c.err()).to.equal('ferry: --mtu: 70000 is out of range (68-65520)\n');
+    expect(c.out()).to.equal('');
+    expect(c.daemonCalls).to.have.length(0);
+  });
+
+  it('runs the daemon with the parsed options and returns its exit code', async () => {
+    const c = capture(async () => 3);
+    expect(await run(['--vhost-user', '--socket', '/tmp/x.sock', '-t', '22', '-u', '53', '--mtu', '1500'], c.io)).to.equal(3);
+    expect(c.loggingCalls).to.equal(1);
+    expect(c.daemonCalls).to.have.length(1);
+    expect(c.daemonCalls[0].socketPath).to.equal('/tmp/x.sock');
+    expect(c.daemonCalls[0].network.mtu).to.equal(1500);
+  });
+
+  it('a daemon that throws means exit code 1 and one logged line; odd exit codes are clamped', async () => {
+    const logged: string[] = [];
+    setLogSink((level, message) => logged.push(`${level}: ${message}`));
+    try {
+      expect(await run([], capture(async () => Promise.reject(new Error('boom\nsecond line'))).io)).to.equal(1);
+    } finally {
+      setLogSink((level, message) => {
+        if (level !== 'debug') process.stderr.write(`${level}: ${message}\n`);
+      });
+    }
+    expect(logged[0]).to.equal('error: fatal: boom');
+    expect(await run([], capture(async () => 300).io)).to.equal(1);
+    expect(await run([], capture(async () => -1).io)).to.equal(1);
+  });
+
+  it('a daemon that cannot be loaded is one line and exit code 1', async () => {
+    const c = capture();
+    c.io.loadDaemon = () => {
+      throw new Error('Cannot find module ./daemon\nRequire stack: ...');
+    };
+    expect(await run([], c.io)).to.equal(1);
+    expect(c.err()).to.equal('ferry: cannot load the daemon: Cannot find module ./daemon\n');
+  });
+
+  it('usage lines stay readable', () => {
+    for (const line of usageText().split('\n')) expect(line.length).to.be.lessThan(200);
+  });
+
+  it('packageVersion walks up to the ferry package.json', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-cli-'));
+    try {
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'ferry', version: '9.8.7' }));
+      expect(packageVersion(join(dir, 'a', 'b'))).to.equal('9.8.7');
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'other', version: '1.0.0' }));
+      expect(packageVersion(join(dir, 'a'))).to.not.equal('1.0.0');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  describe('bin/ferry.js', () => {
+    const bin = join(REPO_ROOT, 'bin', 'ferry.js');
+    const ferry = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 10000 });
+
+    it('--print-capabilities through the real entry point', () => {
+      const result = ferry('--print-capabilities');
+      expect(result.status).to.equal(0);
+      expect(JSON.parse(result.stdout)).to.deep.equal({ type: 'net' });
+    });
+
+    it('a bad value exits 1 with one line', () => {
+      const result = ferry('--queues', '99');
+      expect(result.status).to.equal(1);
+      expect(result.stderr).to.equal('ferry: --queues: 99 is out of range (1-16)\n');
+    });
+
+    it('--help and --version exit 0', () => {
+      expect(ferry('--help').status).to.equal(0);
+      const version = ferry('--version');
+      expect(version.status).to.equal(0);
+      expect(version.stdout).to.match(/^ferry \d+\.\d+\.\d+/);
+    });
+  });
+});
