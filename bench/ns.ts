@@ -1,5 +1,5 @@
 /**
- * Namespace benchmarks (issue 7): `ferry pasta` beside Debian's `pasta`
+ * Namespace benchmarks: `ferry pasta` beside Debian's `pasta`
  * and `slirp4netns`, each serving a fresh network namespace through a tap
  * device, from the test namespace (where its host sockets live). iperf3
  * runs inside that namespace against a server in the peer namespace

@@ -1,5 +1,5 @@
 /**
- * Optional (issue 5): DPDK's testpmd as a vhost-user front-end, sending
+ * Optional: DPDK's testpmd as a vhost-user front-end, sending
  * 64-byte UDP datagrams (guest->host) through ferry into a sink, at a rate
  * no TCG guest can reach. testpmd's virtio-user port connects to ferry's
  * socket in the test namespace, addressed as the guest would be (the host's

@@ -1,5 +1,5 @@
 /**
- * VM benchmarks (issues 4 and 5): the same guest (test/guest, one vCPU
+ * VM benchmarks: the same guest (test/guest, one vCPU
  * under TCG) booted once per back-end in its own test network, running
  * iperf3 against a server in the peer namespace (192.0.2.2): TCP and UDP
  * both ways (-R for host to guest), and small datagrams. The guest prints

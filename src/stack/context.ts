@@ -1,6 +1,6 @@
 /**
  * State shared by the stack's protocol handlers (ARP, DHCP, ICMP echo,
- * NDP/DHCPv6, later TCP/UDP): configuration, where frames go, counters, the
+ * NDP/DHCPv6, TCP, UDP): configuration, where frames go, counters, the
  * guest's MAC, scratch buffers, a clock, readiness registration for host
  * sockets, and helpers that build Ethernet + IPv4/IPv6 (+ UDP) frames into
  * the frontend's reserved space.
@@ -221,7 +221,7 @@ export class StackContext {
   readonly clock: Clock;
   /** Readiness registration for host sockets, or null (no host sockets, e.g. unit tests). */
   readonly watcher: FdWatcher | null;
-  /** Addon socket calls, or null (echo and later translation then drop). */
+  /** Addon socket calls, or null (ICMP echo and the TCP/UDP translators then drop what needs a host socket). */
   readonly sockets: StackSockets | null;
   /** The guest's MAC: from the configuration, else learnt from its frames; broadcast until known. */
   readonly guestMac = new Uint8Array(6);

@@ -1,5 +1,5 @@
 /**
- * The guest configures itself from ferry alone (issue 3, passt's model): in
+ * The guest configures itself from ferry alone (passt's model): in
  * the test network (uplink 192.0.2.1/24 via 192.0.2.254, 2001:db8::1/64 via
  * 2001:db8::fe; the peer namespace holds the routers and 192.0.2.2 /
  * 2001:db8::2), one guest boot with default ferry options shows

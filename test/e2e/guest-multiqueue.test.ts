@@ -1,5 +1,5 @@
 /**
- * Multiqueue with a real guest (issue 2: MQ offered with the configured
+ * Multiqueue with a real guest (MQ offered with the configured
  * number of queue pairs): ferry with `--queues 2`, QEMU with `queues=2` and
  * `mq=on`, a guest with 2 vCPUs (virtio_net then uses both queue pairs and
  * steers each CPU's transmissions to its own queue). The guest pings over

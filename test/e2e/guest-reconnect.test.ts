@@ -1,7 +1,7 @@
 /**
  * QEMU with `reconnect=1` on its vhost-user chardev gets a working device
- * again after ferry dies and a new ferry starts on the same socket path
- * (issue 2): ferry is SIGKILLed while the guest runs pings at 50 per second
+ * again after ferry dies and a new ferry starts on the same socket path:
+ * ferry is SIGKILLed while the guest runs pings at 50 per second
  * (its socket file is left behind, as after a crash), the guest sees its
  * carrier drop, a new ferry process removes the stale socket and listens,
  * QEMU reconnects by itself, the carrier comes back and the guest takes a second DHCP lease and pings

@@ -1,5 +1,5 @@
 /**
- * One ferry process serves two QEMU guests one after the other (issue 2: a
+ * One ferry process serves two QEMU guests one after the other (a
  * new front-end is served after the old one exits, without restarting
  * ferry), and the guests' traffic is counted: ferry's `--metrics unix:PATH`
  * endpoint shows ferry_frames_total moving in both directions while each

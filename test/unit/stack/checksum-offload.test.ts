@@ -1,5 +1,5 @@
 /**
- * Checksum offload between ferry and the guest (issue 4):
+ * Checksum offload between ferry and the guest:
  *   - VirtioNetPort.checksumOffload follows VIRTIO_NET_F_GUEST_CSUM through
  *     the constructor and setFeatures; NetDevice offers CSUM and GUEST_CSUM;
  *   - TCP segments (real sockets over the host loopback, reached through the
