@@ -192,6 +192,8 @@ export const TcpEvent = {
   Timeout: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'timeout' }),
   SocketError: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'socket_error' }),
   IcmpToGuest: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'icmp_unreachable_to_guest' }),
+  /** A flow ended from outside (FlowTable.closeFlow), reset both ways. */
+  ClosedFromOutside: defineCounter('ferry_tcp_events_total', EVENT_HELP, { event: 'closed_from_outside' }),
 } as const;
 const BYTES_HELP = 'TCP payload bytes moved, by direction';
 const BYTES_FROM_GUEST = defineCounter('ferry_tcp_bytes_total', BYTES_HELP, { direction: 'from_guest' });
@@ -237,9 +239,6 @@ export interface TcpServiceOptions {
  * The TCP translator: one per stack (worker). Install as the stack's
  * tcpHandler; the worker calls onTimer() periodically.
  */
-/** struct sockaddr with sa_family = AF_UNSPEC: connect() with it dissolves a TCP connection. */
-const AF_UNSPEC_SOCKADDR = new Uint8Array(16);
-
 export class TcpService implements ReadyHandler {
   readonly flows: FlowTable;
   /** Listener sets closed with this service (adoptListeners). */
@@ -326,12 +325,15 @@ export class TcpService implements ReadyHandler {
    */
   private readonly seen4 = new Uint8Array(4);
   private readonly seen6 = new Uint8Array(16);
+  /** 1 at index p when TCP port p is one of ferry's own listeners (config.ownTcpPorts). */
+  private readonly ownPorts = new Uint8Array(65536);
 
   constructor(private readonly ctx: StackContext, options: TcpServiceOptions = {}) {
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- the addon loads only without injected sockets (unit tests run without it)
     this.sockets = options.sockets ?? (require('../../sys/native') as { native: Native }).native;
     this.flows = options.flows ?? new FlowTable(Math.max(1, ctx.config.maxFlows), ctx.counters);
-    this.flows.registerCloser(FlowProtocol.Tcp, (id) => this.disconnectHost(id));
+    this.flows.registerCloser(FlowProtocol.Tcp, (id) => this.closeFromOutside(id));
+    for (const port of ctx.config.ownTcpPorts ?? []) if (port > 0 && port < 65536) this.ownPorts[port] = 1;
     this.usePeekOffset = options.usePeekOffset ?? true;
     const n = this.flows.capacity;
     this.sndUna = new Uint32Array(n);
@@ -416,17 +418,25 @@ export class TcpService implements ReadyHandler {
     if (this.rxBlocked > 0) this.onWritable();
   }
 
-  /** Reset every connection (RST both ways), close the sockets and the listeners given to adoptListeners. */
   /**
-   * End a flow from outside: the host socket is disconnected (connect with
-   * AF_UNSPEC), so the kernel resets the peer and reports ECONNRESET, and the
-   * socket's error path then resets the guest's side and frees the flow.
+   * End a flow from outside (FlowTable.closeFlow: the control API, eviction)
+   * through the state machine: an RST to the guest (queued with the other
+   * pending resets when it has no RX buffers), an RST to the peer (SO_LINGER
+   * {1, 0} and close), the flow freed. A flow already reset and waiting for
+   * its RST to reach the guest is left to that queue.
    */
-  private disconnectHost(id: number): void {
-    const fd = this.flows.fd[id];
-    if (fd >= 0) this.sockets.connect(fd, AF_UNSPEC_SOCKADDR);
+  private closeFromOutside(id: number): void {
+    if (!this.flows.isLive(id, FlowProtocol.Tcp) || (this.flag[id] & F_RST_PENDING) !== 0) return;
+    this.ctx.counters.add(TcpEvent.ClosedFromOutside);
+    try {
+      this.abort(id, true, true);
+    } finally {
+      this.cancelOpen();
+      this.flush();
+    }
   }
 
+  /** Reset every connection (RST both ways), close the sockets and the listeners given to adoptListeners. */
   close(): void {
     for (const listeners of this.adopted.splice(0)) listeners.close();
     for (let id = 0; id < this.flows.capacity; id++) {
@@ -614,6 +624,12 @@ export class TcpService implements ReadyHandler {
     }
     const sockaddr = this.connectSockaddr(packet, bytes, tcp.dstPort);
     if (sockaddr === null) {
+      this.resetUnknown(packet, bytes);
+      return;
+    }
+    if (this.isOwnListener(sockaddr)) {
+      countDrop(ctx.counters, DropReason.TcpToOwnPort);
+      rateLimited('info', 'tcp own port', () => `tcp: guest connection to ferry's own port ${(sockaddr[2] << 8) | sockaddr[3]} refused`);
       this.resetUnknown(packet, bytes);
       return;
     }
@@ -1747,6 +1763,21 @@ export class TcpService implements ReadyHandler {
     const length = mapDestination(this.ctx.config, packet.family, bytes, packet.dstOffset, port, this.sockaddr6);
     if (length === 0) return null;
     return length === SOCKADDR_IN_LENGTH ? this.sockaddr4 : this.sockaddr6;
+  }
+
+  /**
+   * True when a connect destination is one of ferry's own listening sockets
+   * (config.ownTcpPorts) on the host's loopback or the host's own address,
+   * which the loopback and guest-address maps would otherwise hand the guest.
+   */
+  private isOwnListener(sockaddr: Uint8Array): boolean {
+    if (this.ownPorts[(sockaddr[2] << 8) | sockaddr[3]] !== 1) return false;
+    if (sockaddr === this.sockaddr4) {
+      const ipv4 = this.ctx.config.ipv4;
+      return sockaddr[4] === 127 || (ipv4 !== null && equalAt(sockaddr, 4, ipv4.address, 4));
+    }
+    const ipv6 = this.ctx.config.ipv6;
+    return isIpv6LoopbackAt(sockaddr, 8) || (ipv6 !== null && equalAt(sockaddr, 8, ipv6.address, 16));
   }
 
   /**
