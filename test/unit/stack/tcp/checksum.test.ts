@@ -1,10 +1,10 @@
 /**
- * The fast payload checksum (src/stack/tcp-checksum.ts) agrees with the
+ * The fast payload checksum (src/stack/l4/checksum.ts) agrees with the
  * reference byte loop of wire/checksum.ts for every alignment, length and
  * segmentation.
  */
 import { expect } from 'chai';
-import { fastSumBytes, fastSumSegments } from '../../../../src/stack/tcp/checksum';
+import { fastSumBytes, fastSumSegments } from '../../../../src/stack/l4/checksum';
 import { SegmentList } from '../../../../src/io/frame-io';
 import { sumBytes, sumSegments } from '../../../../src/stack/wire/checksum';
 import { patternBytes } from '../../../support/tcp-guest';
