@@ -122,3 +122,12 @@ export function fillL4Checksum(
   setBe16(out, field, checksum === 0 && zeroIsNone ? 0xffff : checksum);
   return undefined;
 }
+
+/**
+ * True when a guest's L4 message (length bytes at `from` of its frame's
+ * segments, `pseudo` its pseudo-header sum) has a correct checksum: the
+ * one check of TCP and UDP from the guest.
+ */
+export function l4ChecksumValid(segments: SegmentList, from: number, length: number, pseudo: number): boolean {
+  return finishChecksum(fastSumSegments(segments, from, length, pseudo)) === 0;
+}

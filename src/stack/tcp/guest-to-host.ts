@@ -11,8 +11,7 @@ import type { IpPacket, RxFrame } from '../context';
 import type { SegmentList } from '../../io/frame-io';
 import { FlowProtocol, NO_FLOW } from '../flow/flow-table';
 import { TcpError, TcpFlag } from '../wire/tcp';
-import { finishChecksum } from '../wire/checksum';
-import { fastSumSegments } from '../l4/checksum';
+import { l4ChecksumValid } from '../l4/checksum';
 import { iovFromSegments } from '../l4/iovec';
 import { DropReason, countDrop } from '../drops';
 import { establish, openFromGuest, takeSynOptions } from './connect';
@@ -31,7 +30,7 @@ export function handleSegment(c: TcpConnections, frame: RxFrame, packet: IpPacke
     return;
   }
   const l4Position = packet.l4Offset - frame.base;
-  if (!frame.checksumPartial && finishChecksum(fastSumSegments(segments, l4Position, packet.l4Length, packet.pseudoSum(frame.bytes))) !== 0) {
+  if (!frame.checksumPartial && !l4ChecksumValid(segments, l4Position, packet.l4Length, packet.pseudoSum(frame.bytes))) {
     ctx.counters.add(TcpEvent.BadChecksum);
     countDrop(ctx.counters, DropReason.TcpMalformed, () => 'TCP bad checksum');
     return;
