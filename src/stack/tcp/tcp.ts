@@ -73,7 +73,7 @@ import { DropReason, countDrop } from '../drops';
 import { LITTLE_ENDIAN } from '../../sys/byte-order';
 import {
   F_RST_PENDING, IPPROTO_TCP, SIOCOUTQ, TCP_INFO, TCP_STATE_NAMES, TcpConnections, TcpEvent, type TcpSockets,
-  cancelOpen, flush, seqDiff,
+  cancelOpen, closeFlow, flush, seqDiff,
 } from './connection';
 import { abort, retryPendingRst } from './output';
 import { acceptInbound } from './connect';
@@ -226,13 +226,26 @@ export class TcpService implements ReadyHandler {
     }
   }
 
-  /** Reset every connection (RST both ways), close the sockets and the listeners given to adoptListeners. */
+  /**
+   * Reset every connection (RST both ways), close the sockets and the
+   * listeners given to adoptListeners. RSTs that still find no guest
+   * buffers are given up with their slots: nothing outlives the service.
+   */
   close(): void {
+    const c = this.c;
     for (const listeners of this.adopted.splice(0)) listeners.close();
-    for (let id = 0; id < this.flows.capacity; id++) {
-      if (this.flows.isLive(id, FlowProtocol.Tcp)) abort(this.c, id, true, true);
+    try {
+      if (c.pendingRst.length > 0) retryPendingRst(c);
+      for (let id = 0; id < this.flows.capacity; id++) {
+        if (this.flows.isLive(id, FlowProtocol.Tcp) && (c.flag[id] & F_RST_PENDING) === 0) abort(c, id, true, true);
+      }
+    } finally {
+      cancelOpen(c);
+      flush(c);
     }
-    flush(this.c);
+    for (const id of c.pendingRst.splice(0)) {
+      if (this.flows.isLive(id, FlowProtocol.Tcp) && (c.flag[id] & F_RST_PENDING) !== 0) closeFlow(c, id, false);
+    }
   }
 
   /** Close `listeners` (e.g. TcpListeners feeding this service) when this service closes. */

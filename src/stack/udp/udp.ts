@@ -196,5 +196,8 @@ export class UdpService implements ReadyHandler {
     u.listenerByFd.clear();
     u.listenerCount = 0;
     u.freeListenerSlots.length = 0;
+    u.blocked.clear();
+    u.backlogHead = 0;
+    u.backlogTail = 0;
   }
 }

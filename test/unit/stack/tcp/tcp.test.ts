@@ -411,6 +411,31 @@ if (!INSIDE) {
       });
     }
 
+    it('close() releases every flow, also those whose RST still waits for guest RX buffers, and resets the peers', async () => {
+      harness = new TcpHarness();
+      const errors: string[] = [];
+      const sockets: net.Socket[] = [];
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', (e: NodeJS.ErrnoException) => errors.push(e.code ?? 'error'));
+        socket.on('data', () => undefined);
+        sockets.push(socket);
+      });
+      const a = guest(SERVER_V4, port);
+      const b = guest(SERVER_V4, port);
+      a.connect();
+      b.connect();
+      await harness.until(() => a.established && b.established && sockets.length === 2, 5000, 'two connections');
+      harness.port.available = false;
+      // One flow is reset by its server while the guest has no buffers: its slot waits for the RST.
+      sockets[0].resetAndDestroy();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(harness.tcp.flowCount).to.equal(2);
+      harness.tcp.close();
+      expect(harness.tcp.flowCount, 'flows after close()').to.equal(0);
+      await harness.until(() => errors.length >= 1, 5000, 'the other peer sees the reset');
+      expect(errors).to.include('ECONNRESET');
+    });
+
     it('answers a guest SYN for one of ferry\'s own loopback ports (ownTcpPorts) with an RST; the listener sees nothing', async () => {
       let accepted = 0;
       const ownPort = await listen('127.0.0.1', () => accepted++);
