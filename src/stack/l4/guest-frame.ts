@@ -5,7 +5,7 @@
  * place when the reservation's first segment holds them, else in a scratch
  * copied in before the commit.
  */
-import type { SegmentList } from '../../io/frame-io';
+import type { FramePort, SegmentList } from '../../io/frame-io';
 import type { StackContext } from '../context';
 import { ADDRESS_SLOT, type FlowTable } from '../flow/flow-table';
 import { ETHERNET_HEADER_LENGTH, EtherType, emitEthernet } from '../wire/ethernet';
@@ -77,4 +77,17 @@ export function flowPseudoSum(flows: FlowTable, id: number, protocol: number, l4
   return flows.family[id] === 4
     ? pseudoHeaderSumIpv4(flows.remoteAddress, base, flows.guestAddress, base, protocol, l4Length)
     : pseudoHeaderSumIpv6(flows.remoteAddress, base, flows.guestAddress, base, protocol, l4Length);
+}
+
+/**
+ * Call `listener` too when the guest posts RX buffers again
+ * (port.onWritable), after any listener already there: TCP and UDP both
+ * resume on it.
+ */
+export function addWritableListener(port: FramePort, listener: () => void): void {
+  const previous = port.onWritable;
+  port.onWritable = previous === null ? listener : () => {
+    previous();
+    listener();
+  };
 }

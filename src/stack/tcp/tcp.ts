@@ -80,6 +80,7 @@ import { acceptInbound } from './connect';
 import { handleSegment } from './guest-to-host';
 import { resumeRxBlocked, socketEvent } from './host-to-guest';
 import { onDeadline } from './timers';
+import { addWritableListener } from '../l4/guest-frame';
 
 export {
   FIN_TIMEOUT_MS, IDLE_TIMEOUT_MS, MAX_RETRIES, OUR_WINDOW_SCALE, RTO_INITIAL_MS, RTO_MAX_MS, SYN_TIMEOUT_MS,
@@ -137,12 +138,8 @@ export class TcpService implements ReadyHandler {
     this.c = new TcpConnections(ctx, sockets, this.flows, options.usePeekOffset ?? true);
     this.c.handler = this;
     this.flows.registerCloser(FlowProtocol.Tcp, (id) => this.closeFromOutside(id));
-    // Resume flows blocked on guest RX buffers; keep any earlier listener.
-    const previous = ctx.port.onWritable;
-    ctx.port.onWritable = previous === null ? () => this.onWritable() : () => {
-      previous();
-      this.onWritable();
-    };
+    // Resume flows blocked on guest RX buffers.
+    addWritableListener(ctx.port, () => this.onWritable());
   }
 
   /** TransportHandler: one TCP segment from the guest. */

@@ -55,6 +55,7 @@ import { fromGuest } from './guest-to-host';
 import { closeListeners, listenTagged } from './inbound';
 import { readSocket, resumeReading } from './host-to-guest';
 import { drainErrors } from './icmp-relay';
+import { addWritableListener } from '../l4/guest-frame';
 
 export { BATCH_SLOTS, COPY_THRESHOLD, ERRORS_PER_WAKEUP, MAX_LISTENERS, READS_PER_WAKEUP, UDP_FLOW_STATE_NAMES, UdpEvent, UdpFlowState, type UdpSockets } from './state';
 
@@ -82,12 +83,8 @@ export class UdpService implements ReadyHandler {
     this.flows = options.flows ?? new FlowTable(Math.max(1, ctx.config.maxFlows), ctx.counters);
     this.u = new UdpFlows(ctx, sockets, this.flows, this);
     this.flows.registerCloser(FlowProtocol.Udp, (id) => this.closeFlow(id));
-    // Resume reading when the guest posts RX buffers; keep any earlier listener (TCP's).
-    const previous = ctx.port.onWritable;
-    ctx.port.onWritable = previous === null ? () => this.onWritable() : () => {
-      previous();
-      this.onWritable();
-    };
+    // Resume reading when the guest posts RX buffers (after TCP, when it was there first).
+    addWritableListener(ctx.port, () => this.onWritable());
   }
 
   /** UDP flows in use. */

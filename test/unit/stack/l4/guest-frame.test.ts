@@ -8,7 +8,7 @@ import { SegmentList } from '../../../../src/io/frame-io';
 import { CounterBlock } from '../../../../src/sys/counters';
 import { StackContext } from '../../../../src/stack/context';
 import { FlowProtocol, FlowTable } from '../../../../src/stack/flow/flow-table';
-import { HeaderWindow, emitFlowIpHeaders, flowPseudoSum, ipHeadersLength } from '../../../../src/stack/l4/guest-frame';
+import { HeaderWindow, addWritableListener, emitFlowIpHeaders, flowPseudoSum, ipHeadersLength } from '../../../../src/stack/l4/guest-frame';
 import { IpProtocol, Ipv4Error, Ipv4View } from '../../../../src/stack/wire/ipv4';
 import { be16, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6 } from '../../../../src/stack/wire/checksum';
 import { FakeFramePort, OUR_MAC, testConfig } from '../../../support/stack-fakes';
@@ -82,5 +82,14 @@ describe('l4 guest-frame', () => {
     expect(Array.from(out.subarray(22, 38))).to.deep.equal(Array.from(REMOTE6));
     expect(Array.from(out.subarray(38, 54))).to.deep.equal(Array.from(GUEST6));
     expect(flowPseudoSum(flows, id, IpProtocol.Tcp, 20)).to.equal(pseudoHeaderSumIpv6(REMOTE6, 0, GUEST6, 0, IpProtocol.Tcp, 20));
+  });
+
+  it('chains onWritable listeners in the order they were added', () => {
+    const port = new FakeFramePort();
+    const calls: string[] = [];
+    addWritableListener(port, () => calls.push('tcp'));
+    addWritableListener(port, () => calls.push('udp'));
+    port.onWritable!();
+    expect(calls).to.deep.equal(['tcp', 'udp']);
   });
 });
