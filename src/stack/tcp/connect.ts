@@ -19,7 +19,7 @@ import { abort, resetUnknown, sendSyn, sendUnreachable } from './output';
 import { bindToDevice } from '../l4/host-socket';
 
 /**
- * An inbound connection accepted on a forwarded port (tcp-listen.ts):
+ * An inbound connection accepted on a forwarded port (listen.ts):
  * socket `fd` from peer `peer` (4 or 16 address bytes) port `peerPort`, to
  * be delivered to the guest's port `guestPort`. Sends a SYN to the guest.
  * Returns true when the flow was created; otherwise the socket was closed
@@ -132,7 +132,7 @@ export function openFromGuest(c: TcpConnections, packet: IpPacket, bytes: Uint8A
 
 /**
  * Where a guest connection to the packet's destination goes on the host,
- * by the forwarding rules shared with UDP (udp-address-map.ts
+ * by the forwarding rules shared with UDP (flow/address-map.ts
  * mapDestination: --dns-forward port 53 to the DNS host, the
  * --map-host-loopback address to 127.0.0.1 / ::1, --map-guest-addr to the
  * host's address), as a sockaddr view over reused scratch, or null when it
@@ -279,7 +279,7 @@ export function enlargeSendBuffer(c: TcpConnections, fd: number): void {
  * host's own address (-> --map-guest-addr, else the loopback mapping).
  * null when there is no mapping to show.
  *
- * Deliberately not udp-address-map's guestVisibleSource: that one also
+ * Deliberately not flow/address-map's guestVisibleSource: that one also
  * maps an IPv4-mapped loopback peer (::ffff:127.x.y.z, which an IPv6 UDP
  * socket can see) to the loopback mapping, where this one shows such a
  * peer as it is; it also copies the peer into scratch where this returns

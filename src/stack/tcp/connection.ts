@@ -231,7 +231,7 @@ export class TcpConnections {
    * guest sends on the flow). Bounded: beyond it the RST is given up.
    */
   readonly pendingRst: number[] = [];
-  /** Frames committed by this module since the last flush. */
+  /** Frames the translator committed since the last flush. */
   pending = 0;
   /** Flow whose burst of segments sendData is building (-1: none), and the window computed for it (-1: not yet). */
   batchFlow = -1;
@@ -323,7 +323,7 @@ export function cancelOpen(c: TcpConnections): void {
   c.ctx.port.cancel();
 }
 
-/** Publish frames committed by this module. */
+/** Publish the frames the translator committed (and those built through the context). */
 export function flush(c: TcpConnections): void {
   // Frames built through the context (ICMP errors) are counted there.
   c.ctx.flush();

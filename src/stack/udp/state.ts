@@ -168,7 +168,7 @@ export class UdpFlows {
   readonly extended = new ExtendedError();
   readonly plan = new IcmpErrorPlan();
   readonly quoted: QuotedDatagram;
-  /** Frames committed by this module since the last flush. */
+  /** Frames the translator committed since the last flush. */
   pending = 0;
 
   // ---- the batched path: recvmmsg into scratch slots, then copied to RX buffers ----
