@@ -168,7 +168,7 @@ export function seqDiff(a: number, b: number): number {
 export class TcpConnections {
   readonly ctx: StackContext;
   /** Called back on readiness of every flow's socket (the TcpService). */
-  handler: ReadyHandler | null = null;
+  readonly handler: ReadyHandler;
   readonly flows: FlowTable;
   readonly sockets: TcpSockets;
   readonly usePeekOffset: boolean;
@@ -248,8 +248,9 @@ export class TcpConnections {
   readonly ownPorts = new Uint8Array(65536);
 
 
-  constructor(ctx: StackContext, sockets: TcpSockets, flows: FlowTable, usePeekOffset: boolean) {
+  constructor(ctx: StackContext, sockets: TcpSockets, flows: FlowTable, usePeekOffset: boolean, handler: ReadyHandler) {
     this.ctx = ctx;
+    this.handler = handler;
     this.sockets = sockets;
     this.flows = flows;
     this.usePeekOffset = usePeekOffset;
@@ -335,7 +336,7 @@ export function flush(c: TcpConnections): void {
 export function watch(c: TcpConnections, id: number, events: number): void {
   const watcher = c.ctx.watcher;
   if (watcher === null) return;
-  if (c.handler !== null) watcher.watch(c.flows.fd[id], events, c.handler);
+  watcher.watch(c.flows.fd[id], events, c.handler);
   c.events[id] = events;
 }
 

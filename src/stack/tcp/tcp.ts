@@ -135,8 +135,7 @@ export class TcpService implements ReadyHandler {
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- the addon loads only without injected sockets (unit tests run without it)
     const sockets = options.sockets ?? (require('../../sys/native') as { native: Native }).native;
     this.flows = options.flows ?? new FlowTable(Math.max(1, ctx.config.maxFlows), ctx.counters);
-    this.c = new TcpConnections(ctx, sockets, this.flows, options.usePeekOffset ?? true);
-    this.c.handler = this;
+    this.c = new TcpConnections(ctx, sockets, this.flows, options.usePeekOffset ?? true, this);
     this.flows.registerCloser(FlowProtocol.Tcp, (id) => this.closeFromOutside(id));
     // Resume flows blocked on guest RX buffers.
     addWritableListener(ctx.port, () => this.onWritable());
