@@ -23,7 +23,7 @@ import { IDLE_TIMEOUT_MS, SYN_TIMEOUT_MS, TcpEvent } from '../../../../src/stack
 import { TcpListeners } from '../../../../src/stack/tcp/listen';
 import { parseForwardSpec } from '../../../../src/stack/flow/forward-spec';
 import type { Segment } from '../../../support/tcp-guest';
-import { GATEWAY_V4, testConfig } from '../../../support/stack-fakes';
+import { GATEWAY_V4, GATEWAY_V6, testConfig } from '../../../support/stack-fakes';
 import { finishChecksum, pseudoHeaderSumIpv6, sumBytes } from '../../../../src/stack/wire/checksum';
 import { REPO_ROOT } from '../../../support/paths';
 import { DROP_SLOTS, DropReason } from '../../../../src/stack/drops';
@@ -456,6 +456,18 @@ if (!INSIDE) {
       await harness.until(() => allowed.established, 5000, 'handshake to another port');
       await new Promise((resolve) => setTimeout(resolve, 50));
       expect(accepted, 'connections accepted by the own listener').to.equal(0);
+    });
+
+    it('answers an IPv6 guest SYN for one of ferry\'s own ports through the link-local gateway (host ::1) with an RST', async () => {
+      let accepted = 0;
+      const ownPort = await listen('::1', () => accepted++);
+      harness = new TcpHarness({ ownTcpPorts: [ownPort] });
+      const blocked = guest(GATEWAY_V6, ownPort, { family: 6 });
+      blocked.connect();
+      await harness.until(() => blocked.rstReceived, 5000, 'RST for the own port');
+      expect(harness.counters.get(DROP_SLOTS[DropReason.TcpToOwnPort])).to.equal(1);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(accepted).to.equal(0);
     });
 
     it('never sends beyond a small unscaled guest window, and resumes as it is ACKed', async () => {
