@@ -27,7 +27,7 @@ const PARTS = {
   main: { path: '^src/backend/main[.]ts$', may: ['modes', 'cli', 'sys'] },
 };
 
-/** Inside the stack: wire views at the bottom, then the flow table, then the protocols, then the dispatcher. */
+/** Inside the stack: wire views at the bottom, then the flow table and the shared L4 helpers, then the protocols, then the dispatcher. */
 const STACK_INNER = [
   {
     name: 'stack-wire-is-the-bottom',
@@ -39,6 +39,12 @@ const STACK_INNER = [
     name: 'stack-flow-below-protocols',
     comment: 'the flow table and forwarding rules serve every protocol and import none of them',
     from: { path: '^src/stack/flow/' },
+    to: { path: '^src/stack/(l2|tcp|udp|icmp)/|^src/stack/stack(-factory)?[.]ts$' },
+  },
+  {
+    name: 'stack-l4-below-protocols',
+    comment: 'l4/ holds what TCP and UDP share (iovecs, frame headers, checksums); it serves them and imports none of them',
+    from: { path: '^src/stack/l4/' },
     to: { path: '^src/stack/(l2|tcp|udp|icmp)/|^src/stack/stack(-factory)?[.]ts$' },
   },
   {

@@ -68,4 +68,12 @@ export interface StackConfig {
   tcpForwards?: ForwardSpec[];
   /** Parsed -u/--udp-ports specs (inbound UDP forwarding); absent or empty = none. */
   udpForwards?: ForwardSpec[];
+  /**
+   * TCP ports ferry itself listens on at the host's loopback or on all of
+   * its addresses (--metrics HOST:PORT): the gateway-to-loopback map would
+   * otherwise let the guest reach them. A guest SYN whose mapped destination
+   * is a host loopback address or the host's own address, port in this list,
+   * is answered with an RST. Absent or empty = none.
+   */
+  ownTcpPorts?: number[];
 }

@@ -56,6 +56,8 @@ export enum DropReason {
   EchoTableFull,
   /** An exception escaped a handler: a bug, counted so it is visible. */
   InternalError,
+  /** A guest SYN for one of ferry's own listening sockets on the host (config.ownTcpPorts): answered with an RST. */
+  TcpToOwnPort,
 }
 
 /** Label text per DropReason, in enum order. */
@@ -92,6 +94,7 @@ export const DROP_REASON_LABELS: readonly string[] = [
   'echo_send_failed',
   'echo_table_full',
   'internal_error',
+  'tcp_to_own_port',
 ];
 
 const DROP_HELP = 'Frames from the guest dropped by the stack, by reason';

@@ -7,13 +7,27 @@ import { log } from '../../sys/log';
 import type { StackConfig } from '../../stack/config';
 import { discoverHost } from '../host/host-discovery';
 import { type AddressOverrides, describeStackConfig, resolveStackConfig } from '../host/resolve-config';
-import type { DaemonOptions } from '../cli/options';
+import type { DaemonOptions, MetricsEndpoint } from '../cli/options';
+import { isLoopback, isUnspecified, parseIp } from '../../stack/address';
 
 /** The address-related subset of the parsed options, in resolve-config's terms. */
 export function addressOverridesFrom(options: DaemonOptions): AddressOverrides {
   // -o/--outbound is parsed but not applied by the stack: left out, as before.
   const { outbound4: _outbound4, outbound6: _outbound6, ...addressOptions } = options.network;
   return { ...addressOptions, ...options.services, maxFlows: options.maxFlows, udpIdleMs: options.udpTimeoutSeconds * 1000 };
+}
+
+/**
+ * The TCP ports ferry itself listens on where the guest could reach them
+ * through the gateway-to-loopback map (or the guest-address map): --metrics
+ * on a loopback address, 'localhost' or a wildcard. Port 0 (the kernel
+ * picks) is not known here and is left out.
+ */
+export function ownTcpPortsOf(metrics: MetricsEndpoint | null): number[] {
+  if (metrics === null || metrics.kind !== 'tcp' || metrics.port === 0) return [];
+  const address = parseIp(metrics.host);
+  const reachable = address === null ? metrics.host.toLowerCase() === 'localhost' : isLoopback(address) || isUnspecified(address);
+  return reachable ? [metrics.port] : [];
 }
 
 /** A resolved stack configuration and the host interface it came from (pasta names its tap after it). */
@@ -30,6 +44,8 @@ export function resolveStack(options: DaemonOptions): ResolvedStack {
   // -t/-u specs: the inbound listeners of the stack that owns them.
   if (options.forwards.tcp.length > 0) config.tcpForwards = options.forwards.tcp;
   if (options.forwards.udp.length > 0) config.udpForwards = options.forwards.udp;
+  const ownTcpPorts = ownTcpPortsOf(options.metrics);
+  if (ownTcpPorts.length > 0) config.ownTcpPorts = ownTcpPorts;
   for (const line of describeStackConfig(config)) log.info(line);
   const hostInterface = options.network.interface ?? discovered.ipv4?.interfaceName ?? discovered.ipv6?.interfaceName ?? null;
   return { config, hostInterface };

@@ -23,9 +23,10 @@ import { IDLE_TIMEOUT_MS, SYN_TIMEOUT_MS, TcpEvent } from '../../../../src/stack
 import { TcpListeners } from '../../../../src/stack/tcp/listen';
 import { parseForwardSpec } from '../../../../src/stack/flow/forward-spec';
 import type { Segment } from '../../../support/tcp-guest';
-import { GATEWAY_V4, testConfig } from '../../../support/stack-fakes';
+import { GATEWAY_V4, GATEWAY_V6, testConfig } from '../../../support/stack-fakes';
 import { finishChecksum, pseudoHeaderSumIpv6, sumBytes } from '../../../../src/stack/wire/checksum';
 import { REPO_ROOT } from '../../../support/paths';
+import { DROP_SLOTS, DropReason } from '../../../../src/stack/drops';
 
 const INSIDE = process.env.FERRY_TCP_NETNS === '1';
 const SERVER_V4 = Uint8Array.from([192, 0, 2, 2]);
@@ -371,6 +372,102 @@ if (!INSIDE) {
       harness.advance(100);
       await harness.until(() => g.rstReceived, 5000, 'RST to the guest after buffers came back');
       expect(harness.tcp.flowCount).to.equal(0);
+    });
+
+    for (const withBuffers of [true, false]) {
+      it(`a flow closed from outside (flows.closeFlow) is reset both ways: ECONNRESET at the peer, an RST to the guest${withBuffers ? '' : ' once it has RX buffers'}`, async () => {
+        harness = new TcpHarness();
+        let serverError = '';
+        let serverSocket: net.Socket | null = null;
+        const port = await listen('192.0.2.2', (socket) => {
+          socket.on('error', (e: NodeJS.ErrnoException) => (serverError = e.code ?? 'error'));
+          socket.on('data', () => undefined);
+          serverSocket = socket;
+        });
+        const g = guest(SERVER_V4, port);
+        g.recordSegments = true;
+        g.connect();
+        await harness.until(() => g.established && serverSocket !== null, 5000, 'handshake');
+        const [flow] = [...harness.tcp.flows.flows(performance.now())].filter((f) => f.protocol === FlowProtocol.Tcp);
+        expect(flow.state).to.equal('established');
+        if (!withBuffers) harness.port.available = false;
+        expect(harness.tcp.flows.closeFlow(flow.id)).to.equal(true);
+        expect(harness.counters.get(TcpEvent.ClosedFromOutside)).to.equal(1);
+        // The peer is reset at once, whatever the guest's buffers.
+        await harness.until(() => serverError !== '', 5000, 'peer sees the reset');
+        expect(serverError).to.equal('ECONNRESET');
+        if (!withBuffers) {
+          expect(g.rstReceived).to.equal(false);
+          expect(harness.tcp.flowCount, 'slot kept until the RST goes out').to.equal(1);
+          harness.port.available = true;
+          harness.advance(100);
+        }
+        await harness.until(() => g.rstReceived, 5000, 'RST to the guest');
+        const rst = g.segments.find((s) => (s.flags & RST) !== 0)!;
+        expect(rst.seq, 'RST in the guest window').to.equal(g.rcvNxt);
+        expect(harness.tcp.flowCount).to.equal(0);
+        // Closing it again finds nothing.
+        expect(harness.tcp.flows.closeFlow(flow.id)).to.equal(false);
+      });
+    }
+
+    it('close() releases every flow, also those whose RST still waits for guest RX buffers, and resets the peers', async () => {
+      harness = new TcpHarness();
+      const errors: string[] = [];
+      const sockets: net.Socket[] = [];
+      const port = await listen('192.0.2.2', (socket) => {
+        socket.on('error', (e: NodeJS.ErrnoException) => errors.push(e.code ?? 'error'));
+        socket.on('data', () => undefined);
+        sockets.push(socket);
+      });
+      const a = guest(SERVER_V4, port);
+      const b = guest(SERVER_V4, port);
+      a.connect();
+      b.connect();
+      await harness.until(() => a.established && b.established && sockets.length === 2, 5000, 'two connections');
+      harness.port.available = false;
+      // One flow is reset by its server while the guest has no buffers: its slot waits for the RST.
+      sockets[0].resetAndDestroy();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(harness.tcp.flowCount).to.equal(2);
+      harness.tcp.close();
+      expect(harness.tcp.flowCount, 'flows after close()').to.equal(0);
+      await harness.until(() => errors.length >= 1, 5000, 'the other peer sees the reset');
+      expect(errors).to.include('ECONNRESET');
+    });
+
+    it('answers a guest SYN for one of ferry\'s own loopback ports (ownTcpPorts) with an RST; the listener sees nothing', async () => {
+      let accepted = 0;
+      const ownPort = await listen('127.0.0.1', () => accepted++);
+      const otherPort = await listen('127.0.0.1', (socket) => socket.on('error', () => undefined));
+      harness = new TcpHarness({ ownTcpPorts: [ownPort] });
+      const blocked = guest(GATEWAY_V4, ownPort);
+      blocked.recordSegments = true;
+      blocked.connect();
+      await harness.until(() => blocked.rstReceived, 5000, 'RST for the own port');
+      const rst = blocked.segments.find((s) => (s.flags & RST) !== 0)!;
+      expect(rst.ack).to.equal((blocked.iss + 1) >>> 0);
+      expect(blocked.established).to.equal(false);
+      expect(harness.counters.get(DROP_SLOTS[DropReason.TcpToOwnPort])).to.equal(1);
+      expect(harness.tcp.flowCount).to.equal(0);
+      // Another loopback port through the gateway still connects.
+      const allowed = guest(GATEWAY_V4, otherPort);
+      allowed.connect();
+      await harness.until(() => allowed.established, 5000, 'handshake to another port');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(accepted, 'connections accepted by the own listener').to.equal(0);
+    });
+
+    it('answers an IPv6 guest SYN for one of ferry\'s own ports through the link-local gateway (host ::1) with an RST', async () => {
+      let accepted = 0;
+      const ownPort = await listen('::1', () => accepted++);
+      harness = new TcpHarness({ ownTcpPorts: [ownPort] });
+      const blocked = guest(GATEWAY_V6, ownPort, { family: 6 });
+      blocked.connect();
+      await harness.until(() => blocked.rstReceived, 5000, 'RST for the own port');
+      expect(harness.counters.get(DROP_SLOTS[DropReason.TcpToOwnPort])).to.equal(1);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(accepted).to.equal(0);
     });
 
     it('never sends beyond a small unscaled guest window, and resumes as it is ACKed', async () => {
