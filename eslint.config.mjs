@@ -3,6 +3,7 @@
 // failure nobody awaits), misused promises in callbacks, `any` leaking in.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import globals from 'globals';
 
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', 'build/**', '.cache/**', 'eslint.config.mjs', '.dependency-cruiser.js', 'bin/**'] },
@@ -48,6 +49,12 @@ export default tseslint.config(
       },
     },
     rules: { 'local/disable-needs-reason': 'error' },
+  },
+  {
+    // The few plain scripts (scripts/*.js) are CommonJS run by Node.
+    files: ['**/*.js'],
+    languageOptions: { sourceType: 'commonjs', globals: globals.node },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
   {
     // Tests and benchmarks print their figures and progress.
