@@ -233,7 +233,7 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
     expect(fdTargets(daemonPid(fe)).filter((t) => t.includes(name))).to.deep.equal([]);
     const after = await scrape(metricsPath);
     expect(refusals(after, 'bad_fd') - refusals(before, 'bad_fd')).to.equal(1);
-    expect(daemonLog).to.match(/region needs file bytes up to 2097152, the file has 4096/);
+    await waitFor(() => /region needs file bytes up to 2097152, the file has 4096/.test(daemonLog), 3000, 'the refusal in the log');
     fe.disconnect();
     await sleep(100);
     await expectServed();
@@ -315,7 +315,7 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
     await fe.setVringFd(Request.SET_VRING_KICK, 0, kick, true);
     const after = await scrape(metricsPath);
     expect(refusals(after, 'bad_fd') - refusals(before, 'bad_fd')).to.equal(refused);
-    expect(daemonLog).to.match(/SET_VRING_KICK: fd is pipe:\[\d+\], not an eventfd/);
+    await waitFor(() => /SET_VRING_KICK: fd is pipe:\[\d+\], not an eventfd/.test(daemonLog), 3000, 'the refusal in the log');
     fe.disconnect();
     await sleep(100);
     await expectServed();
@@ -345,8 +345,9 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
       setSoftLimit(softLimit);
     }
     expect(alive()).to.equal(true);
+    // The daemon's output arrives through a pipe: give it a moment.
+    await waitFor(() => /fd limit/.test(daemonLog.slice(logBefore)), 3000, 'the daemon to log the fd limit');
     const log = daemonLog.slice(logBefore);
-    expect(log).to.match(/fd limit/);
     expect(log).to.not.match(/more than \d+ fds with one message/);
     const metrics = await scrape(metricsPath);
     expect(refusals(metrics, 'fd_limit')).to.be.at.least(1);
