@@ -27,8 +27,10 @@ namespace ferry {
 
 namespace {
 
-// Enough for every worker to map the largest allowed table in 1 GiB chunks.
-constexpr size_t kMaxGuarded = 16384;
+// Room for 16 workers each holding two tables (old and new during a
+// SET_MEM_TABLE) of the largest allowed size in 1 GiB chunks, plus one
+// partial chunk per region.
+constexpr size_t kMaxGuarded = 65536;
 
 struct GuardSlot {
   std::atomic<uintptr_t> start{0};
@@ -39,6 +41,9 @@ struct GuardSlot {
 GuardSlot g_slots[kMaxGuarded];
 std::atomic<uint64_t> g_total_faults{0};
 std::mutex g_register_lock;
+// Where the search for a free slot starts (under g_register_lock): mapping a
+// table of n chunks stays O(n) instead of O(n * table).
+size_t g_next_free = 0;
 struct sigaction g_previous;
 std::once_flag g_install_once;
 bool g_installed = false;
@@ -166,11 +171,13 @@ napi_value MemfdCreateSealable(napi_env env, napi_callback_info info) {
 bool GuardRegister(void* addr, size_t len) {
   std::call_once(g_install_once, Install);
   std::lock_guard<std::mutex> hold(g_register_lock);
-  for (size_t i = 0; i < kMaxGuarded; i++) {
+  for (size_t n = 0; n < kMaxGuarded; n++) {
+    const size_t i = (g_next_free + n) % kMaxGuarded;
     if (g_slots[i].start.load(std::memory_order_relaxed) != 0) continue;
     g_slots[i].faults.store(0, std::memory_order_relaxed);
     g_slots[i].len.store(len, std::memory_order_release);
     g_slots[i].start.store(reinterpret_cast<uintptr_t>(addr), std::memory_order_release);
+    g_next_free = (i + 1) % kMaxGuarded;
     return true;
   }
   return false;
