@@ -27,6 +27,7 @@ import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import { native } from '../../../sys/native';
 import { closeQuietly } from '../../../sys/close';
+import { atFdLimit, eventFdProblem } from './fd-checks';
 import { peerDescription, removeStaleSocket } from '../../../sys/unix-socket';
 import { log, rateLimited } from '../../../sys/log';
 import { type CounterBlock, defineCounter } from '../../../sys/counters';
@@ -210,36 +211,6 @@ class Connection {
 
 function regionKey(region: VhostUserMemoryRegion): string {
   return `${region.guestAddress}:${region.userAddress}:${region.size}`;
-}
-
-/**
- * Null when `fd` is an eventfd, else why not. Its /proc/self/fd link names
- * the anonymous inode ("anon_inode:[eventfd]"); nothing else may stand in
- * for a kick, call or err fd (a socket or pipe would have the worker read
- * the front-end's data, a regular file would poll readable forever).
- */
-export function eventFdProblem(fd: number): string | null {
-  let target: string;
-  try {
-    target = fs.readlinkSync(`/proc/self/fd/${fd}`);
-  } catch (error) {
-    return `cannot identify fd ${fd}: ${errorText(error)}`;
-  }
-  return target === 'anon_inode:[eventfd]' ? null : `fd is ${target}, not an eventfd`;
-}
-
-/**
- * After MSG_CTRUNC: true when we could not take one more fd ourselves
- * (EMFILE/ENFILE), the real reason the kernel dropped the message's fds.
- */
-function atFdLimit(probeFd: number): boolean {
-  try {
-    native.close(native.dup(probeFd));
-    return false;
-  } catch (error) {
-    const code = (error as { code?: unknown }).code;
-    return code === 'EMFILE' || code === 'ENFILE';
-  }
 }
 
 function closeFds(fds: number[]): void {
