@@ -1,7 +1,8 @@
 /**
  * A hostile vhost-user front-end against the real daemon (`node bin/ferry.js`
  * as a child process in a test namespace): guest memory larger than its fd,
- * a memfd truncated under the daemon's mappings, a table of 60 TiB, fds that
+ * a memfd truncated under the daemon's mappings (rings and all, or only the
+ * buffers a frame points into), a table of 60 TiB, fds that
  * are not eventfds or not files, and a daemon pushed to its fd limit. After
  * each attack the daemon is alive, has closed every fd it was handed for a
  * refused message, and serves a fresh front-end (its ARP request answered).
@@ -258,6 +259,70 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
     expect(alive(), 'no SIGBUS killed the daemon').to.equal(true);
     // The daemon still answers on the same connection.
     await fe.setVringState(Request.SET_VRING_ENABLE, 1, 1);
+    fe.disconnect();
+    await sleep(100);
+    await expectServed();
+  });
+
+  it('rings intact but buffers truncated away: a frame whose payload lies past the file end, then RX into vanished buffers', async () => {
+    const fe = connect();
+    await fe.negotiate();
+    await fe.start();
+    fe.provideRxBuffers(32);
+    fe.sendFrame(0, arpRequestForGateway());
+    let gatewayMac: Uint8Array | null = null;
+    for (let attempt = 0; attempt < 50 && gatewayMac === null; attempt++) {
+      const received = await fe.waitForRxFrame(5000);
+      expect(received, 'an RX frame').to.not.equal(null);
+      const frame = (received as { frame: Uint8Array }).frame;
+      if (frame[12] === 0x08 && frame[13] === 0x06) gatewayMac = frame.slice(6, 12);
+    }
+    expect(gatewayMac, 'the gateway MAC from its ARP reply').to.not.equal(null);
+    // Keep the first 64 KiB (the rings), drop everything after it.
+    const kept = 64 * 1024;
+    fs.ftruncateSync(fe.memoryFd, kept);
+    const base = Number(fe.guestBase);
+    const headerGpa = base + kept - 4096;
+    const payloadGpa = base + kept + 0x10000;
+    // virtio-net header + Ethernet + IPv4 + UDP to the namespace's server, in memory that is still there.
+    const header = new Uint8Array(12 + 14 + 20 + 8);
+    const ip = (text: string) => text.split('.').map(Number);
+    header.set(gatewayMac as Uint8Array, 12);
+    header.set(GUEST_MAC, 18);
+    header.set([0x08, 0x00], 24);
+    const payloadLength = 512;
+    const v4 = new DataView(header.buffer, 26, 20);
+    v4.setUint8(0, 0x45);
+    v4.setUint16(2, 20 + 8 + payloadLength);
+    v4.setUint8(8, 64);
+    v4.setUint8(9, 17);
+    header.set(ip(TEST_NET.hostV4), 26 + 12);
+    header.set(ip(TEST_NET.serverV4), 26 + 16);
+    let sum = 0;
+    for (let i = 0; i < 20; i += 2) sum += v4.getUint16(i);
+    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+    v4.setUint16(10, ~sum & 0xffff);
+    const udp = new DataView(header.buffer, 46, 8);
+    udp.setUint16(0, 40000);
+    udp.setUint16(2, 9);
+    udp.setUint16(4, 8 + payloadLength);
+    (fe.arena as NonNullable<typeof fe.arena>).write(headerGpa, header);
+    const tx = fe.ring(1);
+    for (let i = 0; i < 4; i++) {
+      tx.addChain([{ gpa: headerGpa, length: header.length, writable: false }, { gpa: payloadGpa, length: payloadLength, writable: false }]);
+    }
+    tx.publish();
+    fe.kick(1);
+    // RX buffers in the vanished part: whatever the daemon writes there goes to zero pages.
+    const rx = fe.ring(0);
+    for (let i = 0; i < 8; i++) rx.addChain([{ gpa: payloadGpa + 4096 * i, length: 2048, writable: true }]);
+    rx.publish();
+    fe.kick(0);
+    await sleep(500);
+    expect(alive(), 'the daemon survives').to.equal(true);
+    // The datagrams were handled (their payload read as zeros), not a reason to die.
+    const metrics = await scrape(metricsPath);
+    expect(metrics).to.match(/ferry_udp_events_total\{[^}]*event="datagram_from_guest"\} [1-9]/);
     fe.disconnect();
     await sleep(100);
     await expectServed();
