@@ -328,6 +328,7 @@ class ControlConnection {
       return false;
     }
     if (this.socket.write(bytes)) return !this.closed;
+    if (this.closed || this.socket.destroyed) return false;
     const drained = await new Promise<boolean>((resolve) => {
       const done = (ok: boolean): void => {
         clearTimeout(timer);
