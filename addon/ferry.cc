@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   }
   ferry::InitFd(env, exports);
   ferry::InitMem(env, exports);
+  ferry::InitGuard(env, exports);
   ferry::InitPoller(env, exports);
   ferry::InitSock(env, exports);
   ferry::InitNs(env, exports);  // after InitSock: adds to its constants

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "guard.h"
 
 namespace ferry {
 
@@ -19,6 +20,7 @@ struct Chunk {
 
 void UnmapChunk(Chunk* c) {
   if (!c->unmapped) {
+    GuardUnregister(c->addr);
     munmap(c->addr, c->len);
     c->unmapped = true;
   }
@@ -50,8 +52,15 @@ void UnmapBuffer(napi_env env, napi_value ab) {
 // Create the ArrayBuffer for one fresh mapping; on failure the mapping is
 // released and false returned (exception pending or thrown here).
 bool MapChunk(napi_env env, void* addr, size_t len, napi_value* out) {
+  // A chunk the SIGBUS guard cannot watch is not handed out.
+  if (!GuardRegister(addr, len)) {
+    munmap(addr, len);
+    ThrowErrno(env, "mmap", ENOMEM);
+    return false;
+  }
   Chunk* c = new Chunk{addr, len, false};
   if (napi_create_external_arraybuffer(env, addr, len, FinalizeChunk, c, out) != napi_ok) {
+    GuardUnregister(addr);
     munmap(addr, len);
     delete c;
     bool pending = false;

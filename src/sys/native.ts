@@ -289,3 +289,24 @@ function load(): Native {
 
 /** The addon, loaded once per thread. */
 export const native: Native = load();
+
+/**
+ * The guest-memory fault guard and the seal calls of addon/guard.cc (merged
+ * into Native). Every chunk returned by mmap() is guarded: a SIGBUS on it
+ * (its file shrank under it, or never covered it) maps zero pages over the
+ * rest of the chunk and counts a fault instead of killing the process.
+ */
+export interface Native {
+  /** Faults absorbed on guest memory by this process so far (every thread). */
+  guardFaults(): number;
+  /** Faults absorbed on one chunk returned by mmap() (0 for other buffers). */
+  guardMappingFaults(buffer: ArrayBuffer): number;
+  /** True when the SIGBUS handler is installed. */
+  guardInstalled(): boolean;
+  /** fcntl(F_ADD_SEALS); throws (EPERM when F_SEAL_SEAL is set, EINVAL when the file cannot be sealed). */
+  addSeals(fd: number, seals: number): void;
+  /** fcntl(F_GET_SEALS): the F_SEAL_* bits, or -1 when the file does not support seals. */
+  getSeals(fd: number): number;
+  /** memfd_create(name, MFD_CLOEXEC|MFD_ALLOW_SEALING) + ftruncate(size). For tests. */
+  memfdCreateSealable(name: string, size: number): number;
+}

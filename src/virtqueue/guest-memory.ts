@@ -52,10 +52,23 @@ export interface RegionWithFd extends GuestRegionLayout {
   fd: number;
 }
 
+/**
+ * Default bound on the guest memory one table may map: 1 TiB. Every chunk
+ * costs V8 a few milliseconds to adopt (external memory accounting), so a
+ * table must stay small enough to map well inside the front-end's reply
+ * deadline: 1 TiB is 1024 chunks, a few seconds; a front-end declaring
+ * 60 TiB of holes would otherwise stall the worker for minutes.
+ */
+export const DEFAULT_MAX_GUEST_MEMORY = 2 ** 40;
+
 /** The mmap/munmap pair of the addon; injectable so tests need no addon. */
 export interface GuestMemoryMapper {
   mmap(fd: number, offset: number, size: number, chunkSize: number): ArrayBuffer[];
   munmap(buffer: ArrayBuffer): void;
+  /** Faults absorbed on guest memory by the whole process (the addon's SIGBUS guard); absent: never faults. */
+  totalFaults?(): number;
+  /** Faults absorbed on one chunk made by mmap. */
+  chunkFaults?(buffer: ArrayBuffer): number;
 }
 
 /** Page size assumed for mmap offsets (x86-64 and the common arm64 configurations map at 4 KiB). */
@@ -127,6 +140,9 @@ export class GuestMemory {
   /** Index of the region that served the last lookup (consecutive lookups tend to hit the same region). */
   private lastRegion = 0;
   private mapper: GuestMemoryMapper | null = null;
+  /** The process-wide fault count when this memory was last checked (a change means: look at our chunks). */
+  private faultBaseline = 0;
+  private faultSeen = false;
 
   /** Result of the last successful `locate`: the chunk's bytes, its DataView, and the offset in it. */
   hitBytes: Uint8Array = new Uint8Array(0);
@@ -151,7 +167,16 @@ export class GuestMemory {
    * `chunkSize` bytes and return the memory. The fds stay the caller's. On
    * failure, whatever was mapped is unmapped again and the error rethrown.
    */
-  static map(regions: RegionWithFd[], chunkSize = DEFAULT_CHUNK_SIZE, mapper: GuestMemoryMapper = loadNativeMapper()): GuestMemory {
+  static map(
+    regions: RegionWithFd[],
+    chunkSize = DEFAULT_CHUNK_SIZE,
+    mapper: GuestMemoryMapper = loadNativeMapper(),
+    maxTotalSize = DEFAULT_MAX_GUEST_MEMORY,
+  ): GuestMemory {
+    // Refused before the first mmap: mapping a huge table chunk by chunk is itself the attack.
+    const tooLarge = totalSizeProblem(regions.map((r) => r.size), maxTotalSize);
+    if (tooLarge !== null) throw new RangeError(`guest memory: ${tooLarge}`);
+    const faultBaseline = mapper.totalFaults?.() ?? 0;
     const mapped: MappedRegion[] = [];
     try {
       for (const r of regions) {
@@ -164,11 +189,36 @@ export class GuestMemory {
       }
       const memory = new GuestMemory(mapped);
       memory.mapper = mapper;
+      memory.faultBaseline = faultBaseline;
       return memory;
     } catch (e) {
       for (const m of mapped) for (const c of m.chunks) mapper.munmap(c);
       throw e;
     }
+  }
+
+  /**
+   * True once a SIGBUS on one of this memory's chunks was absorbed (its file
+   * was shorter than the region or was truncated): the chunk now reads as
+   * zeros from the fault on, and the rings in it must be treated as broken.
+   * Cheap while nothing faulted (one addon call comparing a counter).
+   */
+  get faulted(): boolean {
+    if (this.faultSeen) return true;
+    const mapper = this.mapper;
+    if (mapper === null || mapper.totalFaults === undefined || mapper.chunkFaults === undefined) return false;
+    const total = mapper.totalFaults();
+    if (total === this.faultBaseline) return false;
+    this.faultBaseline = total;
+    for (const r of this.regions) {
+      for (const c of r.source.chunks) {
+        if (mapper.chunkFaults(c) > 0) {
+          this.faultSeen = true;
+          return true;
+        }
+      }
+    }
+    return false;
   }
 
   /** Number of regions. */
@@ -301,5 +351,81 @@ export class GuestMemory {
 function loadNativeMapper(): GuestMemoryMapper {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily: unit tests of this module need no addon
   const { native } = require('../sys/native') as typeof import('../sys/native');
-  return { mmap: (fd, offset, size, chunkSize) => native.mmap(fd, offset, size, chunkSize), munmap: (b) => native.munmap(b) };
+  return {
+    mmap: (fd, offset, size, chunkSize) => native.mmap(fd, offset, size, chunkSize),
+    munmap: (b) => native.munmap(b),
+    totalFaults: () => native.guardFaults(),
+    chunkFaults: (b) => native.guardMappingFaults(b),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Checks on region fds, made before anything is mapped (vhost-user's main
+// thread runs them on SET_MEM_TABLE and ADD_MEM_REG).
+
+/** File type bits of st_mode (fixed Linux ABI values). */
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+/** fcntl seal bits (linux/fcntl.h). */
+export const F_SEAL_SEAL = 0x0001;
+export const F_SEAL_SHRINK = 0x0002;
+
+/** What checkRegionFd needs of the system; the addon in the daemon, fakes in unit tests. */
+export interface RegionFdInspector {
+  /** [st_mode, st_size]; throws when the fd is not open. */
+  fstat(fd: number): [number, number];
+  /** F_SEAL_* bits, or -1 when the file does not support seals. */
+  getSeals(fd: number): number;
+  /** F_ADD_SEALS; throws when refused. */
+  addSeals(fd: number, seals: number): void;
+}
+
+/** The outcome of checkRegionFd. */
+export type RegionFdCheck = { ok: true; shrinkSealed: boolean; fileSize: number } | { ok: false; problem: string };
+
+/**
+ * Check that a region can be mapped from `fd` without touching pages past
+ * the file's end: the fd must be a regular file (a memfd, a /dev/shm or
+ * hugetlbfs file: what QEMU passes) at least mmapOffset + size bytes long.
+ * Then forbid shrinking it where the file allows (F_SEAL_SHRINK on a memfd
+ * created with MFD_ALLOW_SEALING and not yet F_SEAL_SEAL'd; QEMU's memfd
+ * backend seals grow+shrink+seal itself by default). A file that cannot be
+ * sealed can still be truncated later: the addon's SIGBUS guard covers that.
+ */
+export function checkRegionFd(fd: number, mmapOffset: bigint, size: bigint, inspector: RegionFdInspector): RegionFdCheck {
+  let mode: number;
+  let fileSize: number;
+  try {
+    [mode, fileSize] = inspector.fstat(fd);
+  } catch (error) {
+    return { ok: false, problem: `fstat failed: ${error instanceof Error ? error.message : String(error)}` };
+  }
+  if ((mode & S_IFMT) !== S_IFREG) return { ok: false, problem: `fd is not a regular file or memfd (st_mode 0o${mode.toString(8)})` };
+  if (mmapOffset + size > BigInt(fileSize)) {
+    return { ok: false, problem: `region needs file bytes up to ${mmapOffset + size}, the file has ${fileSize}` };
+  }
+  let seals = inspector.getSeals(fd);
+  if (seals >= 0 && (seals & F_SEAL_SHRINK) === 0 && (seals & F_SEAL_SEAL) === 0) {
+    try {
+      inspector.addSeals(fd, F_SEAL_SHRINK);
+      seals |= F_SEAL_SHRINK;
+    } catch {
+      // Another process may have sealed it meanwhile; the guard still covers a truncation.
+    }
+  }
+  return { ok: true, shrinkSealed: seals >= 0 && (seals & F_SEAL_SHRINK) !== 0, fileSize };
+}
+
+/** Null when `sizes` add up to at most `limit` bytes, else why not. */
+export function totalSizeProblem(sizes: readonly (number | bigint)[], limit: number): string | null {
+  let total = 0n;
+  for (const size of sizes) total += BigInt(size);
+  return total > BigInt(limit) ? `${total} bytes of guest memory exceed the ${limit}-byte bound` : null;
+}
+
+/** The addon's fstat and seal calls, loaded on first use. */
+export function nativeRegionFdInspector(): RegionFdInspector {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily: unit tests of this module need no addon
+  const { native } = require('../sys/native') as typeof import('../sys/native');
+  return { fstat: (fd) => native.fstat(fd), getSeals: (fd) => native.getSeals(fd), addSeals: (fd, seals) => native.addSeals(fd, seals) };
 }

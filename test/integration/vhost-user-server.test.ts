@@ -593,6 +593,70 @@ describe('vhost-user server (integration, in-process)', function () {
     });
   });
 
+  describe('hostile fds and memory', () => {
+    it('ADD_MEM_REG of a region past its file end or on a non-file fd: refused before the device, fd closed', async () => {
+      const fe = await negotiated();
+      const baseline = openFdCount();
+      const memfd = native.memfdCreate('ferry-test-short', 4096);
+      const [readEnd, writeEnd] = native.pipe();
+      const region = { guestAddress: 0x40000000n, size: 1n << 21n, userAddress: 0x7f3300000000n, mmapOffset: 0n };
+      expect(String(await fe.addMemRegion(region, memfd, true).catch((e: unknown) => e))).to.match(/refused/);
+      expect(String(await fe.addMemRegion({ ...region, size: 4096n, mmapOffset: 4096n }, memfd, true).catch((e: unknown) => e))).to.match(/refused/);
+      expect(String(await fe.addMemRegion({ ...region, size: 4096n }, readEnd, true).catch((e: unknown) => e))).to.match(/refused/);
+      for (const fd of [memfd, readEnd, writeEnd]) native.close(fd);
+      expect(openFdCount(), 'the server closed its copies').to.equal(baseline);
+      expect(server.refusalCount('bad_fd')).to.equal(3);
+      expect(device.methods()).to.not.include('addMemRegion');
+    });
+
+    it('bounds the guest memory across ADD_MEM_REG, counting a repeated region once and a removed one no more', async () => {
+      await server.close();
+      server = VhostUserServer.listen({ device, socketPath, counters, maxGuestMemory: 2 << 20 });
+      const fe = await negotiated();
+      const memfd = native.memfdCreate('ferry-test-bound', 1 << 20);
+      try {
+        const first = { guestAddress: 0x40000000n, size: 1n << 20n, userAddress: 0x7f3300000000n, mmapOffset: 0n };
+        const second = { ...first, guestAddress: 0x50000000n, userAddress: 0x7f3400000000n };
+        const third = { ...first, guestAddress: 0x60000000n, userAddress: 0x7f3500000000n };
+        await fe.addMemRegion(first, memfd, true);
+        await fe.addMemRegion(first, memfd, true); // QEMU 7.2 repeats it per queue pair
+        await fe.addMemRegion(second, memfd, true);
+        expect(String(await fe.addMemRegion(third, memfd, true).catch((e: unknown) => e))).to.match(/refused/);
+        expect(server.refusalCount('memory_limit')).to.equal(1);
+        await fe.removeMemRegion(second, true);
+        await fe.addMemRegion(third, memfd, true);
+        // A table replaces everything: two regions fit, three do not.
+        await fe.sendRequest(Request.SET_MEM_TABLE, memTableBytes(fe, [first, second, third]), [memfd, memfd, memfd], true);
+        expect(await fe.readAck(Request.SET_MEM_TABLE)).to.not.equal(0n);
+        expect(server.refusalCount('memory_limit')).to.equal(2);
+        await fe.sendRequest(Request.SET_MEM_TABLE, memTableBytes(fe, [first, second]), [memfd, memfd], true);
+        expect(await fe.readAck(Request.SET_MEM_TABLE)).to.equal(0n);
+      } finally {
+        native.close(memfd);
+      }
+      expect(device.methods().filter((m) => m === 'addMemRegion' || m === 'setMemTable')).to.deep.equal(['addMemRegion', 'addMemRegion', 'addMemRegion', 'addMemRegion', 'setMemTable']);
+    });
+
+    it('kick, call and err fds must be eventfds: others are refused and closed, the device never sees them', async () => {
+      const fe = await negotiated();
+      const baseline = openFdCount();
+      const [readEnd, writeEnd] = native.pipe();
+      const memfd = native.memfdCreate('ferry-test-kick', 4096);
+      const [sockA, sockB] = native.socketpair();
+      for (const [request, fd] of [[Request.SET_VRING_KICK, writeEnd], [Request.SET_VRING_CALL, memfd], [Request.SET_VRING_ERR, sockA]] as const) {
+        expect(String(await fe.setVringFd(request, 0, fd, true).catch((e: unknown) => e))).to.match(/refused/);
+      }
+      for (const fd of [readEnd, writeEnd, memfd, sockA, sockB]) native.close(fd);
+      expect(openFdCount()).to.equal(baseline);
+      expect(server.refusalCount('bad_fd')).to.equal(3);
+      expect(device.ownedFds.size).to.equal(0);
+      const kick = native.eventfd(0);
+      await fe.setVringFd(Request.SET_VRING_KICK, 0, kick, true);
+      native.close(kick);
+      expect(device.methods()).to.include('setVringKick');
+    });
+  });
+
   it('drops a front-end that never reads its replies, without crashing', async () => {
     const fe = await negotiated();
     // Requests that each get a reply, never read: our receive buffer fills,
@@ -613,14 +677,15 @@ describe('vhost-user server (integration, in-process)', function () {
   });
 });
 
-function memTableBytes(fe: VhostUserFrontend): Uint8Array {
-  const bytes = new Uint8Array(8 + 32);
+function memTableBytes(fe: VhostUserFrontend, regions: VhostUserMemoryRegion[] = [fe.memoryRegion()]): Uint8Array {
+  const bytes = new Uint8Array(8 + 32 * regions.length);
   const view = new DataView(bytes.buffer);
-  const region = fe.memoryRegion();
-  view.setUint32(0, 1, true);
-  view.setBigUint64(8, region.guestAddress, true);
-  view.setBigUint64(16, region.size, true);
-  view.setBigUint64(24, region.userAddress, true);
-  view.setBigUint64(32, region.mmapOffset, true);
+  view.setUint32(0, regions.length, true);
+  regions.forEach((region, i) => {
+    view.setBigUint64(8 + 32 * i, region.guestAddress, true);
+    view.setBigUint64(16 + 32 * i, region.size, true);
+    view.setBigUint64(24 + 32 * i, region.userAddress, true);
+    view.setBigUint64(32 + 32 * i, region.mmapOffset, true);
+  });
   return bytes;
 }

@@ -402,49 +402,130 @@ export function frame(body: Uint8Array): Buffer {
 /** What FrameReader.next() found. */
 export type FrameResult = { kind: 'frame'; body: Buffer } | { kind: 'incomplete' } | { kind: 'oversized'; length: number };
 
+/** The one 'incomplete' result (no allocation per call while bytes trickle in). */
+const INCOMPLETE: FrameResult = Object.freeze({ kind: 'incomplete' });
+
+/** Size of the first body buffer of a frame that arrives in pieces; it doubles as bytes come (never past the frame). */
+const FIRST_BODY_BUFFER_BYTES = 64 << 10;
+
 /**
- * Splits a byte stream into frames. Buffers at most one frame (the limit
- * plus its header); a header announcing more than `maxBody` bytes is
- * reported as 'oversized' and the reader stays in that state (the stream
- * cannot be resynchronised).
+ * Splits a byte stream into frames in linear time, however the stream is
+ * cut: pushing is O(1), and a frame's body is assembled in a buffer that
+ * grows by doubling up to the announced length (so each byte is copied at
+ * most about three times, and a peer announcing a big frame and sending
+ * little costs little). A frame that arrives whole in one chunk is not
+ * copied at all. A header announcing more than
+ * `maxBody` bytes is reported as 'oversized' and the reader stays in that
+ * state (the stream cannot be resynchronised).
  */
 export class FrameReader {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  /** Chunks pushed and not yet parsed: queue[queueHead..], the first one from queueOffset on. */
+  private queue: Buffer[] = [];
+  private queueHead = 0;
+  private queueOffset = 0;
+  private queued = 0;
+  private readonly header = Buffer.alloc(FRAME_HEADER_BYTES);
+  private headerFill = 0;
+  /** Length of the frame being assembled, -1 while its header is incomplete. */
+  private bodyLength = -1;
+  private body: Buffer | null = null;
+  private bodyFill = 0;
   private oversizedLength = -1;
+  /** Bytes copied so far (header bytes split across chunks, bodies assembled from pieces). */
+  copiedBytes = 0;
 
   constructor(private readonly maxBody: number) {}
 
-  /** Append bytes received from the stream. */
+  /** Append bytes received from the stream (kept by reference until parsed). */
   push(chunk: Buffer): void {
     if (this.oversizedLength >= 0 || chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
+    this.queue.push(chunk);
+    this.queued += chunk.length;
   }
 
   /** The next complete frame, 'incomplete' when more bytes are needed, or 'oversized'. */
   next(): FrameResult {
     if (this.oversizedLength >= 0) return { kind: 'oversized', length: this.oversizedLength };
-    if (this.buffered < FRAME_HEADER_BYTES) return { kind: 'incomplete' };
-    const data = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.buffered);
-    this.chunks = [data];
-    const length = data.readUInt32BE(0);
-    if (length > this.maxBody) {
-      this.oversizedLength = length;
-      this.chunks = [];
-      this.buffered = 0;
-      return { kind: 'oversized', length };
+    if (this.bodyLength < 0) {
+      this.headerFill += this.take(this.header, this.headerFill, FRAME_HEADER_BYTES - this.headerFill);
+      if (this.headerFill < FRAME_HEADER_BYTES) return INCOMPLETE;
+      const length = this.header.readUInt32BE(0);
+      if (length > this.maxBody) {
+        this.oversizedLength = length;
+        this.queue = [];
+        this.queueHead = 0;
+        this.queued = 0;
+        return { kind: 'oversized', length };
+      }
+      this.bodyLength = length;
     }
-    if (this.buffered < FRAME_HEADER_BYTES + length) return { kind: 'incomplete' };
-    const body = data.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + length);
-    const rest = data.subarray(FRAME_HEADER_BYTES + length);
-    this.chunks = rest.length > 0 ? [rest] : [];
-    this.buffered = rest.length;
-    return { kind: 'frame', body };
+    const length = this.bodyLength;
+    if (this.body === null) {
+      const first = this.queue[this.queueHead];
+      if (length === 0 || (first !== undefined && first.length - this.queueOffset >= length)) {
+        // The whole body in one chunk: hand out a view of it.
+        const body = length === 0 ? Buffer.alloc(0) : first.subarray(this.queueOffset, this.queueOffset + length);
+        if (length > 0) this.advance(length);
+        return this.finishFrame(body);
+      }
+      if (this.queued === 0) return INCOMPLETE;
+      this.body = Buffer.allocUnsafe(Math.min(length, FIRST_BODY_BUFFER_BYTES));
+    }
+    while (this.bodyFill < length && this.queued > 0) {
+      if (this.bodyFill === this.body.length) {
+        const grown = Buffer.allocUnsafe(Math.min(length, 2 * this.body.length));
+        this.body.copy(grown, 0, 0, this.bodyFill);
+        this.copiedBytes += this.bodyFill;
+        this.body = grown;
+      }
+      this.bodyFill += this.take(this.body, this.bodyFill, Math.min(length, this.body.length) - this.bodyFill);
+    }
+    if (this.bodyFill < length) return INCOMPLETE;
+    return this.finishFrame(this.body);
   }
 
   /** Bytes received but not yet returned as a frame. */
   get pending(): number {
-    return this.buffered;
+    return this.headerFill + this.bodyFill + this.queued;
+  }
+
+  private finishFrame(body: Buffer): FrameResult {
+    this.headerFill = 0;
+    this.bodyLength = -1;
+    this.body = null;
+    this.bodyFill = 0;
+    return { kind: 'frame', body };
+  }
+
+  /** Copy up to `wanted` queued bytes into target[offset..]; returns how many. */
+  private take(target: Buffer, offset: number, wanted: number): number {
+    let copied = 0;
+    while (copied < wanted && this.queued > 0) {
+      const chunk = this.queue[this.queueHead];
+      const n = Math.min(wanted - copied, chunk.length - this.queueOffset);
+      chunk.copy(target, offset + copied, this.queueOffset, this.queueOffset + n);
+      copied += n;
+      this.advance(n);
+    }
+    this.copiedBytes += copied;
+    return copied;
+  }
+
+  /** Drop `n` bytes from the front of the queue (n <= queued). */
+  private advance(n: number): void {
+    this.queued -= n;
+    this.queueOffset += n;
+    while (this.queueHead < this.queue.length && this.queueOffset >= this.queue[this.queueHead].length) {
+      this.queueOffset -= this.queue[this.queueHead].length;
+      this.queueHead++;
+    }
+    // Compact now and then so the array does not grow with the stream.
+    if (this.queueHead === this.queue.length) {
+      this.queue = [];
+      this.queueHead = 0;
+    } else if (this.queueHead >= 1024 && this.queueHead * 2 >= this.queue.length) {
+      this.queue = this.queue.slice(this.queueHead);
+      this.queueHead = 0;
+    }
   }
 }

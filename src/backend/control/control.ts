@@ -29,9 +29,11 @@ import {
   type FlowProtocol,
   type ForwardInfo,
   type ForwardProtocol,
+  FRAME_HEADER_BYTES,
   frame,
   FrameReader,
   MAX_REQUEST_BYTES,
+  MAX_RESPONSE_BYTES,
   type StatSample,
 } from './control-protocol';
 import { readEphemeralRange } from '../cli/options';
@@ -97,6 +99,14 @@ export interface ControlServerOptions {
   handlerTimeoutMs?: number;
   /** Peer uids allowed besides our own and root (default none). */
   extraUids?: readonly number[];
+  /**
+   * A client whose reply is still not taken by the socket after this long is
+   * dropped (default 10 s): it stopped reading. Requests are not read while a
+   * reply waits.
+   */
+  replyDrainTimeoutMs?: number;
+  /** Reply bytes one client may have queued (default: one largest response); a reply beyond it drops the client. */
+  maxQueuedReplyBytes?: number;
 }
 
 /** A running control server. */
@@ -245,7 +255,20 @@ async function removeStaleSocket(path: string): Promise<void> {
   fs.rmSync(path, { force: true });
 }
 
-/** One client connection: frames in, responses out, one request at a time. */
+/** How a connection bounds its replies. */
+interface ReplyLimits {
+  drainTimeoutMs: number;
+  maxQueuedBytes: number;
+}
+
+/**
+ * One client connection: frames in, responses out, one request at a time.
+ * Backpressure both ways: the socket is paused while a request is handled
+ * and while its reply waits to be written, so a client that sends requests
+ * without reading the replies stops being read; if its reply is still
+ * queued after the drain timeout (or too many reply bytes would queue), it
+ * is dropped.
+ */
 class ControlConnection {
   private readonly reader = new FrameReader(MAX_REQUEST_BYTES);
   private busy = false;
@@ -255,6 +278,7 @@ class ControlConnection {
     private readonly socket: net.Socket,
     private readonly handler: ControlHandler,
     private readonly handlerTimeoutMs: number,
+    private readonly limits: ReplyLimits,
   ) {
     socket.on('data', (chunk: Buffer) => {
       this.reader.push(chunk);
@@ -284,12 +308,45 @@ class ControlConnection {
         const response = await answerRequest(this.handler, next.body, this.handlerTimeoutMs);
         if (response.status === 'BAD_REQUEST') rateLimited('info', 'control-bad-request', () => `control: bad request: ${response.message}`);
         if (this.closed) return;
-        this.socket.write(frame(this.encodeBounded(response)));
+        if (!(await this.writeReply(frame(this.encodeBounded(response))))) return;
       }
     } finally {
       this.busy = false;
       if (!this.closed) this.socket.resume();
     }
+  }
+
+  /**
+   * Queue one reply and wait until the socket has taken it (its 'drain').
+   * False, with the client dropped, when the queued bytes would exceed the
+   * bound or the client does not read within the drain timeout.
+   */
+  private async writeReply(bytes: Buffer): Promise<boolean> {
+    if (this.socket.writableLength + bytes.length > this.limits.maxQueuedBytes) {
+      rateLimited('warn', 'control-reply-queue', () => `control: a client has ${this.socket.writableLength} reply bytes queued and does not read; closing it`);
+      this.destroy();
+      return false;
+    }
+    if (this.socket.write(bytes)) return !this.closed;
+    if (this.closed || this.socket.destroyed) return false;
+    const drained = await new Promise<boolean>((resolve) => {
+      const done = (ok: boolean): void => {
+        clearTimeout(timer);
+        this.socket.off('drain', onDrain);
+        this.socket.off('close', onClose);
+        resolve(ok);
+      };
+      const onDrain = (): void => done(true);
+      const onClose = (): void => done(false);
+      const timer = setTimeout(() => done(false), this.limits.drainTimeoutMs);
+      this.socket.on('drain', onDrain);
+      this.socket.on('close', onClose);
+    });
+    if (!drained && !this.closed) {
+      rateLimited('warn', 'control-reply-stalled', () => `control: a client did not read its reply within ${this.limits.drainTimeoutMs} ms; closing it`);
+      this.destroy();
+    }
+    return drained && !this.closed;
   }
 
   /** Encode a response; one that fails to encode (a handler returning bad data) becomes an INTERNAL error. */
@@ -321,6 +378,10 @@ export async function startControlServer(path: string, handler: ControlHandler, 
   const maxConnections = options.maxConnections ?? 16;
   const handlerTimeoutMs = options.handlerTimeoutMs ?? 10_000;
   const extraUids = options.extraUids ?? [];
+  const limits: ReplyLimits = {
+    drainTimeoutMs: options.replyDrainTimeoutMs ?? 10_000,
+    maxQueuedBytes: options.maxQueuedReplyBytes ?? FRAME_HEADER_BYTES + MAX_RESPONSE_BYTES,
+  };
   // The default path's directory (e.g. $XDG_RUNTIME_DIR/ferry/NAME) may not exist yet.
   fs.mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   await removeStaleSocket(path);
@@ -338,7 +399,7 @@ export async function startControlServer(path: string, handler: ControlHandler, 
       socket.destroy();
       return;
     }
-    const connection = new ControlConnection(socket, handler, handlerTimeoutMs);
+    const connection = new ControlConnection(socket, handler, handlerTimeoutMs, limits);
     connections.add(connection);
     socket.on('close', () => connections.delete(connection));
   });

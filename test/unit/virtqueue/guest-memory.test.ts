@@ -1,6 +1,20 @@
 import { expect } from 'chai';
 import { SegmentList } from '../../../src/io/frame-io';
-import { GuestMemory, type GuestMemoryMapper, MAX_GUEST_ADDRESS, type MappedRegion, addressFromBigInt } from '../../../src/virtqueue/guest-memory';
+import * as fs from 'fs';
+import {
+  DEFAULT_MAX_GUEST_MEMORY,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  GuestMemory,
+  type GuestMemoryMapper,
+  MAX_GUEST_ADDRESS,
+  type MappedRegion,
+  type RegionFdInspector,
+  addressFromBigInt,
+  checkRegionFd,
+  nativeRegionFdInspector,
+  totalSizeProblem,
+} from '../../../src/virtqueue/guest-memory';
 
 const CHUNK = 4096;
 
@@ -213,6 +227,140 @@ describe('virtqueue GuestMemory', () => {
   });
 });
 
+/** A mapper of plain ArrayBuffers whose fault counters the test sets. */
+function faultingMapper(): { mapper: GuestMemoryMapper; faults: Map<ArrayBuffer, number>; total: { value: number }; mapped: number[] } {
+  const faults = new Map<ArrayBuffer, number>();
+  const total = { value: 0 };
+  const mapped: number[] = [];
+  const mapper: GuestMemoryMapper = {
+    mmap(_fd, _offset, size, chunkSize) {
+      mapped.push(size);
+      const chunks: ArrayBuffer[] = [];
+      for (let left = size; left > 0; left -= chunkSize) chunks.push(new ArrayBuffer(Math.min(left, chunkSize)));
+      return chunks;
+    },
+    munmap() {},
+    totalFaults: () => total.value,
+    chunkFaults: (buffer) => faults.get(buffer) ?? 0,
+  };
+  return { mapper, faults, total, mapped };
+}
+
+describe('virtqueue GuestMemory: hostile tables and faults', () => {
+  it('refuses a table above the bound before mapping anything', () => {
+    const { mapper, mapped } = faultingMapper();
+    const huge = { fd: 3, guestPhysAddr: 0, size: 60 * 2 ** 40, userAddr: 0, mmapOffset: 0 };
+    expect(() => GuestMemory.map([huge], 2 ** 30, mapper)).to.throw(RangeError, /exceed the 1099511627776-byte bound/);
+    const two = [
+      { fd: 3, guestPhysAddr: 0, size: 3 * CHUNK, userAddr: 0, mmapOffset: 0 },
+      { fd: 4, guestPhysAddr: 0x100000, size: 2 * CHUNK, userAddr: 0x100000, mmapOffset: 0 },
+    ];
+    expect(() => GuestMemory.map(two, CHUNK, mapper, 4 * CHUNK)).to.throw(RangeError, /bound/);
+    expect(mapped, 'no mmap for a refused table').to.deep.equal([]);
+    GuestMemory.map(two, CHUNK, mapper, 5 * CHUNK).unmap();
+    expect(mapped).to.deep.equal([3 * CHUNK, 2 * CHUNK]);
+  });
+
+  it('totalSizeProblem sums exactly in bigint', () => {
+    expect(totalSizeProblem([], 0)).to.equal(null);
+    expect(totalSizeProblem([2n ** 62n, 2n ** 62n], DEFAULT_MAX_GUEST_MEMORY)).to.match(/9223372036854775808 bytes/);
+    expect(totalSizeProblem([DEFAULT_MAX_GUEST_MEMORY / 2, BigInt(DEFAULT_MAX_GUEST_MEMORY / 2)], DEFAULT_MAX_GUEST_MEMORY)).to.equal(null);
+    expect(totalSizeProblem([DEFAULT_MAX_GUEST_MEMORY, 1], DEFAULT_MAX_GUEST_MEMORY)).to.not.equal(null);
+  });
+
+  it('faulted turns true once a chunk of this memory reports a fault, not for faults elsewhere', () => {
+    const { mapper, faults, total } = faultingMapper();
+    total.value = 5; // faults before this memory existed do not count
+    const memory = GuestMemory.map([{ fd: 3, guestPhysAddr: 0, size: 4 * CHUNK, userAddr: 0, mmapOffset: 0 }], 2 * CHUNK, mapper);
+    expect(memory.faulted).to.equal(false);
+    total.value = 6; // another memory's chunk faulted
+    expect(memory.faulted).to.equal(false);
+    const out = new SegmentList(1);
+    expect(memory.translate(3 * CHUNK, 1, out)).to.equal(true);
+    faults.set(out.buffers[0].buffer as ArrayBuffer, 1);
+    total.value = 7;
+    expect(memory.faulted).to.equal(true);
+    faults.clear();
+    expect(memory.faulted, 'stays broken').to.equal(true);
+    // Memory built from plain buffers has no guard and never faults.
+    expect(layout().memory.faulted).to.equal(false);
+  });
+
+  /** An inspector over a fake file: mode, size and seals the test chooses; records added seals. */
+  function fakeFile(mode: number, size: number, seals: number, refuseSeal = false): RegionFdInspector & { added: number[] } {
+    const added: number[] = [];
+    return {
+      added,
+      fstat: () => [mode, size],
+      getSeals: () => seals,
+      addSeals: (_fd, bits) => {
+        if (refuseSeal) throw new Error('EPERM');
+        added.push(bits);
+        seals |= bits;
+      },
+    };
+  }
+
+  it('checkRegionFd: a regular file long enough is accepted and its shrinking sealed', () => {
+    const file = fakeFile(0o100600, 2 * 1024 * 1024, 0);
+    expect(checkRegionFd(5, 0n, 2n * 1024n * 1024n, file)).to.deep.equal({ ok: true, shrinkSealed: true, fileSize: 2 * 1024 * 1024 });
+    expect(file.added).to.deep.equal([F_SEAL_SHRINK]);
+    // Already sealed (QEMU's memfd backend: grow+shrink+seal): nothing to add.
+    const qemu = fakeFile(0o100600, 8192, F_SEAL_SEAL | F_SEAL_SHRINK | 0x4);
+    expect(checkRegionFd(5, 4096n, 4096n, qemu)).to.include({ ok: true, shrinkSealed: true });
+    expect(qemu.added).to.deep.equal([]);
+    // Not sealable (F_SEAL_SEAL set without SHRINK, or no seal support): accepted, the SIGBUS guard covers it.
+    const locked = fakeFile(0o100600, 8192, F_SEAL_SEAL);
+    expect(checkRegionFd(5, 0n, 8192n, locked)).to.include({ ok: true, shrinkSealed: false });
+    expect(locked.added).to.deep.equal([]);
+    expect(checkRegionFd(5, 0n, 8192n, fakeFile(0o100600, 8192, -1))).to.include({ ok: true, shrinkSealed: false });
+    expect(checkRegionFd(5, 0n, 8192n, fakeFile(0o100600, 8192, 0, true))).to.include({ ok: true, shrinkSealed: false });
+  });
+
+  it('checkRegionFd: refuses a region past the file end, a non-regular fd, and an fd fstat rejects', () => {
+    const small = fakeFile(0o100600, 4096, 0);
+    const past = checkRegionFd(5, 0n, 2n * 1024n * 1024n, small);
+    expect(past).to.deep.equal({ ok: false, problem: 'region needs file bytes up to 2097152, the file has 4096' });
+    expect(small.added, 'nothing sealed on a refused region').to.deep.equal([]);
+    expect(checkRegionFd(5, 4096n, 1n, fakeFile(0o100600, 4096, 0)).ok).to.equal(false);
+    expect(checkRegionFd(5, 2n ** 64n - 1n, 2n, fakeFile(0o100600, 4096, 0)).ok).to.equal(false);
+    for (const mode of [0o140777 /* socket */, 0o010600 /* fifo */, 0o020666 /* char device */, 0o040700 /* directory */, 0o600 /* anon inode */]) {
+      const result = checkRegionFd(5, 0n, 4096n, fakeFile(mode, 1 << 30, 0));
+      expect(result.ok, `mode 0o${mode.toString(8)}`).to.equal(false);
+      expect(!result.ok && result.problem).to.match(/not a regular file or memfd/);
+    }
+    const closed: RegionFdInspector = { fstat: () => { throw new Error('fstat: EBADF'); }, getSeals: () => -1, addSeals: () => undefined };
+    expect(checkRegionFd(99, 0n, 4096n, closed)).to.deep.equal({ ok: false, problem: 'fstat failed: fstat: EBADF' });
+  });
+
+  it('checkRegionFd over real fds: a sealable memfd gets F_SEAL_SHRINK, a pipe is refused', function () {
+    let inspector: RegionFdInspector;
+    let native: typeof import('../../../src/sys/native').native;
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- the addon may be missing on a developer's machine: the test then skips
+      native = (require('../../../src/sys/native') as typeof import('../../../src/sys/native')).native;
+      inspector = nativeRegionFdInspector();
+    } catch {
+      if (process.env.CI === 'true') throw new Error('the addon is not built');
+      this.skip();
+    }
+    const sealable = native.memfdCreateSealable('ferry-seal-test', 8192);
+    const plain = native.memfdCreate('ferry-plain-test', 8192);
+    const [readEnd, writeEnd] = native.pipe();
+    try {
+      expect(checkRegionFd(sealable, 0n, 8192n, inspector)).to.deep.equal({ ok: true, shrinkSealed: true, fileSize: 8192 });
+      expect(native.getSeals(sealable) & F_SEAL_SHRINK).to.equal(F_SEAL_SHRINK);
+      expect(() => fs.ftruncateSync(sealable, 0), 'the front-end can no longer shrink it').to.throw(/EPERM/);
+      expect(checkRegionFd(plain, 0n, 8192n, inspector)).to.deep.equal({ ok: true, shrinkSealed: false, fileSize: 8192 });
+      expect(checkRegionFd(plain, 0n, 8193n, inspector).ok).to.equal(false);
+      const pipe = checkRegionFd(readEnd, 0n, 4096n, inspector);
+      expect(!pipe.ok && pipe.problem).to.match(/not a regular file or memfd/);
+    } finally {
+      for (const fd of [sealable, plain, readEnd, writeEnd]) native.close(fd);
+    }
+  });
+});
+
 describe('virtqueue GuestMemory over the addon (memfd)', () => {
   /** The addon, or null when it is not built with mmap yet (this block is then skipped). */
   function addon(): typeof import('../../../src/sys/native').native | null {
@@ -257,6 +405,26 @@ describe('virtqueue GuestMemory over the addon (memfd)', () => {
       first.unmap();
       second.unmap();
       probe.unmap();
+    } finally {
+      native!.close(fd);
+    }
+  });
+
+  it('a memfd truncated under the mapping: reads give zeros and faulted turns true', function () {
+    const native = addon();
+    if (native === null) this.skip();
+    const page = 4096;
+    const fd = native!.memfdCreate('ferry-guest-memory-truncate', 8 * page);
+    try {
+      const memory = GuestMemory.map([{ fd, guestPhysAddr: 0x100000, size: 8 * page, userAddr: 0, mmapOffset: 0 }], 4 * page);
+      const ring = memory.contiguous(0x100000 + 6 * page, 4);
+      expect(ring).to.not.equal(null);
+      ring!.view.setUint16(ring!.offset + 2, 77, true); // an avail idx the front-end wrote
+      expect(memory.faulted).to.equal(false);
+      fs.ftruncateSync(fd, 2 * page);
+      expect(ring!.view.getUint16(ring!.offset + 2, true), 'the ring now reads as empty').to.equal(0);
+      expect(memory.faulted).to.equal(true);
+      memory.unmap();
     } finally {
       native!.close(fd);
     }

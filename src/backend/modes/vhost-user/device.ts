@@ -16,8 +16,14 @@
  *   it (rate-limited) and keeps serving the connection.
  * - The server has already checked the shape of every message: payload size,
  *   fd count, vring index < 2 * maxQueuePairs(), the no-fd flag, features
- *   being a subset of what was offered. The device checks the meaning:
- *   ring sizes, addresses that must fall inside guest memory, region overlap.
+ *   being a subset of what was offered. It has also checked the fds: every
+ *   region fd is a regular file (memfd, /dev/shm, hugetlbfs) at least
+ *   mmap offset + size bytes long (shrinking sealed where the file allows),
+ *   the table stays under the server's guest-memory bound, and kick, call
+ *   and err fds are eventfds. The device checks the meaning: ring sizes,
+ *   addresses that must fall inside guest memory, region overlap. A region
+ *   fd can still be truncated later; the addon's SIGBUS guard turns the
+ *   vanished pages into zeros and GuestMemory.faulted reports it.
  * - File descriptors passed to a method belong to the device from then on
  *   (it must close them when replaced, removed, or on disconnected()), even
  *   when the method throws.

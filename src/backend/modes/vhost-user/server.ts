@@ -27,10 +27,18 @@ import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import { native } from '../../../sys/native';
 import { closeQuietly } from '../../../sys/close';
+import { atFdLimit, eventFdProblem } from './fd-checks';
 import { peerDescription, removeStaleSocket } from '../../../sys/unix-socket';
 import { log, rateLimited } from '../../../sys/log';
 import { type CounterBlock, defineCounter } from '../../../sys/counters';
-import type { VhostUserDevice, VhostUserMemoryRegionWithFd } from './device';
+import type { VhostUserDevice, VhostUserMemoryRegion, VhostUserMemoryRegionWithFd } from './device';
+import {
+  DEFAULT_MAX_GUEST_MEMORY,
+  type RegionFdInspector,
+  checkRegionFd,
+  nativeRegionFdInspector,
+  totalSizeProblem,
+} from '../../../virtqueue/guest-memory';
 import {
   FLAG_NEED_REPLY,
   FLAG_REPLY,
@@ -71,7 +79,7 @@ import {
 /** Refusals the server finds itself, beyond protocol.ts's malformed-message reasons. */
 const SERVER_REFUSAL_REASONS = [
   'truncated', 'fd_overflow', 'missing_fds', 'extra_fds', 'unknown_request', 'not_offered', 'not_negotiated',
-  'bad_vring_index', 'features_not_offered', 'device_refused', 'reply_failed',
+  'bad_vring_index', 'features_not_offered', 'device_refused', 'reply_failed', 'bad_fd', 'memory_limit', 'fd_limit',
 ] as const;
 
 /** Why a message or a connection was refused; the label of the malformed counter. */
@@ -143,7 +151,16 @@ export interface VhostUserServerOptions {
   backlog?: number;
   /** Main-thread counter block for the refusal and connection counters. */
   counters?: CounterBlock;
+  /**
+   * Bound on the guest memory one front-end may share, in bytes (default
+   * DEFAULT_MAX_GUEST_MEMORY, 1 TiB): a table above it is refused before
+   * anything is mapped.
+   */
+  maxGuestMemory?: number;
 }
+
+/** How long accept() waits before retrying after EMFILE/ENFILE (the listen socket stays readable meanwhile). */
+const ACCEPT_RETRY_MS = 200;
 
 /** A refused, well-framed request. */
 class Refusal extends Error {
@@ -173,6 +190,12 @@ class Connection {
   features = 0n;
   /** Protocol features acked with SET_PROTOCOL_FEATURES. */
   protocolFeatures = 0n;
+  /**
+   * The memory regions the device accepted, keyed by guest address, user
+   * address and size, with the reference count the device keeps for
+   * repeated ADD_MEM_REG: the sum the guest-memory bound applies to.
+   */
+  readonly regions = new Map<string, { size: bigint; refs: number }>();
   /** A message is with the device; the socket is not watched meanwhile. */
   busy = false;
   closed = false;
@@ -184,6 +207,10 @@ class Connection {
     this.payloadFill = 0;
     this.fds = [];
   }
+}
+
+function regionKey(region: VhostUserMemoryRegion): string {
+  return `${region.guestAddress}:${region.userAddress}:${region.size}`;
 }
 
 function closeFds(fds: number[]): void {
@@ -216,11 +243,15 @@ export class VhostUserServer extends EventEmitter {
   private acceptsMore = true;
   private closing = false;
   private pendingWork: Promise<void> = Promise.resolve();
+  private readonly maxGuestMemory: number;
+  private readonly regionFdInspector: RegionFdInspector = nativeRegionFdInspector();
+  private acceptRetry: NodeJS.Timeout | null = null;
 
   private constructor(options: VhostUserServerOptions, private readonly listenFd: number, private readonly socketPath: string | null) {
     super();
     this.device = options.device;
     this.counters = options.counters;
+    this.maxGuestMemory = options.maxGuestMemory ?? DEFAULT_MAX_GUEST_MEMORY;
     this.poller = new native.Poller(this.pollEvents, (count) => this.onPoll(count));
     if (options.connected === true) {
       // Nothing to accept: the fd is the front-end. 'connected' is emitted on
@@ -281,6 +312,8 @@ export class VhostUserServer extends EventEmitter {
   async close(): Promise<void> {
     if (this.closing) return this.pendingWork;
     this.closing = true;
+    if (this.acceptRetry !== null) clearTimeout(this.acceptRetry);
+    this.acceptRetry = null;
     this.unwatchListenSocket();
     // Quietly: the listen fd may have been closed by its owner already.
     if (this.acceptsMore) closeQuietly(this.listenFd);
@@ -328,6 +361,18 @@ export class VhostUserServer extends EventEmitter {
     try {
       fd = native.accept(this.listenFd);
     } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (code === 'EMFILE' || code === 'ENFILE') {
+        // The pending connection keeps the socket readable: back off instead of spinning on it.
+        this.countRefusal('fd_limit', `cannot accept a front-end: the daemon is at its fd limit (${String(code)}); retrying in ${ACCEPT_RETRY_MS} ms`);
+        this.unwatchListenSocket();
+        this.acceptRetry = setTimeout(() => {
+          this.acceptRetry = null;
+          if (this.connection === null) this.watchListenSocket();
+        }, ACCEPT_RETRY_MS);
+        this.acceptRetry.unref();
+        return;
+      }
       rateLimited('warn', 'vhost-user:accept', () => `vhost-user: accept failed: ${errorText(error)}`);
       return;
     }
@@ -402,7 +447,11 @@ export class VhostUserServer extends EventEmitter {
       const result = native.recvFds(c.fd, buffer, offset, wanted, MAX_FDS_PER_MESSAGE);
       if (result === null) return 'again';
       for (const fd of result.fds) c.fds.push(fd);
-      if (result.ctrunc) throw new Refusal('fd_overflow', `more than ${MAX_FDS_PER_MESSAGE} fds with one message`);
+      if (result.ctrunc) {
+        // The kernel also truncates (and closes) the fds when we cannot take them: tell the two apart.
+        if (atFdLimit(c.fd)) throw new Refusal('fd_limit', 'the daemon is at its fd limit (EMFILE): the fds sent with a message were lost');
+        throw new Refusal('fd_overflow', `more than ${MAX_FDS_PER_MESSAGE} fds with one message`);
+      }
       if (c.fds.length > MAX_FDS_PER_MESSAGE) throw new Refusal('fd_overflow', `${c.fds.length} fds with one message`);
       if (result.bytes === 0) return 'eof';
       if (inHeader) {
@@ -554,8 +603,12 @@ export class VhostUserServer extends EventEmitter {
         const regions = decodeMemoryTable(payload);
         expectFds(fds, regions.length);
         const withFds: VhostUserMemoryRegionWithFd[] = regions.map((region, i) => ({ ...region, fd: fds[i] }));
+        this.checkMemory(withFds, regions.map((r) => r.size));
+        // A refused or failed table leaves no region behind: the device drops the old one either way.
+        c.regions.clear();
         fds.length = 0; // the device owns them now
         await this.device.setMemTable(withFds);
+        for (const region of regions) c.regions.set(regionKey(region), { size: region.size, refs: 1 });
         return NO_REPLY;
       }
       case Request.ADD_MEM_REG: {
@@ -563,8 +616,14 @@ export class VhostUserServer extends EventEmitter {
         const region = decodeSingleMemoryRegion(payload);
         expectFds(fds, 1);
         const fd = fds[0];
+        const key = regionKey(region);
+        const known = c.regions.get(key);
+        const sizes = [...c.regions.values()].map((r) => r.size);
+        this.checkMemory([{ ...region, fd }], known === undefined ? [...sizes, region.size] : sizes);
         fds.length = 0;
         await this.device.addMemRegion({ ...region, fd });
+        if (known !== undefined) known.refs++;
+        else c.regions.set(key, { size: region.size, refs: 1 });
         return NO_REPLY;
       }
       case Request.REM_MEM_REG: {
@@ -573,6 +632,8 @@ export class VhostUserServer extends EventEmitter {
         // The spec allows one (ignored) fd for old front-ends; processMessage closes it.
         if (fds.length > 1) throw new Refusal('extra_fds', `${fds.length} fds, at most 1`);
         await this.device.removeMemRegion(region);
+        const known = c.regions.get(regionKey(region));
+        if (known !== undefined && --known.refs <= 0) c.regions.delete(regionKey(region));
         return NO_REPLY;
       }
       case Request.SET_VRING_NUM: {
@@ -611,6 +672,8 @@ export class VhostUserServer extends EventEmitter {
         this.checkVringIndex(target.index);
         expectFds(fds, target.noFd ? 0 : 1);
         const fd = target.noFd ? null : fds[0];
+        const problem = fd === null ? null : eventFdProblem(fd);
+        if (problem !== null) throw new Refusal('bad_fd', `${requestName(request)}: ${problem}`);
         fds.length = 0;
         if (request === Request.SET_VRING_KICK) await this.device.setVringKick(target.index, fd);
         else if (request === Request.SET_VRING_CALL) await this.device.setVringCall(target.index, fd);
@@ -643,6 +706,21 @@ export class VhostUserServer extends EventEmitter {
         // Known to the spec but gated on a feature ferry never offers
         // (LOG_SHMFD, SLAVE_REQ, CONFIG, INFLIGHT_SHMFD, STATUS, ...).
         throw new Refusal('not_offered', `${requestName(request)} needs a feature ferry does not offer`);
+    }
+  }
+
+  /**
+   * Refuse memory that could not be mapped safely: a region fd that is not a
+   * regular file, a region reaching past its file's end, or a total (the
+   * `totalSizes` of the table as it would be) above the bound. Shrinking is
+   * sealed where the file allows. Throws Refusal; the fds stay the caller's.
+   */
+  private checkMemory(regions: VhostUserMemoryRegionWithFd[], totalSizes: bigint[]): void {
+    const tooLarge = totalSizeProblem(totalSizes, this.maxGuestMemory);
+    if (tooLarge !== null) throw new Refusal('memory_limit', tooLarge);
+    for (const region of regions) {
+      const check = checkRegionFd(region.fd, region.mmapOffset, region.size, this.regionFdInspector);
+      if (!check.ok) throw new Refusal('bad_fd', `region at guest 0x${region.guestAddress.toString(16)}: ${check.problem}`);
     }
   }
 

@@ -162,6 +162,60 @@ describe('control-protocol', () => {
     expect(reader.next().kind, 'no resync after an oversized frame').to.equal('oversized');
   });
 
+  it('FrameReader: 1 MiB sent in 1-byte chunks is assembled in linear work (bytes copied bounded, not quadratic)', () => {
+    const body = Buffer.alloc(1 << 20);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 7 + 3) & 0xff;
+    const stream = frame(body);
+    const reader = new FrameReader(MAX_REQUEST_BYTES);
+    let frames = 0;
+    let incomplete = 0;
+    let received: Buffer | null = null;
+    for (let i = 0; i < stream.length; i++) {
+      reader.push(stream.subarray(i, i + 1));
+      const next = reader.next();
+      if (next.kind === 'frame') {
+        frames++;
+        received = next.body;
+      } else if (next.kind === 'incomplete') {
+        incomplete++;
+      }
+    }
+    expect(frames).to.equal(1);
+    expect(incomplete).to.equal(stream.length - 1);
+    expect(received !== null && received.equals(body)).to.equal(true);
+    // Re-concatenating per chunk would copy about n^2/2 = 5e11 bytes; doubling growth copies under 3n.
+    expect(reader.copiedBytes).to.be.at.most(3 * stream.length);
+    expect(reader.copiedBytes).to.be.at.least(stream.length);
+    expect(reader.pending).to.equal(0);
+  });
+
+  it('FrameReader: a frame that arrives whole is not copied; random cuts of a stream give the same frames', () => {
+    const bodies = [Buffer.from('first'), Buffer.alloc(0), Buffer.alloc(70000, 0xab), Buffer.from('last')];
+    const stream = Buffer.concat(bodies.map((b) => frame(b)));
+    const whole = new FrameReader(MAX_REQUEST_BYTES);
+    whole.push(frame(bodies[2]));
+    const one = whole.next();
+    expect(one.kind === 'frame' && one.body.equals(bodies[2])).to.equal(true);
+    expect(whole.copiedBytes).to.equal(4, 'only the header');
+    let seed = 12345;
+    const random = (limit: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % limit;
+    };
+    for (let round = 0; round < 20; round++) {
+      const reader = new FrameReader(MAX_REQUEST_BYTES);
+      const out: Buffer[] = [];
+      for (let at = 0; at < stream.length;) {
+        const n = 1 + random(round < 10 ? 7 : 40000);
+        reader.push(stream.subarray(at, at + n));
+        at += n;
+        for (let next = reader.next(); next.kind === 'frame'; next = reader.next()) out.push(Buffer.from(next.body));
+      }
+      expect(out.map((b) => b.toString('hex'))).to.deep.equal(bodies.map((b) => b.toString('hex')));
+      expect(reader.copiedBytes).to.be.at.most(3 * stream.length);
+    }
+  });
+
   it('defaultControlPath: /run/ferry for root, XDG_RUNTIME_DIR (or /run/user/UID) otherwise', () => {
     expect(defaultControlPath('vm1', {}, 0)).to.equal('/run/ferry/vm1/control.sock');
     expect(defaultControlPath('vm1', { XDG_RUNTIME_DIR: '/run/user/1000' }, 1000)).to.equal('/run/user/1000/ferry/vm1/control.sock');
@@ -356,6 +410,41 @@ describe('control: server over a UNIX socket', function () {
     const c = client();
     expect(await c.waitClosed()).to.equal(true);
     expect(c.responses).to.deep.equal([]);
+  });
+
+  it('stops reading a client that does not read its replies, then drops it; others are served', async () => {
+    await server?.close();
+    server = await startControlServer(socketPath, handler, { replyDrainTimeoutMs: 300 });
+    // Replies of about 1 MiB each: a few fill the socket buffers of a client that does not read.
+    handler.flows = Array.from({ length: 8000 }, (_, i) => ({ ...SAMPLE_FLOW, id: i + 1 }));
+    const stalled = client();
+    stalled.socket.pause();
+    const requests = Buffer.concat(Array.from({ length: 200 }, (_, i) => frame(encodeRequest({ id: i + 1, command: { kind: 'listFlows', protocol: null } }))));
+    stalled.send(requests);
+    await new Promise((r) => setTimeout(r, 1500));
+    const handled = handler.calls.length;
+    expect(handled, 'requests handled while replies wait').to.be.below(20);
+    stalled.socket.resume();
+    expect(await stalled.waitClosed(), 'the stalled client is dropped').to.equal(true);
+    expect(stalled.responses.length).to.be.below(200);
+    expect(handler.calls.length).to.equal(handled, 'nothing more handled after the drop');
+    handler.flows = [SAMPLE_FLOW];
+    const fresh = client();
+    fresh.send(frame(encodeRequest({ id: 9, command: { kind: 'listFlows', protocol: null } })));
+    expect((await fresh.waitFor(1))[0]).to.deep.equal({ id: 9, status: 'OK', message: '', payload: { kind: 'flows', flows: [SAMPLE_FLOW] } });
+  });
+
+  it('drops a client whose reply would exceed the queued reply bound', async () => {
+    await server?.close();
+    server = await startControlServer(socketPath, handler, { maxQueuedReplyBytes: 1000 });
+    handler.flows = Array.from({ length: 100 }, (_, i) => ({ ...SAMPLE_FLOW, id: i + 1 }));
+    const c = client();
+    c.send(frame(encodeRequest({ id: 1, command: { kind: 'listFlows', protocol: null } })));
+    expect(await c.waitClosed()).to.equal(true);
+    expect(c.responses).to.deep.equal([]);
+    const small = client();
+    small.send(frame(encodeRequest({ id: 2, command: { kind: 'closeFlow', id: 7 } })));
+    expect((await small.waitFor(1))[0]).to.include({ id: 2, status: 'OK' });
   });
 
   it('replaces a stale socket file, refuses a live one and anything that is not a socket', async () => {
