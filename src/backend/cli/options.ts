@@ -103,6 +103,8 @@ export interface DaemonOptions {
   vhostUser: boolean;
   /** -1/--one-off: exit once the first front-end disconnects. */
   oneOff: boolean;
+  /** -f/--foreground: stay in the foreground when invoked as passt or pasta (which go to the background once ready otherwise). */
+  foreground: boolean;
   /** -P/--pid: write our PID to this file once listening. */
   pidFile: string | null;
   /** -p/--pcap: capture guest-side frames to this file. */
@@ -165,6 +167,7 @@ export function defaultDaemonOptions(): DaemonOptions {
     fd: null,
     vhostUser: false,
     oneOff: false,
+    foreground: false,
     pidFile: null,
     pcapFile: null,
     freebind: false,
@@ -419,7 +422,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: ['socket-group'], value: 'GROUP', help: 'Group (name or id) owning the socket file', apply: (s, v, shown) => (s.options.socketGroup = groupValue(shown, v)) },
   { long: ['queues'], value: 'N', help: `Virtqueue pairs, one worker thread each (1-${MAX_QUEUES}, default 1)`, apply: (s, v, shown) => (s.options.queues = integerValue(shown, v, 1, MAX_QUEUES)) },
   // --- process
-  { long: ['foreground'], short: 'f', help: 'Stay in the foreground (always the case; accepted for passt compatibility)', apply: () => undefined },
+  { long: ['foreground'], short: 'f', help: 'Stay in the foreground (as passt or pasta: do not go to the background once ready)', apply: (s) => (s.options.foreground = true) },
   { long: ['pid'], short: 'P', value: 'FILE', help: 'Write our PID to FILE once listening', apply: (s, v, shown) => (s.options.pidFile = nonEmpty(shown, v, 'path')) },
   {
     long: ['runas'], value: 'UID[:GID]', help: 'Accepted for passt compatibility and ignored (ferry never runs as root)',

@@ -72,6 +72,7 @@ import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../cont
 import { type NamespaceNetwork, NetlinkConfigurator } from '../../host/netlink-config';
 import { type DaemonOptions, namespacePath, type PastaOptions, readEphemeralRange } from '../../cli/options';
 import { startPcap } from '../../frontends/middleware/pcap';
+import { systemdNotify } from '../../cli/systemd';
 import { resolveStack } from '../stack-setup';
 import {
   AutoForwarder,
@@ -427,6 +428,8 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     }
   }
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
+  // The tap and the forwards are served: a systemd unit, or the parent waiting as passt's callers do (cli/background.ts), may go on.
+  systemdNotify(`READY=1\nSTATUS=Serving ${tapName} in ${target.netPath}`);
 
   // The command: released from the gate (created), or started through nsenter (joined with a command).
   let child = target.child;
