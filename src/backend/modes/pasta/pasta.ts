@@ -346,7 +346,8 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
       else {
         // Links up (so DHCP/NDP can run), no addresses or routes: the command configures itself.
         netlink.linkUp(netlink.linkIndex('lo'));
-        netlink.linkUp(netlink.linkIndex(tapName), config.mtu);
+        // Without DAD on its link-local address: DHCPv6 clients started right after link up can bind to it.
+        netlink.linkUpWithoutDad(netlink.linkIndex(tapName), config.mtu);
       }
       // A window of MTU-sized frames must fit in the tap's queue, or the namespace's kernel drops them there.
       const queueLength = tapQueueLength(config.mtu > 0 ? config.mtu : 65520, largestSendBuffer());
