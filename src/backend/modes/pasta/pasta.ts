@@ -155,6 +155,15 @@ function namespaceId(path: string): string {
   return `${stat.dev}:${stat.ino}`;
 }
 
+/** True while `path` still names the namespace whose id was `id`. */
+function sameNamespace(path: string, id: string): boolean {
+  try {
+    return namespaceId(path) === id;
+  } catch {
+    return false;
+  }
+}
+
 /** Start unshare with the gate and resolve once the namespaces exist. */
 async function createNamespaces(command: readonly string[]): Promise<NamespaceTarget> {
   const argv = unshareArgv(command);
@@ -493,6 +502,12 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     if (child === null && watchPid !== null) {
       watchTimer = setInterval(() => {
         if (!fs.existsSync(`/proc/${watchPid}`)) finish(0, `process ${watchPid} exited`);
+      }, 1000);
+    } else if (child === null) {
+      // Joined by path (podman's --netns): when the path goes (ip netns del, podman's cleanup), so does ferry, as pasta.
+      const joined = namespaceId(target.netPath);
+      watchTimer = setInterval(() => {
+        if (!sameNamespace(target.netPath, joined)) finish(0, `${target.netPath} is gone`);
       }, 1000);
     }
   });
