@@ -9,11 +9,11 @@
  *   namespace (the host via --map-guest-addr, DNS via --dns-forward, a
  *   published port), and cleanup by deleting the namespace, after which
  *   pasta exits on its own.
- * - libvirt 11 (src/qemu/qemu_passt.c qemuPasstStart): `passt --one-off
- *   --socket PATH --mac-addr MAC --interface IF --tcp-ports PORT`, waiting
- *   for the exit (and its stderr buffer); then a QEMU guest over `-netdev
- *   stream` gets its lease and pings the test network; --one-off ends passt
- *   with the guest.
+ * - libvirt 11 (src/qemu/qemu_passt.c qemuPasstBuildCommand): `passt
+ *   [--vhost-user] --one-off --socket PATH --pid FILE --interface IF
+ *   --tcp-ports PORT`, waiting for the exit, then reading the PID file;
+ *   then a QEMU guest over `-netdev stream` (or vhost-user) gets its lease
+ *   and pings the test network; --one-off ends passt with the guest.
  *
  * ferry runs as a symlink named pasta/passt to bin/ferry.js. The machine's
  * resolvers are never used: the test namespace gets its own resolv.conf
@@ -26,7 +26,6 @@ import * as os from 'os';
 import * as path from 'path';
 import { canCreateNamespaces, createTestNetwork, destroyTestNetwork, killPid, run, runChecked, type TestNetwork, TEST_NET } from '../support/netns';
 import { bootGuest, type Guest, pingScript, REPO_ROOT, requireGuestPrerequisites } from '../support/guest';
-import { DEFAULT_GUEST_MAC } from '../support/qemu';
 import { FERRY_BIN } from './ferry-process';
 import { ECHO_TOOL_SOURCE, exchange, sleep, waitUntil } from './dropin-tools';
 
@@ -139,56 +138,66 @@ describe('e2e: ferry under passt\'s names, as podman and libvirt run it', functi
     });
   });
 
-  describe('libvirt 11: passt --one-off --socket PATH --mac-addr MAC ...', () => {
-    let passtPid = 0;
-    let socketPath = '';
-    let guest: Guest | null = null;
+  /**
+   * libvirt 11's qemuPasstBuildCommand: [--vhost-user] --one-off --socket PATH
+   * --pid FILE [--interface IF] [--tcp-ports SPEC]; qemuSecurityCommandRun
+   * waits for the exit, then libvirt reads the PID file (cgroup placement).
+   */
+  for (const mode of ['socket', 'vhost-user'] as const) {
+    describe(`libvirt 11, passt for ${mode === 'socket' ? '-netdev stream' : '-netdev vhost-user'}`, () => {
+      let passtPid = 0;
+      let socketPath = '';
+      let pidFile = '';
+      let guest: Guest | null = null;
 
-    before(function () {
-      requireGuestPrerequisites(this);
-    });
-
-    after(async () => {
-      if (guest !== null) await guest.destroy();
-    });
-
-    it('returns 0 once the socket listens; the background passt holds it', async function () {
-      const n = net as TestNetwork;
-      socketPath = path.join(dir, 'vm1-net0.socket');
-      const args = ['--one-off', '--socket', socketPath, '--mac-addr', DEFAULT_GUEST_MAC, '--interface', TEST_NET.uplinkName, '--tcp-ports', '10007'];
-      const result = await run(['ip', 'netns', 'exec', n.ns, path.join(dir, 'passt'), ...args], { timeoutMs: 30000 });
-      const pids = pidsWithArgument(socketPath);
-      started.push(...pids);
-      expect(result.code, `${result.stdout}${result.stderr}`).to.equal(0);
-      expect(fs.existsSync(socketPath)).to.equal(true);
-      expect(pids, 'one background passt').to.have.length(1);
-      passtPid = pids[0];
-    });
-
-    it('a QEMU guest over -netdev stream is leased the host\'s address and pings the test network; --one-off ends passt with it', async function () {
-      if (passtPid === 0) this.skip();
-      const n = net as TestNetwork;
-      guest = bootGuest({
-        net: n,
-        nic: { kind: 'stream', socketPath, server: false },
-        append: ['ferry.dhcp_tries=3', 'ferry.ipv6_wait=0'],
-        testScript: pingScript([TEST_NET.serverV4]),
-        timeoutMs: 120000,
+      before(function () {
+        requireGuestPrerequisites(this);
       });
-      const code = await guest.waitDone(110000);
-      const lease = guest.lease();
-      const ping = guest.pings().get(TEST_NET.serverV4);
-      const diagnostics = guest.vm.diagnostics();
-      expect(code, diagnostics).to.equal(0);
-      expect(lease?.address, diagnostics).to.equal(TEST_NET.hostV4);
-      expect(lease?.routers, diagnostics).to.deep.equal([TEST_NET.routerV4]);
-      expect(ping?.received, diagnostics).to.equal(ping?.transmitted);
-      await guest.vm.exited;
-      expect(await waitUntil(() => !alive(passtPid), 10000), 'passt still running 10 s after its one front-end left').to.equal(true);
-      await sleep(100);
-      expect(fs.existsSync(socketPath)).to.equal(false);
+
+      after(async () => {
+        if (guest !== null) await guest.destroy();
+      });
+
+      it('returns 0 once the socket listens; --pid names the background passt', async function () {
+        const n = net as TestNetwork;
+        socketPath = path.join(dir, `vm1-net0-${mode}.socket`);
+        pidFile = path.join(dir, `vm1-net0-${mode}-passt.pid`);
+        const args = [...(mode === 'vhost-user' ? ['--vhost-user'] : []), '--one-off', '--socket', socketPath, '--pid', pidFile, '--interface', TEST_NET.uplinkName, '--tcp-ports', '10007'];
+        const result = await run(['ip', 'netns', 'exec', n.ns, path.join(dir, 'passt'), ...args], { timeoutMs: 30000 });
+        const pids = pidsWithArgument(socketPath);
+        started.push(...pids);
+        expect(result.code, `${result.stdout}${result.stderr}`).to.equal(0);
+        expect(fs.existsSync(socketPath)).to.equal(true);
+        expect(pids, 'one background passt').to.have.length(1);
+        passtPid = pids[0];
+        expect(Number(fs.readFileSync(pidFile, 'utf8').trim())).to.equal(passtPid);
+      });
+
+      it("a QEMU guest is leased the host's address and pings the test network; --one-off ends passt with it", async function () {
+        if (passtPid === 0) this.skip();
+        const n = net as TestNetwork;
+        guest = bootGuest({
+          net: n,
+          nic: mode === 'socket' ? { kind: 'stream', socketPath, server: false } : { kind: 'vhost-user', socketPath },
+          append: ['ferry.dhcp_tries=3', 'ferry.ipv6_wait=0'],
+          testScript: pingScript([TEST_NET.serverV4]),
+          timeoutMs: 120000,
+        });
+        const code = await guest.waitDone(110000);
+        const lease = guest.lease();
+        const ping = guest.pings().get(TEST_NET.serverV4);
+        const diagnostics = guest.vm.diagnostics();
+        expect(code, diagnostics).to.equal(0);
+        expect(lease?.address, diagnostics).to.equal(TEST_NET.hostV4);
+        expect(lease?.routers, diagnostics).to.deep.equal([TEST_NET.routerV4]);
+        expect(ping?.received, diagnostics).to.equal(ping?.transmitted);
+        await guest.vm.exited;
+        expect(await waitUntil(() => !alive(passtPid), 10000), 'passt still running 10 s after its one front-end left').to.equal(true);
+        await sleep(100);
+        expect(fs.existsSync(pidFile), 'PID file removed').to.equal(false);
+      });
     });
-  });
+  }
 
   describe('afterwards', () => {
     it('every background process this test made has ended by itself', function () {
