@@ -162,7 +162,9 @@ describe('e2e: ferry under passt\'s names, as podman and libvirt run it', functi
         const n = net as TestNetwork;
         socketPath = path.join(dir, `vm1-net0-${mode}.socket`);
         pidFile = path.join(dir, `vm1-net0-${mode}-passt.pid`);
-        const args = [...(mode === 'vhost-user' ? ['--vhost-user'] : []), '--one-off', '--socket', socketPath, '--pid', pidFile, '--interface', TEST_NET.uplinkName, '--tcp-ports', '10007'];
+        // libvirt adds --hostname/--fqdn when the domain's <backend> names them.
+        const names = mode === 'socket' ? ['--hostname', 'vm1', '--fqdn', 'vm1.example.org'] : [];
+        const args = [...(mode === 'vhost-user' ? ['--vhost-user'] : []), '--one-off', '--socket', socketPath, '--pid', pidFile, '--interface', TEST_NET.uplinkName, ...names, '--tcp-ports', '10007'];
         const result = await run(['ip', 'netns', 'exec', n.ns, path.join(dir, 'passt'), ...args], { timeoutMs: 30000 });
         const pids = pidsWithArgument(socketPath);
         started.push(...pids);

@@ -81,6 +81,10 @@ export interface NetworkAddressOptions {
   mapGuestAddr4: AddressOrNone;
   /** --map-guest-addr (IPv6) */
   mapGuestAddr6: AddressOrNone;
+  /** -H/--hostname: host name given to the guest (DHCP option 12). */
+  hostname: string | null;
+  /** --fqdn: fully qualified name given to the guest (DHCP option 81, DHCPv6 option 39). */
+  fqdn: string | null;
 }
 
 /** Which built-in services answer the guest (all on by default; --no-dhcp etc. turn them off). */
@@ -146,6 +150,8 @@ export function defaultNetworkAddressOptions(): NetworkAddressOptions {
     noMapGw: false,
     mapGuestAddr4: null,
     mapGuestAddr6: null,
+    hostname: null,
+    fqdn: null,
   };
 }
 
@@ -304,6 +310,8 @@ export function resolveStackConfig(overrides: AddressOverrides, discovered: Disc
     ipv4,
     ipv6,
     searchDomains: [...searchDomains],
+    hostname: overrides.hostname,
+    fqdn: overrides.fqdn,
     interfaceName: overrides.outboundIf4 ?? overrides.outboundIf6 ?? null,
     dhcp: overrides.dhcp,
     dhcpv6: overrides.dhcpv6,

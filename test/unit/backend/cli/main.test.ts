@@ -177,6 +177,16 @@ describe('cli', () => {
     });
   });
 
+  it('-H/--hostname and --fqdn (libvirt passes them) reach the options; a bad name is one line and exit 1', async () => {
+    const c = capture();
+    expect(await run(['-H', 'vm1', '--fqdn', 'vm1.example.org.'], c.io)).to.equal(0);
+    expect(c.daemonCalls[0].network.hostname).to.equal('vm1');
+    expect(c.daemonCalls[0].network.fqdn).to.equal('vm1.example.org');
+    const bad = capture();
+    expect(await run(['--hostname', 'a_b'], bad.io)).to.equal(1);
+    expect(bad.err()).to.equal("ferry: --hostname: 'a_b' is not a host name (letters, digits, hyphens; at most 63 characters)\n");
+  });
+
   describe('bin/ferry.js', () => {
     const bin = join(REPO_ROOT, 'bin', 'ferry.js');
     const ferry = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 10000 });

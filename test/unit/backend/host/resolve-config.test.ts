@@ -60,6 +60,11 @@ describe('resolve-config', () => {
     expect(given.linkLocal).to.not.equal(given.gateway);
   });
 
+  it('-H and --fqdn are passed on to the stack as given; absent, none', () => {
+    expect(resolve({ hostname: 'vm1', fqdn: 'vm1.example.org' }).config).to.include({ hostname: 'vm1', fqdn: 'vm1.example.org' });
+    expect(resolve({}).config).to.include({ hostname: null, fqdn: null });
+  });
+
   it('applies -a, -n, -g, -M, -m and the service switches', () => {
     const { config } = resolve({
       address4: ip('198.51.100.7'),
