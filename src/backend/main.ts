@@ -203,7 +203,8 @@ export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Pro
     case 'run':
       break;
   }
-  const spawnsCommand = subcommand === 'pasta' && pasta !== null && pasta.netns === null;
+  // pasta running a command (in a namespace of its own, or joined with one) keeps it on the caller's terminal.
+  const spawnsCommand = subcommand === 'pasta' && pasta !== null && (pasta.netns === null || pasta.command.length > 0);
   if (wantsBackground({ invokedAs, foreground: parsed.options.foreground, spawnsCommand, env: process.env })) return goBackground(parsed.options);
   try {
     attachToParent();

@@ -142,12 +142,15 @@ export function runInBackground(launch: BackgroundLaunch): Promise<number> {
     child.once('exit', (code, signal) => {
       // Let the last of its stderr arrive before reporting.
       const status = code !== null && code !== 0 ? code : 1;
-      if (stderr === null || stderr.readableEnded) settle(status);
+      const report = (): void => {
+        if (!settled && signal !== null) launch.stderr(`ferry: the background process was killed by ${signal}\n`);
+        settle(status);
+      };
+      if (stderr === null || stderr.readableEnded) report();
       else {
-        stderr.once('close', () => settle(status));
-        setTimeout(() => settle(status), 500).unref();
+        stderr.once('close', report);
+        setTimeout(report, 500).unref();
       }
-      if (signal !== null && !settled) launch.stderr(`ferry: the background process was killed by ${signal}\n`);
     });
   });
 }

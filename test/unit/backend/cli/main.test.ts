@@ -167,6 +167,8 @@ describe('cli', () => {
       const command = await runAs('pasta', ['pasta', '--config-net', '--', 'true']);
       expect(command.background).to.have.length(0);
       expect(command.daemon).to.equal(1);
+      const joinedWithCommand = await runAs('pasta', ['pasta', '--netns', '/run/netns/x', '--', 'true']);
+      expect(joinedWithCommand.background).to.have.length(0);
     });
 
     it('option errors are still reported by the process the caller started', async () => {
