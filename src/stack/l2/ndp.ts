@@ -2,8 +2,9 @@
  * ferry's side of Neighbor Discovery on the guest segment (passt's model:
  * ferry owns the segment, the guest has the host's address).
  *
- * - Router Solicitation -> Router Advertisement from ferry's link-local
- *   address: M/O flags when DHCPv6 runs, the /64 of the host's address with
+ * - Router Solicitation -> Router Advertisement from ferry's router address
+ *   (config.ipv6.linkLocal: the host's gateway when that is link-local, as
+ *   in passt, else ferry's own link-local): M/O flags when DHCPv6 runs, the /64 of the host's address with
  *   L+A (SLAAC), MTU, RDNSS, DNSSL, source link-layer address.
  * - Unsolicited RAs: `tick(nowMs)` says when one is due; the first one 16 s
  *   after start (past the guest's DAD), then two more 16 s apart, then
