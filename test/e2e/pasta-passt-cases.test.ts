@@ -60,6 +60,11 @@ describe("e2e: passt's pasta cases against ferry pasta (attached by PID, link-lo
   });
 
   after(async () => {
+    // dhclient -1 stays on in the background once bound (to renew): end it by the PID it wrote.
+    for (const family of ['-4', '-6']) {
+      const file = path.join(dir, `pid${family}`);
+      if (dir !== '' && fs.existsSync(file)) killPid(Number(fs.readFileSync(file, 'utf8').trim()), 'SIGKILL');
+    }
     if (ferry !== null) await stopChild(ferry, 2000);
     if (holder !== null) await stopChild(holder.child, 1000);
     if (net !== null) await destroyTestNetwork(net);
