@@ -18,9 +18,10 @@ export DEBIAN_FRONTEND=noninteractive
 # iperf3 to build it, iproute2 for namespaces, tcpdump for captures, curl and
 # procps for probes; gcc and libc6-dev build the guest's static DHCPv6 client;
 # systemd (systemd-analyze, systemd-socket-activate) and strace for the unit tests;
-# libvirt's daemon, QEMU driver and virsh for the libvirt e2e test (no default network).
+# libvirt's daemon, QEMU driver and virsh for the libvirt e2e test (no default network);
+# ISC dhclient (-4 and -6), the DHCP client passt's own pasta tests use, for the pasta drop-in test.
 PACKAGES=(qemu-system-x86 busybox-static iperf3 iproute2 tcpdump curl procps gcc libc6-dev systemd strace
-  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients isc-dhcp-client)
 # The guest kernel: this meta package depends on the versioned image package.
 KERNEL_META=linux-image-cloud-amd64
 

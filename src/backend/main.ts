@@ -8,6 +8,7 @@
 import { existsSync, readFileSync } from 'fs';
 import { basename, dirname, join } from 'path';
 import { log } from '../sys/log';
+import { BACKGROUND_SETUP_TIMEOUT_MS, READY_FD_ENV, relaunchCommand, reportReadinessToParent, runInBackground, wantsBackground } from './cli/background';
 import { closeLogging, setupLogging } from './cli/logging';
 import {
   type DaemonOptions,
@@ -40,6 +41,12 @@ export interface CliIo {
   setupLogging: (options: DaemonOptions) => void;
   /** Loads a subcommand's entry point lazily (default: require its module). */
   loadSubcommand: (name: Subcommand) => RunSubcommand;
+  /** The program's name (basename of argv[1]): as `passt` or `pasta`, ferry goes to the background once ready (see cli/background.ts). */
+  invokedAs: string;
+  /** Start the background copy of this process and wait until it is ready; resolves the exit status for the caller. */
+  goBackground: (options: DaemonOptions) => Promise<number>;
+  /** In the background copy: arrange for readiness to reach the waiting parent (default: reportReadinessToParent). */
+  attachToParent: () => void;
 }
 
 /** The vhost-user back-end capabilities (vhost-user.rst, "Backend program conventions"): a net device. */
@@ -138,6 +145,24 @@ const defaultIo: CliIo = {
   setupLogging: (options) => {
     setupLogging(options.logging);
   },
+  invokedAs: '',
+  goBackground: (options) => {
+    const { command, args } = relaunchCommand(process.argv.slice(2));
+    return runInBackground({
+      command,
+      args,
+      passFds: options.fd !== null ? [options.fd] : [],
+      env: process.env,
+      stderr: (text) => process.stderr.write(text),
+      timeoutMs: BACKGROUND_SETUP_TIMEOUT_MS,
+    });
+  },
+  attachToParent: () => {
+    if (process.env[READY_FD_ENV] === undefined) return;
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on demand: --help and option errors need no addon
+    const { native } = require('../sys/native') as typeof import('../sys/native');
+    reportReadinessToParent(native);
+  },
 };
 
 /** One line for an unexpected error: its message, never a stack (those go to the debug log). */
@@ -151,7 +176,7 @@ function describe(error: unknown): string {
  * bad usage or failure, or whatever the daemon returns). Does not exit.
  */
 export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Promise<number> {
-  const { stdout, stderr, loadDaemon, loadSubcommand, setupLogging: startLogging } = { ...defaultIo, ...io };
+  const { stdout, stderr, loadDaemon, loadSubcommand, setupLogging: startLogging, invokedAs, goBackground, attachToParent } = { ...defaultIo, ...io };
   const subcommand: Subcommand | null = argv[0] === 'stream' || argv[0] === 'pasta' ? argv[0] : null;
   let parsed: ParsedCommandLine;
   let pasta: PastaOptions | null = null;
@@ -177,6 +202,15 @@ export async function run(argv: readonly string[], io: Partial<CliIo> = {}): Pro
       return 0;
     case 'run':
       break;
+  }
+  // pasta running a command (in a namespace of its own, or joined with one) keeps it on the caller's terminal.
+  const spawnsCommand = subcommand === 'pasta' && pasta !== null && (pasta.netns === null || pasta.command.length > 0);
+  if (wantsBackground({ invokedAs, foreground: parsed.options.foreground, spawnsCommand, env: process.env })) return goBackground(parsed.options);
+  try {
+    attachToParent();
+  } catch (error) {
+    stderr(`ferry: cannot report readiness to the parent: ${describe(error)}\n`);
+    return 1;
   }
   let runDaemon: RunDaemon;
   try {
@@ -220,7 +254,8 @@ export function argumentsForProgram(invokedAs: string, argv: readonly string[]):
 
 /** bin/ferry.js entry point: run, flush the log, exit with the code. */
 export function main(argv: readonly string[]): void {
-  run(argumentsForProgram(basename(process.argv[1] ?? ''), argv)).then(
+  const invokedAs = basename(process.argv[1] ?? '');
+  run(argumentsForProgram(invokedAs, argv), { invokedAs }).then(
     async (code) => {
       // Bounded: a stuck log destination must not keep the process alive.
       await Promise.race([closeLogging().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);

@@ -54,6 +54,10 @@ export interface StackConfig {
   ipv6: Ipv6Config | null;
   /** DNS search domains (DHCP option 119, DNSSL, DHCPv6 domain list). */
   searchDomains: string[];
+  /** -H/--hostname: the guest's host name (DHCP option 12); absent or null = none. */
+  hostname?: string | null;
+  /** --fqdn: the guest's fully qualified name (DHCP option 81, DHCPv6 option 39); absent or null = none. */
+  fqdn?: string | null;
   /** Host interface name used for outbound sockets (-i/--outbound-if, SO_BINDTODEVICE), or null. */
   interfaceName: string | null;
   dhcp: boolean;

@@ -103,6 +103,8 @@ export interface DaemonOptions {
   vhostUser: boolean;
   /** -1/--one-off: exit once the first front-end disconnects. */
   oneOff: boolean;
+  /** -f/--foreground: stay in the foreground when invoked as passt or pasta (which go to the background once ready otherwise). */
+  foreground: boolean;
   /** -P/--pid: write our PID to this file once listening. */
   pidFile: string | null;
   /** -p/--pcap: capture guest-side frames to this file. */
@@ -165,6 +167,7 @@ export function defaultDaemonOptions(): DaemonOptions {
     fd: null,
     vhostUser: false,
     oneOff: false,
+    foreground: false,
     pidFile: null,
     pcapFile: null,
     freebind: false,
@@ -419,7 +422,15 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: ['socket-group'], value: 'GROUP', help: 'Group (name or id) owning the socket file', apply: (s, v, shown) => (s.options.socketGroup = groupValue(shown, v)) },
   { long: ['queues'], value: 'N', help: `Virtqueue pairs, one worker thread each (1-${MAX_QUEUES}, default 1)`, apply: (s, v, shown) => (s.options.queues = integerValue(shown, v, 1, MAX_QUEUES)) },
   // --- process
-  { long: ['foreground'], short: 'f', help: 'Stay in the foreground (always the case; accepted for passt compatibility)', apply: () => undefined },
+  {
+    long: ['hostname'], short: 'H', value: 'NAME', help: 'Host name given to the guest (DHCP option 12)',
+    apply: (s, v, shown) => (s.options.network.hostname = dnsName(shown, v, 63)),
+  },
+  {
+    long: ['fqdn'], value: 'NAME', help: 'Fully qualified name given to the guest (DHCP option 81, DHCPv6 option 39)',
+    apply: (s, v, shown) => (s.options.network.fqdn = dnsName(shown, v, 253)),
+  },
+  { long: ['foreground'], short: 'f', help: 'Stay in the foreground (as passt or pasta: do not go to the background once ready)', apply: (s) => (s.options.foreground = true) },
   { long: ['pid'], short: 'P', value: 'FILE', help: 'Write our PID to FILE once listening', apply: (s, v, shown) => (s.options.pidFile = nonEmpty(shown, v, 'path')) },
   {
     long: ['runas'], value: 'UID[:GID]', help: 'Accepted for passt compatibility and ignored (ferry never runs as root)',
@@ -752,6 +763,15 @@ export interface PastaOptions {
   splice: boolean;
   /** The command to run in the namespace; empty = the user's shell (or, with --netns, none). */
   command: string[];
+}
+
+/** A DNS name of at most `max` characters: labels of letters, digits and hyphens (1-63 each), dot separated. */
+function dnsName(shown: string, value: string, max: number): string {
+  const name = value.endsWith('.') ? value.slice(0, -1) : value;
+  if (name.length === 0 || name.length > max || !name.split('.').every((label) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(label))) {
+    fail(shown, `'${value}' is not a host name (letters, digits, hyphens; at most ${max} characters)`);
+  }
+  return name;
 }
 
 /** A namespace spec as a path: a PID means /proc/PID/ns/KIND, a bare name a file under /run/netns (net only). */

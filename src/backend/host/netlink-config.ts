@@ -1,7 +1,7 @@
 /**
  * rtnetlink requests that configure a network namespace for `ferry pasta`:
- * look a link up by name, set it up with an MTU, add addresses and default
- * routes. The message builders are pure functions over bytes (tested
+ * look a link up by name, set it up with an MTU (the tap without DAD on its
+ * link-local address), add addresses and default routes. The message builders are pure functions over bytes (tested
  * without a kernel); `NetlinkConfigurator` sends them over a NETLINK_ROUTE
  * socket that was opened inside the namespace (native.nsOpen), one request
  * at a time, each waiting for its ACK with a bounded synchronous wait (this
@@ -16,6 +16,7 @@ import {
   AF_INET6,
   IFA_ADDRESS,
   IFA_F_NODAD,
+  IFA_F_TENTATIVE,
   IFA_LOCAL,
   IFF_UP,
   IFLA_IFNAME,
@@ -24,16 +25,20 @@ import {
   NLM_F_REQUEST,
   NLMSG_ERROR,
   NLMSG_HDRLEN,
+  RT_SCOPE_LINK,
   RT_SCOPE_UNIVERSE,
   RT_TABLE_MAIN,
   RTA_GATEWAY,
   RTA_OIF,
+  RTM_GETADDR,
   RTM_GETLINK,
   RTM_NEWADDR,
   RTM_NEWLINK,
   RTM_NEWROUTE,
   RTN_UNICAST,
   align4,
+  buildDumpRequest,
+  parseAddress,
   parseLink,
   sockaddrNl,
   walkMessages,
@@ -123,14 +128,22 @@ export function buildGetLinkByName(name: string, seq: number): Uint8Array {
   return new RequestBuilder(RTM_GETLINK, NLM_F_REQUEST, seq, IFINFOMSG_LEN).attribute(IFLA_IFNAME, nameBytes).finish();
 }
 
-/** RTM_NEWLINK setting link `index` up, with an MTU when mtu > 0 (`ip link set dev X up mtu M`). */
-export function buildLinkUp(index: number, mtu: number, seq: number): Uint8Array {
+/** IFF_NOARP: no ARP, and for IPv6 no duplicate address detection on addresses made while it is set. */
+export const IFF_NOARP = 0x80;
+
+/** RTM_NEWLINK setting the link flags in `change` to their values in `flags`, with an MTU when mtu > 0. */
+export function buildSetLinkFlags(index: number, flags: number, change: number, mtu: number, seq: number): Uint8Array {
   const request = new RequestBuilder(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, IFINFOMSG_LEN)
     .i32(4, index) // ifi_index
-    .u32(8, IFF_UP) // ifi_flags
-    .u32(12, IFF_UP); // ifi_change
+    .u32(8, flags) // ifi_flags
+    .u32(12, change); // ifi_change
   if (mtu > 0) request.attributeU32(IFLA_MTU, mtu);
   return request.finish();
+}
+
+/** RTM_NEWLINK setting link `index` up, with an MTU when mtu > 0 (`ip link set dev X up mtu M`). */
+export function buildLinkUp(index: number, mtu: number, seq: number): Uint8Array {
+  return buildSetLinkFlags(index, IFF_UP, IFF_UP, mtu, seq);
 }
 
 /** RTM_NEWLINK setting the transmit queue length of link `index` (`ip link set dev X txqueuelen N`). */
@@ -210,6 +223,33 @@ export class NetlinkConfigurator {
     this.request(buildLinkUp(index, mtu, ++this.seq));
   }
 
+  /**
+   * Set link `index` up so that its IPv6 link-local address is usable at
+   * once, as pasta does: up with IFF_NOARP (the kernel skips DAD for the
+   * link-local address it forms then), then ARP and neighbour discovery
+   * back on. ferry owns the segment, so no other node can hold that
+   * address; a DHCPv6 client started right after link up (ISC dhclient -6
+   * binds to it) would otherwise fail while the address is tentative.
+   */
+  linkUpWithoutDad(index: number, mtu = 0): void {
+    this.request(buildSetLinkFlags(index, IFF_UP | IFF_NOARP, IFF_UP | IFF_NOARP, mtu, ++this.seq));
+    // The kernel forms the address (and decides on DAD) in deferred work: ARP stays off until it is there, settled.
+    const deadline = Date.now() + LINK_LOCAL_WAIT_MS;
+    while (!this.hasSettledLinkLocal(index) && Date.now() < deadline) pause(5);
+    this.request(buildSetLinkFlags(index, 0, IFF_NOARP, 0, ++this.seq));
+  }
+
+  /** True when link `index` has an IPv6 link-local address that is not tentative. */
+  hasSettledLinkLocal(index: number): boolean {
+    let settled = false;
+    this.request(buildDumpRequest(RTM_GETADDR, AF_INET6, ++this.seq), (type, offset, length) => {
+      if (type !== RTM_NEWADDR) return;
+      const address = parseAddress(this.buffer, offset, length);
+      if (address !== null && address.index === index && address.scope === RT_SCOPE_LINK && (address.flags & IFA_F_TENTATIVE) === 0) settled = true;
+    });
+    return settled;
+  }
+
   /** Set the transmit queue length of link `index`. */
   setTxQueueLength(index: number, length: number): void {
     this.request(buildSetTxQueueLength(index, length, ++this.seq));
@@ -232,7 +272,7 @@ export class NetlinkConfigurator {
   configure(network: NamespaceNetwork): number {
     this.linkUp(this.linkIndex('lo'));
     const index = this.linkIndex(network.ifname);
-    this.linkUp(index, network.mtu);
+    this.linkUpWithoutDad(index, network.mtu);
     // Already there (a namespace joined a second time): what was asked for holds, go on.
     for (const { address, prefixLength } of network.addresses) unlessExists(() => this.addAddress(index, address, prefixLength));
     for (const gateway of network.gateways) unlessExists(() => this.addDefaultRoute(index, gateway));
@@ -257,17 +297,24 @@ export class NetlinkConfigurator {
       }
       if (n === 0) throw new Error('netlink: socket closed');
       let answered = false;
-      walkMessages(this.buffer, n, seq, (type, offset, length) => {
+      const walk = walkMessages(this.buffer, n, seq, (type, offset, length) => {
         answered = true;
         visit(type, offset, length);
       });
-      // walkMessages skipped other sequences and threw on errors: an ACK (error 0) for ours ends a request.
-      if (answered || (wantsAck && containsAck(this.buffer, n, seq))) return;
+      // walkMessages skipped other sequences and threw on errors: an ACK (error 0) for ours ends a request, so does a dump's end.
+      if (answered || walk.done || (wantsAck && containsAck(this.buffer, n, seq))) return;
     }
   }
 }
 
 const EEXIST = 17;
+/** Bound on waiting for the tap's link-local address to appear (the kernel forms it within milliseconds). */
+const LINK_LOCAL_WAIT_MS = 1000;
+
+/** A bounded synchronous pause (this runs once at setup, before the loop serves anything). */
+function pause(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
 
 /** Run a create request; EEXIST is not an error for configuration that is already in place. */
 function unlessExists(request: () => void): void {

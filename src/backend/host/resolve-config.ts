@@ -6,7 +6,8 @@
  *   -a/-n/-g say otherwise; a family without an address or a gateway is
  *   disabled with one log line (so is one turned off by -4/-6);
  * - -M is ferry's own MAC (default 9a:55:9a:55:9a:55); ferry's IPv6
- *   link-local address is its EUI-64 form;
+ *   link-local address (the router the guest learns) is the gateway when
+ *   that is link-local, else the MAC's EUI-64 form;
  * - -m is the MTU announced (default 65520, 0 = announce none);
  * - DNS: -D lists resolvers verbatim ('none': no DNS); otherwise the host's
  *   resolv.conf nameservers, where a loopback resolver (e.g. systemd-resolved's
@@ -19,7 +20,7 @@
  *   it off; --map-guest-addr has no default.
  */
 import { log } from '../../sys/log';
-import { bytesEqual, formatIp, isLoopback, linkLocalFromMac, parseMac } from '../../stack/address';
+import { bytesEqual, formatIp, isIpv6LinkLocal, isLoopback, linkLocalFromMac, parseMac } from '../../stack/address';
 import type { Ipv4Config, Ipv6Config, StackConfig } from '../../stack/config';
 import type { DiscoveredFamily, DiscoveredHost } from './host-discovery';
 
@@ -80,6 +81,10 @@ export interface NetworkAddressOptions {
   mapGuestAddr4: AddressOrNone;
   /** --map-guest-addr (IPv6) */
   mapGuestAddr6: AddressOrNone;
+  /** -H/--hostname: host name given to the guest (DHCP option 12). */
+  hostname: string | null;
+  /** --fqdn: fully qualified name given to the guest (DHCP option 81, DHCPv6 option 39). */
+  fqdn: string | null;
 }
 
 /** Which built-in services answer the guest (all on by default; --no-dhcp etc. turn them off). */
@@ -145,6 +150,8 @@ export function defaultNetworkAddressOptions(): NetworkAddressOptions {
     noMapGw: false,
     mapGuestAddr4: null,
     mapGuestAddr6: null,
+    hostname: null,
+    fqdn: null,
   };
 }
 
@@ -200,6 +207,17 @@ function resolveFamilyDns(
     if (announced.length >= MAX_ANNOUNCED_RESOLVERS) break;
   }
   return { announced, dnsForward: forward };
+}
+
+/**
+ * The link-local address ferry answers as on the guest segment (RA source,
+ * DHCPv6 server, the router the guest learns): the gateway itself when it
+ * is link-local, as real hosts' IPv6 default routes are and as passt does,
+ * so guest and host see the same router and traffic to it follows the
+ * gateway's mapping; otherwise ferry's own EUI-64 address from its MAC.
+ */
+export function routerAddress(gateway: Uint8Array, ourMac: Uint8Array): Uint8Array {
+  return isIpv6LinkLocal(gateway) ? gateway : linkLocalFromMac(ourMac);
 }
 
 interface FamilyBase {
@@ -269,7 +287,7 @@ export function resolveStackConfig(overrides: AddressOverrides, discovered: Disc
         address: base.address,
         prefixLength: base.prefixLength,
         gateway: base.gateway,
-        linkLocal: linkLocalFromMac(ourMac),
+        linkLocal: Uint8Array.from(routerAddress(base.gateway, ourMac)),
         dns: overrides.dhcpDns ? dns.announced : [],
         mapHostLoopback,
         mapGuestAddr: addressOrNull(overrides.mapGuestAddr6),
@@ -292,6 +310,8 @@ export function resolveStackConfig(overrides: AddressOverrides, discovered: Disc
     ipv4,
     ipv6,
     searchDomains: [...searchDomains],
+    hostname: overrides.hostname,
+    fqdn: overrides.fqdn,
     interfaceName: overrides.outboundIf4 ?? overrides.outboundIf6 ?? null,
     dhcp: overrides.dhcp,
     dhcpv6: overrides.dhcpv6,

@@ -7,6 +7,7 @@
  *     --dns-forward ADDR, port 53  -> --dns-host (or the host's resolver), port 53
  *     --map-host-loopback ADDR     -> 127.0.0.1 / ::1 (the gateway by default)
  *     --map-guest-addr ADDR        -> the host's own address
+ *     ferry's IPv6 router address  -> as the gateway (it is the guest's view of it)
  *     IPv6 link-local (other)      -> unreachable (no scope to send it on)
  *     anything else                -> itself
  *
@@ -39,6 +40,12 @@ export function mapDestination(config: StackConfig, family: 4 | 6, addr: Uint8Ar
   const cfg = family === 4 ? config.ipv4 : config.ipv6;
   if (cfg === null) return 0;
   const n = family === 4 ? 4 : 16;
+  // The router the guest learnt from the RA stands for the gateway: the same address
+  // when the host's gateway is link-local, ferry's own link-local otherwise.
+  if (family === 6 && config.ipv6 !== null && equalAt(addr, offset, config.ipv6.linkLocal, 16)) {
+    addr = config.ipv6.gateway;
+    offset = 0;
+  }
   if (port === DNS_PORT && cfg.dnsForward !== null && equalAt(addr, offset, cfg.dnsForward, n)) {
     if (cfg.dnsHost === null) return 0;
     return writeSockaddr(out, family, cfg.dnsHost, 0, DNS_PORT);

@@ -53,6 +53,7 @@ export const DhcpOption = {
   SubnetMask: 1,
   Router: 3,
   DomainNameServer: 6,
+  HostName: 12,
   DomainName: 15,
   InterfaceMtu: 26,
   RequestedAddress: 50,
@@ -62,6 +63,7 @@ export const DhcpOption = {
   ServerIdentifier: 54,
   ParameterRequestList: 55,
   Message: 56,
+  ClientFqdn: 81,
   DomainSearch: 119,
   ClasslessStaticRoute: 121,
   End: 255,
@@ -193,6 +195,10 @@ export function encodeDomainSearch(domains: readonly string[]): Uint8Array {
 /** Per-configuration constants, computed once. */
 interface DhcpStatic {
   search: Uint8Array;
+  /** Option 12's value (ASCII), empty without -H. */
+  hostname: Uint8Array;
+  /** Option 81's domain name in wire format, empty without --fqdn. */
+  fqdn: Uint8Array;
   mask: Uint8Array;
   /** The gateway lies outside the guest's prefix: send option 121 routes. */
   offLinkGateway: boolean;
@@ -209,7 +215,10 @@ function staticsFor(config: StackConfig): DhcpStatic {
     const mask = new Uint8Array(4);
     setBe32(mask, 0, maskValue);
     const offLink = ((be32(ipv4.address, 0) ^ be32(ipv4.gateway, 0)) & maskValue) !== 0 || prefix === 32;
-    s = { search: encodeDomainSearch(config.searchDomains), mask, offLinkGateway: offLink };
+    const hostname = Uint8Array.from(Buffer.from(config.hostname ?? '', 'ascii').subarray(0, 255));
+    // One name, no compression: the encoding of a search list of one.
+    const fqdn = config.fqdn ? encodeDomainSearch([config.fqdn]) : new Uint8Array(0);
+    s = { search: encodeDomainSearch(config.searchDomains), hostname, fqdn: fqdn.length + 3 <= 255 ? fqdn : new Uint8Array(0), mask, offLinkGateway: offLink };
     statics.set(config, s);
   }
   return s;
@@ -302,8 +311,9 @@ function replyMaxLength(config: StackConfig, s: DhcpStatic): number {
   const dnsCount = Math.min(config.ipv4!.dns.length, 63);
   const search = s.search.length + 2 * Math.ceil(s.search.length / 255);
   const domainName = config.searchDomains.length > 0 ? 2 + Math.min(255, config.searchDomains[0].length) : 0;
-  // 53, 54, 51, 1, 3, 121, 6, 15, 26, 119, End
-  const options = 3 + 6 + 6 + 6 + 6 + 16 + (2 + 4 * dnsCount) + domainName + 4 + search + 1;
+  const names = (s.hostname.length > 0 ? 2 + s.hostname.length : 0) + (s.fqdn.length > 0 ? 2 + 3 + s.fqdn.length : 0);
+  // 53, 54, 51, 1, 3, 121, 6, 15, 26, 119, 12, 81, End
+  const options = 3 + 6 + 6 + 6 + 6 + 16 + (2 + 4 * dnsCount) + domainName + 4 + search + names + 1;
   return Math.max(MIN_REPLY_LENGTH, DHCP_OPTIONS_OFFSET + options);
 }
 
@@ -357,6 +367,11 @@ function sendReply(ctx: StackContext, request: Uint8Array, msg: number, requestT
       at = putOption(out, at, DhcpOption.InterfaceMtu, 2);
       setBe16(out, at - 2, config.mtu);
     }
+    if (s.hostname.length > 0) {
+      at = putOption(out, at, DhcpOption.HostName, s.hostname.length);
+      out.set(s.hostname, at - s.hostname.length);
+    }
+    if (s.fqdn.length > 0) at = putClientFqdn(out, at, s.fqdn);
     // RFC 3396: values over 255 bytes go in consecutive instances of the option.
     for (let done = 0; done < s.search.length; ) {
       const n = Math.min(255, s.search.length - done);
@@ -406,6 +421,23 @@ function putClasslessRoutes(out: Uint8Array, at: number, gateway: Uint8Array): n
   for (let i = 0; i < 4; i++) out[p++] = gateway[i];
   return at;
 }
+
+/**
+ * Option 81 (RFC 4702) as a server's answer: flags E (wire-format name)
+ * and N (ferry updates no DNS records), both RCODEs 255, then the name.
+ */
+function putClientFqdn(out: Uint8Array, at: number, name: Uint8Array): number {
+  at = putOption(out, at, DhcpOption.ClientFqdn, 3 + name.length);
+  const value = at - 3 - name.length;
+  out[value] = FQDN_FLAG_E | FQDN_FLAG_N;
+  out[value + 1] = 255;
+  out[value + 2] = 255;
+  out.set(name, value + 3);
+  return at;
+}
+
+const FQDN_FLAG_E = 0x04;
+const FQDN_FLAG_N = 0x08;
 
 /** Option 15 (domain name) as plain ASCII, if it fits one option. */
 function putDomainName(out: Uint8Array, at: number, name: string): number {

@@ -106,6 +106,9 @@ export const DHCPV6_INFINITE = 0xffffffff;
 const MAX_IA_NA = 8;
 const MAX_ADDRESSES_PER_IA = 8;
 const MAX_DNS_SERVERS = 8;
+/** OPTION_CLIENT_FQDN (RFC 4704) and its N flag. */
+const OPTION_CLIENT_FQDN = 39;
+const FQDN_FLAG_N = 0x04;
 const MAX_DOMAIN_LIST_BYTES = 1024;
 const IPV6_HOP_LIMIT_LINK = 255;
 
@@ -122,6 +125,8 @@ export class Dhcpv6Server {
   private readonly top = new Dhcpv6OptionCursor();
   private readonly inner = new Dhcpv6OptionCursor();
   private readonly clientAddress = new Uint8Array(16);
+  /** --fqdn in wire format (option 39), empty without it. */
+  private readonly fqdn: Uint8Array;
 
   constructor(
     private readonly config: StackConfig,
@@ -137,6 +142,7 @@ export class Dhcpv6Server {
       bytes += length;
     }
     this.domainList = encodeDomainList(names);
+    this.fqdn = config.fqdn ? encodeDomainList([config.fqdn]) : new Uint8Array(0);
     this.dnsServers = (config.ipv6?.dns ?? []).filter((a) => a.length === 16).slice(0, MAX_DNS_SERVERS);
   }
 
@@ -283,6 +289,8 @@ export class Dhcpv6Server {
       w.end();
     }
     if (this.domainList.length > 0) w.option(Dhcpv6Option.DOMAIN_LIST, this.domainList);
+    // RFC 4704: flags N (ferry updates no DNS records), then the name in wire format.
+    if (this.fqdn.length > 0) w.begin(OPTION_CLIENT_FQDN).u8(FQDN_FLAG_N).bytes(this.fqdn).end();
   }
 
   /**

@@ -2,10 +2,13 @@
  * ferry's side of Neighbor Discovery on the guest segment (passt's model:
  * ferry owns the segment, the guest has the host's address).
  *
- * - Router Solicitation -> Router Advertisement from ferry's link-local
- *   address: M/O flags when DHCPv6 runs, the /64 of the host's address with
+ * - Router Solicitation -> Router Advertisement from ferry's router address
+ *   (config.ipv6.linkLocal: the host's gateway when that is link-local, as
+ *   in passt, else ferry's own link-local): M/O flags when DHCPv6 runs, the /64 of the host's address with
  *   L+A (SLAAC), MTU, RDNSS, DNSSL, source link-layer address.
- * - Periodic unsolicited RAs: `tick(nowMs)` says when one is due.
+ * - Unsolicited RAs: `tick(nowMs)` says when one is due; the first one 16 s
+ *   after start (past the guest's DAD), then two more 16 s apart, then
+ *   every 200-600 s. Solicitations are what real clients rely on.
  * - Neighbor Solicitation for any address other than the guest's own ->
  *   Neighbor Advertisement with ferry's MAC (router flag for the gateway and
  *   ferry's link-local). DAD probes are answered only for addresses ferry
@@ -130,7 +133,7 @@ export const INFINITE_LIFETIME = 0xffffffff;
 /** At most this many resolvers in RDNSS, and this many bytes of encoded search domains in DNSSL. */
 export const MAX_RDNSS_SERVERS = 8;
 export const MAX_DNSSL_BYTES = 1024;
-/** Unsolicited RA schedule (RFC 4861 6.2.4 / 10): a few quick ones, then every 200-600 s. */
+/** Unsolicited RA schedule (RFC 4861 6.2.4 / 10): the first after 16 s, a few quick ones, then every 200-600 s. */
 export const INITIAL_RA_COUNT = 3;
 export const INITIAL_RA_INTERVAL_MS = 16_000;
 export const MIN_RA_INTERVAL_MS = 200_000;
@@ -250,12 +253,20 @@ export class NdpResponder {
 
   /**
    * Whether an unsolicited RA is due at nowMs (then the caller sends one
-   * with writeUnsolicitedRa). The first call starts the schedule and is due
-   * at once. Always false when RAs are off.
+   * with writeUnsolicitedRa). The first call only starts the schedule: the
+   * first unsolicited RA goes out INITIAL_RA_INTERVAL_MS later, never while
+   * a guest link that came up with ferry still has a tentative link-local
+   * address (DAD takes 1-2 s, RFC 4862 5.4). Until then, and always, a
+   * guest's Router Solicitation (sent once DAD is done, RFC 4861 6.3.7) is
+   * answered at once, as passt does. Always false when RAs are off.
    */
   tick(nowMs: number): boolean {
     if (this.raMessage === null) return false;
-    if (this.nextRaDue >= 0 && nowMs < this.nextRaDue) return false;
+    if (this.nextRaDue < 0) {
+      this.nextRaDue = nowMs + INITIAL_RA_INTERVAL_MS;
+      return false;
+    }
+    if (nowMs < this.nextRaDue) return false;
     this.unsolicitedSent++;
     const interval =
       this.unsolicitedSent < INITIAL_RA_COUNT

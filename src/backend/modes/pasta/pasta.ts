@@ -72,6 +72,7 @@ import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../cont
 import { type NamespaceNetwork, NetlinkConfigurator } from '../../host/netlink-config';
 import { type DaemonOptions, namespacePath, type PastaOptions, readEphemeralRange } from '../../cli/options';
 import { startPcap } from '../../frontends/middleware/pcap';
+import { systemdNotify } from '../../cli/systemd';
 import { resolveStack } from '../stack-setup';
 import {
   AutoForwarder,
@@ -152,6 +153,15 @@ interface NamespaceTarget {
 function namespaceId(path: string): string {
   const stat = fs.statSync(path);
   return `${stat.dev}:${stat.ino}`;
+}
+
+/** True while `path` still names the namespace whose id was `id`. */
+function sameNamespace(path: string, id: string): boolean {
+  try {
+    return namespaceId(path) === id;
+  } catch {
+    return false;
+  }
 }
 
 /** Start unshare with the gate and resolve once the namespaces exist. */
@@ -345,7 +355,8 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
       else {
         // Links up (so DHCP/NDP can run), no addresses or routes: the command configures itself.
         netlink.linkUp(netlink.linkIndex('lo'));
-        netlink.linkUp(netlink.linkIndex(tapName), config.mtu);
+        // Without DAD on its link-local address: DHCPv6 clients started right after link up can bind to it.
+        netlink.linkUpWithoutDad(netlink.linkIndex(tapName), config.mtu);
       }
       // A window of MTU-sized frames must fit in the tap's queue, or the namespace's kernel drops them there.
       const queueLength = tapQueueLength(config.mtu > 0 ? config.mtu : 65520, largestSendBuffer());
@@ -427,6 +438,8 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     }
   }
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
+  // The tap and the forwards are served: a systemd unit, or the parent waiting as passt's callers do (cli/background.ts), may go on.
+  systemdNotify(`READY=1\nSTATUS=Serving ${tapName} in ${target.netPath}`);
 
   // The command: released from the gate (created), or started through nsenter (joined with a command).
   let child = target.child;
@@ -489,6 +502,12 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     if (child === null && watchPid !== null) {
       watchTimer = setInterval(() => {
         if (!fs.existsSync(`/proc/${watchPid}`)) finish(0, `process ${watchPid} exited`);
+      }, 1000);
+    } else if (child === null) {
+      // Joined by path (podman's --netns): when the path goes (ip netns del, podman's cleanup), so does ferry, as pasta.
+      const joined = namespaceId(target.netPath);
+      watchTimer = setInterval(() => {
+        if (!sameNamespace(target.netPath, joined)) finish(0, `${target.netPath} is gone`);
       }, 1000);
     }
   });

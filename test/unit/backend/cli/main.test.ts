@@ -123,6 +123,72 @@ describe('cli', () => {
     }
   });
 
+  describe('as passt or pasta: the background once ready', () => {
+    const runAs = async (invokedAs: string, argv: string[]): Promise<{ code: number; background: DaemonOptions[]; daemon: number; err: string }> => {
+      const c = capture();
+      const background: DaemonOptions[] = [];
+      let subcommandRuns = 0;
+      const code = await run(argv, {
+        ...c.io,
+        invokedAs,
+        goBackground: async (options) => {
+          background.push(options);
+          return 0;
+        },
+        attachToParent: () => undefined,
+        loadSubcommand: () => async () => {
+          subcommandRuns++;
+          return 0;
+        },
+      });
+      return { code, background, daemon: c.daemonCalls.length + subcommandRuns, err: c.err() };
+    };
+
+    it('passt hands over to the background process instead of running in this one', async () => {
+      const r = await runAs('passt', ['stream', '--socket', '/tmp/x.sock', '--one-off']);
+      expect(r.code).to.equal(0);
+      expect(r.background).to.have.length(1);
+      expect(r.background[0].socketPath).to.equal('/tmp/x.sock');
+      expect(r.daemon).to.equal(0);
+    });
+
+    it('-f keeps passt in the foreground; ferry under its own name stays there too', async () => {
+      const foreground = await runAs('passt', ['stream', '-f', '--socket', '/tmp/x.sock']);
+      expect(foreground.background).to.have.length(0);
+      expect(foreground.daemon).to.equal(1);
+      const ferry = await runAs('ferry', ['--socket', '/tmp/x.sock']);
+      expect(ferry.background).to.have.length(0);
+      expect(ferry.daemon).to.equal(1);
+    });
+
+    it('pasta attached to a namespace goes to the background; pasta running a command does not', async () => {
+      const attached = await runAs('pasta', ['pasta', '--config-net', '--netns', '/run/netns/x']);
+      expect(attached.background).to.have.length(1);
+      const command = await runAs('pasta', ['pasta', '--config-net', '--', 'true']);
+      expect(command.background).to.have.length(0);
+      expect(command.daemon).to.equal(1);
+      const joinedWithCommand = await runAs('pasta', ['pasta', '--netns', '/run/netns/x', '--', 'true']);
+      expect(joinedWithCommand.background).to.have.length(0);
+    });
+
+    it('option errors are still reported by the process the caller started', async () => {
+      const r = await runAs('passt', ['stream', '--mtu', '99999']);
+      expect(r.code).to.equal(1);
+      expect(r.background).to.have.length(0);
+      expect(r.err).to.contain('--mtu');
+    });
+  });
+
+  it('-H/--hostname and --fqdn (libvirt passes them) reach the options; a bad name is one line and exit 1', async () => {
+    const c = capture();
+    expect(await run(['-H', 'vm1', '--fqdn', 'vm1.example.org.'], c.io)).to.equal(0);
+    expect(c.daemonCalls[0].network.hostname).to.equal('vm1');
+    expect(c.daemonCalls[0].network.fqdn).to.equal('vm1.example.org');
+    const bad = capture();
+    expect(await run(['--hostname', 'a_b'], bad.io)).to.equal(1);
+    expect(bad.err()).to.equal("ferry: --hostname: 'a_b' is not a host name (letters, digits, hyphens; at most 63 characters)\n");
+  });
+
   describe('bin/ferry.js', () => {
     const bin = join(REPO_ROOT, 'bin', 'ferry.js');
     const ferry = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 10000 });

@@ -5,6 +5,7 @@ import {
   buildAddDefaultRoute,
   buildGetLinkByName,
   buildLinkUp,
+  IFF_NOARP,
   buildSetTxQueueLength,
   containsAck,
   IFLA_TXQLEN,
@@ -110,6 +111,27 @@ class FakeNetlink implements NetlinkSocketCalls {
 }
 
 const LINKS: Record<string, number> = { lo: 1, uplink0: 7 };
+const RTM_GETADDR = 22;
+const LINK_LOCAL = Uint8Array.from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+
+/** An RTM_NEWADDR answer: an IPv6 address on `index` with scope and flags, then NLMSG_DONE. */
+function addressDump(seq: number, index: number, scope: number, flags: number): Uint8Array[] {
+  const m = new Uint8Array(NLMSG_HDRLEN + 8 + 20);
+  const v = new DataView(m.buffer);
+  v.setUint32(0, m.length, LE);
+  v.setUint16(4, RTM_NEWADDR, LE);
+  v.setUint32(8, seq, LE);
+  m.set([AF_INET6, 64, flags, scope], NLMSG_HDRLEN);
+  v.setUint32(NLMSG_HDRLEN + 4, index, LE);
+  v.setUint16(NLMSG_HDRLEN + 8, 20, LE);
+  v.setUint16(NLMSG_HDRLEN + 10, IFA_ADDRESS, LE);
+  m.set(LINK_LOCAL, NLMSG_HDRLEN + 12);
+  const done = new Uint8Array(NLMSG_HDRLEN + 4);
+  new DataView(done.buffer).setUint32(0, done.length, LE);
+  new DataView(done.buffer).setUint16(4, 3, LE);
+  new DataView(done.buffer).setUint32(8, seq, LE);
+  return [m, done];
+}
 
 /** Answers like the kernel: GETLINK by name, ACKs for the rest. */
 function kernelLike(request: Uint8Array): Uint8Array[] {
@@ -120,6 +142,7 @@ function kernelLike(request: Uint8Array): Uint8Array[] {
     // A stale answer to another sequence first: it must be skipped.
     return index === undefined ? [errorMessage(h.seq, -19)] : [errorMessage(h.seq - 1, 0), linkMessage(h.seq, index, name)];
   }
+  if (h.type === RTM_GETADDR) return addressDump(h.seq, 7, 253, 0);
   return [errorMessage(h.seq, 0)];
 }
 
@@ -200,9 +223,12 @@ describe('netlink-config', () => {
         gateways: [GW4],
       });
       expect(index).to.equal(7);
-      expect(fake.sent.map((m) => header(m).type)).to.deep.equal([RTM_GETLINK, RTM_NEWLINK, RTM_GETLINK, RTM_NEWLINK, RTM_NEWADDR, RTM_NEWADDR, RTM_NEWROUTE]);
+      expect(fake.sent.map((m) => header(m).type)).to.deep.equal([RTM_GETLINK, RTM_NEWLINK, RTM_GETLINK, RTM_NEWLINK, RTM_GETADDR, RTM_NEWLINK, RTM_NEWADDR, RTM_NEWADDR, RTM_NEWROUTE]);
       expect(u32(fake.sent[1], NLMSG_HDRLEN + 4)).to.equal(1);
       expect(u32(fake.sent[3], NLMSG_HDRLEN + 4)).to.equal(7);
+      // The tap comes up with IFF_NOARP (no DAD for its link-local address), then ARP goes back on.
+      expect([u32(fake.sent[3], NLMSG_HDRLEN + 8), u32(fake.sent[3], NLMSG_HDRLEN + 12)]).to.deep.equal([IFF_UP | IFF_NOARP, IFF_UP | IFF_NOARP]);
+      expect([u32(fake.sent[5], NLMSG_HDRLEN + 4), u32(fake.sent[5], NLMSG_HDRLEN + 8), u32(fake.sent[5], NLMSG_HDRLEN + 12)]).to.deep.equal([7, 0, IFF_NOARP]);
       const seqs = fake.sent.map((m) => header(m).seq);
       expect(new Set(seqs).size).to.equal(seqs.length);
     });
@@ -216,6 +242,27 @@ describe('netlink-config', () => {
       expect(new NetlinkConfigurator(new FakeNetlink(exists), 3).configure(network)).to.equal(7);
       const refused = (request: Uint8Array): Uint8Array[] => (header(request).type === RTM_NEWROUTE ? [errorMessage(header(request).seq, -101)] : kernelLike(request));
       expect(() => new NetlinkConfigurator(new FakeNetlink(refused), 3).configure(network)).to.throw().with.property('errno', 101);
+    });
+
+    it('ARP stays off until the tap\'s link-local address is there and not tentative (bounded)', () => {
+      let dumps = 0;
+      // Tentative (0x40) twice, then settled; another link's settled address does not count.
+      const answer = (request: Uint8Array): Uint8Array[] => {
+        const h = header(request);
+        if (h.type !== RTM_GETADDR) return kernelLike(request);
+        dumps++;
+        return dumps <= 2 ? [...addressDump(h.seq, 7, 253, 0x40).slice(0, 1), ...addressDump(h.seq, 9, 253, 0)] : addressDump(h.seq, 7, 253, 0);
+      };
+      const fake = new FakeNetlink(answer);
+      new NetlinkConfigurator(fake, 3).linkUpWithoutDad(7, 1500);
+      expect(dumps).to.equal(3);
+      expect(fake.sent.map((m) => header(m).type)).to.deep.equal([RTM_NEWLINK, RTM_GETADDR, RTM_GETADDR, RTM_GETADDR, RTM_NEWLINK]);
+      // Without any link-local address (IPv6 off in the namespace) ARP comes back after the bound.
+      const none = new FakeNetlink((request) => (header(request).type === RTM_GETADDR ? addressDump(header(request).seq, 7, 0, 0) : kernelLike(request)));
+      const started = Date.now();
+      new NetlinkConfigurator(none, 3).linkUpWithoutDad(7);
+      expect(Date.now() - started).to.be.lessThan(3000);
+      expect(header(none.sent[none.sent.length - 1]).type).to.equal(RTM_NEWLINK);
     });
 
     it('a kernel error becomes an Error with errno', () => {

@@ -37,11 +37,32 @@ describe('resolve-config', () => {
     expect(fmt(config.ipv4!.dnsHost)).to.equal('192.0.2.53');
     expect(fmt(config.ipv6!.address)).to.equal('2001:db8::1');
     expect(fmt(config.ipv6!.gateway)).to.equal('fe80::fe');
-    expect(fmt(config.ipv6!.linkLocal)).to.equal('fe80::9855:9aff:fe55:9a55');
+    // The host's gateway is link-local: ferry answers as that router (RA source, DHCPv6 server), as passt does.
+    expect(fmt(config.ipv6!.linkLocal)).to.equal('fe80::fe');
     expect(texts(config.ipv6!.dns)).to.deep.equal(['2001:db8::53']);
     expect(config.searchDomains).to.deep.equal(['example.com']);
     expect([config.dhcp, config.dhcpv6, config.ndp, config.ra]).to.deep.equal([true, true, true, true]);
     expect(describeStackConfig(config).length).to.equal(2);
+  });
+
+  it('the router the guest learns: a link-local gateway itself, else ferry\'s own EUI-64 link-local', () => {
+    const global = host();
+    global.ipv6 = { ...global.ipv6!, gateway: ip('2001:db8::fe') };
+    const fallback = resolve({}, global).config.ipv6!;
+    expect(fmt(fallback.gateway)).to.equal('2001:db8::fe');
+    expect(fmt(fallback.linkLocal)).to.equal('fe80::9855:9aff:fe55:9a55');
+    expect(fmt(fallback.mapHostLoopback)).to.equal('2001:db8::fe');
+    // -g with a link-local router is used the same way; --no-map-gw leaves the router unmapped.
+    const given = resolve({ gateway6: ip('fe80::1'), noMapGw: true }).config.ipv6!;
+    expect(fmt(given.linkLocal)).to.equal('fe80::1');
+    expect(given.mapHostLoopback).to.equal(null);
+    // A copy: the router address is not the gateway's array.
+    expect(given.linkLocal).to.not.equal(given.gateway);
+  });
+
+  it('-H and --fqdn are passed on to the stack as given; absent, none', () => {
+    expect(resolve({ hostname: 'vm1', fqdn: 'vm1.example.org' }).config).to.include({ hostname: 'vm1', fqdn: 'vm1.example.org' });
+    expect(resolve({}).config).to.include({ hostname: null, fqdn: null });
   });
 
   it('applies -a, -n, -g, -M, -m and the service switches', () => {

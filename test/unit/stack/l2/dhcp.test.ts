@@ -329,6 +329,19 @@ describe('dhcp', () => {
     expect(instances).to.be.greaterThan(1);
   });
 
+  it('-H and --fqdn: option 12 with the host name, option 81 with flags E and N, RCODEs 255 and the name', () => {
+    const { exchange } = setup(testConfig({ hostname: 'vm1', fqdn: 'vm1.example.org' }));
+    const r = exchange({ type: 1 })!;
+    expect(String.fromCharCode(...r.options.get(12)!)).to.equal('vm1');
+    const fqdn = r.options.get(81)!;
+    expect(fqdn.slice(0, 3)).to.deep.equal([0x0c, 255, 255]);
+    expect(decodeNames(fqdn.slice(3))).to.deep.equal(['vm1.example.org']);
+    // Without them, neither option.
+    const plain = setup().exchange({ type: 1 })!;
+    expect(plain.options.has(12)).to.equal(false);
+    expect(plain.options.has(81)).to.equal(false);
+  });
+
   it('skips invalid search domains', () => {
     expect(decodeNames(Array.from(encodeDomainSearch(['ok.test', 'bad..name', 'x'.repeat(64) + '.test', 'fine.', ''])))).to.deep.equal(['ok.test', 'fine']);
   });

@@ -229,6 +229,17 @@ describe('dhcpv6 server', () => {
     expect(decodeDomainList(domains, 0, domains.length)).to.deep.equal(['example.com']);
   });
 
+  it('--fqdn: option 39 with flag N and the name in wire format; none without it', () => {
+    const solicit = viewOf(udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, [...opt(O.CLIENTID, CLIENT_DUID), ...iaNa([0, 0, 0, 9])])));
+    const withName = new Dhcpv6Server({ ...makeConfig(), fqdn: 'vm1.example.org' }, null);
+    const r = parseReply(out, withName.handle(solicit, GUEST_MAC, 0, out, 0, out.length));
+    const fqdn = r.options.get(39)![0];
+    expect(fqdn[0]).to.equal(0x04);
+    expect(decodeDomainList(fqdn, 1, fqdn.length - 1)).to.deep.equal(['vm1.example.org']);
+    const plain = parseReply(out, new Dhcpv6Server(makeConfig(), null).handle(solicit, GUEST_MAC, 0, out, 0, out.length));
+    expect(plain.options.has(39)).to.equal(false);
+  });
+
   it('answers SOLICIT with rapid commit by a REPLY', () => {
     const server = new Dhcpv6Server(makeConfig(), null);
     const packet = udpPacket(GUEST_LL, ALL_SERVERS, message(T.SOLICIT, [...opt(O.CLIENTID, CLIENT_DUID), ...opt(O.RAPID_COMMIT, []), ...iaNa([0, 0, 0, 9])]));

@@ -346,15 +346,17 @@ describe('ndp responder', () => {
     expect(responder.maxFrameLength).to.be.lessThan(2048);
   });
 
-  it('schedules unsolicited RAs: three quick ones, then every 200-600 s', () => {
+  it('schedules unsolicited RAs: none at start (the guest may still be in DAD), three quick ones, then every 200-600 s', () => {
     let r = 0;
     const responder = new NdpResponder(makeConfig(), null, () => r);
     expect(responder.nextRaDueMs).to.equal(-1);
-    expect(responder.tick(1000)).to.equal(true);
+    // The first tick only starts the schedule.
+    expect(responder.tick(1000)).to.equal(false);
     expect(responder.nextRaDueMs).to.equal(1000 + INITIAL_RA_INTERVAL_MS);
     expect(responder.tick(1000 + INITIAL_RA_INTERVAL_MS - 1)).to.equal(false);
     expect(responder.tick(1000 + INITIAL_RA_INTERVAL_MS)).to.equal(true);
-    const t = 1000 + 2 * INITIAL_RA_INTERVAL_MS;
+    expect(responder.tick(1000 + 2 * INITIAL_RA_INTERVAL_MS)).to.equal(true);
+    const t = 1000 + 3 * INITIAL_RA_INTERVAL_MS;
     r = 0.5;
     expect(responder.tick(t)).to.equal(true);
     expect(responder.nextRaDueMs).to.equal(t + (MIN_RA_INTERVAL_MS + MAX_RA_INTERVAL_MS) / 2);
@@ -473,9 +475,11 @@ describe('Ipv6ControlPlane behind the stack', () => {
 
   it('sends unsolicited RAs from the timer hook', () => {
     const { port, stack, control } = setup();
-    expect(control.onTimer(stack.ctx, 0)).to.equal(true);
+    expect(control.onTimer(stack.ctx, 0)).to.equal(false);
     expect(control.onTimer(stack.ctx, 1000)).to.equal(false);
     expect(control.onTimer(stack.ctx, INITIAL_RA_INTERVAL_MS)).to.equal(true);
+    expect(control.onTimer(stack.ctx, 2 * INITIAL_RA_INTERVAL_MS - 1)).to.equal(false);
+    expect(control.onTimer(stack.ctx, 2 * INITIAL_RA_INTERVAL_MS)).to.equal(true);
     stack.flush();
     expect(port.frames).to.have.length(2);
     expect(parseSent(port.frames[0], port.frames[0].length).dst).to.equal('ff02::1');
