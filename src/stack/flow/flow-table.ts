@@ -71,6 +71,13 @@ export const EVICTION_SCAN = 128;
  */
 export const EVICTABLE_IDLE_MS = 10_000;
 
+/**
+ * Flows younger than this are never offered for eviction: a kind may hold
+ * the id of a flow it opened earlier in the same batch (UDP's receive
+ * backlog does), and a flood must not be able to recycle it under it.
+ */
+export const EVICTION_MIN_AGE_MS = 50;
+
 /** Bytes reserved per address in the address arrays (IPv4 uses the first 4). */
 export const ADDRESS_SLOT = 16;
 
@@ -93,11 +100,10 @@ export type FlowCloser = (id: number) => void;
  * EVICTABLE_IDLE_MS should be given up. Called from allocate(), so it must
  * not allocate flows itself.
  *
- * TCP and UDP register theirs in their service's constructor, e.g. for UDP:
+ * TCP and UDP register theirs in their service's constructor, e.g. UDP
+ * (whose deadline is the last datagram's time plus udpIdleMs):
  *   this.flows.registerEvictor(FlowProtocol.Udp, (id, now) => {
- *     const idle = now - (this.flows.deadline[id] - this.ctx.config.udpIdleMs);
- *     const halfOpen = this.flows.inbound[id] === 1 ? this.flows.bytesFromGuest[id] === 0 : this.flows.bytesToGuest[id] === 0;
- *     if (!halfOpen && idle < EVICTABLE_IDLE_MS) return false;
+ *     if (!this.flows.halfOpenOrIdle(id, now, this.ctx.config.udpIdleMs)) return false;
  *     this.closeFlow(id);
  *     return true;
  *   });
@@ -488,8 +494,8 @@ export class FlowTable {
    * Make room in a full table: look at up to EVICTION_SCAN slots from a
    * rotating cursor and offer them to their kind's evictor, flows from
    * sources over MAX_FLOWS_PER_SOURCE first, then other inbound flows, then
-   * the guest's own. Returns true when a slot was freed. Bounded: at most
-   * EVICTION_SCAN evictor calls.
+   * the guest's own, none younger than EVICTION_MIN_AGE_MS. Returns true
+   * when a slot was freed. Bounded: at most EVICTION_SCAN evictor calls.
    */
   evictOne(now: number): boolean {
     if (this.evicting || this.count === 0) return false;
@@ -503,6 +509,7 @@ export class FlowTable {
         for (let step = 0; step < scan; step++) {
           const id = (this.evictCursor + step) % this.capacity;
           if (this.family[id] === 0 || this.evictors[this.protocol[id]] === undefined || this.tierOf(id) !== tier) continue;
+          if (now - this.openedAt[id] < EVICTION_MIN_AGE_MS) continue;
           candidates[found++] = id;
         }
       }
@@ -522,6 +529,18 @@ export class FlowTable {
     } finally {
       this.evicting = false;
     }
+  }
+
+  /**
+   * The usual eviction rule for a kind whose `deadline` is its last
+   * activity plus `idleMs`: true when the flow is half-open (the side that
+   * did not open it never sent a byte) or idle for EVICTABLE_IDLE_MS.
+   */
+  halfOpenOrIdle(id: number, now: number, idleMs: number): boolean {
+    const answered = this.inbound[id] === 1 ? this.bytesFromGuest[id] : this.bytesToGuest[id];
+    if (answered === 0) return true;
+    const lastActive = this.deadline[id] === Infinity ? this.openedAt[id] : this.deadline[id] - idleMs;
+    return now - lastActive >= EVICTABLE_IDLE_MS;
   }
 
   /** Eviction preference of a flow in use: 0 from a source over its bound, 1 other inbound, 2 the guest's. */

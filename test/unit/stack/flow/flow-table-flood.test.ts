@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { CounterBlock, counterDefinitions } from '../../../../src/sys/counters';
-import { FlowTable, MAX_FLOWS_PER_SOURCE, NO_FLOW, defineFlowStates, flowKindName } from '../../../../src/stack/flow/flow-table';
+import { EVICTION_MIN_AGE_MS, FlowTable, MAX_FLOWS_PER_SOURCE, NO_FLOW, defineFlowStates, flowKindName } from '../../../../src/stack/flow/flow-table';
 
 const KIND = 252; // a number no real kind uses: its counters are this test's own
 const OTHER = 249;
@@ -125,7 +125,7 @@ describe('FlowTable under a flood', () => {
       const own = [0, 1, 2].map((i) => table.allocate(KIND, 4, GUEST, 0, 100 + i, peer(i), 0, 443, 0, 0));
       const inbound = table.allocateInbound(KIND, 4, GUEST, 0, 80, ATTACKER, 0, 4000, 0, 0);
       expect(table.full).to.equal(true);
-      const fresh = table.allocate(KIND, 4, GUEST, 0, 200, peer(9), 0, 443, 0, 0);
+      const fresh = table.allocate(KIND, 4, GUEST, 0, 200, peer(9), 0, 443, 0, 1000);
       expect(fresh).to.equal(inbound); // its slot, freed
       expect(offered).to.deep.equal([inbound]);
       for (const id of own) expect(table.family[id]).to.equal(4);
@@ -142,11 +142,11 @@ describe('FlowTable under a flood', () => {
       const foreign = table.allocateInbound(OTHER, 4, GUEST, 0, 80, ATTACKER, 0, 2, 0, 0);
       const idle = table.allocate(KIND, 4, GUEST, 0, 7, peer(7), 0, 7, 0, 0);
       table.registerEvictor(KIND, evictorFor(table, (id) => table.guestPort[id] === 7, offered));
-      expect(table.allocate(KIND, 4, GUEST, 0, 8, peer(8), 0, 8, 0, 0)).to.equal(idle);
+      expect(table.allocate(KIND, 4, GUEST, 0, 8, peer(8), 0, 8, 0, 1000)).to.equal(idle);
       expect(offered).to.deep.equal([keep, idle]); // inbound first; OTHER has no evictor: never offered
       expect(table.family[foreign]).to.equal(4);
       // Now nothing is evictable: refused.
-      expect(table.allocate(KIND, 4, GUEST, 0, 9, peer(9), 0, 9, 0, 0)).to.equal(NO_FLOW);
+      expect(table.allocate(KIND, 4, GUEST, 0, 9, peer(9), 0, 9, 0, 1000)).to.equal(NO_FLOW);
     });
 
     it('prefers flows from a source over its bound', () => {
@@ -158,10 +158,20 @@ describe('FlowTable under a flood', () => {
       for (let i = 0; table.count < table.capacity; i++) table.markInbound(table.allocate(KIND, 4, GUEST, 0, 80, ATTACKER, 0, 20_000 + i, 0, 0));
       const flooding = table.inboundFrom(4, ATTACKER, 0);
       expect(flooding).to.be.above(MAX_FLOWS_PER_SOURCE);
-      expect(table.allocate(KIND, 4, GUEST, 0, 9, peer(9), 0, 9, 0, 0)).to.not.equal(NO_FLOW);
+      expect(table.allocate(KIND, 4, GUEST, 0, 9, peer(9), 0, 9, 0, 1000)).to.not.equal(NO_FLOW);
       expect(offered).to.have.length(1);
       expect(table.inboundFrom(4, ATTACKER, 0)).to.equal(flooding - 1);
       expect(table.lookup(KIND, 4, GUEST, 0, 80, peer(5), 0, 1)).to.equal(legit);
+    });
+
+    it('never offers a flow opened moments ago (a kind may still hold its id from the same batch)', () => {
+      const table = new FlowTable(1);
+      const offered: number[] = [];
+      table.registerEvictor(KIND, evictorFor(table, () => true, offered));
+      table.allocateInbound(KIND, 4, GUEST, 0, 80, ATTACKER, 0, 1, 0, 1000);
+      expect(table.allocate(KIND, 4, GUEST, 0, 2, peer(2), 0, 2, 0, 1000 + EVICTION_MIN_AGE_MS - 1)).to.equal(NO_FLOW);
+      expect(offered).to.deep.equal([]);
+      expect(table.allocate(KIND, 4, GUEST, 0, 2, peer(2), 0, 2, 0, 1000 + EVICTION_MIN_AGE_MS)).to.not.equal(NO_FLOW);
     });
 
     it('releases a slot whose evictor said yes but kept it, and does not recurse', () => {
@@ -172,7 +182,7 @@ describe('FlowTable under a flood', () => {
         return true;
       });
       const first = table.allocate(KIND, 4, GUEST, 0, 1, peer(1), 0, 1, 0, 0);
-      const second = table.allocate(KIND, 4, GUEST, 0, 2, peer(2), 0, 2, 0, 0);
+      const second = table.allocate(KIND, 4, GUEST, 0, 2, peer(2), 0, 2, 0, 1000);
       expect(nested).to.equal(NO_FLOW);
       expect(second).to.equal(first);
       expect(table.count).to.equal(1);
@@ -187,7 +197,7 @@ describe('FlowTable under a flood', () => {
         return false;
       });
       for (let i = 0; i < 4096; i++) table.allocate(KIND, 4, GUEST, 0, i, peer(1), 0, 1, 0, 0);
-      expect(table.allocate(KIND, 4, GUEST, 0, 9, peer(9), 0, 9, 0, 0)).to.equal(NO_FLOW);
+      expect(table.allocate(KIND, 4, GUEST, 0, 9, peer(9), 0, 9, 0, 1000)).to.equal(NO_FLOW);
       expect(calls).to.be.at.most(128);
     });
   });
