@@ -44,10 +44,10 @@
  * (connections and datagrams to the host's ports become frames on the tap),
  * except that a TCP connection from the host's loopback is joined with
  * splice() to a connection ferry makes to the namespace's loopback
- * (pasta-forward.ts HostLoopbackSplicer, off with --no-splice): local
+ * (tcp-forward.ts HostLoopbackSplicer, off with --no-splice): local
  * traffic never becomes frames. -T/-U never become frames either:
  * listening sockets are opened inside the namespace with the same nsOpen
- * helper and bound to its loopback, and pasta-forward.ts relays them to the
+ * helper and bound to its loopback, and pasta-forward.ts's modules relay them to the
  * host's loopback (TCP with splice() unless --no-splice, UDP with
  * recvmmsg/sendmmsg). `auto` is rescanned every second, as in pasta:
  * -T/-U auto follow the ports bound on the host's loopback (/proc/self/net),
@@ -258,7 +258,15 @@ function followHostPorts(loop: FrontendLoop, auto: AutoForwarder): void {
 function spliceHostLoopback(loop: FrontendLoop, counters: CounterBlock, open: NamespaceSocketOpener, parts: StackParts, splice: boolean, forwarding: boolean): HostLoopbackSplicer | null {
   const listeners = parts.tcpListeners;
   if (!splice || !forwarding || listeners === null) return null;
-  const splicer = new HostLoopbackSplicer(loop, counters, open, (fd, family, peer, peerPort, guestPort) => listeners.acceptHandedBack(fd, family, peer, peerPort, guestPort));
+  const clock = parts.stack.ctx.clock;
+  const splicer = new HostLoopbackSplicer(
+    loop,
+    counters,
+    open,
+    (fd, family, peer, peerPort, guestPort) => listeners.acceptHandedBack(fd, family, peer, peerPort, guestPort),
+    parts.flows ?? undefined,
+    () => clock.now(),
+  );
   splicer.prime();
   listeners.loopbackHandoff = (fd, family, port, peer, peerPort) => splicer.take(fd, family, port, peer, peerPort);
   return splicer;
@@ -383,7 +391,10 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   let scanPid: number | null = target.child?.pid ?? target.watchPid;
   const netnsIdentity = namespaceIdentity(target.netPath);
 
-  // -T/-U: the namespace's loopback to the host's, outside the stack (after lo is up in the namespace).
+  // -T/-U: the namespace's loopback to the host's, outside the stack (after lo is up in the namespace);
+  // their relays and clients are flows of the stack's table, on its clock.
+  const flowTable = parts.flows ?? undefined;
+  const now = (): number => stack.ctx.clock.now();
   let tcpForwarder: TcpNamespaceForwarder | null = null;
   let udpForwarder: UdpNamespaceForwarder | null = null;
   try {
@@ -391,7 +402,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     const tcpNs = expandForwards(options.forwards.tcpNs);
     const tcpAuto = options.forwards.tcpNs.some((spec) => spec.mode === 'auto');
     if (tcpNs.length > 0 || tcpAuto) {
-      const tcp = new TcpNamespaceForwarder(loop, counters, pasta.splice);
+      const tcp = new TcpNamespaceForwarder(loop, counters, pasta.splice, flowTable, now);
       tcpForwarder = tcp;
       tcp.listen(open, tcpNs);
       if (tcpAuto) followHostPorts(loop, new AutoForwarder('tcp', tcp, open, readEphemeralRange()));
@@ -399,7 +410,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     const udpNs = expandForwards(options.forwards.udpNs);
     const udpAuto = options.forwards.udpNs.some((spec) => spec.mode === 'auto');
     if (udpNs.length > 0 || udpAuto) {
-      const udp = new UdpNamespaceForwarder(loop, counters, options.udpTimeoutSeconds * 1000);
+      const udp = new UdpNamespaceForwarder(loop, counters, options.udpTimeoutSeconds * 1000, now, flowTable);
       udpForwarder = udp;
       udp.listen(open, udpNs);
       loop.every(1000, () => udp.expire());
