@@ -57,7 +57,8 @@
  * AUTO_FORWARD_TAG through the stack's run-time listener API.
  *
  * --metrics serves the counters (the splice path's among them) as for the
- * daemon.
+ * daemon; --control serves the control API (pasta-control.ts): flows of
+ * every kind listed and closed, forwards fixed.
  */
 import { type ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -69,6 +70,8 @@ import { native } from '../../../sys/native';
 import type { StackConfig } from '../../../stack/config';
 import { FrontendLoop, maxFrameLengthFor, runStackPartsOnLoop } from '../frontend-loop';
 import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
+import { type ControlServer, startControlServer } from '../../control/control';
+import { PastaControlHandler } from './pasta-control';
 import { type NamespaceNetwork, NetlinkConfigurator } from '../../host/netlink-config';
 import { type DaemonOptions, namespacePath, type PastaOptions, readEphemeralRange } from '../../cli/options';
 import { startPcap } from '../../frontends/middleware/pcap';
@@ -428,13 +431,23 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   } catch (error) {
     log.error(`cannot set up -t/-u forwarding: ${(error as Error).message}`);
   }
+  const metrics = new FerryMetrics(() => [counters]);
   let metricsServer: MetricsServer | null = null;
   if (options.metrics !== null) {
     try {
-      metricsServer = await startMetricsServer(options.metrics, new FerryMetrics(() => [counters]));
+      metricsServer = await startMetricsServer(options.metrics, metrics);
       log.info(`metrics on ${metricsServer.address}`);
     } catch (error) {
       log.error(`cannot serve metrics: ${(error as Error).message}`);
+    }
+  }
+  let control: ControlServer | null = null;
+  if (options.controlPath !== null) {
+    try {
+      control = await startControlServer(options.controlPath, new PastaControlHandler(parts.flows, () => stack.ctx.clock.now(), metrics.registry));
+      log.info(`control API on ${control.path}`);
+    } catch (error) {
+      log.error(`cannot serve the control API: ${(error as Error).message}`);
     }
   }
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
@@ -464,6 +477,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
       udpForwarder?.close();
       splicer?.close();
       void metricsServer?.close();
+      void control?.close();
       stack.close();
       loop.close();
       if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
