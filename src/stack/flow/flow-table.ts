@@ -72,11 +72,23 @@ export const EVICTION_SCAN = 128;
 export const EVICTABLE_IDLE_MS = 10_000;
 
 /**
- * Flows younger than this are never offered for eviction: a kind may hold
- * the id of a flow it opened earlier in the same batch (UDP's receive
- * backlog does), and a flood must not be able to recycle it under it.
+ * A flow opened in the current run of the event loop (before the
+ * microtasks that follow it) is offered for eviction only once it is this
+ * old: a kind may hold the id of a flow it opened earlier in the same batch
+ * (UDP's receive backlog does), and a flood must not recycle it under it.
+ * Flows from earlier runs may go at once, so a flood that keeps the table
+ * full of new flows still cannot lock the guest out.
  */
 export const EVICTION_MIN_AGE_MS = 50;
+
+/**
+ * Of the flows opened in the current run, those among the last this many
+ * allocations are the ones protected by EVICTION_MIN_AGE_MS: a kind holds
+ * at most one receive batch of ids (UDP: BATCH_SLOTS, 32), so older ones
+ * may go, and a flood that renews the whole table within one run still
+ * leaves the guest something to evict.
+ */
+export const EVICTION_RECENT_GUARD = 64;
 
 /** Bytes reserved per address in the address arrays (IPv4 uses the first 4). */
 export const ADDRESS_SLOT = 16;
@@ -275,6 +287,19 @@ export class FlowTable {
   private readonly candidates = new Int32Array(EVICTION_SCAN);
   /** Evicting now: a kind's evictor must not recurse into another eviction. */
   private evicting = false;
+  /** Runs of the event loop that allocated (advanced by a microtask after each), and each flow's. */
+  private generation = 0;
+  private readonly openedGeneration: Float64Array;
+  /** Allocations so far, and the count at each flow's (for EVICTION_RECENT_GUARD). */
+  private allocations = 0;
+  private readonly openedSequence: Float64Array;
+  /** The latest time an allocation was asked for (the clock `full` evicts by). */
+  private lastNow = 0;
+  private generationEnding = false;
+  private readonly endGeneration = (): void => {
+    this.generation++;
+    this.generationEnding = false;
+  };
 
   constructor(capacity: number, private readonly counters: CounterBlock | null = null, secret: Uint8Array = randomBytes(16)) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1 << 22) throw new RangeError(`flow table capacity ${capacity} out of range`);
@@ -307,6 +332,8 @@ export class FlowTable {
     this.perSource = new Int32Array(sourceBuckets);
     this.sourceMask = sourceBuckets - 1;
     this.sourceOf = new Int32Array(capacity).fill(-1);
+    this.openedGeneration = new Float64Array(capacity);
+    this.openedSequence = new Float64Array(capacity);
   }
 
   /** Alias of `protocol`: the kind of each slot (FlowKind). */
@@ -333,9 +360,14 @@ export class FlowTable {
     return true;
   }
 
-  /** True when no flow can be allocated. */
+  /**
+   * True when no flow can be allocated: the table is full and no flow could
+   * be evicted to make room (a full table tries evictOne, at the time of
+   * the latest allocation, so callers that check before opening a socket
+   * get the same room allocate() would make).
+   */
   get full(): boolean {
-    return this.freeCount === 0;
+    return this.freeCount === 0 && !this.evictOne(this.lastNow);
   }
 
   /** Flows of one protocol in use. */
@@ -405,6 +437,7 @@ export class FlowTable {
     state: number,
     now: number,
   ): number {
+    if (now > this.lastNow) this.lastNow = now;
     if (this.freeCount === 0 && !this.evictOne(now)) {
       this.countRefused(protocol);
       return NO_FLOW;
@@ -431,6 +464,12 @@ export class FlowTable {
     this.serial[id] = ++lastFlowSerial;
     this.inbound[id] = 0;
     this.sourceOf[id] = -1;
+    this.openedGeneration[id] = this.generation;
+    this.openedSequence[id] = ++this.allocations;
+    if (!this.generationEnding) {
+      this.generationEnding = true;
+      queueMicrotask(this.endGeneration);
+    }
     const h = this.keyedHash(protocol, family, guest, guestOffset, guestPort, remote, remoteOffset, remotePort);
     this.hashOf[id] = h;
     const bucket = h & this.bucketMask;
@@ -494,7 +533,8 @@ export class FlowTable {
    * Make room in a full table: look at up to EVICTION_SCAN slots from a
    * rotating cursor and offer them to their kind's evictor, flows from
    * sources over MAX_FLOWS_PER_SOURCE first, then other inbound flows, then
-   * the guest's own, none younger than EVICTION_MIN_AGE_MS. Returns true
+   * the guest's own, none opened in this run of the event loop unless it is
+   * EVICTION_MIN_AGE_MS old. Returns true
    * when a slot was freed. Bounded: at most EVICTION_SCAN evictor calls.
    */
   evictOne(now: number): boolean {
@@ -509,7 +549,7 @@ export class FlowTable {
         for (let step = 0; step < scan; step++) {
           const id = (this.evictCursor + step) % this.capacity;
           if (this.family[id] === 0 || this.evictors[this.protocol[id]] === undefined || this.tierOf(id) !== tier) continue;
-          if (now - this.openedAt[id] < EVICTION_MIN_AGE_MS) continue;
+          if (this.protectedNow(id, now)) continue;
           candidates[found++] = id;
         }
       }
@@ -541,6 +581,11 @@ export class FlowTable {
     if (answered === 0) return true;
     const lastActive = this.deadline[id] === Infinity ? this.openedAt[id] : this.deadline[id] - idleMs;
     return now - lastActive >= EVICTABLE_IDLE_MS;
+  }
+
+  /** True while a kind may still hold flow id's number from this run's batch (see EVICTION_MIN_AGE_MS). */
+  private protectedNow(id: number, now: number): boolean {
+    return this.openedGeneration[id] === this.generation && this.allocations - this.openedSequence[id] < EVICTION_RECENT_GUARD && now - this.openedAt[id] < EVICTION_MIN_AGE_MS;
   }
 
   /** Eviction preference of a flow in use: 0 from a source over its bound, 1 other inbound, 2 the guest's. */

@@ -6,10 +6,10 @@
  * through their kind's closer. Forwards are fixed on pasta's command line:
  * the forward commands answer UNIMPLEMENTED.
  */
-import type { Registry } from 'prom-client';
 import { ControlError, type ControlHandler, statsFromRegistry } from '../../control/control';
 import type { ControlLogLevel, FlowInfo, FlowProtocol, ForwardInfo, StatSample } from '../../control/control-protocol';
 import { closeTableFlow, listTableFlows } from '../../control/flow-list';
+import type { FerryMetrics } from '../../control/metrics';
 import { setLogLevel } from '../../cli/logging';
 import type { FlowTable } from '../../../stack/flow/flow-table';
 
@@ -21,15 +21,17 @@ export class PastaControlHandler implements ControlHandler {
     private readonly flows: FlowTable | null,
     /** The clock the table's flows were opened on (the stack's). */
     private readonly now: () => number,
-    private readonly registry: Registry,
+    private readonly metrics: FerryMetrics,
   ) {}
 
   async listFlows(protocol: FlowProtocol | null): Promise<FlowInfo[]> {
     return this.flows === null ? [] : listTableFlows(this.flows, this.now(), 0, protocol);
   }
 
-  stats(): Promise<StatSample[]> {
-    return statsFromRegistry(this.registry);
+  /** Every counter, as the metrics endpoint shows it (rendering registers counters declared since the last look). */
+  async stats(): Promise<StatSample[]> {
+    await this.metrics.render();
+    return statsFromRegistry(this.metrics.registry);
   }
 
   async addForward(): Promise<void> {

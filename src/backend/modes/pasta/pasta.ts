@@ -444,7 +444,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   let control: ControlServer | null = null;
   if (options.controlPath !== null) {
     try {
-      control = await startControlServer(options.controlPath, new PastaControlHandler(parts.flows, () => stack.ctx.clock.now(), metrics.registry));
+      control = await startControlServer(options.controlPath, new PastaControlHandler(parts.flows, () => stack.ctx.clock.now(), metrics));
       log.info(`control API on ${control.path}`);
     } catch (error) {
       log.error(`cannot serve the control API: ${(error as Error).message}`);

@@ -174,6 +174,16 @@ describe('FlowTable under a flood', () => {
       expect(table.allocate(KIND, 4, GUEST, 0, 2, peer(2), 0, 2, 0, 1000 + EVICTION_MIN_AGE_MS)).to.not.equal(NO_FLOW);
     });
 
+    it('offers flows of an earlier run of the event loop at once, however young', async () => {
+      const table = new FlowTable(1);
+      const offered: number[] = [];
+      table.registerEvictor(KIND, evictorFor(table, () => true, offered));
+      table.allocateInbound(KIND, 4, GUEST, 0, 80, ATTACKER, 0, 1, 0, 1000);
+      await Promise.resolve();
+      expect(table.allocate(KIND, 4, GUEST, 0, 2, peer(2), 0, 2, 0, 1000)).to.not.equal(NO_FLOW);
+      expect(offered).to.have.length(1);
+    });
+
     it('releases a slot whose evictor said yes but kept it, and does not recurse', () => {
       const table = new FlowTable(1);
       let nested = -2;
