@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { CounterBlock, counterDefinitions } from '../../../../src/sys/counters';
-import { EVICTION_MIN_AGE_MS, FlowTable, MAX_FLOWS_PER_SOURCE, NO_FLOW, defineFlowStates, flowKindName } from '../../../../src/stack/flow/flow-table';
+import { EVICTABLE_IDLE_MS, EVICTION_MIN_AGE_MS, FlowTable, MAX_FLOWS_PER_SOURCE, NO_FLOW, defineFlowStates, flowKindName } from '../../../../src/stack/flow/flow-table';
 
 const KIND = 252; // a number no real kind uses: its counters are this test's own
 const OTHER = 249;
@@ -210,6 +210,23 @@ describe('FlowTable under a flood', () => {
       expect(table.allocate(KIND, 4, GUEST, 0, 9, peer(9), 0, 9, 0, 1000)).to.equal(NO_FLOW);
       expect(calls).to.be.at.most(128);
     });
+  });
+
+  it('halfOpenOrIdle: unanswered by the side that did not open it, or idle for EVICTABLE_IDLE_MS', () => {
+    const table = new FlowTable(4);
+    const idleMs = 30_000;
+    const outbound = table.allocate(KIND, 4, GUEST, 0, 1, peer(1), 0, 1, 0, 0);
+    table.bytesFromGuest[outbound] = 10;
+    table.deadline[outbound] = 1000 + idleMs; // last active at 1000
+    expect(table.halfOpenOrIdle(outbound, 1000, idleMs), 'the host never answered').to.equal(true);
+    table.bytesToGuest[outbound] = 10;
+    expect(table.halfOpenOrIdle(outbound, 1000 + EVICTABLE_IDLE_MS - 1, idleMs)).to.equal(false);
+    expect(table.halfOpenOrIdle(outbound, 1000 + EVICTABLE_IDLE_MS, idleMs)).to.equal(true);
+    const inbound = table.allocateInbound(KIND, 4, GUEST, 0, 80, ATTACKER, 0, 2, 0, 0);
+    table.bytesToGuest[inbound] = 10;
+    expect(table.halfOpenOrIdle(inbound, 0, idleMs), 'the guest never answered').to.equal(true);
+    table.bytesFromGuest[inbound] = 1;
+    expect(table.halfOpenOrIdle(inbound, 0, idleMs)).to.equal(false);
   });
 
   it('names kinds by their declared label', () => {
