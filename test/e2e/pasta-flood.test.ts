@@ -6,7 +6,8 @@
  * in the namespace keeps opening new UDP and TCP flows to the peer. Every
  * new flow of the namespace gets through (the table evicts flood flows for
  * it), the table never lists more than its bound, and the evictions are
- * counted.
+ * counted. And pasta's own kinds give way too: -U clients the host never
+ * answers are evicted for the namespace's new TCP connections.
  */
 import { expect } from 'chai';
 import { type ChildProcess, spawn } from 'child_process';
@@ -157,5 +158,45 @@ describe('e2e: ferry pasta under a UDP flood through -u', function () {
     expect(evicted, detail).to.be.above(0);
     expect(udpOk, detail).to.equal(ATTEMPTS);
     expect(tcpOk, detail).to.equal(ATTEMPTS);
+  });
+
+  it('gives -U clients the host never answers up for the namespace\'s new flows (udp-forward evictor)', async function () {
+    const n = net as TestNetwork;
+    const controlPath = path.join(dir, 'control-u.sock');
+    const tableSize = 16;
+    const sinkPort = 9710;
+    // On the host's loopback: a sink that never answers, so every -U client flow stays half-open.
+    const sink = spawnIn(n.ns, [process.execPath, '-e', `const s=require('dgram').createSocket('udp4');s.on('message',()=>undefined);s.bind(${sinkPort},'127.0.0.1',()=>console.log('ready'));setTimeout(()=>process.exit(0),60000).unref();`]);
+    children.push(sink);
+    await watchOutput(sink).waitFor(/ready/, 10000);
+    const peer = spawnIn(n.peerNs, [process.execPath, '-e', PEER_SERVERS]);
+    children.push(peer);
+    await watchOutput(peer).waitFor(/ready/, 10000);
+    const clients = [
+      "const dgram=require('dgram'),net=require('net');const keep=[];",
+      `for(let i=0;i<${tableSize};i++){const s=dgram.createSocket('udp4');keep.push(s);s.send('x',${sinkPort},'127.0.0.1')}`,
+      "console.log('FILLED');",
+      "process.stdin.once('data',()=>{let ok=0,done=0;for(let k=0;k<4;k++){",
+      `const c=net.connect(${ECHO_PORT},'${TEST_NET.serverV4}',()=>c.write('ping'));let got=false;c.setTimeout(5000,()=>c.destroy());`,
+      "c.on('data',()=>{got=true});c.on('close',()=>{if(got)ok++;if(++done===4)console.log('TCP '+ok)});c.on('error',()=>undefined)}});",
+      'setTimeout(()=>process.exit(0),60000).unref();',
+    ].join('');
+    const ferry = spawnIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', '--max-flows', String(tableSize), '--control', controlPath, '-U', String(sinkPort), '--', process.execPath, '-e', clients]);
+    children.push(ferry);
+    const inside = watchOutput(ferry);
+    await inside.waitFor(/FILLED/, 30000);
+    let forwards: FlowInfo[] = [];
+    for (let i = 0; i < 40 && forwards.length < tableSize; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      forwards = ((JSON.parse((await ferryctl(controlPath, ['flows'])).stdout) as { flows?: FlowInfo[] }).flows ?? []).filter((f) => f.kind === 'udp-forward');
+    }
+    expect(forwards.length, inside.text()).to.equal(tableSize); // the table is full of unanswered -U clients
+    ferry.stdin?.write('go\n');
+    await inside.waitFor(/TCP \d+/, 20000);
+    const stats = (JSON.parse((await ferryctl(controlPath, ['stats'])).stdout) as { stats: StatSample[] }).stats;
+    expect(/TCP (\d+)/.exec(inside.text())?.[1], inside.text()).to.equal('4');
+    expect(statSum(stats, 'ferry_flows_evicted_total', { protocol: 'udp-forward' })).to.be.at.least(4);
+    const listed = (JSON.parse((await ferryctl(controlPath, ['flows'])).stdout) as { flows?: FlowInfo[] }).flows ?? [];
+    expect(listed.length).to.be.at.most(tableSize);
   });
 });
