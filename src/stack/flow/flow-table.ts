@@ -21,7 +21,7 @@
  * keep their protocol number. Each kind's own data stays in arrays the
  * kind's module owns, indexed by the same flow id.
  *
- * Floods: buckets are chosen by SipHash-2-4 under a random per-table key,
+ * Floods: buckets are chosen by SipHash-1-3 under a random per-table key,
  * so a peer cannot aim its keys at one chain; flows opened from the network
  * are bounded per source address (allocateInbound, MAX_FLOWS_PER_SOURCE);
  * and a full table evicts a half-open or idle flow through its kind's
@@ -30,7 +30,7 @@
  */
 import { randomBytes } from 'crypto';
 import { type CounterBlock, defineCounter } from '../../sys/counters';
-import { type SipHashKey, sipHash32, sipHashKey } from './siphash';
+import { type SipHashKey, sipHash13Words, sipHashKey } from './siphash';
 
 /** IP protocol numbers used as flow protocols. */
 export const FlowProtocol = {
@@ -202,31 +202,36 @@ function nextPowerOfTwo(n: number): number {
   return p;
 }
 
-/** Bytes of a flow key as hashed: kind, family, the two ports, the two addresses. */
-const KEY_BYTES = 6 + 2 * 16;
+/** 32-bit words of a flow key as hashed: the ports, kind and family, the two addresses. */
+const KEY_WORDS = 2 + 2 * 4;
+
+/** An address's bytes [at, at+4) as one word (any fixed packing will do: it is only hashed). */
+function addressWord(bytes: Uint8Array, at: number): number {
+  return (bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) | bytes[at + 3];
+}
 
 /**
- * Write a flow key into `out` (KEY_BYTES long) and return its length: the
- * hash covers exactly the fields lookup() compares.
+ * Write a flow key into `out` (KEY_WORDS long) and return its length in
+ * words: the hash covers exactly the fields lookup() compares.
  */
-function writeKey(out: Uint8Array, protocol: number, family: number, guest: Uint8Array, guestOffset: number, guestPort: number, remote: Uint8Array, remoteOffset: number, remotePort: number): number {
-  const length = family === 6 ? 16 : 4;
-  out[0] = protocol;
-  out[1] = family;
-  out[2] = guestPort >>> 8;
-  out[3] = guestPort & 0xff;
-  out[4] = remotePort >>> 8;
-  out[5] = remotePort & 0xff;
-  for (let i = 0; i < length; i++) {
-    out[6 + i] = guest[guestOffset + i];
-    out[6 + length + i] = remote[remoteOffset + i];
+function writeKey(out: Int32Array, protocol: number, family: number, guest: Uint8Array, guestOffset: number, guestPort: number, remote: Uint8Array, remoteOffset: number, remotePort: number): number {
+  out[0] = (guestPort << 16) | remotePort;
+  out[1] = protocol | (family << 8);
+  if (family !== 6) {
+    out[2] = addressWord(guest, guestOffset);
+    out[3] = addressWord(remote, remoteOffset);
+    return 4;
   }
-  return 6 + 2 * length;
+  for (let i = 0; i < 4; i++) {
+    out[2 + i] = addressWord(guest, guestOffset + 4 * i);
+    out[6 + i] = addressWord(remote, remoteOffset + 4 * i);
+  }
+  return KEY_WORDS;
 }
 
 /** The key the static FlowTable.hash uses (tables use their own random one). */
 const FIXED_KEY = sipHashKey(Uint8Array.from({ length: 16 }, (_, i) => i));
-const fixedKeyScratch = new Uint8Array(KEY_BYTES);
+const fixedKeyScratch = new Int32Array(KEY_WORDS);
 
 /**
  * Fixed-capacity flow table. Flow ids are 0..capacity-1; a flow is in use
@@ -275,7 +280,7 @@ export class FlowTable {
   private readonly evictors: (FlowEvictor | undefined)[] = [];
   /** The secret bucket hash key of this table. */
   private readonly key: SipHashKey;
-  private readonly keyScratch = new Uint8Array(KEY_BYTES);
+  private readonly keyScratch = new Int32Array(KEY_WORDS);
   /** Inbound flows open per source bucket (a keyed hash of the remote address). */
   private readonly perSource: Int32Array;
   private readonly sourceMask: number;
@@ -380,14 +385,14 @@ export class FlowTable {
    * bytes for family 4, 16 for family 6).
    */
   static hash(protocol: number, family: number, guest: Uint8Array, guestOffset: number, guestPort: number, remote: Uint8Array, remoteOffset: number, remotePort: number): number {
-    const length = writeKey(fixedKeyScratch, protocol, family, guest, guestOffset, guestPort, remote, remoteOffset, remotePort);
-    return sipHash32(FIXED_KEY, fixedKeyScratch, 0, length);
+    const words = writeKey(fixedKeyScratch, protocol, family, guest, guestOffset, guestPort, remote, remoteOffset, remotePort);
+    return sipHash13Words(FIXED_KEY, fixedKeyScratch, words);
   }
 
   /** The hash of a flow key under this table's secret key (what its buckets use). */
   keyedHash(protocol: number, family: number, guest: Uint8Array, guestOffset: number, guestPort: number, remote: Uint8Array, remoteOffset: number, remotePort: number): number {
-    const length = writeKey(this.keyScratch, protocol, family, guest, guestOffset, guestPort, remote, remoteOffset, remotePort);
-    return sipHash32(this.key, this.keyScratch, 0, length);
+    const words = writeKey(this.keyScratch, protocol, family, guest, guestOffset, guestPort, remote, remoteOffset, remotePort);
+    return sipHash13Words(this.key, this.keyScratch, words);
   }
 
   /** The bucket of this key (for tests of the spread over buckets). */
@@ -596,11 +601,11 @@ export class FlowTable {
   }
 
   private sourceBucket(family: number, address: Uint8Array, offset: number): number {
-    const length = family === 6 ? 16 : 4;
+    const words = family === 6 ? 4 : 1;
     const key = this.keyScratch;
     key[0] = family;
-    for (let i = 0; i < length; i++) key[1 + i] = address[offset + i];
-    return sipHash32(this.key, key, 0, 1 + length) & this.sourceMask;
+    for (let i = 0; i < words; i++) key[1 + i] = addressWord(address, offset + 4 * i);
+    return sipHash13Words(this.key, key, 1 + words) & this.sourceMask;
   }
 
   /** The flow in use with this serial number, or NO_FLOW (a scan: control API only). */

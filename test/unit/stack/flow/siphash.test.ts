@@ -1,11 +1,12 @@
 /**
  * SipHash-2-4 against the reference test vectors (key 00..0f, message
- * 00..len-1, digest bytes little-endian) and against a straightforward
- * BigInt transcription of the algorithm for random keys and lengths.
+ * 00..len-1, digest bytes little-endian), and -2-4 and -1-3 against a
+ * straightforward BigInt transcription of the algorithm for random keys
+ * and lengths.
  */
 import { expect } from 'chai';
 import { randomBytes } from 'crypto';
-import { sipHash32, sipHash64, sipHashKey } from '../../../../src/stack/flow/siphash';
+import { sipHash13Words, sipHash32, sipHash32Words, sipHash64, sipHashKey } from '../../../../src/stack/flow/siphash';
 
 /** vectors_sip64 of the reference implementation: digest of message length i. */
 const VECTORS: Record<number, number[]> = {
@@ -25,8 +26,8 @@ const VECTORS: Record<number, number[]> = {
 const MASK = (1n << 64n) - 1n;
 const rotl = (x: bigint, b: bigint): bigint => ((x << b) | (x >> (64n - b))) & MASK;
 
-/** The algorithm as the paper writes it, with BigInt lanes. */
-function referenceSipHash(key: Uint8Array, message: Uint8Array): bigint {
+/** The algorithm as the paper writes it, with BigInt lanes (c rounds per block, d at the end). */
+function referenceSipHash(key: Uint8Array, message: Uint8Array, c = 2, d = 4): bigint {
   const le = (bytes: Uint8Array, at: number, n: number): bigint => {
     let value = 0n;
     for (let i = n - 1; i >= 0; i--) value = (value << 8n) | BigInt(bytes[at + i]);
@@ -48,12 +49,11 @@ function referenceSipHash(key: Uint8Array, message: Uint8Array): bigint {
   for (let i = 0; i <= blocks; i++) {
     const m = i < blocks ? le(message, i * 8, 8) : (BigInt(message.length & 0xff) << 56n) | le(message, i * 8, message.length - i * 8);
     v3 ^= m;
-    round();
-    round();
+    for (let r = 0; r < c; r++) round();
     v0 ^= m;
   }
   v2 ^= 0xffn;
-  for (let i = 0; i < 4; i++) round();
+  for (let i = 0; i < d; i++) round();
   return v0 ^ v1 ^ v2 ^ v3;
 }
 
@@ -86,6 +86,18 @@ describe('SipHash-2-4', () => {
       const expected = referenceSipHash(keyBytes, buffer.subarray(offset, offset + length));
       expect((BigInt(out[0]) << 32n) | BigInt(out[1])).to.equal(expected);
       expect(sipHash32(sipHashKey(keyBytes), buffer, offset, length)).to.equal(Number(expected & 0xffffffffn));
+    }
+  });
+
+  it('hashes a message of words as the same SipHash of their little-endian bytes', () => {
+    const keyBytes = randomBytes(16);
+    const words = new Int32Array(10);
+    for (let count = 0; count <= 10; count++) {
+      for (let i = 0; i < count; i++) words[i] = randomBytes(4).readInt32LE(0);
+      const bytes = Buffer.alloc(4 * count);
+      for (let i = 0; i < count; i++) bytes.writeInt32LE(words[i], 4 * i);
+      expect(sipHash32Words(sipHashKey(keyBytes), words, count)).to.equal(Number(referenceSipHash(keyBytes, bytes) & 0xffffffffn));
+      expect(sipHash13Words(sipHashKey(keyBytes), words, count), 'SipHash-1-3').to.equal(Number(referenceSipHash(keyBytes, bytes, 1, 3) & 0xffffffffn));
     }
   });
 
