@@ -4,7 +4,7 @@
  */
 import { Stack, type StackOptions } from './stack';
 import { Ipv6ControlPlane } from './l2/ndp';
-import { FlowTable } from './flow/flow-table';
+import { FlowProtocol, FlowTable } from './flow/flow-table';
 import { UdpService } from './udp/udp';
 import { TcpService } from './tcp/tcp';
 import { TcpListeners } from './tcp/listen';
@@ -59,6 +59,7 @@ export function createStackParts(options: StackOptions, worker: WorkerStackOptio
     // One flow table per worker, shared by the transport handlers (TcpService takes it as TcpServiceOptions.flows).
     const flows = new FlowTable(Math.max(1, options.config.maxFlows), options.counters);
     parts.flows = flows;
+    stack.echo.useFlowTable(flows);
     if (worker.tcp) {
       const tcp = new TcpService(stack.ctx, { flows });
       stack.tcpHandler = tcp;
@@ -77,6 +78,12 @@ export function createStackParts(options: StackOptions, worker: WorkerStackOptio
       const udp = new UdpService(stack.ctx, { flows });
       stack.udpHandler = udp;
       parts.udp = udp;
+      // A full table gives up half-open or idle UDP flows (a flood through -u must not lock the guest out).
+      flows.registerEvictor(FlowProtocol.Udp, (id, now) => {
+        if (!flows.halfOpenOrIdle(id, now, options.config.udpIdleMs)) return false;
+        udp.closeFlow(id);
+        return true;
+      });
       if (worker.ownsListeners && openConfigured) udp.listen(options.config.udpForwards ?? []);
     }
   }

@@ -53,6 +53,11 @@ export interface ControlRequest {
 export interface FlowInfo {
   id: number;
   protocol: FlowProtocol;
+  /**
+   * The flow table's kind name: tcp, udp, icmp, icmpv6, tcp-splice,
+   * udp-forward (every ferry sends it; absent means the protocol's name).
+   */
+  kind?: string;
   state: string;
   /** Opened from the host side through a forward (true) or by the guest (false). */
   inbound: boolean;
@@ -340,6 +345,8 @@ function flowFrom(value: unknown): FlowInfo {
   return {
     id: count(f.id),
     protocol: flowProtocolOf(f.protocol) ?? 'tcp',
+    // Left out when not sent (an older ferry: the protocol is the kind).
+    ...(text(f.kind) !== '' ? { kind: text(f.kind) } : {}),
     state: text(f.state),
     inbound: bool(f.inbound),
     guestAddress: text(f.guestAddress),

@@ -56,13 +56,13 @@ export function formatEndpoint(address: string, port: number): string {
   return port === 0 ? shown : `${shown}:${port}`;
 }
 
-/** The flow table: one row per flow, sorted by id. */
+/** The flow table: one row per flow (of every kind), sorted by id. */
 export function formatFlows(flows: readonly FlowInfo[]): string {
   const rows = [...flows]
     .sort((a, b) => a.id - b.id)
     .map((flow) => [
       String(flow.id),
-      flow.protocol,
+      flow.kind ?? flow.protocol,
       flow.state,
       flow.inbound ? 'in' : 'out',
       formatEndpoint(flow.guestAddress, flow.guestPort),
@@ -73,7 +73,7 @@ export function formatFlows(flows: readonly FlowInfo[]): string {
       String(flow.queuePair),
     ]);
   return renderTable(
-    ['ID', 'PROTO', 'STATE', 'DIR', 'GUEST', 'REMOTE', 'FROM GUEST', 'TO GUEST', 'AGE', 'QP'],
+    ['ID', 'KIND', 'STATE', 'DIR', 'GUEST', 'REMOTE', 'FROM GUEST', 'TO GUEST', 'AGE', 'QP'],
     rows,
     ['right', 'left', 'left', 'left', 'left', 'left', 'right', 'right', 'right', 'right'],
     'no flows\n',

@@ -68,7 +68,7 @@ export const USAGE = `Usage: ferryctl [OPTION]... COMMAND
 Talk to a running ferry through its control socket (ferry --control PATH).
 
 Commands:
-  flows [tcp|udp|icmp]           list flows with byte counts and ages
+  flows [tcp|udp|icmp]           list flows of every kind with byte counts and ages
   stats                          show every counter and gauge
   forward list                   list port forwards
   forward add tcp|udp SPEC       forward host ports to the guest (-t/-u syntax, e.g. 8080:80)

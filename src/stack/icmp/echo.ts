@@ -12,10 +12,15 @@
  * ferry's IPv6 link-local address (the router in its advertisements) counts
  * as the gateway.
  *
- * The table is small and bounded (ECHO_MAX_FLOWS slots, least recently used
- * evicted when full), laid out as parallel typed arrays indexed by slot
- * number so the TCP/UDP flow table can absorb it later. Flows idle for
- * ECHO_IDLE_MS are closed by expire().
+ * Echo flows live in the stack's flow table (kinds icmp and icmpv6; key:
+ * guest address, echo identifier as the guest port, destination, port 0),
+ * so the control API lists and closes them with every other flow; the
+ * service keeps only its per-flow data (last use) in an array indexed by
+ * flow id. A stack built without a table (no host sockets) gets a small one
+ * of its own. At most ECHO_MAX_FLOWS echo flows are open (the least
+ * recently used is closed for a new one); flows idle for ECHO_IDLE_MS are
+ * closed by expire(); a full table may evict an echo flow that was never
+ * answered or is idle (registerEvictor).
  *
  * When ping sockets are not allowed (net.ipv4.ping_group_range excludes our
  * group: socket() fails with EACCES), that is logged once with the fix, and
@@ -37,6 +42,7 @@ import { closeSocketQuietly } from '../../sys/close';
 import { equalAt } from '../address';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddrFamily } from '../../sys/sockaddr';
 import { log, rateLimited } from '../../sys/log';
+import { ADDRESS_SLOT, EVICTABLE_IDLE_MS, FlowKind, FlowTable, NO_FLOW, defineFlowStates } from '../flow/flow-table';
 
 /** Linux constants (the addon passes these through unchanged). */
 const SOCK_DGRAM = 2;
@@ -45,6 +51,11 @@ const IPPROTO_ICMPV6 = 58;
 const SOL_SOCKET = 1;
 const SO_BINDTODEVICE = 25;
 const EPOLLIN = 0x001;
+
+/** Echo flows have one state: a socket is open for them. */
+export const ECHO_FLOW_STATE_NAMES: readonly string[] = ['active'];
+defineFlowStates(FlowKind.Icmp, 'icmp', ECHO_FLOW_STATE_NAMES);
+defineFlowStates(FlowKind.Icmpv6, 'icmpv6', ECHO_FLOW_STATE_NAMES);
 
 /** Bound on concurrent echo flows per worker. */
 export const ECHO_MAX_FLOWS = 128;
@@ -59,19 +70,13 @@ const MAX_ECHO_MESSAGE = 65535;
 
 /** The echo service: forwards guest echo requests and their replies. One per stack. */
 export class IcmpEchoService implements ReadyHandler {
-  // ---- the flow table: slot i is free when fd[i] === -1 ----
-  readonly fd = new Int32Array(ECHO_MAX_FLOWS).fill(-1);
-  readonly family = new Uint8Array(ECHO_MAX_FLOWS);
-  readonly guestId = new Uint16Array(ECHO_MAX_FLOWS);
-  readonly lastUsed = new Float64Array(ECHO_MAX_FLOWS);
-  /** Destination as the guest sees it (the replies' source), 16 bytes per slot (IPv4 in the first 4). */
-  readonly remote = new Uint8Array(ECHO_MAX_FLOWS * 16);
-  /** The guest's source address (the replies' destination), 16 bytes per slot. */
-  readonly guestAddress = new Uint8Array(ECHO_MAX_FLOWS * 16);
-  /** Open flows. */
-  count = 0;
-
-  private readonly slotByFd = new Map<number, number>();
+  private flows: FlowTable | null = null;
+  /** When each echo flow (by flow id) last carried a request or a reply. */
+  private lastUsed = new Float64Array(0);
+  private readonly closeHandler = (id: number): void => this.closeSlot(id);
+  private readonly evictHandler = (id: number, now: number): boolean => this.evict(id, now);
+  private readonly expireHandler = (id: number): void => this.expireFlow(id);
+  private expireNow = 0;
   private readonly deniedUntil = [0, 0]; // [IPv4, IPv6]
   private deniedLogged = false;
   private readonly sockaddr4 = new Uint8Array(SOCKADDR_IN_LENGTH);
@@ -79,6 +84,34 @@ export class IcmpEchoService implements ReadyHandler {
   private readonly reply = new IcmpView();
 
   constructor(private readonly ctx: StackContext) {}
+
+  /**
+   * Keep echo flows in `flows` (the stack's shared table) from now on;
+   * flows in the table used so far are closed. Registers the echo kinds'
+   * closer (the control API) and evictor there.
+   */
+  useFlowTable(flows: FlowTable): void {
+    if (this.flows === flows) return;
+    this.close();
+    this.flows = flows;
+    this.lastUsed = new Float64Array(flows.capacity);
+    for (const kind of [FlowKind.Icmp, FlowKind.Icmpv6]) {
+      flows.registerCloser(kind, this.closeHandler);
+      flows.registerEvictor(kind, this.evictHandler);
+    }
+  }
+
+  /** Open echo flows. */
+  get count(): number {
+    const flows = this.flows;
+    return flows === null ? 0 : flows.countOf(FlowKind.Icmp) + flows.countOf(FlowKind.Icmpv6);
+  }
+
+  /** The table echo flows are in: the one given by useFlowTable, else a small one of the service's own. */
+  private table(): FlowTable {
+    if (this.flows === null) this.useFlowTable(new FlowTable(ECHO_MAX_FLOWS, this.ctx.counters));
+    return this.flows as FlowTable;
+  }
 
   /**
    * Forward one echo request (ICMPv4 type 8 or ICMPv6 type 128; whole frame
@@ -103,15 +136,16 @@ export class IcmpEchoService implements ReadyHandler {
       return false;
     }
     const now = ctx.clock.now();
-    let slot = this.find(packet.family, icmp.identifier, bytes, dst);
-    if (slot < 0) {
+    const flows = this.table();
+    let slot = flows.lookup(v6 ? FlowKind.Icmpv6 : FlowKind.Icmp, packet.family, bytes, packet.srcOffset, icmp.identifier, bytes, dst, 0);
+    if (slot === NO_FLOW) {
       slot = this.open(packet, icmp.identifier, bytes, now);
       if (slot < 0) return false;
     }
-    this.lastUsed[slot] = now;
+    this.touch(slot, now);
     let sent: number;
     try {
-      sent = sockets.write(this.fd[slot], bytes, icmp.offset, icmp.length);
+      sent = sockets.write(flows.fd[slot], bytes, icmp.offset, icmp.length);
     } catch (e) {
       rateLimited('warn', 'echo send', () => `icmp echo: send failed: ${errorCode(e)}`);
       sent = -1;
@@ -120,15 +154,17 @@ export class IcmpEchoService implements ReadyHandler {
       countDrop(ctx.counters, DropReason.EchoSendFailed);
       return false;
     }
+    flows.bytesFromGuest[slot] += sent;
     return true;
   }
 
   /** Socket readiness: read replies and pass them to the guest. */
   onReady(fd: number, events: number): void {
     void events;
-    const slot = this.slotByFd.get(fd);
+    const flows = this.flows;
+    const slot = flows === null ? NO_FLOW : flows.flowOfFd(fd);
     const sockets = this.ctx.sockets;
-    if (slot === undefined || sockets === null) {
+    if (flows === null || slot === NO_FLOW || !isEcho(flows, slot) || sockets === null) {
       this.ctx.watcher?.unwatch(fd);
       return;
     }
@@ -144,49 +180,57 @@ export class IcmpEchoService implements ReadyHandler {
         continue;
       }
       if (n < 0) break;
+      flows.bytesToGuest[slot] += n;
       this.deliver(slot, scratch, n);
     }
-    this.lastUsed[slot] = this.ctx.clock.now();
+    this.touch(slot, this.ctx.clock.now());
     this.ctx.flush();
   }
 
   /** Close flows idle for longer than ECHO_IDLE_MS. */
   expire(now: number): void {
-    if (this.count === 0) return;
-    for (let slot = 0; slot < ECHO_MAX_FLOWS; slot++) {
-      if (this.fd[slot] >= 0 && now - this.lastUsed[slot] > ECHO_IDLE_MS) this.closeSlot(slot);
-    }
+    const flows = this.flows;
+    if (flows === null || this.count === 0) return;
+    this.expireNow = now;
+    flows.forEachDue(now, FlowKind.Icmp, this.expireHandler);
+    flows.forEachDue(now, FlowKind.Icmpv6, this.expireHandler);
   }
 
   /** Close every socket. */
   close(): void {
-    for (let slot = 0; slot < ECHO_MAX_FLOWS; slot++) if (this.fd[slot] >= 0) this.closeSlot(slot);
+    const flows = this.flows;
+    if (flows === null || this.count === 0) return;
+    for (let id = 0; id < flows.capacity; id++) if (isEcho(flows, id)) this.closeSlot(id);
   }
 
-  /** Slot of the flow (family, id, destination at bytes[dst]), or -1. */
-  private find(family: number, id: number, bytes: Uint8Array, dst: number): number {
-    if (this.count === 0) return -1;
-    const addressLength = family === 6 ? 16 : 4;
-    for (let slot = 0; slot < ECHO_MAX_FLOWS; slot++) {
-      if (this.fd[slot] < 0 || this.family[slot] !== family || this.guestId[slot] !== id) continue;
-      const base = slot * 16;
-      let same = true;
-      for (let i = 0; i < addressLength && same; i++) same = this.remote[base + i] === bytes[dst + i];
-      if (same) return slot;
-    }
-    return -1;
+  /** Record use of flow id at now (its idle deadline moves with it). */
+  private touch(id: number, now: number): void {
+    this.lastUsed[id] = now;
+    (this.flows as FlowTable).deadline[id] = now + ECHO_IDLE_MS;
   }
 
-  /** A free slot, evicting the least recently used flow when the table is full. */
-  private freeSlot(): number {
-    let oldest = 0;
-    for (let slot = 0; slot < ECHO_MAX_FLOWS; slot++) {
-      if (this.fd[slot] < 0) return slot;
-      if (this.lastUsed[slot] < this.lastUsed[oldest]) oldest = slot;
+  private expireFlow(id: number): void {
+    if (this.expireNow - this.lastUsed[id] > ECHO_IDLE_MS) this.closeSlot(id);
+  }
+
+  /** The table is full: give up an echo flow never answered or idle for EVICTABLE_IDLE_MS. */
+  private evict(id: number, now: number): boolean {
+    const flows = this.flows as FlowTable;
+    if (flows.bytesToGuest[id] > 0 && now - this.lastUsed[id] < EVICTABLE_IDLE_MS) return false;
+    this.closeSlot(id);
+    return true;
+  }
+
+  /** Make room for a new echo flow past ECHO_MAX_FLOWS: close the least recently used one (a scan, only then). */
+  private closeLeastRecentlyUsed(): void {
+    const flows = this.flows as FlowTable;
+    let oldest = NO_FLOW;
+    for (let id = 0; id < flows.capacity; id++) {
+      if (isEcho(flows, id) && (oldest === NO_FLOW || this.lastUsed[id] < this.lastUsed[oldest])) oldest = id;
     }
+    if (oldest === NO_FLOW) return;
     countDrop(this.ctx.counters, DropReason.EchoTableFull); // counts the evicted flow's loss
     this.closeSlot(oldest);
-    return oldest;
   }
 
   /** Open a ping socket for a new flow; returns its slot or -1 (drop counted). */
@@ -233,19 +277,16 @@ export class IcmpEchoService implements ReadyHandler {
       countDrop(ctx.counters, DropReason.EchoSendFailed);
       return -1;
     }
-    const slot = this.freeSlot();
-    this.fd[slot] = fd;
-    this.family[slot] = packet.family;
-    this.guestId[slot] = id;
-    this.lastUsed[slot] = now;
-    const addressLength = v6 ? 16 : 4;
-    const base = slot * 16;
-    for (let i = 0; i < addressLength; i++) {
-      this.remote[base + i] = bytes[packet.dstOffset + i];
-      this.guestAddress[base + i] = bytes[packet.srcOffset + i];
+    if (this.count >= ECHO_MAX_FLOWS) this.closeLeastRecentlyUsed();
+    const flows = this.table();
+    const slot = flows.allocate(v6 ? FlowKind.Icmpv6 : FlowKind.Icmp, packet.family, bytes, packet.srcOffset, id, bytes, packet.dstOffset, 0, 0, now);
+    if (slot === NO_FLOW) {
+      closeSocketQuietly(this.ctx.sockets, fd);
+      countDrop(ctx.counters, DropReason.EchoTableFull);
+      return -1;
     }
-    this.slotByFd.set(fd, slot);
-    this.count++;
+    flows.setFd(slot, fd);
+    this.touch(slot, now);
     ctx.watcher!.watch(fd, EPOLLIN, this);
     return slot;
   }
@@ -309,7 +350,8 @@ export class IcmpEchoService implements ReadyHandler {
   /** Turn one reply read from slot's socket (message[0, n)) into a frame to the guest. */
   private deliver(slot: number, message: Uint8Array, n: number): void {
     const ctx = this.ctx;
-    const v6 = this.family[slot] === 6;
+    const flows = this.flows as FlowTable;
+    const v6 = flows.family[slot] === 6;
     if (n < ICMP_HEADER_LENGTH || message[0] !== (v6 ? Icmpv6EchoType.EchoReply : IcmpType.EchoReply)) return;
     if (v6 ? ctx.config.ipv6 === null : ctx.config.ipv4 === null) return;
     const l4 = v6 ? IPV6_L4_OFFSET : IPV4_L4_OFFSET;
@@ -322,10 +364,10 @@ export class IcmpEchoService implements ReadyHandler {
     const at = ctx.outOffset + l4;
     out.set(message.subarray(0, n), at);
     const reply = this.reply.reset(out, at, n);
-    reply.identifier = this.guestId[slot];
-    const base = slot * 16;
-    const remote = this.remote.subarray(base, base + (v6 ? 16 : 4));
-    const guest = this.guestAddress.subarray(base, base + (v6 ? 16 : 4));
+    reply.identifier = flows.guestPort[slot];
+    const base = slot * ADDRESS_SLOT;
+    const remote = flows.remoteAddress.subarray(base, base + (v6 ? 16 : 4));
+    const guest = flows.guestAddress.subarray(base, base + (v6 ? 16 : 4));
     if (v6) {
       reply.fillChecksum(pseudoHeaderSumIpv6(remote, 0, guest, 0, IpProtocol.Icmpv6, n));
       ctx.finishIpv6(ctx.guestMac, remote, guest, IpProtocol.Icmpv6, n);
@@ -335,13 +377,20 @@ export class IcmpEchoService implements ReadyHandler {
     }
   }
 
+  /** Close echo flow `slot`: its socket, then its table entry. */
   private closeSlot(slot: number): void {
-    const fd = this.fd[slot];
-    if (fd < 0) return;
-    this.ctx.watcher?.unwatch(fd);
-    closeSocketQuietly(this.ctx.sockets, fd);
-    this.slotByFd.delete(fd);
-    this.fd[slot] = -1;
-    this.count--;
+    const flows = this.flows;
+    if (flows === null || !isEcho(flows, slot)) return;
+    const fd = flows.fd[slot];
+    if (fd >= 0) {
+      this.ctx.watcher?.unwatch(fd);
+      closeSocketQuietly(this.ctx.sockets, fd);
+    }
+    flows.release(slot);
   }
+}
+
+/** True when flow id is an echo flow in use. */
+function isEcho(flows: FlowTable, id: number): boolean {
+  return flows.isLive(id, FlowKind.Icmp) || flows.isLive(id, FlowKind.Icmpv6);
 }

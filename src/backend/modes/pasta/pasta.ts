@@ -44,10 +44,10 @@
  * (connections and datagrams to the host's ports become frames on the tap),
  * except that a TCP connection from the host's loopback is joined with
  * splice() to a connection ferry makes to the namespace's loopback
- * (pasta-forward.ts HostLoopbackSplicer, off with --no-splice): local
+ * (tcp-forward.ts HostLoopbackSplicer, off with --no-splice): local
  * traffic never becomes frames. -T/-U never become frames either:
  * listening sockets are opened inside the namespace with the same nsOpen
- * helper and bound to its loopback, and pasta-forward.ts relays them to the
+ * helper and bound to its loopback, and pasta-forward.ts's modules relay them to the
  * host's loopback (TCP with splice() unless --no-splice, UDP with
  * recvmmsg/sendmmsg). `auto` is rescanned every second, as in pasta:
  * -T/-U auto follow the ports bound on the host's loopback (/proc/self/net),
@@ -57,7 +57,8 @@
  * AUTO_FORWARD_TAG through the stack's run-time listener API.
  *
  * --metrics serves the counters (the splice path's among them) as for the
- * daemon.
+ * daemon; --control serves the control API (pasta-control.ts): flows of
+ * every kind listed and closed, forwards fixed.
  */
 import { type ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -69,6 +70,8 @@ import { native } from '../../../sys/native';
 import type { StackConfig } from '../../../stack/config';
 import { FrontendLoop, maxFrameLengthFor, runStackPartsOnLoop } from '../frontend-loop';
 import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
+import { type ControlServer, startControlServer } from '../../control/control';
+import { PastaControlHandler } from './pasta-control';
 import { type NamespaceNetwork, NetlinkConfigurator } from '../../host/netlink-config';
 import { type DaemonOptions, namespacePath, type PastaOptions, readEphemeralRange } from '../../cli/options';
 import { startPcap } from '../../frontends/middleware/pcap';
@@ -268,7 +271,15 @@ function followHostPorts(loop: FrontendLoop, auto: AutoForwarder): void {
 function spliceHostLoopback(loop: FrontendLoop, counters: CounterBlock, open: NamespaceSocketOpener, parts: StackParts, splice: boolean, forwarding: boolean): HostLoopbackSplicer | null {
   const listeners = parts.tcpListeners;
   if (!splice || !forwarding || listeners === null) return null;
-  const splicer = new HostLoopbackSplicer(loop, counters, open, (fd, family, peer, peerPort, guestPort) => listeners.acceptHandedBack(fd, family, peer, peerPort, guestPort));
+  const clock = parts.stack.ctx.clock;
+  const splicer = new HostLoopbackSplicer(
+    loop,
+    counters,
+    open,
+    (fd, family, peer, peerPort, guestPort) => listeners.acceptHandedBack(fd, family, peer, peerPort, guestPort),
+    parts.flows ?? undefined,
+    () => clock.now(),
+  );
   splicer.prime();
   listeners.loopbackHandoff = (fd, family, port, peer, peerPort) => splicer.take(fd, family, port, peer, peerPort);
   return splicer;
@@ -394,7 +405,10 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   let scanPid: number | null = target.child?.pid ?? target.watchPid;
   const netnsIdentity = namespaceIdentity(target.netPath);
 
-  // -T/-U: the namespace's loopback to the host's, outside the stack (after lo is up in the namespace).
+  // -T/-U: the namespace's loopback to the host's, outside the stack (after lo is up in the namespace);
+  // their relays and clients are flows of the stack's table, on its clock.
+  const flowTable = parts.flows ?? undefined;
+  const now = (): number => stack.ctx.clock.now();
   let tcpForwarder: TcpNamespaceForwarder | null = null;
   let udpForwarder: UdpNamespaceForwarder | null = null;
   try {
@@ -402,7 +416,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     const tcpNs = expandForwards(options.forwards.tcpNs);
     const tcpAuto = options.forwards.tcpNs.some((spec) => spec.mode === 'auto');
     if (tcpNs.length > 0 || tcpAuto) {
-      const tcp = new TcpNamespaceForwarder(loop, counters, pasta.splice);
+      const tcp = new TcpNamespaceForwarder(loop, counters, pasta.splice, flowTable, now);
       tcpForwarder = tcp;
       tcp.listen(open, tcpNs);
       if (tcpAuto) followHostPorts(loop, new AutoForwarder('tcp', tcp, open, readEphemeralRange()));
@@ -410,7 +424,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     const udpNs = expandForwards(options.forwards.udpNs);
     const udpAuto = options.forwards.udpNs.some((spec) => spec.mode === 'auto');
     if (udpNs.length > 0 || udpAuto) {
-      const udp = new UdpNamespaceForwarder(loop, counters, options.udpTimeoutSeconds * 1000);
+      const udp = new UdpNamespaceForwarder(loop, counters, options.udpTimeoutSeconds * 1000, now, flowTable);
       udpForwarder = udp;
       udp.listen(open, udpNs);
       loop.every(1000, () => udp.expire());
@@ -428,13 +442,23 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   } catch (error) {
     log.error(`cannot set up -t/-u forwarding: ${(error as Error).message}`);
   }
+  const metrics = new FerryMetrics(() => [counters]);
   let metricsServer: MetricsServer | null = null;
   if (options.metrics !== null) {
     try {
-      metricsServer = await startMetricsServer(options.metrics, new FerryMetrics(() => [counters]));
+      metricsServer = await startMetricsServer(options.metrics, metrics);
       log.info(`metrics on ${metricsServer.address}`);
     } catch (error) {
       log.error(`cannot serve metrics: ${(error as Error).message}`);
+    }
+  }
+  let control: ControlServer | null = null;
+  if (options.controlPath !== null) {
+    try {
+      control = await startControlServer(options.controlPath, new PastaControlHandler(parts.flows, () => stack.ctx.clock.now(), metrics));
+      log.info(`control API on ${control.path}`);
+    } catch (error) {
+      log.error(`cannot serve the control API: ${(error as Error).message}`);
     }
   }
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
@@ -466,6 +490,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
       udpForwarder?.close();
       splicer?.close();
       void metricsServer?.close();
+      void control?.close();
       stack.close();
       loop.close();
       if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });

@@ -9,62 +9,27 @@
 import { log } from '../../../sys/log';
 import { formatIp } from '../../../stack/address';
 import type { StackConfig } from '../../../stack/config';
-import { FlowProtocol as IpFlowProtocol } from '../../../stack/flow/flow-table';
 import type { ForwardSpec, PortMapping } from '../../../stack/flow/forward-spec';
 import type { ListenError, ListenerInfo } from '../../../stack/tcp/listen';
 import type { FlowInfo, FlowProtocol, ForwardInfo, ForwardProtocol } from '../../control/control-protocol';
+import { closeTableFlow, listTableFlows } from '../../control/flow-list';
 import type { StackParts } from '../../../stack/stack-factory';
 import type { AddForwardOutcome } from './worker-protocol';
 
-/** The control API's protocol name of an IP protocol number, or null for one it does not list. */
-function protocolName(protocol: number): FlowProtocol | null {
-  switch (protocol) {
-    case IpFlowProtocol.Tcp:
-      return 'tcp';
-    case IpFlowProtocol.Udp:
-      return 'udp';
-    case IpFlowProtocol.Icmp:
-    case IpFlowProtocol.Icmpv6:
-      return 'icmp';
-    default:
-      return null;
-  }
-}
-
 /**
- * The flows of a worker's stack (only `protocol`'s when not null), each
- * with id = its serial number and queuePair = `queuePair`.
+ * The flows of a worker's stack, of every kind (only `protocol`'s when not
+ * null), each with id = its serial number and queuePair = `queuePair`.
  */
 export function listWorkerFlows(parts: StackParts | null, queuePair: number, protocol: FlowProtocol | null): FlowInfo[] {
   const flows = parts?.flows ?? null;
   if (parts === null || flows === null) return [];
-  const out: FlowInfo[] = [];
-  for (const flow of flows.flows(parts.stack.ctx.clock.now())) {
-    const name = protocolName(flow.protocol);
-    if (name === null || (protocol !== null && name !== protocol)) continue;
-    out.push({
-      id: flow.serial,
-      protocol: name,
-      state: flow.state,
-      inbound: flow.inbound,
-      guestAddress: formatIp(flow.guestAddress),
-      guestPort: flow.guestPort,
-      remoteAddress: formatIp(flow.remoteAddress),
-      remotePort: flow.remotePort,
-      bytesFromGuest: flow.bytesFromGuest,
-      bytesToGuest: flow.bytesToGuest,
-      ageMs: Math.max(0, Math.round(flow.ageMs)),
-      queuePair,
-    });
-  }
-  return out;
+  return listTableFlows(flows, parts.stack.ctx.clock.now(), queuePair, protocol);
 }
 
-/** Close the flow with serial number `serial` through its protocol's own closer; false when there is none. */
+/** Close the flow with serial number `serial` through its kind's own closer; false when there is none. */
 export function closeWorkerFlow(parts: StackParts | null, serial: number): boolean {
   const flows = parts?.flows ?? null;
-  if (flows === null) return false;
-  return flows.closeFlow(flows.findSerial(serial));
+  return flows !== null && closeTableFlow(flows, serial);
 }
 
 // ---------------------------------------------------------------------------

@@ -111,11 +111,11 @@ describe('ferryctl: formatting', () => {
   });
 
   it('renders flows, stats and forwards', () => {
-    expect(formatFlows([SAMPLE_FLOW, { ...SAMPLE_FLOW, id: 3, protocol: 'icmp', state: 'ACTIVE', inbound: false, guestPort: 0, remoteAddress: '198.51.100.7', remotePort: 0, bytesFromGuest: 64, bytesToGuest: 64, ageMs: 900, queuePair: 0 }])).to.equal(
+    expect(formatFlows([SAMPLE_FLOW, { ...SAMPLE_FLOW, id: 3, protocol: 'icmp', kind: 'icmpv6', state: 'ACTIVE', inbound: false, guestPort: 0, remoteAddress: '198.51.100.7', remotePort: 0, bytesFromGuest: 64, bytesToGuest: 64, ageMs: 900, queuePair: 0 }])).to.equal(
       [
-        'ID  PROTO  STATE        DIR  GUEST            REMOTE             FROM GUEST  TO GUEST    AGE  QP',
-        ' 3  icmp   ACTIVE       out  192.0.2.1        198.51.100.7             64 B      64 B  900ms   0',
-        ' 7  tcp    ESTABLISHED  out  192.0.2.1:40000  [2001:db8::2]:443     1.2 KiB   4.7 GiB  1m05s   1',
+        'ID  KIND    STATE        DIR  GUEST            REMOTE             FROM GUEST  TO GUEST    AGE  QP',
+        ' 3  icmpv6  ACTIVE       out  192.0.2.1        198.51.100.7             64 B      64 B  900ms   0',
+        ' 7  tcp     ESTABLISHED  out  192.0.2.1:40000  [2001:db8::2]:443     1.2 KiB   4.7 GiB  1m05s   1',
         '',
       ].join('\n'),
     );

@@ -6,6 +6,7 @@ import { Stack } from '../../../../src/stack/stack';
 import { DROP_SLOTS, DropReason } from '../../../../src/stack/drops';
 import type { Clock, FdWatcher, ReadyHandler, StackSockets } from '../../../../src/stack/context';
 import { ECHO_IDLE_MS, ECHO_MAX_FLOWS, DENIED_RETRY_MS } from '../../../../src/stack/icmp/echo';
+import { EVICTION_MIN_AGE_MS, FlowKind, FlowTable, NO_FLOW } from '../../../../src/stack/flow/flow-table';
 import { be16, internetChecksum, pseudoHeaderSumIpv6, setBe16, finishChecksum, sumBytes } from '../../../../src/stack/wire/checksum';
 import { setLogSink } from '../../../../src/sys/log';
 import { FakeFramePort, GATEWAY_V4, GATEWAY_V6, GUEST_MAC, GUEST_V4, GUEST_V6, NO_OFFLOAD, OUR_MAC, ethernetFrame, icmpEcho, ipv4Packet, ipv6Packet, segmentsOf, testConfig } from '../../../support/stack-fakes';
@@ -338,5 +339,43 @@ describe('icmp echo (real ping sockets in a private network namespace)', functio
     expect(r.replies).to.have.length(0);
     expect(r.unavailable).to.equal(4);
     expect(output).to.match(/ping_group_range/);
+  });
+});
+
+describe('icmp echo in the shared flow table', () => {
+  it('lists echo flows with their kind and byte counts, and closes them through the table', () => {
+    const { stack, sockets, watcher } = setup();
+    const table = new FlowTable(16);
+    stack.echo.useFlowTable(table);
+    stack.receiveFrame(segmentsOf(echo4(REMOTE_V4, 0x42, 1)), NO_OFFLOAD);
+    stack.receiveFrame(segmentsOf(echo6(REMOTE_V6, 0x43, 1)), NO_OFFLOAD);
+    const s = sockets.sockets[0];
+    s.incoming.push(kernelReply(0, s.sent[0], s.port));
+    watcher.pump();
+    const listed = [...table.flows(2000)];
+    expect(listed.map((f) => f.kind).sort()).to.deep.equal(['icmp', 'icmpv6']);
+    const v4 = listed.find((f) => f.kind === 'icmp')!;
+    expect(Array.from(v4.remoteAddress)).to.deep.equal(Array.from(REMOTE_V4));
+    expect(Array.from(v4.guestAddress)).to.deep.equal(Array.from(GUEST_V4));
+    expect(v4.guestPort, 'the echo identifier').to.equal(0x42);
+    expect(v4.state).to.equal('active');
+    expect(v4.bytesFromGuest).to.equal(s.sent[0].length);
+    expect(v4.bytesToGuest).to.equal(s.sent[0].length);
+    expect(table.closeFlow(v4.id)).to.equal(true);
+    expect(s.closed).to.equal(true);
+    expect(watcher.handlers.has(s.fd)).to.equal(false);
+    expect(stack.echo.count).to.equal(1);
+  });
+
+  it('gives up an unanswered echo flow when the shared table is full', () => {
+    const { stack, sockets, clock } = setup();
+    const table = new FlowTable(1);
+    stack.echo.useFlowTable(table);
+    stack.receiveFrame(segmentsOf(echo4(REMOTE_V4, 1, 1)), NO_OFFLOAD);
+    clock.t += EVICTION_MIN_AGE_MS;
+    // Another kind needs the only slot: the unanswered echo flow goes, its socket closed.
+    expect(table.allocate(FlowKind.Udp, 4, GUEST_V4, 0, 5000, REMOTE_V4, 0, 53, 0, clock.now())).to.not.equal(NO_FLOW);
+    expect(sockets.sockets[0].closed).to.equal(true);
+    expect(stack.echo.count).to.equal(0);
   });
 });
