@@ -20,6 +20,18 @@ import { type ControlServer, startControlServer } from '../../control/control';
 import { DaemonControlHandler } from './control-handler';
 import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
 
+/**
+ * Exit code when a queue-pair worker dies or stops answering (EX_SOFTWARE).
+ * The daemon exits rather than start a replacement worker: a worker stuck
+ * in a system call cannot be stopped, so a replacement would run beside a
+ * thread still holding the old guest's memory and fds; and the worker's
+ * state (the front-end's rings and memory, forwards added at run time) is
+ * gone with it anyway, so the front-end must reconnect either way. A fresh
+ * process from the supervisor (systemd Restart=on-failure, libvirt, or QEMU
+ * with reconnect=) is the one state that is surely clean.
+ */
+export const WORKER_FAILURE_EXIT_CODE = 70;
+
 /** Where the vhost-user socket goes when neither --socket-path nor --fd is given. */
 export const DEFAULT_SOCKET_PATH = '/tmp/ferry.socket';
 
@@ -37,12 +49,15 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const stackConfig = await resolveDaemonStackConfig(options);
   if (options.pcapFile !== null) createPcapFile(options.pcapFile);
 
+  // A failed worker ends the daemon (see WORKER_FAILURE_EXIT_CODE); set once the stop sequence exists.
+  let onWorkerFailure: (queuePair: number, reason: string) => void = () => undefined;
   const workers: QueueWorker[] = [];
   for (let queuePair = 0; queuePair < options.queues; queuePair++) {
     workers.push(
       new QueueWorker(
         { queuePair, stack: stackConfig, protocols: options.protocols, pcapPath: options.pcapFile, debug: options.logging.level === 'debug' },
         logFromWorker,
+        (failedPair, reason) => onWorkerFailure(failedPair, reason),
       ),
     );
   }
@@ -116,6 +131,10 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       process.removeListener('SIGTERM', onTerm);
       process.removeListener('SIGINT', onInt);
       resolve(code);
+    };
+    onWorkerFailure = (queuePair, reason) => {
+      log.error(`queue pair ${queuePair} worker failed (${reason}): exiting with ${WORKER_FAILURE_EXIT_CODE} so that the supervisor starts a fresh daemon`);
+      void stop(`queue pair ${queuePair} worker failed`, WORKER_FAILURE_EXIT_CODE);
     };
     const onTerm = (): void => void stop('SIGTERM', 0);
     const onInt = (): void => void stop('SIGINT', 0);

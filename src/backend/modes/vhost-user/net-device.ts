@@ -234,14 +234,19 @@ export class NetDevice implements VhostUserDevice {
     await this.all({ op: 'mem-table', regions });
   }
 
-  /** Route a ring request to the worker of ring `index`'s queue pair. fdToClose is closed if the ring does not exist. */
-  private ring(index: number, make: (ring: number) => Parameters<QueueWorker['request']>[0], fdToClose: number | null = null): Promise<number> {
+  /**
+   * Route a ring request to the worker of ring `index`'s queue pair.
+   * handedOver (a kick or call fd) is the worker's once it has the request;
+   * it is closed here if the ring does not exist, and by QueueWorker if the
+   * worker never answers, so it is never kept.
+   */
+  private ring(index: number, make: (ring: number) => Parameters<QueueWorker['request']>[0], handedOver: number | null = null): Promise<number> {
     const worker = this.workers[index >> 1];
     if (worker === undefined) {
-      closeQuietly(fdToClose);
+      closeQuietly(handedOver);
       return Promise.reject(new Error(`vring ${index} does not exist (${this.workers.length} queue pairs)`));
     }
-    return worker.request(make(index & 1));
+    return worker.request(make(index & 1), handedOver === null ? [] : [handedOver]);
   }
 
   private async all(request: Parameters<QueueWorker['request']>[0]): Promise<void> {
