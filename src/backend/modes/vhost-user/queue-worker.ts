@@ -35,6 +35,14 @@ interface Pending {
 /** Why a worker is no longer usable (given once to onFailure). */
 export type WorkerFailureHandler = (queuePair: number, reason: string) => void;
 
+/** What a unit test may change; the daemon uses the defaults. */
+export interface QueueWorkerOptions {
+  /** The worker's entry script (default: worker-main.js beside this module). */
+  script?: string;
+  /** Deadline for each request (default REQUEST_TIMEOUT_MS). */
+  requestTimeoutMs?: number;
+}
+
 export class QueueWorker {
   readonly counters: CounterBlock;
   private readonly worker: Worker;
@@ -46,6 +54,7 @@ export class QueueWorker {
   private terminating = false;
   private readonly ready: Promise<void>;
   private readonly queuePair: number;
+  private readonly requestTimeoutMs: number;
 
   /**
    * Start the worker for queue pair `init.queuePair`. `onLog` receives the
@@ -55,11 +64,13 @@ export class QueueWorker {
     init: Omit<WorkerInit, 'counters'>,
     onLog: (level: LogLevel, message: string, queuePair: number) => void,
     private readonly onFailure: WorkerFailureHandler = () => undefined,
+    options: QueueWorkerOptions = {},
   ) {
     this.queuePair = init.queuePair;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
     this.counters = new CounterBlock();
     const workerInit: WorkerInit = { ...init, counters: this.counters.buffer };
-    this.worker = new Worker(path.join(__dirname, 'worker-main.js'), { workerData: workerInit });
+    this.worker = new Worker(options.script ?? path.join(__dirname, 'worker-main.js'), { workerData: workerInit });
     let markReady: () => void = () => undefined;
     let failReady: (e: Error) => void = () => undefined;
     this.ready = new Promise<void>((resolve, reject) => {
@@ -88,7 +99,7 @@ export class QueueWorker {
       }
     });
     this.worker.on('error', (error) => {
-      log.error(`queue pair ${init.queuePair}: worker failed: ${error.stack ?? String(error)}`);
+      log.debug(`queue pair ${init.queuePair}: worker error: ${error.stack ?? String(error)}`);
       failReady(error);
       this.fail(`an exception escaped: ${error.message}`);
     });
@@ -132,7 +143,7 @@ export class QueueWorker {
   }
 
   /** Post one request with a fresh id; resolves with the reply's value as sent. */
-  private send(request: WorkerRequest | WorkerControlRequest, fds: readonly number[] = [], timeoutMs = REQUEST_TIMEOUT_MS): Promise<WorkerReplyValue | undefined> {
+  private send(request: WorkerRequest | WorkerControlRequest, fds: readonly number[] = [], timeoutMs = this.requestTimeoutMs): Promise<WorkerReplyValue | undefined> {
     if (this.exited || this.failure !== null) {
       for (const fd of fds) closeQuietly(fd);
       return Promise.reject(new Error(`queue pair ${this.queuePair}: worker unavailable (${this.failure ?? 'exited'})`));
