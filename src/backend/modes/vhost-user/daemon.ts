@@ -124,7 +124,8 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       } catch (error) {
         log.warn(`closing the vhost-user server: ${String(error)}`);
       }
-      await Promise.all(workers.map((w) => w.terminate()));
+      const stopped = await Promise.all(workers.map((w) => w.terminate()));
+      if (stopped.includes(false)) endStuckProcess(reason);
       if (metricsServer !== null) await metricsServer.close();
       if (control !== null) await control.close();
       if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
@@ -150,6 +151,19 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       else systemdNotify(`STATUS=Listening on ${where}`);
     });
   });
+}
+
+/**
+ * A worker thread is stuck in a system call: Node's process.exit would wait
+ * for it for ever, so the process ends itself with SIGKILL, which the
+ * supervisor sees as a failure all the same (stderr is a pipe or a file
+ * under a supervisor, written synchronously, so the line is not lost).
+ */
+function endStuckProcess(reason: string): void {
+  const line = `ferry: a queue-pair worker thread cannot be stopped (${reason}); ending the process with SIGKILL\n`;
+  log.error(line.trim());
+  process.stderr.write(line);
+  process.kill(process.pid, 'SIGKILL');
 }
 
 /** A group name or number as a gid; throws naming the group when unknown. */

@@ -184,10 +184,12 @@ export class QueueWorker {
    * The worker's dispose step, then the thread's end: the worker is asked to
    * release its stack, rings, memory and loop (bounded in time), then the
    * thread is stopped (also bounded: a thread stuck in a system call cannot
-   * be stopped, and the process exit then ends it).
+   * be stopped). Resolves true once the thread has stopped, false when it
+   * is stuck (then only ending the process with a signal ends it: Node's
+   * process.exit waits for worker threads).
    */
-  async terminate(): Promise<void> {
-    if (this.exited) return;
+  async terminate(): Promise<boolean> {
+    if (this.exited) return true;
     this.terminating = true;
     if (this.failure === null) {
       try {
@@ -206,5 +208,6 @@ export class QueueWorker {
     const done = await Promise.race([stopped, late]);
     clearTimeout(timer);
     if (!done) log.warn(`queue pair ${this.queuePair}: worker thread did not stop within ${TERMINATE_TIMEOUT_MS} ms`);
+    return done;
   }
 }

@@ -96,6 +96,27 @@ describe('QueueWorker: a failing worker is reported once and keeps no fd', funct
     });
   }
 
+  it('a worker stuck in a blocking system call: reported, and terminate() says it could not stop it', async () => {
+    const [readEnd, writeEnd] = native.pipe();
+    native.setNonBlocking(writeEnd, false);
+    const nativePath = path.resolve(__dirname, '../../../../src/sys/native.js');
+    const { worker, failures } = await start(
+      'stuck',
+      `const { native } = require(${JSON.stringify(nativePath)}); const b = new Uint8Array(1 << 20); native.write(${writeEnd}, b, 0, b.length);`,
+      300,
+    );
+    try {
+      const fd = native.eventfd(0);
+      await worker.request({ op: 'vring-call', ring: 0, fd }, [fd]).then(() => expect.fail('a stuck worker answered'), () => undefined);
+      expect(failures.length).to.equal(1);
+      expect(await worker.terminate()).to.equal(false);
+    } finally {
+      // Unblock the thread (its write fails with EPIPE) so that it can end with this test.
+      native.close(readEnd);
+      native.close(writeEnd);
+    }
+  });
+
   it('a worker that answers is never reported, and terminate() is no failure', async () => {
     const { worker, failures } = await start('answers', 'parentPort.postMessage({ type: "reply", id: m.id, ok: true, value: 0 });');
     const fd = native.eventfd(0);
