@@ -320,6 +320,8 @@ describe('vhost-user lifecycle: reconnects, leftovers of earlier guests, bad kic
     expect(rst, 'resets on guest B\'s RX ring').to.deep.equal([]);
     await disconnect(b);
     await expectFdsAtBaseline();
+    // The services' close() released every socket they watched (stack-factory logs any it had to unwatch itself).
+    expect(daemonLog).to.not.match(/still watched after the stack closed/);
   });
 
   it('a kick fd that is a pipe at end of file breaks that ring only; the next front-end is served', async () => {

@@ -147,6 +147,10 @@ class QueuePairWorker {
   // ---- requests from main ----
 
   handle(request: WorkerRequestWithId): WorkerReplyValue {
+    if (this.disposed && request.op !== 'dispose') {
+      if ((request.op === 'vring-kick' || request.op === 'vring-call') && request.fd !== null) closeFdQuietly(request.fd);
+      throw new Error(`queue pair ${this.init.queuePair} is disposed`);
+    }
     switch (request.op) {
       case 'list-flows':
       case 'close-flow':
