@@ -397,3 +397,89 @@ describe('vhost-user lifecycle: reconnects, leftovers of earlier guests, bad kic
     await expectFdsAtBaseline();
   });
 });
+
+describe('vhost-user lifecycle: a worker that fails anyway ends the daemon, for its supervisor to restart', function () {
+  this.timeout(60_000);
+  let net: TestNetwork | null = null;
+  let dir: string;
+  const WORKER_MAIN = path.join(REPO_ROOT, 'dist', 'src', 'backend', 'modes', 'vhost-user', 'worker-main.js');
+  const NATIVE = path.join(REPO_ROOT, 'dist', 'src', 'sys', 'native.js');
+
+  before(async function () {
+    if (!canCreateNamespaces()) this.skip();
+    if (!fs.existsSync(path.join(REPO_ROOT, 'bin', 'ferry.js'))) this.skip();
+    net = await createTestNetwork();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-vuf-'));
+  });
+
+  after(async () => {
+    if (net !== null) await destroyTestNetwork(net);
+    if (dir !== undefined) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  /**
+   * Run the daemon with a worker that is the real one plus `onEnable` done at
+   * the first SET_VRING_ENABLE; a front-end starts; resolves with how the daemon ended.
+   */
+  async function daemonEndWhenWorker(name: string, onEnable: string, limitMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; socketLeft: boolean; log: string }> {
+    const script = path.join(dir, `${name}.js`);
+    fs.writeFileSync(script, `
+const { parentPort } = require('worker_threads');
+let done = false;
+parentPort.on('message', (m) => { if (m.op === 'vring-enable' && !done) { done = true; ${onEnable} } });
+require(${JSON.stringify(WORKER_MAIN)});
+`);
+    const socketPath = path.join(dir, `${name}.sock`);
+    let log = '';
+    const daemon = spawnIn((net as TestNetwork).ns, [process.execPath, path.join(REPO_ROOT, 'bin', 'ferry.js'), '--socket-path', socketPath], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, FERRY_TEST_WORKER_SCRIPT: script },
+    });
+    daemon.stdout?.on('data', (chunk: Buffer) => (log += chunk.toString()));
+    daemon.stderr?.on('data', (chunk: Buffer) => (log += chunk.toString()));
+    const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => daemon.once('exit', (code, signal) => resolve({ code, signal })));
+    const fe = VhostUserFrontend.connect(await waitForSocket(socketPath, () => log), { queuePairs: 1, replyTimeoutMs: 20_000 });
+    try {
+      await fe.negotiate();
+      await fe.start().catch(() => undefined); // the worker fails during it
+      const outcome = await Promise.race([ended, sleep(limitMs).then(() => null)]);
+      if (outcome === null) {
+        await stopChild(daemon, 1000);
+        throw new Error(`the daemon was still running ${limitMs} ms after its worker failed; output:\n${log}`);
+      }
+      return { ...outcome, socketLeft: fs.existsSync(socketPath), log };
+    } finally {
+      fe.disconnect();
+      await stopChild(daemon, 1000);
+    }
+  }
+
+  async function waitForSocket(socketPath: string, log: () => string): Promise<string> {
+    await waitFor(() => fs.existsSync(socketPath), 15000, 'the daemon to listen').catch((error) => {
+      throw new Error(`${String(error)}; daemon output:\n${log()}`);
+    });
+    return socketPath;
+  }
+
+  it('an exception escaping the worker: the daemon exits 70 and removes its socket', async () => {
+    const end = await daemonEndWhenWorker('throws', "setImmediate(() => { throw new Error('test: worker bug'); });", 15_000);
+    expect(end, end.log).to.include({ code: 70, signal: null, socketLeft: false });
+    expect(end.log).to.match(/worker failed/);
+  });
+
+  it('a worker that stops answering (a loop that never ends): the daemon exits 70 after the request deadline', async () => {
+    const end = await daemonEndWhenWorker('spins', 'for (;;) { /* never answers */ }', 25_000);
+    expect(end, end.log).to.include({ code: 70, signal: null, socketLeft: false });
+    expect(end.log).to.match(/no answer to vring-enable/);
+  });
+
+  it('a worker stuck in a system call: the daemon ends itself with SIGKILL (process.exit would wait for the thread)', async () => {
+    const end = await daemonEndWhenWorker(
+      'blocks',
+      `const { native } = require(${JSON.stringify(NATIVE)}); const [r, w] = native.pipe(); native.setNonBlocking(w, false); const b = new Uint8Array(1 << 20); native.write(w, b, 0, b.length);`,
+      30_000,
+    );
+    expect(end, end.log).to.include({ code: null, signal: 'SIGKILL' });
+    expect(end.log).to.match(/cannot be stopped/);
+  });
+});

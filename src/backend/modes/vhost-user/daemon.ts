@@ -32,6 +32,12 @@ import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../cont
  */
 export const WORKER_FAILURE_EXIT_CODE = 70;
 
+/**
+ * Tests only: the workers' entry script, for a test whose worker fails on
+ * purpose (it wraps worker-main.js) to check how the daemon ends.
+ */
+export const TEST_WORKER_SCRIPT_ENV = 'FERRY_TEST_WORKER_SCRIPT';
+
 /** Where the vhost-user socket goes when neither --socket-path nor --fd is given. */
 export const DEFAULT_SOCKET_PATH = '/tmp/ferry.socket';
 
@@ -51,6 +57,8 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
 
   // A failed worker ends the daemon (see WORKER_FAILURE_EXIT_CODE); set once the stop sequence exists.
   let onWorkerFailure: (queuePair: number, reason: string) => void = () => undefined;
+  const testScript = process.env[TEST_WORKER_SCRIPT_ENV];
+  if (testScript !== undefined && testScript !== '') log.warn(`${TEST_WORKER_SCRIPT_ENV} ON (tests only): workers run ${testScript}`);
   const workers: QueueWorker[] = [];
   for (let queuePair = 0; queuePair < options.queues; queuePair++) {
     workers.push(
@@ -58,6 +66,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
         { queuePair, stack: stackConfig, protocols: options.protocols, pcapPath: options.pcapFile, debug: options.logging.level === 'debug' },
         logFromWorker,
         (failedPair, reason) => onWorkerFailure(failedPair, reason),
+        testScript !== undefined && testScript !== '' ? { script: testScript } : {},
       ),
     );
   }
