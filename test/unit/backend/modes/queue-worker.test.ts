@@ -9,19 +9,18 @@ import * as os from 'os';
 import * as path from 'path';
 import { native } from '../../../../src/sys/native';
 import { QueueWorker } from '../../../../src/backend/modes/vhost-user/queue-worker';
-
-const COUNTER_LAYOUT = path.resolve(__dirname, '../../../../src/backend/modes/vhost-user/counter-layout.js');
+import { SHARED_LAYOUT } from '../../../../src/backend/modes/vhost-user/counter-layout';
 
 /** A worker script: answers every request with 0, except `vring-call`, where it does `onCall`. */
 function workerScript(onCall: string): string {
   return `
 const { parentPort } = require('worker_threads');
-const { SHARED_LAYOUT } = require(${JSON.stringify(COUNTER_LAYOUT)});
 parentPort.on('message', (m) => {
   if (m.op === 'vring-call') { ${onCall} }
   else parentPort.postMessage({ type: 'reply', id: m.id, ok: true, value: 0 });
 });
-parentPort.postMessage({ type: 'ready', counterLayout: SHARED_LAYOUT });
+// The layout this (main) thread computed: in a test run other modules may have declared counters first.
+parentPort.postMessage({ type: 'ready', counterLayout: ${JSON.stringify(SHARED_LAYOUT)} });
 `;
 }
 
