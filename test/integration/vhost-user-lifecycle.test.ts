@@ -324,6 +324,29 @@ describe('vhost-user lifecycle: reconnects, leftovers of earlier guests, bad kic
     expect(daemonLog).to.not.match(/still watched after the stack closed/);
   });
 
+  it('RESET_OWNER on the same connection: a fresh stack and memory table; nothing of the earlier flows arrives', async () => {
+    const udpPort = 45012;
+    const a = await readyFrontend(0);
+    a.sendFrame(0, udpToEcho(udpPort, 'for the owner before the reset'));
+    await sleep(300);
+    await a.sendRequest(Request.RESET_OWNER);
+    // The same connection goes on with fresh memory and rings, as a front-end does after RESET_OWNER.
+    a.abandon();
+    const b = VhostUserFrontend.attach(a.fd, { queuePairs: 1, queueSize: 256, slotSize: 2048, replyTimeoutMs: 5000 });
+    frontends.push(b);
+    await b.negotiate();
+    await b.start();
+    b.provideRxBuffers(64);
+    const frames: Uint8Array[] = [];
+    await expectUdpEcho(b, 45013, frames);
+    await expectArpReply(b);
+    frames.push(...(await collectRx(b, 1500)));
+    const leaked = frames.map(classify).filter((c) => c.kind === 'udp' && c.dstPort === udpPort);
+    expect(leaked, 'frames for the earlier owner\'s flow').to.deep.equal([]);
+    await disconnect(b);
+    await expectFdsAtBaseline();
+  });
+
   it('a kick fd that is a pipe at end of file breaks that ring only; the next front-end is served', async () => {
     const before = await faultCount('kick_eof');
     const fe = await readyFrontend();

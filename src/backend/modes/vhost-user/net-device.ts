@@ -108,8 +108,15 @@ export class NetDevice implements VhostUserDevice {
     // One front-end at a time is the server's rule; nothing to claim here.
   }
 
+  /**
+   * RESET_OWNER: the front-end starts over on this connection, so the device
+   * forgets it as on a disconnection: workers reset (fresh stacks), and the
+   * memory table goes too. Kept, its regions would be taken as the same ones
+   * when the front-end adds its new memory at the same addresses, and the
+   * rings would be read from the old memory.
+   */
   async resetOwner(): Promise<void> {
-    await this.all({ op: 'reset' });
+    await this.forgetFrontend();
   }
 
   async setMemTable(regions: VhostUserMemoryRegionWithFd[]): Promise<void> {
@@ -210,6 +217,11 @@ export class NetDevice implements VhostUserDevice {
   }
 
   async disconnected(): Promise<void> {
+    await this.forgetFrontend();
+  }
+
+  /** Reset the workers and release the memory table, err fds and MTU of the front-end. */
+  private async forgetFrontend(): Promise<void> {
     try {
       await this.all({ op: 'reset' });
     } finally {
