@@ -56,7 +56,11 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   if (options.pcapFile !== null) createPcapFile(options.pcapFile);
 
   // A failed worker ends the daemon (see WORKER_FAILURE_EXIT_CODE); set once the stop sequence exists.
-  let onWorkerFailure: (queuePair: number, reason: string) => void = () => undefined;
+  // A failure before then is kept and acted on as soon as it is.
+  let earlyFailure: { queuePair: number; reason: string } | null = null;
+  let onWorkerFailure: (queuePair: number, reason: string) => void = (queuePair, reason) => {
+    earlyFailure ??= { queuePair, reason };
+  };
   const testScript = process.env[TEST_WORKER_SCRIPT_ENV];
   if (testScript !== undefined && testScript !== '') log.warn(`${TEST_WORKER_SCRIPT_ENV} ON (tests only): workers run ${testScript}`);
   const workers: QueueWorker[] = [];
@@ -146,6 +150,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       log.error(`queue pair ${queuePair} worker failed (${reason}): exiting with ${WORKER_FAILURE_EXIT_CODE} so that the supervisor starts a fresh daemon`);
       void stop(`queue pair ${queuePair} worker failed`, WORKER_FAILURE_EXIT_CODE);
     };
+    if (earlyFailure !== null) onWorkerFailure(earlyFailure.queuePair, earlyFailure.reason);
     const onTerm = (): void => void stop('SIGTERM', 0);
     const onInt = (): void => void stop('SIGINT', 0);
     process.on('SIGTERM', onTerm);
