@@ -37,6 +37,18 @@ function openFdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
 
+/** The fd count once it holds still for 100 ms (a worker thread that ends closes its own loop's fds), within 3 s. */
+async function settledFdCount(): Promise<number> {
+  let count = openFdCount();
+  for (let i = 0; i < 30; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const next = openFdCount();
+    if (next === count) return count;
+    count = next;
+  }
+  return count;
+}
+
 describe('QueueWorker: a failing worker is reported once and keeps no fd', function () {
   this.timeout(20000);
   let dir: string;
@@ -82,7 +94,7 @@ describe('QueueWorker: a failing worker is reported once and keeps no fd', funct
       expect(failures.length).to.equal(1);
       expect(worker.failed).to.equal(true);
       // The front-end keeps handing fds over: none of them stays open.
-      const before = openFdCount();
+      const before = await settledFdCount();
       for (let i = 0; i < 200; i++) {
         const next = native.eventfd(0);
         await worker.request({ op: 'vring-call', ring: 0, fd: next }, [next]).then(
