@@ -72,6 +72,7 @@ export class Stack implements FrameSink {
   echoEnabled = true;
 
   private readonly frame: RxFrame;
+  private disposed = false;
   private readonly ethernet = new EthernetView();
   private readonly packet = new IpPacket();
   private readonly udp = new UdpView();
@@ -96,6 +97,7 @@ export class Stack implements FrameSink {
 
   /** FrameSink: one Ethernet frame from the guest; replies are flushed before returning. */
   receiveFrame(segments: SegmentList, offload: OffloadInfo): void {
+    if (this.disposed) return;
     try {
       this.dispatch(segments, offload);
     } catch (e) {
@@ -110,6 +112,7 @@ export class Stack implements FrameSink {
 
   /** Periodic work (expire idle echo flows); call every STACK_TIMER_INTERVAL_MS. */
   onTimer(now = this.ctx.clock.now()): void {
+    if (this.disposed) return;
     this.echo.expire(now);
     this.tcpHandler?.onTimer?.(now);
     if (this.udpHandler !== this.tcpHandler) this.udpHandler?.onTimer?.(now);
@@ -127,6 +130,37 @@ export class Stack implements FrameSink {
     this.echo.close();
     this.tcpHandler?.close?.();
     if (this.udpHandler !== this.tcpHandler) this.udpHandler?.close?.();
+  }
+
+  /**
+   * The end of this stack: close its sockets (each closing step runs even if
+   * an earlier one throws) and drop its handlers, so that frames or timer
+   * ticks that still arrive go nowhere. Idempotent.
+   */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    const steps = [(): void => this.echo.close(), (): void => this.tcpHandler?.close?.(), (): void => {
+      if (this.udpHandler !== this.tcpHandler) this.udpHandler?.close?.();
+    }];
+    let failure: unknown = null;
+    for (const step of steps) {
+      try {
+        step();
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    this.ctx.cancelFrame();
+    this.tcpHandler = null;
+    this.udpHandler = null;
+    this.ipv6Control = null;
+    if (failure !== null) throw failure;
+  }
+
+  /** True once dispose() ran. */
+  get isDisposed(): boolean {
+    return this.disposed;
   }
 
   private drop(reason: DropReason, detail?: () => string): void {

@@ -431,6 +431,26 @@ export class VirtioNetPort implements FramePort {
     this.flushTx();
   }
 
+  /**
+   * The guest is gone (disconnect, RESET_OWNER): give back an open
+   * reservation and forget what this guest's rings told us (starved,
+   * broken), so the next guest starts from a clean port.
+   */
+  forgetGuest(): void {
+    this.cancel();
+    this.rxStarved = false;
+    this.txBrokenReported = false;
+    this.rxBrokenReported = false;
+  }
+
+  /** The end of the port: forgetGuest, and drop the sink, the tap and the writable listener. */
+  dispose(): void {
+    this.forgetGuest();
+    this.sink = null;
+    this.onFrame = null;
+    this.onWritable = null;
+  }
+
   private writableScheduled = false;
 
   /** Call onWritable once from the event loop (never re-entrantly from reserve). */

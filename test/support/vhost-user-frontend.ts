@@ -664,6 +664,26 @@ export class VhostUserFrontend {
     return { header: all.slice(0, VIRTIO_NET_HEADER_SIZE), frame: all.slice(VIRTIO_NET_HEADER_SIZE), buffers: parts.length };
   }
 
+  /**
+   * Release memory and eventfds but leave the socket open and unowned: for a
+   * test that goes on over the same connection with a fresh front-end state
+   * (after RESET_OWNER, through VhostUserFrontend.attach on `fd`). Afterwards
+   * disconnect() closes nothing.
+   */
+  abandon(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const q of this.queues) {
+      if (q.kickFd >= 0) closeQuietly(q.kickFd);
+      if (q.callFd >= 0) closeQuietly(q.callFd);
+    }
+    if (this.mapping !== null) native.munmap(this.mapping);
+    this.mapping = null;
+    this.memory = null;
+    this.arena = null;
+    if (this.memoryFd >= 0) closeQuietly(this.memoryFd);
+  }
+
   /** Close the socket and release memory and eventfds (idempotent). */
   disconnect(): void {
     if (this.closed) return;

@@ -142,6 +142,18 @@ export class StreamPort implements FramePort, ReadyHandler {
     if (this.onClosed !== null) this.onClosed(reason);
   }
 
+  /**
+   * The port's dispose step: end the connection, and drop the sink, the
+   * writable listener and the close callback, so nothing the port was given
+   * stays reachable from it. Idempotent.
+   */
+  dispose(): void {
+    this.close('disposed');
+    this.sink = null;
+    this.onWritable = null;
+    this.onClosed = null;
+  }
+
   /** Readiness of the connected fd (ReadyHandler). */
   onReady(fd: number, events: number): void {
     if (fd !== this.fd) return;

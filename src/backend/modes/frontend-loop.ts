@@ -49,6 +49,16 @@ export class FrontendLoop implements FdWatcher {
     if (this.handlers.delete(fd)) this.poller.remove(fd);
   }
 
+  /** The handler watching fd, if any (lets a stack's dispose unwatch only what is still its own). */
+  handlerOf(fd: number): ReadyHandler | undefined {
+    return this.handlers.get(fd);
+  }
+
+  /** How many fds are watched. */
+  get watchedCount(): number {
+    return this.handlers.size;
+  }
+
   /** Run `hook` after every batch of ready fds (e.g. flush the port once per batch). */
   onBatchEnd(hook: () => void): void {
     this.batchEndHooks.push(hook);
@@ -68,14 +78,24 @@ export class FrontendLoop implements FdWatcher {
     else this.poller.unref();
   }
 
-  /** Stop timers and the Poller; no callbacks after this. Idempotent. Does not close the watched fds. */
+  /**
+   * Stop timers and the Poller and drop every handler and hook, so nothing
+   * the loop was given stays reachable from it; no callbacks after this.
+   * Idempotent. Does not close the watched fds (their owners do).
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     for (const timer of this.timers) clearInterval(timer);
     this.timers.length = 0;
     this.handlers.clear();
+    this.batchEndHooks.length = 0;
     this.poller.close();
+  }
+
+  /** close(): the loop's dispose step. */
+  dispose(): void {
+    this.close();
   }
 
   private onPoll(count: number): void {
@@ -85,7 +105,7 @@ export class FrontendLoop implements FdWatcher {
       const handler = this.handlers.get(fd);
       if (handler !== undefined) handler.onReady(fd, events[2 * i + 1]);
     }
-    for (const hook of this.batchEndHooks) hook();
+    for (let i = 0; i < this.batchEndHooks.length; i++) this.batchEndHooks[i]();
   }
 }
 

@@ -302,6 +302,21 @@ describe('VirtioNetPort', () => {
       expect(writable).to.equal(1);
     });
 
+    it('forgetGuest: a starvation seen by one guest is not carried to the next; dispose drops sink and listener', () => {
+      const f = setup();
+      let writable = 0;
+      f.port.onWritable = () => writable++;
+      expect(f.port.reserve(1514)).to.equal(null);
+      expect(f.port.rxWaiting).to.equal(true);
+      f.port.forgetGuest();
+      expect(f.port.rxWaiting).to.equal(false);
+      f.port.rxKicked();
+      expect(writable).to.equal(0, 'the next guest\'s first kick wakes nobody on behalf of the old one');
+      f.port.dispose();
+      expect(f.port.onWritable).to.equal(null);
+      expect(f.port.sink).to.equal(null);
+    });
+
     it('drops unusable RX chains by reason and reserves the next good one', () => {
       const f = setup();
       const readable = f.rxDriver.addChain([{ gpa: f.arena.alloc(64), length: 64, writable: false }]);

@@ -211,6 +211,16 @@ export class FaultInjector {
     return { receiveFrame: (frame, offload) => this.fromGuest(frame, offload) };
   }
 
+  /**
+   * The guest is gone: frames held back in either direction belong to it and
+   * are dropped (their buffers go back to the pools), so none reaches the next one.
+   */
+  dropHeld(): void {
+    for (const held of this.heldToStack.splice(0)) this.txPool.give(held.buffer);
+    for (const held of this.heldToGuest.splice(0)) this.rxPool.give(held.buffer);
+    this.openReservation = null;
+  }
+
   /** Deliver every held-back frame (both directions) and log the counts when they changed. */
   tick(now = Date.now()): void {
     // Whatever the stack answered to the released frames, and the released frames to the guest, go out now.

@@ -8,6 +8,7 @@
  */
 import '../../../virtqueue/virtio-net-port';
 import '../../../stack/stack-factory';
+import '../../../virtqueue/vring';
 import { counterDefinitions } from '../../../sys/counters';
 
 /** A short fingerprint of the slots declared so far (count and names), to compare across threads. */

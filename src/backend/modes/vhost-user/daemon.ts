@@ -20,6 +20,24 @@ import { type ControlServer, startControlServer } from '../../control/control';
 import { DaemonControlHandler } from './control-handler';
 import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
 
+/**
+ * Exit code when a queue-pair worker dies or stops answering (EX_SOFTWARE).
+ * The daemon exits rather than start a replacement worker: a worker stuck
+ * in a system call cannot be stopped, so a replacement would run beside a
+ * thread still holding the old guest's memory and fds; and the worker's
+ * state (the front-end's rings and memory, forwards added at run time) is
+ * gone with it anyway, so the front-end must reconnect either way. A fresh
+ * process from the supervisor (systemd Restart=on-failure, libvirt, or QEMU
+ * with reconnect=) is the one state that is surely clean.
+ */
+export const WORKER_FAILURE_EXIT_CODE = 70;
+
+/**
+ * Tests only: the workers' entry script, for a test whose worker fails on
+ * purpose (it wraps worker-main.js) to check how the daemon ends.
+ */
+export const TEST_WORKER_SCRIPT_ENV = 'FERRY_TEST_WORKER_SCRIPT';
+
 /** Where the vhost-user socket goes when neither --socket-path nor --fd is given. */
 export const DEFAULT_SOCKET_PATH = '/tmp/ferry.socket';
 
@@ -37,12 +55,22 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   const stackConfig = await resolveDaemonStackConfig(options);
   if (options.pcapFile !== null) createPcapFile(options.pcapFile);
 
+  // A failed worker ends the daemon (see WORKER_FAILURE_EXIT_CODE); set once the stop sequence exists.
+  // A failure before then is kept and acted on as soon as it is.
+  let earlyFailure: { queuePair: number; reason: string } | null = null;
+  let onWorkerFailure: (queuePair: number, reason: string) => void = (queuePair, reason) => {
+    earlyFailure ??= { queuePair, reason };
+  };
+  const testScript = process.env[TEST_WORKER_SCRIPT_ENV];
+  if (testScript !== undefined && testScript !== '') log.warn(`${TEST_WORKER_SCRIPT_ENV} ON (tests only): workers run ${testScript}`);
   const workers: QueueWorker[] = [];
   for (let queuePair = 0; queuePair < options.queues; queuePair++) {
     workers.push(
       new QueueWorker(
         { queuePair, stack: stackConfig, protocols: options.protocols, pcapPath: options.pcapFile, debug: options.logging.level === 'debug' },
         logFromWorker,
+        (failedPair, reason) => onWorkerFailure(failedPair, reason),
+        testScript !== undefined && testScript !== '' ? { script: testScript } : {},
       ),
     );
   }
@@ -109,7 +137,8 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       } catch (error) {
         log.warn(`closing the vhost-user server: ${String(error)}`);
       }
-      await Promise.all(workers.map((w) => w.terminate()));
+      const stopped = await Promise.all(workers.map((w) => w.terminate()));
+      if (stopped.includes(false)) endStuckProcess(reason);
       if (metricsServer !== null) await metricsServer.close();
       if (control !== null) await control.close();
       if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
@@ -117,6 +146,11 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       process.removeListener('SIGINT', onInt);
       resolve(code);
     };
+    onWorkerFailure = (queuePair, reason) => {
+      log.error(`queue pair ${queuePair} worker failed (${reason}): exiting with ${WORKER_FAILURE_EXIT_CODE} so that the supervisor starts a fresh daemon`);
+      void stop(`queue pair ${queuePair} worker failed`, WORKER_FAILURE_EXIT_CODE);
+    };
+    if (earlyFailure !== null) onWorkerFailure(earlyFailure.queuePair, earlyFailure.reason);
     const onTerm = (): void => void stop('SIGTERM', 0);
     const onInt = (): void => void stop('SIGINT', 0);
     process.on('SIGTERM', onTerm);
@@ -131,6 +165,19 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       else systemdNotify(`STATUS=Listening on ${where}`);
     });
   });
+}
+
+/**
+ * A worker thread is stuck in a system call: Node's process.exit would wait
+ * for it for ever, so the process ends itself with SIGKILL, which the
+ * supervisor sees as a failure all the same (stderr is a pipe or a file
+ * under a supervisor, written synchronously, so the line is not lost).
+ */
+function endStuckProcess(reason: string): void {
+  const line = `ferry: a queue-pair worker thread cannot be stopped (${reason}); ending the process with SIGKILL\n`;
+  log.error(line.trim());
+  process.stderr.write(line);
+  process.kill(process.pid, 'SIGKILL');
 }
 
 /** A group name or number as a gid; throws naming the group when unknown. */

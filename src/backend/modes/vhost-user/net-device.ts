@@ -108,8 +108,15 @@ export class NetDevice implements VhostUserDevice {
     // One front-end at a time is the server's rule; nothing to claim here.
   }
 
+  /**
+   * RESET_OWNER: the front-end starts over on this connection, so the device
+   * forgets it as on a disconnection: workers reset (fresh stacks), and the
+   * memory table goes too. Kept, its regions would be taken as the same ones
+   * when the front-end adds its new memory at the same addresses, and the
+   * rings would be read from the old memory.
+   */
   async resetOwner(): Promise<void> {
-    await this.all({ op: 'reset' });
+    await this.forgetFrontend();
   }
 
   async setMemTable(regions: VhostUserMemoryRegionWithFd[]): Promise<void> {
@@ -210,6 +217,11 @@ export class NetDevice implements VhostUserDevice {
   }
 
   async disconnected(): Promise<void> {
+    await this.forgetFrontend();
+  }
+
+  /** Reset the workers and release the memory table, err fds and MTU of the front-end. */
+  private async forgetFrontend(): Promise<void> {
     try {
       await this.all({ op: 'reset' });
     } finally {
@@ -234,14 +246,19 @@ export class NetDevice implements VhostUserDevice {
     await this.all({ op: 'mem-table', regions });
   }
 
-  /** Route a ring request to the worker of ring `index`'s queue pair. fdToClose is closed if the ring does not exist. */
-  private ring(index: number, make: (ring: number) => Parameters<QueueWorker['request']>[0], fdToClose: number | null = null): Promise<number> {
+  /**
+   * Route a ring request to the worker of ring `index`'s queue pair.
+   * handedOver (a kick or call fd) is the worker's once it has the request;
+   * it is closed here if the ring does not exist, and by QueueWorker if the
+   * worker never answers, so it is never kept.
+   */
+  private ring(index: number, make: (ring: number) => Parameters<QueueWorker['request']>[0], handedOver: number | null = null): Promise<number> {
     const worker = this.workers[index >> 1];
     if (worker === undefined) {
-      closeQuietly(fdToClose);
+      closeQuietly(handedOver);
       return Promise.reject(new Error(`vring ${index} does not exist (${this.workers.length} queue pairs)`));
     }
-    return worker.request(make(index & 1));
+    return worker.request(make(index & 1), handedOver === null ? [] : [handedOver]);
   }
 
   private async all(request: Parameters<QueueWorker['request']>[0]): Promise<void> {

@@ -7,16 +7,14 @@
 import { SHARED_LAYOUT } from './counter-layout'; // first: fixes the counter slot layout (see counter-layout.ts)
 import { parentPort, workerData } from 'worker_threads';
 import { native } from '../../../sys/native';
-import { closeQuietly } from '../../../sys/close';
 import { CounterBlock } from '../../../sys/counters';
 import { setLogSink, log, type LogLevel } from '../../../sys/log';
 import { GuestMemory } from '../../../virtqueue/guest-memory';
-import { SplitRing } from '../../../virtqueue/split-ring';
+import { Vring } from '../../../virtqueue/vring';
 import { VirtioNetPort } from '../../../virtqueue/virtio-net-port';
 import { PcapWriter } from '../../frontends/middleware/pcap';
 import { RX_RING, TX_RING, type WorkerControlRequest, type WorkerInit, type WorkerMessage, type WorkerReplyValue, type WorkerRequestWithId } from './worker-protocol';
 import type { FrameSink, OffloadInfo, SegmentList } from '../../../io/frame-io';
-import type { ReadyHandler } from '../../../stack/context';
 import { FrontendLoop } from '../frontend-loop';
 import { createStackParts, type StackParts } from '../../../stack/stack-factory';
 import { FaultInjector } from '../../frontends/middleware/fault-injection';
@@ -34,40 +32,6 @@ const ETHERNET_HEADER_LENGTH = 14;
  */
 const WORKER_TIMER_INTERVAL_MS = 100;
 
-/** Per-ring state as configured by the front-end. */
-class RingSlot {
-  readonly ring: SplitRing;
-  num = 0;
-  descriptorUserAddress = -1;
-  availableUserAddress = -1;
-  usedUserAddress = -1;
-  base = 0;
-  kickFd: number | null = null;
-  callFd: number | null = null;
-  enabled = false;
-  /** Started by a kick; stopped by vring-stop (GET_VRING_BASE). */
-  started = false;
-  /** The last configure attempt failed: don't retry on every kick. */
-  configureError: string | null = null;
-  /**
-   * Stopped by GET_VRING_BASE: the front-end owns the ring again, so its kicks
-   * are not watched until it hands over a kick fd anew (as libvhost-user does).
-   */
-  handedBack = false;
-  /** Watches the kick fd: drains the eventfd and lets the owner service the ring. */
-  readonly kickHandler: ReadyHandler;
-
-  constructor(readonly index: number, onKick: (slot: RingSlot) => void) {
-    this.ring = new SplitRing(null);
-    this.kickHandler = {
-      onReady: (fd: number): void => {
-        native.eventfdRead(fd);
-        onKick(this);
-      },
-    };
-  }
-}
-
 /** A sink that only counts (used when ferry runs without a stack). */
 class CountingSink implements FrameSink {
   receiveFrame(_frame: SegmentList, _offload: OffloadInfo): void {
@@ -79,12 +43,14 @@ class QueuePairWorker {
   private readonly counters: CounterBlock;
   private memory: GuestMemory | null = null;
   private features = 0n;
-  private readonly slots = [new RingSlot(RX_RING, (slot) => this.serviceRing(slot)), new RingSlot(TX_RING, (slot) => this.serviceRing(slot))];
   /** The worker's epoll loop: kick fds and the stack's host sockets (FdWatcher for the stack). */
   private readonly loop = new FrontendLoop();
+  /** RX and TX, indexed by RX_RING / TX_RING. */
+  private readonly vrings: readonly [Vring, Vring];
   private readonly port: VirtioNetPort;
   private readonly pcap: PcapWriter | null;
   private txRescheduled = false;
+  private disposed = false;
   private stack: Stack | null = null;
   /** The current stack's flow table, services and listeners (control API). */
   private parts: StackParts | null = null;
@@ -95,16 +61,17 @@ class QueuePairWorker {
 
   constructor(private readonly init: WorkerInit) {
     this.counters = new CounterBlock(init.counters);
+    this.vrings = [this.makeVring(RX_RING), this.makeVring(TX_RING)];
     this.forwards = init.stack !== null && init.queuePair === 0 ? new WorkerForwards(init.stack) : null;
     this.pcap = init.pcapPath !== null ? new PcapWriter(init.pcapPath) : null;
     const pcap = this.pcap;
     this.port = new VirtioNetPort({
-      rx: this.slots[RX_RING].ring,
-      tx: this.slots[TX_RING].ring,
+      rx: this.vrings[RX_RING].ring,
+      tx: this.vrings[TX_RING].ring,
       features: 0n,
       counters: this.counters,
-      notifyRx: () => this.notify(RX_RING),
-      notifyTx: () => this.notify(TX_RING),
+      notifyRx: () => this.vrings[RX_RING].notify(),
+      notifyTx: () => this.vrings[TX_RING].notify(),
       maxFrameLength: (init.stack?.mtu ?? 65520) + ETHERNET_HEADER_LENGTH,
       onFrame: pcap !== null ? (_direction, frame, length) => pcap.write(frame, length) : null,
     });
@@ -116,6 +83,21 @@ class QueuePairWorker {
     this.loop.every(WORKER_TIMER_INTERVAL_MS, () => {
       this.stack?.onTimer();
       this.faults?.tick(); // tests only: frames held back by fault injection go out
+    });
+  }
+
+  /** One ring's state; kicks are serviced here, and the port publishes before the ring stops. */
+  private makeVring(index: number): Vring {
+    const constants = native.constants;
+    return new Vring({
+      name: `${this.init.queuePair * 2 + index} (${index === RX_RING ? 'rx' : 'tx'})`,
+      counters: this.counters,
+      watcher: this.loop,
+      fds: native,
+      epoll: { in: constants.EPOLLIN, hangup: constants.EPOLLHUP | constants.EPOLLERR },
+      onKick: index === TX_RING ? () => this.drainTx() : () => this.port.rxKicked(),
+      // Publish what was committed (RX) or consumed (TX) before the index is read: the guest must get those buffers back.
+      beforeStop: () => this.port.quiesce(),
     });
   }
 
@@ -165,6 +147,10 @@ class QueuePairWorker {
   // ---- requests from main ----
 
   handle(request: WorkerRequestWithId): WorkerReplyValue {
+    if (this.disposed && request.op !== 'dispose') {
+      if ((request.op === 'vring-kick' || request.op === 'vring-call') && request.fd !== null) closeFdQuietly(request.fd);
+      throw new Error(`queue pair ${this.init.queuePair} is disposed`);
+    }
     switch (request.op) {
       case 'list-flows':
       case 'close-flow':
@@ -175,130 +161,69 @@ class QueuePairWorker {
       case 'features':
         this.features = request.features;
         this.port.setFeatures(this.features);
+        for (const vring of this.vrings) vring.setFeatures(this.features);
         return 0;
       case 'mem-table': {
         const next = GuestMemory.map(request.regions);
         const old = this.memory;
         this.memory = next;
-        for (const slot of this.slots) {
-          const error = slot.ring.setMemory(next);
-          if (error !== null && slot.started) {
-            log.warn(`ring ${this.ringName(slot)}: ${error}; stopped`);
-            this.stopRing(slot);
-          }
+        for (const vring of this.vrings) {
+          const error = vring.setMemory(next);
+          if (error !== null) log.warn(`ring ${this.ringName(vring)}: ${error}; stopped`);
         }
         old?.unmap();
         return 0;
       }
       case 'vring-num':
-        this.slot(request.ring).num = request.num;
+        this.vring(request.ring).setNum(request.num);
         return 0;
-      case 'vring-addr': {
-        const slot = this.slot(request.ring);
-        const memory = this.memory;
-        if (memory !== null) {
-          for (const uva of [request.descriptorUserAddress, request.availableUserAddress, request.usedUserAddress]) {
-            if (memory.uvaToGpa(uva) < 0) throw new Error(`ring address 0x${uva.toString(16)} is outside guest memory`);
-          }
-        }
-        slot.descriptorUserAddress = request.descriptorUserAddress;
-        slot.availableUserAddress = request.availableUserAddress;
-        slot.usedUserAddress = request.usedUserAddress;
-        slot.configureError = null;
+      case 'vring-addr':
+        this.vring(request.ring).setAddresses(request.descriptorUserAddress, request.availableUserAddress, request.usedUserAddress);
         return 0;
-      }
-      case 'vring-base': {
-        const slot = this.slot(request.ring);
-        slot.base = request.base & 0xffff;
-        slot.ring.lastAvailIdx = slot.base;
+      case 'vring-base':
+        this.vring(request.ring).setBase(request.base);
         return 0;
-      }
-      case 'vring-stop': {
-        const slot = this.slot(request.ring);
-        const index = slot.started ? slot.ring.lastAvailIdx : slot.base;
-        this.stopRing(slot);
-        slot.base = index;
-        slot.handedBack = true;
-        if (slot.kickFd !== null) this.loop.unwatch(slot.kickFd);
-        return index;
-      }
-      case 'vring-kick': {
-        const slot = this.slot(request.ring);
-        this.replaceKick(slot, request.fd);
+      case 'vring-stop':
+        return this.vring(request.ring).handBack();
+      case 'vring-kick':
+        this.vringTakingFd(request.ring, request.fd).setKick(request.fd);
         return 0;
-      }
-      case 'vring-call': {
-        const slot = this.slot(request.ring);
-        if (slot.callFd !== null) closeQuietly(slot.callFd);
-        slot.callFd = request.fd;
+      case 'vring-call':
+        this.vringTakingFd(request.ring, request.fd).setCall(request.fd);
         return 0;
-      }
-      case 'vring-enable': {
-        const slot = this.slot(request.ring);
-        slot.enabled = request.enabled;
-        if (request.enabled) this.serviceRing(slot);
-        else this.stopRing(slot);
+      case 'vring-enable':
+        this.vring(request.ring).setEnabled(request.enabled);
         return 0;
-      }
       case 'send-rarp':
         this.sendRarp(request.mac);
         return 0;
       case 'reset':
         this.reset();
         return 0;
+      case 'dispose':
+        this.dispose();
+        return 0;
     }
   }
 
-  private slot(ring: number): RingSlot {
-    const slot = this.slots[ring];
-    if (slot === undefined) throw new Error(`no ring ${ring}`);
-    return slot;
+  private vring(ring: number): Vring {
+    const vring = this.vrings[ring];
+    if (vring === undefined) throw new Error(`no ring ${ring}`);
+    return vring;
   }
 
-  private ringName(slot: RingSlot): string {
-    return `${this.init.queuePair * 2 + slot.index} (${slot.index === RX_RING ? 'rx' : 'tx'})`;
-  }
-
-  private replaceKick(slot: RingSlot, fd: number | null): void {
-    if (slot.kickFd !== null) {
-      if (!slot.handedBack) this.loop.unwatch(slot.kickFd);
-      closeQuietly(slot.kickFd);
+  /** The ring an fd is handed to; the fd is closed here when there is no such ring (nobody else would). */
+  private vringTakingFd(ring: number, fd: number | null): Vring {
+    const vring = this.vrings[ring];
+    if (vring === undefined) {
+      if (fd !== null) closeFdQuietly(fd);
+      throw new Error(`no ring ${ring}`);
     }
-    slot.handedBack = false;
-    slot.kickFd = fd;
-    if (fd !== null) this.loop.watch(fd, native.constants.EPOLLIN, slot.kickHandler);
-    // vhost-user: a ring starts on its first kick. With no kick fd the front-end
-    // polls: treat the ring as kicked now.
-    else this.serviceRing(slot);
+    return vring;
   }
 
-  /** Configure and start the ring if it is not running yet; returns true when it runs. */
-  private startRing(slot: RingSlot): boolean {
-    if (slot.started) return true;
-    if (!slot.enabled || this.memory === null || slot.num === 0 || slot.configureError !== null) return false;
-    slot.ring.setMemory(this.memory);
-    slot.ring.lastAvailIdx = slot.base;
-    // User addresses, so that a later SET_MEM_TABLE re-translates them (as libvhost-user does).
-    const error = slot.ring.configureUserAddresses(slot.num, slot.descriptorUserAddress, slot.availableUserAddress, slot.usedUserAddress, this.features);
-    if (error !== null) {
-      slot.configureError = error;
-      log.warn(`ring ${this.ringName(slot)}: ${error}; not started`);
-      return false;
-    }
-    slot.started = true;
-    log.debug(`ring ${this.ringName(slot)} started: size ${slot.num}, base ${slot.base}`);
-    return true;
-  }
-
-  private stopRing(slot: RingSlot): void {
-    if (slot.started) {
-      // Publish what was committed (RX) or consumed (TX) before the index is read: the guest must get those buffers back.
-      this.port.quiesce();
-      slot.base = slot.ring.lastAvailIdx;
-    }
-    slot.started = false;
-    // Not ready any more: the port and the stack see an empty ring until it is started again.
-    slot.ring.reset();
+  private ringName(vring: Vring): string {
+    return `${this.init.queuePair * 2 + this.vrings.indexOf(vring)} (${vring === this.vrings[RX_RING] ? 'rx' : 'tx'})`;
   }
 
   /**
@@ -323,16 +248,8 @@ class QueuePairWorker {
     this.port.flush();
   }
 
-  /** The guest kicked (or a ring became enabled): do that ring's work. */
-  private serviceRing(slot: RingSlot): void {
-    if (!slot.enabled || slot.handedBack || !this.startRing(slot)) return;
-    if (slot.index === TX_RING) this.drainTx();
-    else this.port.rxKicked();
-  }
-
   private drainTx(): void {
-    const slot = this.slots[TX_RING];
-    if (!slot.started) return;
+    if (!this.vrings[TX_RING].running) return;
     const more = this.port.processTx(TX_BUDGET);
     if (more && !this.txRescheduled) {
       // Let host sockets and RX run before the next batch.
@@ -344,40 +261,64 @@ class QueuePairWorker {
     }
   }
 
-  private notify(ring: number): void {
-    const fd = this.slots[ring].callFd;
-    if (fd !== null) native.eventfdWrite(fd, 1);
-  }
-
+  /**
+   * The front-end is gone (or RESET_OWNER): rings stopped and their fds
+   * closed, memory unmapped, and the stack disposed with everything it held
+   * (flows, sockets, pending resets, its hold on the port). The next guest
+   * gets a fresh stack; nothing of the old one is reachable from the port,
+   * the loop or this worker.
+   */
   private reset(): void {
-    for (const slot of this.slots) {
-      this.stopRing(slot);
-      if (slot.kickFd !== null) {
-        if (!slot.handedBack) this.loop.unwatch(slot.kickFd);
-        closeQuietly(slot.kickFd);
-      }
-      slot.handedBack = false;
-      if (slot.callFd !== null) closeQuietly(slot.callFd);
-      slot.kickFd = null;
-      slot.callFd = null;
-      slot.enabled = false;
-      slot.num = 0;
-      slot.base = 0;
-      slot.descriptorUserAddress = slot.availableUserAddress = slot.usedUserAddress = -1;
-      slot.configureError = null;
-      slot.ring.reset();
-      slot.ring.setMemory(null);
-    }
+    for (const vring of this.vrings) vring.reset();
     this.memory?.unmap();
     this.memory = null;
     this.features = 0n;
     this.port.setFeatures(0n);
-    // The guest is gone: its flows go with it (peers see resets), and the next guest starts clean.
-    if (this.stack !== null) {
-      this.stack.close();
+    this.faults?.dropHeld();
+    this.port.forgetGuest();
+    if (this.parts !== null) {
+      const parts = this.parts;
       this.parts = null;
-      this.port.sink = this.buildStack();
+      this.stack = null;
+      try {
+        parts.dispose();
+      } finally {
+        this.port.sink = this.buildStack();
+      }
     }
+  }
+
+  /**
+   * The worker's end (the daemon stops): everything reset() releases, and the
+   * stack, the port, the loop (timers, Poller) and the capture file as well;
+   * the thread then has nothing left to run. Idempotent.
+   */
+  private dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const vring of this.vrings) vring.reset();
+    this.memory?.unmap();
+    this.memory = null;
+    this.faults?.dropHeld();
+    const parts = this.parts;
+    this.parts = null;
+    this.stack = null;
+    try {
+      parts?.dispose();
+    } finally {
+      this.port.dispose();
+      this.loop.dispose();
+      this.pcap?.close();
+    }
+  }
+}
+
+/** Close an fd nobody else will close; it may already be gone. */
+function closeFdQuietly(fd: number): void {
+  try {
+    native.close(fd);
+  } catch {
+    // Already closed: nothing held.
   }
 }
 

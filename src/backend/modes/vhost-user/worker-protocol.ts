@@ -24,13 +24,20 @@ export type WorkerRequest =
   | { op: 'vring-base'; ring: number; base: number }
   /** Stop the ring and return its last available index. */
   | { op: 'vring-stop'; ring: number }
-  /** The worker owns kick and call fds from here on and closes them when replaced or on reset. */
+  /**
+   * The worker owns kick and call fds from the moment it receives the
+   * request: it closes them when replaced, on a fault, on reset, and when the
+   * request fails. A request that never reached a worker (it had exited)
+   * leaves them to main, which closes them.
+   */
   | { op: 'vring-kick'; ring: number; fd: number | null }
   | { op: 'vring-call'; ring: number; fd: number | null }
   | { op: 'vring-enable'; ring: number; enabled: boolean }
   | { op: 'send-rarp'; mac: Uint8Array }
-  /** Front-end gone: stop rings, close kick/call fds, unmap memory, forget the guest. */
-  | { op: 'reset' };
+  /** Front-end gone: stop rings, close kick/call fds, unmap memory, forget the guest (a fresh stack for the next one). */
+  | { op: 'reset' }
+  /** The daemon stops: reset, then release the stack, the loop and the capture file; nothing runs afterwards. */
+  | { op: 'dispose' };
 
 /**
  * Control API requests (control-handler.ts). Flows are named by their

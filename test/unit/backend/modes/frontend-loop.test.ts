@@ -89,6 +89,23 @@ describe('FrontendLoop', () => {
     expect(ticks).to.equal(after);
   });
 
+  it('handlerOf names the handler watching an fd; dispose drops handlers and batch hooks', () => {
+    const loop = new FrontendLoop();
+    const [a] = pair();
+    const handler = { onReady: (): void => undefined };
+    loop.watch(a, native.constants.EPOLLIN, handler);
+    loop.onBatchEnd(() => undefined);
+    expect(loop.handlerOf(a)).to.equal(handler);
+    expect(loop.watchedCount).to.equal(1);
+    loop.unwatch(a);
+    expect(loop.handlerOf(a)).to.equal(undefined);
+    loop.watch(a, native.constants.EPOLLIN, handler);
+    loop.dispose();
+    expect(loop.watchedCount).to.equal(0, 'nothing the loop was given stays reachable from it');
+    expect(loop.handlerOf(a)).to.equal(undefined);
+    loop.dispose();
+  });
+
   it('maxFrameLengthFor: MTU plus the Ethernet header; 0 (announce none) means the default MTU', () => {
     expect(maxFrameLengthFor(1500)).to.equal(1514);
     expect(maxFrameLengthFor(0)).to.equal(65534);
