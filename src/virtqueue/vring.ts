@@ -31,6 +31,8 @@ export enum VringFault {
   CallError = 'call_error',
   /** The call fd could not be made non-blocking. */
   CallRefused = 'call_refused',
+  /** Guest memory faulted under the ring (its file was truncated): the addon's guard mapped zeros over it. */
+  MemoryFault = 'memory_fault',
 }
 
 const FAULTS_HELP = 'Rings stopped because the front-end\'s kick or call fd failed, by fault';
@@ -96,6 +98,8 @@ export class Vring {
   private kickFault: VringFault | null = null;
   /** The call fd failed: the ring is not serviced until a new call fd comes. */
   private callFault: VringFault | null = null;
+  /** Set when the memory table this ring reads faulted; cleared by a new table. */
+  private memoryFault: VringFault | null = null;
   private stopQueued = false;
   private readonly kickHandler = { onReady: (fd: number, events: number): void => this.onKickReady(fd, events) };
 
@@ -108,7 +112,7 @@ export class Vring {
 
   /** The fault that stopped the ring, or null. */
   get fault(): VringFault | null {
-    return this.kickFault ?? this.callFault;
+    return this.kickFault ?? this.callFault ?? this.memoryFault;
   }
 
   /** The fds this ring holds (for leak checks). */
@@ -123,6 +127,7 @@ export class Vring {
   /** A new memory table: the ring areas are looked up again. Returns an error when a running ring had to stop. */
   setMemory(memory: GuestMemory | null): string | null {
     this.memory = memory;
+    this.memoryFault = null;
     const error = this.ring.setMemory(memory);
     if (error === null || !this.started) return null;
     this.stop();
@@ -226,6 +231,17 @@ export class Vring {
     this.options.onKick();
   }
 
+  /**
+   * The memory table faulted (a region's file shrank under its mapping): the
+   * ring reads zeros from then on, so it is stopped, counted and logged once,
+   * until the front-end sends a new table.
+   */
+  memoryFaulted(): void {
+    if (!this.started || this.memoryFault !== null) return;
+    this.memoryFault = VringFault.MemoryFault;
+    this.fail(VringFault.MemoryFault, 'guest memory faulted under the ring (a region file was truncated)');
+  }
+
   /** Stop the ring (publishing what was done first) and keep its index as the base. */
   stop(): void {
     if (this.started) {
@@ -246,6 +262,7 @@ export class Vring {
     this.handedBack = false;
     this.kickFault = null;
     this.callFault = null;
+    this.memoryFault = null;
     this.enabled = false;
     this.num = 0;
     this.base = 0;
@@ -327,7 +344,8 @@ export class Vring {
     if (fault === VringFault.CallRefused) this.callFault = fault;
     const slot = VRING_FAULT_SLOTS.get(fault);
     if (slot !== undefined) this.options.counters.add(slot, 1);
-    rateLimited('warn', `vring ${this.options.name} ${fault}`, () => `ring ${this.options.name}: ${detail} (${fault}); ring stopped until the front-end hands over a new fd`, 1, 60_000);
+    const until = fault === VringFault.MemoryFault ? 'a new memory table' : 'a new fd';
+    rateLimited('warn', `vring ${this.options.name} ${fault}`, () => `ring ${this.options.name}: ${detail} (${fault}); ring stopped until the front-end hands over ${until}`, 1, 60_000);
     if (this.stopQueued) return;
     this.stopQueued = true;
     queueMicrotask(() => {

@@ -257,6 +257,8 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
     }
     await sleep(300);
     expect(alive(), 'no SIGBUS killed the daemon').to.equal(true);
+    // The worker saw the fault and stopped the rings rather than reading zeros on.
+    await waitFor(() => /guest memory faulted under the ring .*\(memory_fault\)/.test(daemonLog), 3000, 'the rings stopped for the memory fault');
     // The daemon still answers on the same connection.
     await fe.setVringState(Request.SET_VRING_ENABLE, 1, 1);
     fe.disconnect();

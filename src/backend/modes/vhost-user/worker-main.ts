@@ -77,8 +77,11 @@ class QueuePairWorker {
     });
     this.faults = init.stack !== null ? FaultInjector.fromEnvironment(this.port) : null;
     this.port.sink = this.buildStack();
-    // One guest notification per batch of ready fds.
-    this.loop.onBatchEnd(() => this.port.flush());
+    // One guest notification per batch of ready fds; then a look at whether guest memory faulted under the rings.
+    this.loop.onBatchEnd(() => {
+      this.port.flush();
+      if (this.memory !== null && this.memory.faulted) for (const vring of this.vrings) vring.memoryFaulted();
+    });
     // Periodic stack work (timers, idle flow expiry, router advertisements); never keeps the thread alive.
     this.loop.every(WORKER_TIMER_INTERVAL_MS, () => {
       this.stack?.onTimer();
