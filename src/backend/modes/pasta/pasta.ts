@@ -86,6 +86,7 @@ import {
 } from './pasta-forward';
 import type { StackParts } from '../../../stack/stack-factory';
 import { TapPort, tapQueueLength } from '../../frontends/tap-port';
+import { confineProcess, type Identity, planIsolation, processContext } from '../../cli/isolation';
 
 /** Tap name when neither -I nor host discovery gives one. */
 export const FALLBACK_TAP_NAME = 'tap0';
@@ -155,9 +156,10 @@ function namespaceId(path: string): string {
 }
 
 /** Start unshare with the gate and resolve once the namespaces exist. */
-async function createNamespaces(command: readonly string[]): Promise<NamespaceTarget> {
+async function createNamespaces(command: readonly string[], owner: Identity | null): Promise<NamespaceTarget> {
   const argv = unshareArgv(command);
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
+  // The namespaces belong to the user ferry becomes, so that ferry can still signal the command once confined.
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['inherit', 'inherit', 'inherit', 'pipe'], ...(owner !== null ? { uid: owner.uid, gid: owner.gid } : {}) });
   const gate = child.stdio[3] as Duplex | null;
   if (gate === null || gate === undefined) throw new Error('pasta: no gate socket to the namespace');
   await new Promise<void>((resolve, reject) => {
@@ -325,10 +327,11 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   const ifname = pasta.nsIfname ?? hostIfname ?? FALLBACK_TAP_NAME;
   const joining = pasta.netns !== null;
   const command = pasta.command.length > 0 ? pasta.command : joining ? [] : [process.env.SHELL ?? '/bin/sh'];
+  const isolation = planIsolation('pasta', options, processContext(), pasta);
 
   let target: NamespaceTarget;
   try {
-    target = joining ? joinNamespaces(pasta) : await createNamespaces(command);
+    target = joining ? joinNamespaces(pasta) : await createNamespaces(command, isolation.identity);
   } catch (error) {
     log.error(`cannot set up the namespace: ${(error as Error).message}`);
     return EXIT_SETUP_FAILED;
@@ -436,6 +439,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     child = spawn(argv[0], argv.slice(1), { stdio: 'inherit' });
     scanPid ??= child.pid ?? null;
   }
+  confineProcess(isolation, (line) => log.info(line));
 
   return new Promise<number>((resolve) => {
     let finished = false;
