@@ -21,6 +21,7 @@
 //   would matter for the other threads.
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
@@ -59,7 +60,7 @@ const SyscallName kServing[] = {
     FERRY_SYSCALL(pkey_alloc), FERRY_SYSCALL(pkey_free), FERRY_SYSCALL(pkey_mprotect),
 #endif
     // threads, scheduling, time
-    FERRY_SYSCALL(futex), FERRY_SYSCALL(clone), FERRY_SYSCALL(set_robust_list), FERRY_SYSCALL(get_robust_list),
+    FERRY_SYSCALL(futex), FERRY_SYSCALL(set_robust_list), FERRY_SYSCALL(get_robust_list),
     FERRY_SYSCALL(rseq), FERRY_SYSCALL(set_tid_address), FERRY_SYSCALL(gettid), FERRY_SYSCALL(getpid),
     FERRY_SYSCALL(getppid), FERRY_SYSCALL(sched_yield), FERRY_SYSCALL(sched_getaffinity), FERRY_SYSCALL(sched_getparam),
     FERRY_SYSCALL(sched_getscheduler), FERRY_SYSCALL(nanosleep), FERRY_SYSCALL(clock_nanosleep), FERRY_SYSCALL(clock_gettime),
@@ -67,9 +68,6 @@ const SyscallName kServing[] = {
     FERRY_SYSCALL(getpriority), FERRY_SYSCALL(prlimit64), FERRY_SYSCALL(getrlimit), FERRY_SYSCALL(setrlimit),
     FERRY_SYSCALL(exit), FERRY_SYSCALL(exit_group), FERRY_SYSCALL(restart_syscall), FERRY_SYSCALL(getrandom),
     FERRY_SYSCALL(uname), FERRY_SYSCALL(sysinfo), FERRY_SYSCALL(getcpu),
-#ifdef __NR_clone3
-    FERRY_SYSCALL(clone3),
-#endif
 #ifdef __NR_futex_waitv
     FERRY_SYSCALL(futex_waitv),
 #endif
@@ -131,10 +129,16 @@ constexpr uint32_t kAuditArch = AUDIT_ARCH_AARCH64;
 #error "ferry's seccomp filter knows x86_64 and aarch64"
 #endif
 
+// clone() is checked apart: threads and forks only, no new namespaces (a
+// user namespace would give back every capability inside it). clone3()
+// passes its flags in memory a filter cannot read: it gets ENOSYS, and
+// glibc falls back to clone().
+constexpr uint32_t kNamespaceCloneFlags = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET;
+
 constexpr size_t kServingCount = sizeof kServing / sizeof kServing[0];
 constexpr size_t kHelperCount = sizeof kNamespaceHelpers / sizeof kNamespaceHelpers[0];
-// Header (arch check, x32 check, load nr) + one compare per call + two returns.
-constexpr size_t kMaxFilter = 6 + kServingCount + kHelperCount + 2;
+// Header (arch check, x32 check, load nr), clone and clone3 (7), one compare per call, two returns.
+constexpr size_t kMaxFilter = 6 + 7 + kServingCount + kHelperCount + 2;
 
 // Build the program: wrong architecture (or an x32 call) kills, a listed
 // call is allowed, anything else gets `otherwise`. Returns the length.
@@ -148,6 +152,16 @@ size_t BuildFilter(struct sock_filter* prog, bool helpers, uint32_t otherwise) {
   // x32 calls carry bit 30; they would reach the same handlers under other numbers.
   prog[n++] = BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, 0, 1);
   prog[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+#endif
+  // clone: allowed unless a namespace flag is set (args[0] low word; the flags all fit in it).
+  prog[n++] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 4);
+  prog[n++] = BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+  prog[n++] = BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, kNamespaceCloneFlags, 0, 1);
+  prog[n++] = BPF_STMT(BPF_RET | BPF_K, otherwise);
+  prog[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+#ifdef __NR_clone3
+  prog[n++] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1);
+  prog[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA));
 #endif
   const size_t count = kServingCount + (helpers ? kHelperCount : 0);
   // Compare i jumps to ALLOW (after the remaining compares and the default return) on a match.
@@ -172,6 +186,12 @@ napi_value SyscallNames(napi_env env, napi_callback_info info) {
   napi_value arr;
   napi_create_array(env, &arr);
   uint32_t at = 0;
+  // Checked apart (see BuildFilter): clone without namespace flags, clone3 answered ENOSYS.
+  for (const char* name : {"clone", "clone3"}) {
+    napi_value v;
+    napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, arr, at++, v);
+  }
   for (const auto& s : kServing) {
     napi_value v;
     napi_create_string_utf8(env, s.name, NAPI_AUTO_LENGTH, &v);

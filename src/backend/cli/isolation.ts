@@ -32,6 +32,7 @@
  * `auto` forwarding or a joined PID to watch (both read /proc).
  */
 import { readFileSync } from 'fs';
+import { closeQuietly } from '../../sys/close';
 import { native } from '../../sys/native';
 import type { DaemonOptions, PastaOptions } from './options';
 
@@ -285,6 +286,8 @@ function nativeSystem(): IsolationSystem {
  * module, worker and file the mode needs is loaded and open).
  */
 export function confineProcess(plan: IsolationPlan, logLine: (line: string) => void, system: IsolationSystem = nativeSystem()): void {
+  // sys/close loads the addon on first use; a require() after confinement would find no file.
+  closeQuietly(-1);
   for (const line of plan.skipped) logLine(`isolation: ${line}`);
   for (const line of confine(plan, system)) logLine(`isolation: ${line}`);
   confined = true;

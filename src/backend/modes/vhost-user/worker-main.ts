@@ -11,7 +11,7 @@ import { closeQuietly } from '../../../sys/close';
 import { CounterBlock } from '../../../sys/counters';
 import { setLogSink, log, type LogLevel } from '../../../sys/log';
 import { GuestMemory } from '../../../virtqueue/guest-memory';
-import { SplitRing } from '../../../virtqueue/split-ring';
+import { defaultFence, SplitRing } from '../../../virtqueue/split-ring';
 import { VirtioNetPort } from '../../../virtqueue/virtio-net-port';
 import { PcapWriter } from '../../frontends/middleware/pcap';
 import { RX_RING, TX_RING, type WorkerControlRequest, type WorkerInit, type WorkerMessage, type WorkerReplyValue, type WorkerRequestWithId } from './worker-protocol';
@@ -397,6 +397,10 @@ function main(): void {
       post({ type: 'reply', id: request.id, ok: false, error: error instanceof Error ? error.message : String(error) });
     }
   });
+  // Main confines the process once every worker is ready and no module file can be opened after that: load the lazily loaded ones now.
+  closeQuietly(-1);
+  defaultFence();
+  GuestMemory.map([]);
   post({ type: 'ready', counterLayout: SHARED_LAYOUT });
 }
 
