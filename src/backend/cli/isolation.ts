@@ -27,14 +27,16 @@
  * or created in it once the capabilities are gone.
  *
  * Steps 1 and 5 are skipped, each with a log line, where ferry still needs
- * paths after setup: sd_notify's $NOTIFY_SOCKET (systemd's unit sandboxes
- * ferry itself), --log-file (rotated by renaming), and `ferry pasta` with
- * `auto` forwarding or a joined PID to watch (both read /proc).
+ * paths after setup: --log-file (rotated by renaming), and `ferry pasta`
+ * with `auto` forwarding or a joined PID to watch (both read /proc).
+ * $NOTIFY_SOCKET is connected to before confinement, so sd_notify keeps
+ * working without its path.
  */
 import { readFileSync } from 'fs';
 import { closeQuietly } from '../../sys/close';
 import { native } from '../../sys/native';
 import type { DaemonOptions, PastaOptions } from './options';
+import { systemdNotifyConnect } from './systemd';
 
 /** Which front-end is being confined (pasta keeps a namespace helper and its children). */
 export type IsolationMode = 'vhost-user' | 'stream' | 'pasta';
@@ -64,8 +66,6 @@ export interface IsolationContext {
   /** Contents of /etc/passwd and /etc/group (for --runas names and "nobody"). */
   passwd: string;
   group: string;
-  /** $NOTIFY_SOCKET, or undefined. */
-  notifySocket: string | undefined;
 }
 
 /** The steps to take, and why any was left out. */
@@ -197,8 +197,7 @@ export function planIsolation(mode: IsolationMode, options: DaemonOptions, conte
     identity = null;
   }
   let pathsNeeded: string | null = null;
-  if (context.notifySocket !== undefined && context.notifySocket !== '') pathsNeeded = 'sd_notify sends to $NOTIFY_SOCKET by path';
-  else if (options.logging.file !== null) pathsNeeded = '--log-file is rotated by path';
+  if (options.logging.file !== null) pathsNeeded = '--log-file is rotated by path';
   else if (mode === 'pasta' && pasta !== null) pathsNeeded = pastaNeedsProcfs(options, pasta);
   const privileged = context.euid === 0;
   const emptyRoot = pathsNeeded === null && privileged;
@@ -208,7 +207,7 @@ export function planIsolation(mode: IsolationMode, options: DaemonOptions, conte
 }
 
 /** The context of this process. */
-export function processContext(env: NodeJS.ProcessEnv = process.env): IsolationContext {
+export function processContext(): IsolationContext {
   const read = (path: string): string => {
     try {
       return readFileSync(path, 'utf8');
@@ -221,7 +220,6 @@ export function processContext(env: NodeJS.ProcessEnv = process.env): IsolationC
     egid: process.getegid?.() ?? -1,
     passwd: read('/etc/passwd'),
     group: read('/etc/group'),
-    notifySocket: env.NOTIFY_SOCKET,
   };
 }
 
@@ -288,6 +286,7 @@ function nativeSystem(): IsolationSystem {
 export function confineProcess(plan: IsolationPlan, logLine: (line: string) => void, system: IsolationSystem = nativeSystem()): void {
   // sys/close loads the addon on first use; a require() after confinement would find no file.
   closeQuietly(-1);
+  systemdNotifyConnect();
   for (const line of plan.skipped) logLine(`isolation: ${line}`);
   for (const line of confine(plan, system)) logLine(`isolation: ${line}`);
   confined = true;
