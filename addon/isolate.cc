@@ -336,6 +336,60 @@ napi_value RestrictLandlock(napi_env env, napi_callback_info info) {
   return MakeInt(env, abi);
 }
 
+// ---- the helper that removes ferry's files after a clean exit ----
+
+constexpr uint32_t kMaxCleanupPaths = 8;
+constexpr size_t kCleanupPathMax = 4096;
+
+// Forked before confinement: keeps only the read end of a pipe, waits on
+// it, and if ferry writes one byte before exiting (a clean exit) unlinks
+// the paths ferry created and can no longer reach from its empty root. EOF
+// without that byte (ferry killed) leaves them, as before. Between fork()
+// and _exit() only system calls on data prepared before the fork.
+[[noreturn]] void CleanupMain(int readFd, const char (*paths)[kCleanupPathMax], uint32_t count) {
+  prctl(PR_SET_NAME, "ferry-cleanup", 0, 0, 0);
+  // Nothing of ferry's stays open here: no socket, no listener, no terminal.
+  for (int fd = 0; fd < readFd; fd++) close(fd);
+  syscall(__NR_close_range, readFd + 1, ~0u, 0);
+  char byte = 0;
+  ssize_t r = RetryEintr([&] { return read(readFd, &byte, 1); });
+  if (r == 1 && byte == 'u') {
+    for (uint32_t i = 0; i < count; i++) unlink(paths[i]);
+  }
+  _exit(0);
+}
+
+// cleanupHelper(paths): fork the helper; returns the write end of its pipe
+// (CLOEXEC): write 'u' to have the paths removed, close it to leave them.
+napi_value CleanupHelper(napi_env env, napi_callback_info info) {
+  FERRY_ARGS(1);
+  bool isArray = false;
+  uint32_t count = 0;
+  if (napi_is_array(env, argv[0], &isArray) != napi_ok || !isArray) return ThrowType(env, "cleanupHelper", "paths must be an array");
+  napi_get_array_length(env, argv[0], &count);
+  if (count > kMaxCleanupPaths) return ThrowInval(env, "cleanupHelper", "at most 8 paths");
+  static char paths[kMaxCleanupPaths][kCleanupPathMax];
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value v;
+    size_t len = 0;
+    napi_get_element(env, argv[0], i, &v);
+    if (napi_get_value_string_utf8(env, v, paths[i], kCleanupPathMax, &len) != napi_ok) return ThrowType(env, "cleanupHelper", "paths must be strings");
+    if (len == 0 || len >= kCleanupPathMax - 1) return ThrowInval(env, "cleanupHelper", "path empty or too long");
+  }
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) == -1) return ThrowErrno(env, "pipe2", errno);
+  pid_t pid = fork();
+  if (pid == -1) {
+    int err = errno;
+    close(fds[0]);
+    close(fds[1]);
+    return ThrowErrno(env, "fork", err);
+  }
+  if (pid == 0) CleanupMain(fds[0], paths, count);
+  close(fds[0]);
+  return MakeInt(env, fds[1]);
+}
+
 }  // namespace
 
 void InitIsolate(Napi::Env env, Napi::Object exports) {
@@ -347,6 +401,7 @@ void InitIsolate(Napi::Env env, Napi::Object exports) {
   SetFunction(env, exports, "isolationDumpable", SetDumpable);
   SetFunction(env, exports, "isolationChrootEmpty", ChrootEmpty);
   SetFunction(env, exports, "isolationLandlock", RestrictLandlock);
+  SetFunction(env, exports, "isolationCleanupHelper", CleanupHelper);
 }
 
 }  // namespace ferry

@@ -312,4 +312,11 @@ export interface Native {
   isolationChrootEmpty(): void;
   /** Landlock with every filesystem right handled and no rule (calling thread and threads it starts); returns the ABI, 0 without Landlock. */
   isolationLandlock(): number;
+  /**
+   * Forks a helper that keeps ferry's privileges and nothing else (no fd but
+   * its pipe): it unlinks `paths` (at most 8) once ferry writes 'u' on the
+   * returned fd (CLOEXEC) before exiting, and leaves them when the pipe just
+   * closes (ferry killed).
+   */
+  isolationCleanupHelper(paths: string[]): number;
 }

@@ -280,13 +280,38 @@ function nativeSystem(): IsolationSystem {
 }
 
 /**
- * Confine this process as planned and log what was done (call once every
- * module, worker and file the mode needs is loaded and open).
+ * Files ferry removes when it stops (its socket, pid file...) are out of its
+ * reach once confined: a helper forked now, holding nothing but a pipe,
+ * removes them after a clean exit (killed, ferry leaves them, as before).
  */
-export function confineProcess(plan: IsolationPlan, logLine: (line: string) => void, system: IsolationSystem = nativeSystem()): void {
+function removeOnCleanExit(paths: readonly string[]): void {
+  if (paths.length === 0) return;
+  const fd = native.isolationCleanupHelper([...paths]);
+  const byte = Buffer.from('u');
+  process.once('exit', () => {
+    try {
+      native.write(fd, byte, 0, 1);
+    } catch {
+      // the helper is gone: nothing more to do
+    }
+  });
+}
+
+/**
+ * Confine this process as planned and log what was done (call once every
+ * module, worker and file the mode needs is loaded and open). `removeOnExit`:
+ * the files this mode created and would remove when it stops.
+ */
+export function confineProcess(
+  plan: IsolationPlan,
+  logLine: (line: string) => void,
+  removeOnExit: ReadonlyArray<string | null | undefined> = [],
+  system: IsolationSystem = nativeSystem(),
+): void {
   // sys/close loads the addon on first use; a require() after confinement would find no file.
   closeQuietly(-1);
   systemdNotifyConnect();
+  if (plan.emptyRoot || plan.identity !== null) removeOnCleanExit(removeOnExit.filter((p): p is string => typeof p === 'string' && p !== ''));
   for (const line of plan.skipped) logLine(`isolation: ${line}`);
   for (const line of confine(plan, system)) logLine(`isolation: ${line}`);
   confined = true;

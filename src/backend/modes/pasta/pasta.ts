@@ -439,7 +439,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     child = spawn(argv[0], argv.slice(1), { stdio: 'inherit' });
     scanPid ??= child.pid ?? null;
   }
-  confineProcess(isolation, (line) => log.info(line));
+  confineProcess(isolation, (line) => log.info(line), [options.pidFile, options.metrics?.kind === 'unix' ? options.metrics.path : null]);
 
   return new Promise<number>((resolve) => {
     let finished = false;

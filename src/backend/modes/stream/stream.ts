@@ -134,7 +134,7 @@ export async function runStream(options: DaemonOptions): Promise<number> {
       port.attach(connectedFd);
     }
     if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
-    confineProcess(isolation, (line) => log.info(line));
+    confineProcess(isolation, (line) => log.info(line), [socketPath, options.pidFile, options.metrics?.kind === 'unix' ? options.metrics.path : null]);
     log.info(`listening for a stream peer (4-byte length-prefixed frames) on ${where}`);
     systemdNotify(`READY=1\nSTATUS=Listening on ${where}`);
   });

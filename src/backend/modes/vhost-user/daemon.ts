@@ -98,7 +98,8 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
   // Everything is loaded and open: from here on no path is reachable (the schema is read lazily otherwise).
   if (control !== null) loadControlSchema();
-  confineProcess(isolation, (line) => log.info(line));
+  const metricsPath = options.metrics?.kind === 'unix' ? options.metrics.path : null;
+  confineProcess(isolation, (line) => log.info(line), [socketPath, options.pidFile, options.controlPath, metricsPath]);
   const where = socketPath ?? `fd ${listenFd ?? connectedFd}`;
   log.info(`listening for vhost-user front-ends on ${where} (${options.queues} queue pair${options.queues > 1 ? 's' : ''})`);
   systemdNotify(`READY=1\nSTATUS=Listening on ${where}`);
