@@ -439,6 +439,8 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     child = spawn(argv[0], argv.slice(1), { stdio: 'inherit' });
     scanPid ??= child.pid ?? null;
   }
+  // The command's PID behind unshare, read from /proc while it is still in view (it stays: the gate execs the command).
+  const commandPid = target.gate !== null ? firstChildPid(target.child?.pid) : null;
   confineProcess(isolation, (line) => log.info(line), [options.pidFile, options.metrics?.kind === 'unix' ? options.metrics.path : null]);
 
   return new Promise<number>((resolve) => {
@@ -469,7 +471,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
         if (signal === 'SIGINT') return;
         // The command ends the session: pass the signal on and let its exit finish (SIGKILL after a grace).
         // unshare ignores SIGTERM/SIGINT while it waits, so the command itself (its child) is told.
-        const pid = target.gate !== null ? firstChildPid(child.pid) ?? child.pid : child.pid;
+        const pid = target.gate !== null ? commandPid ?? firstChildPid(child.pid) ?? child.pid : child.pid;
         signalPid(pid, signal);
         setTimeout(() => child?.kill('SIGKILL'), STOP_GRACE_MS).unref();
         return;
