@@ -1,9 +1,10 @@
 /**
  * ferry confines itself once set up: read from outside, through
  * /proc/PID, while it serves. A daemon started as root serving a real guest
- * under QEMU, and a `ferry pasta` serving a command, each run as nobody with
- * no capability, no_new_privs, a seccomp filter and an empty root; the guest
- * still gets its lease and pings through the confined daemon; every system
+ * under QEMU, a `ferry pasta` serving a command and a `ferry stream`, each
+ * run as nobody with no capability, no_new_privs, a seccomp filter and an
+ * empty root; the guest still gets its lease and pings through the confined
+ * daemon, the command reaches a server through pasta; every system
  * call ferry makes after confining itself (under strace, with the filter in
  * log mode) is on the allow-list; and the filter itself kills a process
  * that makes a call outside the list, or has the kernel log it in log mode.
@@ -226,6 +227,25 @@ describe('e2e: ferry confines itself (isolation)', function () {
     expect(await exited, output).to.equal(0);
     traced = null;
     expect(output).to.include('REPLY through ferry');
+  });
+
+  it('ferry stream runs confined too, and its socket file is still removed when it stops', async function () {
+    net = await createTestNetwork();
+    const socketPath = path.join(workDir, 'stream.sock');
+    const stream = spawnIn(net.ns, [process.execPath, FERRY_BIN, 'stream', '--socket', socketPath, '--dns', TEST_DNS_V4], { cwd: REPO_ROOT });
+    traced = stream;
+    let output = '';
+    stream.stdout?.setEncoding('utf8').on('data', (d: string) => (output += d));
+    stream.stderr?.setEncoding('utf8').on('data', (d: string) => (output += d));
+    const exited = new Promise<number | null>((resolve) => stream.once('exit', (code) => resolve(code)));
+    await waitUntil(() => /listening for a stream peer/.test(output), 20000, `ferry stream did not listen:\n${output}`);
+    expectConfined(stream.pid ?? -1, 'ferry stream');
+    expect(fs.existsSync(socketPath)).to.equal(true);
+    stream.kill('SIGTERM');
+    expect(await exited, output).to.equal(0);
+    traced = null;
+    // Removed by the helper forked before confinement (ferry itself no longer sees the path).
+    await waitUntil(() => !fs.existsSync(socketPath), 5000, 'the socket file was not removed');
   });
 
   it('the allow-list is enforced: a call outside it kills the process, and in log mode the kernel logs it and the call goes through', async function () {
