@@ -311,7 +311,7 @@ export function confineProcess(
   // sys/close loads the addon on first use; a require() after confinement would find no file.
   closeQuietly(-1);
   systemdNotifyConnect();
-  if (plan.emptyRoot || plan.identity !== null) removeOnCleanExit(removeOnExit.filter((p): p is string => typeof p === 'string' && p !== ''));
+  removeOnCleanExit(removeOnExit.filter((p): p is string => typeof p === 'string' && p !== ''));
   for (const line of plan.skipped) logLine(`isolation: ${line}`);
   for (const line of confine(plan, system)) logLine(`isolation: ${line}`);
   confined = true;
