@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
@@ -338,6 +339,15 @@ napi_value RestrictLandlock(napi_env env, napi_callback_info info) {
 
 // ---- the helper that removes ferry's files after a clean exit ----
 
+// unlink() where the architecture has it (glibc may use either call).
+constexpr uint32_t CleanupUnlinkNr() {
+#ifdef __NR_unlink
+  return __NR_unlink;
+#else
+  return __NR_unlinkat;
+#endif
+}
+
 constexpr uint32_t kMaxCleanupPaths = 8;
 constexpr size_t kCleanupPathMax = 4096;
 
@@ -348,9 +358,32 @@ constexpr size_t kCleanupPathMax = 4096;
 // and _exit() only system calls on data prepared before the fork.
 [[noreturn]] void CleanupMain(int readFd, const char (*paths)[kCleanupPathMax], uint32_t count) {
   prctl(PR_SET_NAME, "ferry-cleanup", 0, 0, 0);
+  // Node's handlers came along with the fork. A Ctrl-C or SIGTERM for the whole
+  // group is ferry's to act on; the helper ends when ferry's end of the pipe does.
+  for (int sig = 1; sig < NSIG; sig++) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    const bool ignore = sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT || sig == SIGPIPE;
+    signal(sig, ignore ? SIG_IGN : SIG_DFL);
+  }
   // Nothing of ferry's stays open here: no socket, no listener, no terminal.
   for (int fd = 0; fd < readFd; fd++) close(fd);
   syscall(__NR_close_range, readFd + 1, ~0u, 0);
+  // Its own filter: waiting, unlinking and exiting are all it may do.
+  struct sock_filter prog[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kAuditArch, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_read, 5, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_unlinkat, 4, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, CleanupUnlinkNr(), 3, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_exit_group, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_exit, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog fprog = {static_cast<unsigned short>(sizeof prog / sizeof prog[0]), prog};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1 || syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) == -1) _exit(1);
   char byte = 0;
   ssize_t r = RetryEintr([&] { return read(readFd, &byte, 1); });
   if (r == 1 && byte == 'u') {
