@@ -86,10 +86,13 @@ async function waitUntil(predicate: () => boolean, timeoutMs: number, what: stri
   }
 }
 
-/** System call names in an `strace -f` log after the line installing the seccomp filter. */
+/**
+ * System call names in an `strace -f` log after the line installing ferry's
+ * filter on every thread (TSYNC; the cleanup helper installs its own, without).
+ */
 export function syscallsAfterSeccomp(trace: string): Set<string> {
   const lines = trace.split('\n');
-  const installed = lines.findIndex((line) => /seccomp\(SECCOMP_SET_MODE_FILTER/.test(line));
+  const installed = lines.findIndex((line) => /seccomp\(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC/.test(line));
   const names = new Set<string>();
   if (installed === -1) return names;
   for (const line of lines.slice(installed + 1)) {
