@@ -72,6 +72,7 @@ void InitPoller(Napi::Env env, Napi::Object exports);
 void InitSock(Napi::Env env, Napi::Object exports);
 void InitNs(Napi::Env env, Napi::Object exports);
 void InitGuard(Napi::Env env, Napi::Object exports);
+void InitIsolate(Napi::Env env, Napi::Object exports);
 
 // A JS number for an integer result (a Smi when it fits in int32).
 napi_value MakeInt(napi_env env, int64_t v);

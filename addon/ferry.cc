@@ -15,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitPoller(env, exports);
   ferry::InitSock(env, exports);
   ferry::InitNs(env, exports);  // after InitSock: adds to its constants
+  ferry::InitIsolate(env, exports);
   return exports;
 }
 

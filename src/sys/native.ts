@@ -310,3 +310,34 @@ export interface Native {
   /** memfd_create(name, MFD_CLOEXEC|MFD_ALLOW_SEALING) + ftruncate(size). For tests. */
   memfdCreateSealable(name: string, size: number): number;
 }
+
+/** Self-confinement (addon/isolate.cc; the policy and its order are in src/backend/cli/isolation.ts). */
+export interface Native {
+  /** The seccomp allow-list by name; with namespaceHelpers also setns/fork (pasta's namespace helper). */
+  isolationSyscalls(namespaceHelpers: boolean): string[];
+  /**
+   * Sets no_new_privs and installs the allow-list on every thread
+   * (SECCOMP_FILTER_FLAG_TSYNC): any other call kills the process, or with
+   * logOnly is allowed and logged by the kernel (SECCOMP_RET_LOG). Throws.
+   */
+  isolationSeccomp(namespaceHelpers: boolean, logOnly: boolean): void;
+  /** Empties the capability bounding set; false when CAP_SETPCAP is missing and it stays as it was. */
+  isolationDropBoundingSet(): boolean;
+  /** Clears the ambient set and zeroes effective, permitted and inheritable. Throws. */
+  isolationClearCapabilities(): void;
+  /** PR_SET_NO_NEW_PRIVS. Throws. */
+  isolationNoNewPrivs(): void;
+  /** PR_SET_DUMPABLE. Throws. */
+  isolationDumpable(on: boolean): void;
+  /** chroot (all threads: they share one fs_struct) into a detached, read-only, empty tmpfs. Needs root. Throws. */
+  isolationChrootEmpty(): void;
+  /** Landlock with every filesystem right handled and no rule (calling thread and threads it starts); returns the ABI, 0 without Landlock. */
+  isolationLandlock(): number;
+  /**
+   * Forks a helper that keeps ferry's privileges and nothing else (no fd but
+   * its pipe): it unlinks `paths` (at most 8) once ferry writes 'u' on the
+   * returned fd (CLOEXEC) before exiting, and leaves them when the pipe just
+   * closes (ferry killed).
+   */
+  isolationCleanupHelper(paths: string[]): number;
+}

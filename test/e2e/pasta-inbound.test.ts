@@ -170,7 +170,8 @@ describe('e2e: ferry pasta -t/-u auto and the -t splice path', function () {
   /** Start ferry pasta with `args` and the command `source`; collects its output. */
   function startPasta(args: string[], source: string): { child: ChildProcess; output: () => string } {
     const n = net as TestNetwork;
-    const child = spawnIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', ...args, '--', process.execPath, '-e', source]);
+    // --runas 0: the commands wait on files in the test's root-only scratch directory (as root, pasta would otherwise make them nobody's).
+    const child = spawnIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--runas', '0', '--config-net', ...args, '--', process.execPath, '-e', source]);
     children.push(child);
     let output = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => (output += d));

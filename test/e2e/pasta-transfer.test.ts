@@ -165,7 +165,8 @@ describe('e2e: data through ferry pasta', function () {
     const expected = crypto.createHash('sha256').update(payload).digest('hex');
     const pcapPath = path.join(workDir, 'mtu1500.pcap');
     const client = `const c=require('net').connect(${port},'${TEST_NET.serverV4}');c.on('connect',()=>c.end(require('fs').readFileSync(${JSON.stringify(file)})));c.on('close',()=>console.log('SENT'));c.on('error',e=>{console.log('ERROR '+e.message);process.exit(3)});`;
-    const r = await runIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', '-m', '1500', '--pcap', pcapPath, '--', process.execPath, '-e', client], { timeoutMs: 60000 });
+    // --runas 0: the command reads the upload from the test's root-only scratch directory (as root, pasta would otherwise make it nobody's).
+    const r = await runIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--runas', '0', '--config-net', '-m', '1500', '--pcap', pcapPath, '--', process.execPath, '-e', client], { timeoutMs: 60000 });
     expect(r.code, describeResult(r)).to.equal(0);
     for (let i = 0; i < 100 && !serverOut.includes('GOT'); i++) await new Promise((res) => setTimeout(res, 50));
     expect(serverOut, describeResult(r)).to.include(`GOT ${FILE_BYTES} ${expected}`);
@@ -198,7 +199,8 @@ describe('e2e: data through ferry pasta', function () {
       `require('http').get({socketPath:${JSON.stringify(metricsPath)},path:'/metrics'},res=>{let b='';res.on('data',d=>b+=d);res.on('end',()=>{console.log(b);process.exit(0)})}).on('error',e=>{console.log('METRICS '+e.message);process.exit(4)})});`,
       "c.on('error',e=>{console.log('ERROR '+e.message);process.exit(3)});setTimeout(()=>{console.log('TIMEOUT');process.exit(2)},50000).unref();",
     ].join('');
-    const r = await runIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--config-net', '-m', '1500', '--metrics', `unix:${metricsPath}`, '--', process.execPath, '-e', client], { timeoutMs: 70000 });
+    // --runas 0: the command connects to the metrics socket root created in the test's scratch directory.
+    const r = await runIn(n.ns, [process.execPath, FERRY_BIN, 'pasta', '--runas', '0', '--config-net', '-m', '1500', '--metrics', `unix:${metricsPath}`, '--', process.execPath, '-e', client], { timeoutMs: 70000 });
     expect(r.code, describeResult(r)).to.equal(0);
     for (let i = 0; i < 100 && !serverOut.includes('GOT'); i++) await new Promise((res) => setTimeout(res, 50));
     expect(serverOut, describeResult(r)).to.include(`GOT ${bytes} ${/UP (\w+)/.exec(r.stdout)?.[1]} `);

@@ -84,7 +84,8 @@ function activationCommand(socketPath: string, notifySocketPath: string): string
     'systemd-socket-activate',
     '--listen', socketPath,
     '--setenv', `NOTIFY_SOCKET=${notifySocketPath}`,
-    process.execPath, path.join(REPO_ROOT, 'bin', 'ferry.js'), '--name', 'vm1', '--foreground',
+    // The unit's DynamicUser= picks ferry's user; this test runs as root, and --runas 0 keeps that user as the unit would.
+    process.execPath, path.join(REPO_ROOT, 'bin', 'ferry.js'), '--name', 'vm1', '--foreground', '--runas', '0',
   ];
 }
 

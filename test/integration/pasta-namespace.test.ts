@@ -100,7 +100,8 @@ describe('integration: ferry pasta in a test namespace', function () {
     try {
       const script = path.join(dir, 'udhcpc.script');
       fs.writeFileSync(script, '#!/bin/sh\n[ "$1" = bound ] && echo "LEASE ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu"\nexit 0\n', { mode: 0o755 });
-      const r = await pasta(net as TestNetwork, ['--', 'busybox', 'udhcpc', '-i', TEST_NET.uplinkName, '-f', '-q', '-n', '-t', '4', '-T', '1', '-s', script]);
+      // --runas 0: udhcpc runs its script from the test's root-only scratch directory (as root, pasta would otherwise make it nobody's).
+      const r = await pasta(net as TestNetwork, ['--runas', '0', '--', 'busybox', 'udhcpc', '-i', TEST_NET.uplinkName, '-f', '-q', '-n', '-t', '4', '-T', '1', '-s', script]);
       expect(r.code, describeResult(r)).to.equal(0);
       expect(r.stdout, describeResult(r)).to.include(`LEASE ip=${TEST_NET.hostV4} mask=${TEST_NET.prefixV4} router=${TEST_NET.routerV4} dns=${TEST_DNS_V4} mtu=65520`);
     } finally {

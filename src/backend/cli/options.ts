@@ -11,7 +11,6 @@
  *   (passt lets the last one win).
  * - Long options must be spelled in full (no getopt-style abbreviations):
  *   scripts stay readable and new options cannot make old ones ambiguous.
- * - --runas is accepted and ignored: ferry never starts as root.
  *
  * The result is a plain object (DaemonOptions) with no behaviour; invalid
  * input throws OptionError whose message is one line naming the option.
@@ -111,8 +110,10 @@ export interface DaemonOptions {
   pcapFile: string | null;
   /** --freebind: allow -t/-u bind addresses not (yet) configured on the host. */
   freebind: boolean;
-  /** --runas: accepted for compatibility, ignored (ferry runs as the invoking user). */
+  /** --runas USER[:GROUP] (names or numbers): who to run as once set up; started as root without it, nobody (cli/isolation.ts). */
   runas: string | null;
+  /** --seccomp-log: a system call outside the allow-list is logged by the kernel instead of killing ferry. */
+  seccompLog: boolean;
   logging: LoggingOptions;
   network: NetworkOverrides;
   services: ServiceOptions;
@@ -172,6 +173,7 @@ export function defaultDaemonOptions(): DaemonOptions {
     pcapFile: null,
     freebind: false,
     runas: null,
+    seccompLog: false,
     logging: { level: 'info', trace: false, file: null, fileSize: DEFAULT_LOG_SIZE, name: 'ferry' },
     network: { ...defaultNetworkAddressOptions(), outbound4: null, outbound6: null },
     services: defaultServiceSwitches(),
@@ -192,6 +194,15 @@ export function defaultDaemonOptions(): DaemonOptions {
 
 function fail(shown: string, reason: string): never {
   throw new OptionError(`${shown}: ${reason}`);
+}
+
+/** --runas: USER or USER:GROUP, each a login/group name or a number (resolved when ferry confines itself). */
+function runasValue(shown: string, text: string): string {
+  const name = /^(?:[0-9]+|[A-Za-z_][A-Za-z0-9_.-]*\$?)$/;
+  const parts = text.split(':');
+  if (parts.length > 2 || !parts.every((part) => name.test(part))) fail(shown, `'${text}' is not USER or USER:GROUP`);
+  for (const part of parts) if (/^[0-9]+$/.test(part) && Number(part) > 0xfffffffe) fail(shown, `${part} is out of range (0-4294967294)`);
+  return text;
 }
 
 /** Strict decimal integer in [min, max]. */
@@ -433,11 +444,12 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: ['foreground'], short: 'f', help: 'Stay in the foreground (as passt or pasta: do not go to the background once ready)', apply: (s) => (s.options.foreground = true) },
   { long: ['pid'], short: 'P', value: 'FILE', help: 'Write our PID to FILE once listening', apply: (s, v, shown) => (s.options.pidFile = nonEmpty(shown, v, 'path')) },
   {
-    long: ['runas'], value: 'UID[:GID]', help: 'Accepted for passt compatibility and ignored (ferry never runs as root)',
-    apply: (s, v, shown) => {
-      s.options.runas = nonEmpty(shown, v, 'user');
-      s.notes.push(`${shown} ${v} ignored: ferry runs as the user that starts it`);
-    },
+    long: ['runas'], value: 'UID|UID:GID|LOGIN|LOGIN:GROUP', help: 'Run as this user once set up (started as root: default nobody)',
+    apply: (s, v, shown) => (s.options.runas = runasValue(shown, v)),
+  },
+  {
+    long: ['seccomp-log'], help: 'Log system calls outside the seccomp allow-list (kernel log) instead of being killed',
+    apply: (s) => (s.options.seccompLog = true),
   },
   { long: ['name'], value: 'NAME', help: 'Instance name in log lines (default: socket file name)', apply: (s, v, shown) => {
     if (!/^[A-Za-z0-9_.@:+-]{1,64}$/.test(v)) fail(shown, `'${v}' is not a valid name (1-64 letters, digits, _ . @ : + -)`);

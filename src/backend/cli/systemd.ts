@@ -32,12 +32,43 @@ export function systemdListenFds(env: NodeJS.ProcessEnv = process.env, pid: numb
   return fds;
 }
 
+/** A datagram socket connected to $NOTIFY_SOCKET (systemdNotifyConnect), or null: send by path. */
+let notifyFd: number | null = null;
+
+/** sockaddr_un for a path, or an abstract name given as '@name'. */
+function unixAddress(socket: string): Uint8Array {
+  const name = socket.startsWith('@') ? Buffer.concat([Buffer.of(0), Buffer.from(socket.slice(1))]) : Buffer.concat([Buffer.from(socket), Buffer.of(0)]);
+  const address = Buffer.alloc(2 + name.length);
+  address.writeUInt16LE(native.constants.AF_UNIX, 0);
+  name.copy(address, 2);
+  return address;
+}
+
+/** Connect to $NOTIFY_SOCKET now, so that later notifications need no path and no permission (ferry confines itself). */
+export function systemdNotifyConnect(env: NodeJS.ProcessEnv = process.env): void {
+  const socket = env.NOTIFY_SOCKET;
+  if (socket === undefined || socket === '' || notifyFd !== null) return;
+  const fd = native.socket(native.constants.AF_UNIX, native.constants.SOCK_DGRAM, 0);
+  try {
+    native.connect(fd, unixAddress(socket));
+    notifyFd = fd;
+  } catch (error) {
+    native.close(fd);
+    log.warn(`sd_notify: cannot connect to ${socket}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+}
+
 /** Send a notification (e.g. "READY=1") to $NOTIFY_SOCKET if set; failures are logged, never fatal. */
 export function systemdNotify(state: string, env: NodeJS.ProcessEnv = process.env): void {
   const socket = env.NOTIFY_SOCKET;
   if (socket === undefined || socket === '') return;
   try {
-    native.unixSendDatagram(socket, Buffer.from(state));
+    const message = Buffer.from(state);
+    if (notifyFd !== null) {
+      if (native.write(notifyFd, message, 0, message.length) < 0) throw new Error('write: EAGAIN');
+      return;
+    }
+    native.unixSendDatagram(socket, message);
   } catch (error) {
     log.warn(`sd_notify to ${socket}: ${error instanceof Error ? error.message : String(error)}`);
   }

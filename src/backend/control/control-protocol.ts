@@ -171,6 +171,11 @@ function controlTypes(): ControlTypes {
   return types;
 }
 
+/** Read the .proto now (before ferry confines itself, after which no file can be opened). */
+export function loadControlSchema(): void {
+  controlTypes();
+}
+
 /** Decoded messages as plain objects: 64-bit integers as decimal strings, enums as names. */
 const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, defaults: true, oneofs: true, arrays: true, objects: true };
 

@@ -90,6 +90,7 @@ import {
 } from './pasta-forward';
 import type { StackParts } from '../../../stack/stack-factory';
 import { TapPort, tapQueueLength } from '../../frontends/tap-port';
+import { confineProcess, type Identity, planIsolation, processContext } from '../../cli/isolation';
 
 /** Tap name when neither -I nor host discovery gives one. */
 export const FALLBACK_TAP_NAME = 'tap0';
@@ -168,9 +169,10 @@ function sameNamespace(path: string, id: string): boolean {
 }
 
 /** Start unshare with the gate and resolve once the namespaces exist. */
-async function createNamespaces(command: readonly string[]): Promise<NamespaceTarget> {
+async function createNamespaces(command: readonly string[], owner: Identity | null): Promise<NamespaceTarget> {
   const argv = unshareArgv(command);
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['inherit', 'inherit', 'inherit', 'pipe'] });
+  // The namespaces belong to the user ferry becomes, so that ferry can still signal the command once confined.
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['inherit', 'inherit', 'inherit', 'pipe'], ...(owner !== null ? { uid: owner.uid, gid: owner.gid } : {}) });
   const gate = child.stdio[3] as Duplex | null;
   if (gate === null || gate === undefined) throw new Error('pasta: no gate socket to the namespace');
   await new Promise<void>((resolve, reject) => {
@@ -346,10 +348,11 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   const ifname = pasta.nsIfname ?? hostIfname ?? FALLBACK_TAP_NAME;
   const joining = pasta.netns !== null;
   const command = pasta.command.length > 0 ? pasta.command : joining ? [] : [process.env.SHELL ?? '/bin/sh'];
+  const isolation = planIsolation('pasta', options, processContext(), pasta);
 
   let target: NamespaceTarget;
   try {
-    target = joining ? joinNamespaces(pasta) : await createNamespaces(command);
+    target = joining ? joinNamespaces(pasta) : await createNamespaces(command, isolation.identity);
   } catch (error) {
     log.error(`cannot set up the namespace: ${(error as Error).message}`);
     return EXIT_SETUP_FAILED;
@@ -473,6 +476,9 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
     child = spawn(argv[0], argv.slice(1), { stdio: 'inherit' });
     scanPid ??= child.pid ?? null;
   }
+  // The command's PID behind unshare, read from /proc while it is still in view (it stays: the gate execs the command).
+  const commandPid = target.gate !== null ? firstChildPid(target.child?.pid) : null;
+  confineProcess(isolation, (line) => log.info(line), [options.pidFile, options.metrics?.kind === 'unix' ? options.metrics.path : null]);
 
   return new Promise<number>((resolve) => {
     let finished = false;
@@ -503,7 +509,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
         if (signal === 'SIGINT') return;
         // The command ends the session: pass the signal on and let its exit finish (SIGKILL after a grace).
         // unshare ignores SIGTERM/SIGINT while it waits, so the command itself (its child) is told.
-        const pid = target.gate !== null ? firstChildPid(child.pid) ?? child.pid : child.pid;
+        const pid = target.gate !== null ? commandPid ?? firstChildPid(child.pid) ?? child.pid : child.pid;
         signalPid(pid, signal);
         setTimeout(() => child?.kill('SIGKILL'), STOP_GRACE_MS).unref();
         return;

@@ -25,6 +25,7 @@ import { StreamPort } from '../../frontends/stream-port';
 import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
 import { systemdNotify } from '../../cli/systemd';
 import { peerDescription, removeStaleSocket } from '../../../sys/unix-socket';
+import { confineProcess, planIsolation, processContext } from '../../cli/isolation';
 
 /** Where the socket goes when neither --socket nor --fd is given. */
 export const DEFAULT_STREAM_SOCKET_PATH = '/tmp/ferry-stream.socket';
@@ -37,6 +38,7 @@ function isListeningSocket(fd: number): boolean {
 
 /** Run `ferry stream` until a signal (or --one-off and the peer leaving); resolves with the exit code. */
 export async function runStream(options: DaemonOptions): Promise<number> {
+  const isolation = planIsolation('stream', options, processContext());
   const config = await resolveDaemonStackConfig(options);
   const counters = new CounterBlock();
   const capture = startPcap(options.pcapFile);
@@ -132,6 +134,7 @@ export async function runStream(options: DaemonOptions): Promise<number> {
       port.attach(connectedFd);
     }
     if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
+    confineProcess(isolation, (line) => log.info(line), [socketPath, options.pidFile, options.metrics?.kind === 'unix' ? options.metrics.path : null]);
     log.info(`listening for a stream peer (4-byte length-prefixed frames) on ${where}`);
     systemdNotify(`READY=1\nSTATUS=Listening on ${where}`);
   });

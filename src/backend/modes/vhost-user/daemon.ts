@@ -19,6 +19,8 @@ import { logFromWorker } from '../../cli/logging';
 import { type ControlServer, startControlServer } from '../../control/control';
 import { DaemonControlHandler } from './control-handler';
 import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
+import { loadControlSchema } from '../../control/control-protocol';
+import { confineProcess, planIsolation, processContext } from '../../cli/isolation';
 
 /**
  * Exit code when a queue-pair worker dies or stops answering (EX_SOFTWARE).
@@ -52,6 +54,7 @@ function isListeningSocket(fd: number): boolean {
  * disconnection). Resolves with the process exit code.
  */
 export async function runDaemon(options: DaemonOptions): Promise<number> {
+  const isolation = planIsolation('vhost-user', options, processContext());
   const stackConfig = await resolveDaemonStackConfig(options);
   if (options.pcapFile !== null) createPcapFile(options.pcapFile);
 
@@ -121,6 +124,10 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
   }
 
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
+  // Everything is loaded and open: from here on no path is reachable (the schema is read lazily otherwise).
+  if (control !== null) loadControlSchema();
+  const metricsPath = options.metrics?.kind === 'unix' ? options.metrics.path : null;
+  confineProcess(isolation, (line) => log.info(line), [socketPath, options.pidFile, options.controlPath, metricsPath]);
   const where = socketPath ?? `fd ${listenFd ?? connectedFd}`;
   log.info(`listening for vhost-user front-ends on ${where} (${options.queues} queue pair${options.queues > 1 ? 's' : ''})`);
   systemdNotify(`READY=1\nSTATUS=Listening on ${where}`);

@@ -7,10 +7,12 @@
 import { SHARED_LAYOUT } from './counter-layout'; // first: fixes the counter slot layout (see counter-layout.ts)
 import { parentPort, workerData } from 'worker_threads';
 import { native } from '../../../sys/native';
+import { closeQuietly } from '../../../sys/close';
 import { CounterBlock } from '../../../sys/counters';
 import { setLogSink, log, type LogLevel } from '../../../sys/log';
 import { GuestMemory } from '../../../virtqueue/guest-memory';
 import { Vring } from '../../../virtqueue/vring';
+import { defaultFence } from '../../../virtqueue/split-ring';
 import { VirtioNetPort } from '../../../virtqueue/virtio-net-port';
 import { PcapWriter } from '../../frontends/middleware/pcap';
 import { RX_RING, TX_RING, type WorkerControlRequest, type WorkerInit, type WorkerMessage, type WorkerReplyValue, type WorkerRequestWithId } from './worker-protocol';
@@ -341,6 +343,10 @@ function main(): void {
       post({ type: 'reply', id: request.id, ok: false, error: error instanceof Error ? error.message : String(error) });
     }
   });
+  // Main confines the process once every worker is ready and no module file can be opened after that: load the lazily loaded ones now.
+  closeQuietly(-1);
+  defaultFence();
+  GuestMemory.map([]);
   post({ type: 'ready', counterLayout: SHARED_LAYOUT });
 }
 
