@@ -352,6 +352,31 @@ napi_value Fstat(napi_env env, napi_callback_info info) {
   return Pair(env, st.st_mode, st.st_size);
 }
 
+// /proc/self/fd, opened when the addon loads: the process may later confine
+// itself into an empty root, where no /proc path resolves, but a directory
+// fd opened before keeps naming this process's fd table.
+int ProcSelfFd() {
+  static const int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  return dir;
+}
+
+// What an fd is, as its /proc/self/fd link names it ("anon_inode:[eventfd]",
+// "pipe:[123]", a path, ...), read through ProcSelfFd().
+napi_value FdLink(napi_env env, napi_callback_info info) {
+  FERRY_ARGS(1);
+  int32_t fd;
+  if (!ArgInt32(env, argv[0], &fd, "readlinkat")) return nullptr;
+  if (ProcSelfFd() == -1) return ThrowErrno(env, "open /proc/self/fd", ENOENT);
+  char name[16];
+  snprintf(name, sizeof name, "%d", fd);
+  char target[256];
+  ssize_t n = readlinkat(ProcSelfFd(), name, target, sizeof target - 1);
+  if (n == -1) return ThrowErrno(env, "readlinkat", errno);
+  napi_value out;
+  napi_create_string_utf8(env, target, static_cast<size_t>(n), &out);
+  return out;
+}
+
 napi_value MemfdCreate(napi_env env, napi_callback_info info) {
   FERRY_ARGS(2);
   char name[250];
@@ -457,6 +482,8 @@ void InitFd(Napi::Env env, Napi::Object exports) {
   SetFunction(env, e, "unixSendDatagram", UnixSendDatagram);
   SetFunction(env, e, "peerCred", PeerCred);
   SetFunction(env, e, "fstat", Fstat);
+  SetFunction(env, e, "fdLink", FdLink);
+  ProcSelfFd();  // opened now, before any confinement
   SetFunction(env, e, "memfdCreate", MemfdCreate);
   SetFunction(env, e, "eventfd", Eventfd);
   SetFunction(env, e, "eventfdRead", EventfdRead);

@@ -124,6 +124,8 @@ export interface Native {
   peerCred(fd: number): [number, number, number];
   /** fstat: returns [st_mode, st_size]. */
   fstat(fd: number): [number, number];
+  /** What fd is, as its /proc/self/fd link says (read through a directory fd opened at load, so it works after confinement). */
+  fdLink(fd: number): string;
 
   // ---- guest memory ----
   /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size). For tests and the test front-end. */

@@ -183,7 +183,8 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-hostile-'));
     socketPath = path.join(dir, 'vhost.sock');
     metricsPath = path.join(dir, 'metrics.sock');
-    daemon = spawnIn(net.ns, [process.execPath, path.join(REPO_ROOT, 'bin', 'ferry.js'), '--socket-path', socketPath, '--metrics', `unix:${metricsPath}`], {
+    // --runas 0: the fd-limit case lowers the daemon's RLIMIT_NOFILE from outside (prlimit), which a daemon that became nobody refuses.
+    daemon = spawnIn(net.ns, [process.execPath, path.join(REPO_ROOT, 'bin', 'ferry.js'), '--runas', '0', '--socket-path', socketPath, '--metrics', `unix:${metricsPath}`], {
       cwd: REPO_ROOT,
     });
     daemon.stdout?.on('data', (chunk: Buffer) => (daemonLog += chunk.toString()));

@@ -2,11 +2,11 @@
  * Checks on the fds a vhost-user front-end hands over, beyond their count:
  * what kind of file an fd is, and whether the daemon itself ran out of fds.
  */
-import * as fs from 'fs';
 import { native } from '../../../sys/native';
 
 /**
- * Null when `fd` is an eventfd, else why not. Its /proc/self/fd link names
+ * Null when `fd` is an eventfd, else why not. Its /proc/self/fd link (read
+ * through a directory fd the addon opened before confinement) names
  * the anonymous inode ("anon_inode:[eventfd]"); nothing else may stand in
  * for a kick, call or err fd (a socket or pipe would have the worker read
  * the front-end's data, a regular file would poll readable forever).
@@ -14,7 +14,7 @@ import { native } from '../../../sys/native';
 export function eventFdProblem(fd: number): string | null {
   let target: string;
   try {
-    target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    target = native.fdLink(fd);
   } catch (error) {
     return `cannot identify fd ${fd}: ${error instanceof Error ? error.message : String(error)}`;
   }
