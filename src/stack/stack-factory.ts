@@ -8,6 +8,7 @@ import { FlowTable } from './flow/flow-table';
 import { UdpService } from './udp/udp';
 import { TcpService } from './tcp/tcp';
 import { TcpListeners } from './tcp/listen';
+import { descriptorLimitFailure } from './l4/fd-limit';
 import { log } from '../sys/log';
 
 /** What a worker adds to the stack's own options. */
@@ -68,8 +69,12 @@ export function createStackParts(options: StackOptions, worker: WorkerStackOptio
         tcp.adoptListeners(listeners);
         parts.tcpListeners = listeners;
         if (openConfigured) {
-          const result = listeners.open(options.config.tcpForwards ?? []);
-          for (const failure of result.failures) log.warn(`-t: ${failure}`);
+          for (const spec of options.config.tcpForwards ?? []) {
+            const result = listeners.openTagged([spec], 0);
+            const fatal = descriptorLimitFailure('-t', spec.text, result);
+            if (fatal !== null) throw fatal;
+            for (const failure of result.failures) log.warn(`-t: ${failure}`);
+          }
         }
       }
     }
@@ -77,7 +82,12 @@ export function createStackParts(options: StackOptions, worker: WorkerStackOptio
       const udp = new UdpService(stack.ctx, { flows });
       stack.udpHandler = udp;
       parts.udp = udp;
-      if (worker.ownsListeners && openConfigured) udp.listen(options.config.udpForwards ?? []);
+      if (worker.ownsListeners && openConfigured) {
+        for (const spec of options.config.udpForwards ?? []) {
+          const fatal = descriptorLimitFailure('-u', spec.text, udp.listenTagged([spec], 0));
+          if (fatal !== null) throw fatal;
+        }
+      }
     }
   }
   return parts;

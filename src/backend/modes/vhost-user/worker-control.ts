@@ -12,6 +12,7 @@ import type { StackConfig } from '../../../stack/config';
 import { FlowProtocol as IpFlowProtocol } from '../../../stack/flow/flow-table';
 import type { ForwardSpec, PortMapping } from '../../../stack/flow/forward-spec';
 import type { ListenError, ListenerInfo } from '../../../stack/tcp/listen';
+import { descriptorLimitFailure } from '../../../stack/l4/fd-limit';
 import type { FlowInfo, FlowProtocol, ForwardInfo, ForwardProtocol } from '../../control/control-protocol';
 import type { StackParts } from '../../../stack/stack-factory';
 import type { AddForwardOutcome } from './worker-protocol';
@@ -187,6 +188,9 @@ export class WorkerForwards {
   openAll(parts: StackParts): void {
     for (const record of this.records) {
       const result = this.open(parts, record.protocol, record.spec, record.tag);
+      // No descriptor left: startup fails (the worker's error ends the daemon).
+      const fatal = result === null ? null : descriptorLimitFailure(record.protocol === 'tcp' ? '-t' : '-u', record.spec.text, result);
+      if (fatal !== null) throw fatal;
       if (result === null || record.protocol === 'udp') continue; // UdpService logs its own failures
       for (const error of result.errors) log.warn(`-t: tcp port ${error.port} (IPv${error.family}, '${record.spec.text}'): ${error.code}`);
     }
