@@ -48,6 +48,12 @@ const STACK_INNER = [
     to: { path: '^src/stack/(l2|tcp|udp|icmp)/|^src/stack/stack(-factory)?[.]ts$' },
   },
   {
+    name: 'stack-reassembly-below-protocols',
+    comment: 'reassembly/ puts guest fragments back together for the dispatcher; it imports no protocol',
+    from: { path: '^src/stack/reassembly/' },
+    to: { path: '^src/stack/(l2|l4|tcp|udp|icmp|flow)/|^src/stack/stack(-factory)?[.]ts$' },
+  },
+  {
     name: 'stack-protocols-below-dispatcher',
     comment: 'protocols are called by the dispatcher (stack.ts) and built by the factory; they import neither',
     from: { path: '^src/stack/(l2|tcp|udp|icmp)/' },

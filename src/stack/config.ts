@@ -58,8 +58,19 @@ export interface StackConfig {
   hostname?: string | null;
   /** --fqdn: the guest's fully qualified name (DHCP option 81, DHCPv6 option 39); absent or null = none. */
   fqdn?: string | null;
-  /** Host interface name used for outbound sockets (-i/--outbound-if, SO_BINDTODEVICE), or null. */
+  /**
+   * Host interface outbound sockets are bound to when no per-family one is
+   * given (SO_BINDTODEVICE): --outbound-if4, else --outbound-if6, or null.
+   */
   interfaceName: string | null;
+  /** --outbound-if4: interface of outbound IPv4 sockets; absent = interfaceName. */
+  outboundIf4?: string | null;
+  /** --outbound-if6: interface of outbound IPv6 sockets; absent = interfaceName. */
+  outboundIf6?: string | null;
+  /** -o/--outbound (IPv4): source address outbound IPv4 sockets bind to (passt's addr_out); absent or null = the kernel's choice. */
+  outbound4?: Uint8Array | null;
+  /** -o/--outbound (IPv6), 16 bytes. */
+  outbound6?: Uint8Array | null;
   dhcp: boolean;
   dhcpv6: boolean;
   ndp: boolean;

@@ -24,7 +24,7 @@ export enum DropReason {
   Ipv4BadIhl,
   Ipv4BadTotalLength,
   Ipv4BadChecksum,
-  /** Fragments are not reassembled (the guest has the MTU and sets DF). */
+  /** An IPv4 fragment reassembly does not take (reassembly off). */
   Ipv4Fragment,
   Ipv6Truncated,
   Ipv6BadVersion,
@@ -58,6 +58,18 @@ export enum DropReason {
   InternalError,
   /** A guest SYN for one of ferry's own listening sockets on the host (config.ownTcpPorts): answered with an RST. */
   TcpToOwnPort,
+  /** A fragment overlapping one already held (RFC 5722): its whole datagram is discarded. */
+  FragmentOverlap,
+  /** An exact copy of a fragment already held: ignored. */
+  FragmentDuplicate,
+  /** A fragment with inconsistent offsets/lengths, or a datagram over 65535 bytes. */
+  FragmentMalformed,
+  /** A datagram not completed within the reassembly timeout (counted once per datagram). */
+  FragmentTimeout,
+  /** A datagram given up to make room (datagram or byte bound of reassembly). */
+  FragmentEvicted,
+  /** An IPv6 fragment whose Fragment header does not directly follow the fixed header. */
+  FragmentUnsupported,
 }
 
 /** Label text per DropReason, in enum order. */
@@ -95,6 +107,12 @@ export const DROP_REASON_LABELS: readonly string[] = [
   'echo_table_full',
   'internal_error',
   'tcp_to_own_port',
+  'fragment_overlap',
+  'fragment_duplicate',
+  'fragment_malformed',
+  'fragment_timeout',
+  'fragment_evicted',
+  'fragment_unsupported',
 ];
 
 const DROP_HELP = 'Frames from the guest dropped by the stack, by reason';
@@ -124,6 +142,8 @@ const MALFORMED_REASONS: readonly DropReason[] = [
   DropReason.IcmpBadChecksum,
   DropReason.DhcpMalformed,
   DropReason.InternalError,
+  DropReason.FragmentOverlap,
+  DropReason.FragmentMalformed,
 ];
 
 /** 1 at index r when reason r is logged (an array lookup on the hot path, not a Set). */

@@ -8,6 +8,7 @@ import { FlowProtocol, FlowTable } from './flow/flow-table';
 import { UdpService } from './udp/udp';
 import { TcpService } from './tcp/tcp';
 import { TcpListeners } from './tcp/listen';
+import { descriptorLimitFailure } from './l4/fd-limit';
 import { log, rateLimited } from '../sys/log';
 import type { FramePort, OffloadInfo, SegmentList } from '../io/frame-io';
 import type { FdWatcher, ReadyHandler } from './context';
@@ -202,8 +203,12 @@ export function createStackParts(options: StackOptions, worker: WorkerStackOptio
         tcp.adoptListeners(listeners);
         parts.tcpListeners = listeners;
         if (openConfigured) {
-          const result = listeners.open(options.config.tcpForwards ?? []);
-          for (const failure of result.failures) log.warn(`-t: ${failure}`);
+          for (const spec of options.config.tcpForwards ?? []) {
+            const result = listeners.openTagged([spec], 0);
+            const fatal = descriptorLimitFailure('-t', spec.text, result);
+            if (fatal !== null) throw fatal;
+            for (const failure of result.failures) log.warn(`-t: ${failure}`);
+          }
         }
       }
     }
@@ -217,7 +222,12 @@ export function createStackParts(options: StackOptions, worker: WorkerStackOptio
         udp.closeFlow(id);
         return true;
       });
-      if (worker.ownsListeners && openConfigured) udp.listen(options.config.udpForwards ?? []);
+      if (worker.ownsListeners && openConfigured) {
+        for (const spec of options.config.udpForwards ?? []) {
+          const fatal = descriptorLimitFailure('-u', spec.text, udp.listenTagged([spec], 0));
+          if (fatal !== null) throw fatal;
+        }
+      }
     }
   }
   return parts;

@@ -27,6 +27,7 @@ import { handleArp } from './l2/arp';
 import { DHCP_SERVER_PORT, handleDhcp } from './l2/dhcp';
 import { IcmpEchoService } from './icmp/echo';
 import type { Ipv6ControlHandler, TransportHandler } from './handlers';
+import { DEFAULT_REASSEMBLY_LIMITS, FragmentOutcome, NO_OFFLOAD, Reassembler } from './reassembly/reassembly';
 
 export type { Ipv6ControlHandler, TransportHandler };
 
@@ -77,6 +78,8 @@ export class Stack implements FrameSink {
   private readonly packet = new IpPacket();
   private readonly udp = new UdpView();
   private readonly icmp = new IcmpView();
+  /** Fragments from the guest, put back together (reassembly/reassembly.ts). */
+  readonly reassembly = new Reassembler(DEFAULT_REASSEMBLY_LIMITS, (reason) => this.drop(reason));
 
   /** Build over new context options, or over an existing StackContext (handlers then set as properties). */
   constructor(options: StackOptions | StackContext) {
@@ -114,6 +117,7 @@ export class Stack implements FrameSink {
   onTimer(now = this.ctx.clock.now()): void {
     if (this.disposed) return;
     this.echo.expire(now);
+    this.reassembly.expire(now);
     this.tcpHandler?.onTimer?.(now);
     if (this.udpHandler !== this.tcpHandler) this.udpHandler?.onTimer?.(now);
     if (this.ipv6Control !== null && this.ipv6Control.onTimer !== undefined) this.ipv6Control.onTimer(this.ctx, now);
@@ -214,7 +218,7 @@ export class Stack implements FrameSink {
       return;
     }
     if (ip.isFragment) {
-      this.drop(DropReason.Ipv4Fragment);
+      this.reassembled(this.reassembly.addIpv4(frame, ip, this.ctx.clock.now()));
       return;
     }
     packet.family = 4;
@@ -251,7 +255,8 @@ export class Stack implements FrameSink {
       return;
     }
     if (ip.fragmented) {
-      this.drop(DropReason.Ipv6Fragment);
+      if (!frame.ensure(Math.min(frame.length, ETHERNET_HEADER_LENGTH + IPV6_HEADER_LENGTH + 8))) this.drop(DropReason.Ipv6Truncated);
+      else this.reassembled(this.reassembly.addIpv6(frame, ip, this.ctx.clock.now()));
       return;
     }
     packet.family = 6;
@@ -259,6 +264,12 @@ export class Stack implements FrameSink {
     packet.l4Offset = ip.upperOffset;
     packet.l4Length = ip.upperLength;
     this.dispatchL4();
+  }
+
+  /** A fragment was given to reassembly: count its drop, or dispatch the datagram it completed as a frame of its own. */
+  private reassembled(outcome: FragmentOutcome): void {
+    if (outcome === FragmentOutcome.Dropped) this.drop(this.reassembly.dropReason);
+    else if (outcome === FragmentOutcome.Complete) this.dispatch(this.reassembly.datagram, NO_OFFLOAD);
   }
 
   /** Route by upper-layer protocol (shared by both families). */

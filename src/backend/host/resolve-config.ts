@@ -55,6 +55,10 @@ export interface NetworkAddressOptions {
   outboundIf4: string | null;
   /** --outbound-if6 */
   outboundIf6: string | null;
+  /** -o/--outbound (IPv4): source address of outbound sockets; absent = none. */
+  outbound4?: Uint8Array | null;
+  /** -o/--outbound (IPv6). */
+  outbound6?: Uint8Array | null;
   /** -M/--mac-addr: ferry's own MAC, the source of frames to the guest (passt's meaning; default 9a:55:9a:55:9a:55). */
   macAddr: Uint8Array | null;
   /** -m/--mtu: MTU announced via DHCP/NDP; 0 = announce none; null = default (65520). */
@@ -313,6 +317,10 @@ export function resolveStackConfig(overrides: AddressOverrides, discovered: Disc
     hostname: overrides.hostname,
     fqdn: overrides.fqdn,
     interfaceName: overrides.outboundIf4 ?? overrides.outboundIf6 ?? null,
+    outboundIf4: overrides.outboundIf4,
+    outboundIf6: overrides.outboundIf6,
+    outbound4: overrides.outbound4 ?? null,
+    outbound6: overrides.outbound6 ?? null,
     dhcp: overrides.dhcp,
     dhcpv6: overrides.dhcpv6,
     ndp: overrides.ndp,

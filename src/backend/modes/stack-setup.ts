@@ -12,9 +12,7 @@ import { isLoopback, isUnspecified, parseIp } from '../../stack/address';
 
 /** The address-related subset of the parsed options, in resolve-config's terms. */
 export function addressOverridesFrom(options: DaemonOptions): AddressOverrides {
-  // -o/--outbound is parsed but not applied by the stack: left out, as before.
-  const { outbound4: _outbound4, outbound6: _outbound6, ...addressOptions } = options.network;
-  return { ...addressOptions, ...options.services, maxFlows: options.maxFlows, udpIdleMs: options.udpTimeoutSeconds * 1000 };
+  return { ...options.network, ...options.services, maxFlows: options.maxFlows, udpIdleMs: options.udpTimeoutSeconds * 1000 };
 }
 
 /**

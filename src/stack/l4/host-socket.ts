@@ -1,7 +1,8 @@
 /**
  * What TCP and UDP do alike with the guest's addresses and their host
  * sockets: remember the address the guest sends from (inbound flows go
- * there) and bind outbound sockets to the -i interface.
+ * there) and bind outbound sockets to the --outbound-if interface and the
+ * -o address.
  */
 import type { StackConfig } from '../config';
 import type { StackSockets } from '../context';
@@ -54,4 +55,15 @@ export function bindToDevice(sockets: Pick<StackSockets, 'setsockoptBytes'>, fd:
   } catch (e) {
     rateLimited('warn', `${protocol} bind`, () => `${protocol}: SO_BINDTODEVICE ${name}: ${errorCode(e)}`, 1, 600_000);
   }
+}
+
+/** The interface outbound sockets of `family` are bound to (--outbound-if4/6), or null. */
+export function outboundInterface(config: StackConfig, family: 4 | 6): string | null {
+  const specific = family === 4 ? config.outboundIf4 : config.outboundIf6;
+  return specific !== undefined ? specific : config.interfaceName;
+}
+
+/** The source address outbound sockets of `family` bind to (-o/--outbound), or null. */
+export function outboundAddress(config: StackConfig, family: 4 | 6): Uint8Array | null {
+  return (family === 4 ? config.outbound4 : config.outbound6) ?? null;
 }

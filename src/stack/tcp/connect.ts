@@ -16,7 +16,7 @@ import { equalAt, isIpv6LoopbackAt } from '../address';
 import { errorCode } from '../../sys/errno';
 import { DEFAULT_MSS, EHOSTUNREACH, ENETUNREACH, EPOLLOUT, F_PEEK_OFF, F_READABLE, ICMP4_HOST_UNREACHABLE, ICMP4_NET_UNREACHABLE, ICMP6_ADDRESS_UNREACHABLE, ICMP6_NO_ROUTE, IDLE_TIMEOUT_MS, OUR_WINDOW_SCALE, RTO_INITIAL_MS, SEND_BUFFER_BYTES, SOCK_STREAM, SOL_SOCKET, SO_ERROR, SO_PEEK_OFF, SO_SNDBUF, SYN_TIMEOUT_MS, type TcpConnections, TcpEvent, TcpState, closeFlow, closeWithReset, flush, initFlow, randomIsn, refreshSndbuf, segmentLimit, updateEvents, watch } from './connection';
 import { abort, resetUnknown, sendSyn, sendUnreachable } from './output';
-import { bindToDevice } from '../l4/host-socket';
+import { bindToDevice, outboundAddress, outboundInterface } from '../l4/host-socket';
 
 /**
  * An inbound connection accepted on a forwarded port (listen.ts):
@@ -112,8 +112,9 @@ export function openFromGuest(c: TcpConnections, packet: IpPacket, bytes: Uint8A
   try {
     const loopback = sockaddr === c.sockaddr4 ? sockaddr[4] === 127 : isIpv6LoopbackAt(sockaddr, 8);
     if (!loopback) {
-      if (ctx.config.interfaceName !== null) bindToDevice(c.sockets, fd, ctx.config.interfaceName, 'tcp');
-      bindToGuestAddress(c, fd, packet, bytes);
+      const device = outboundInterface(ctx.config, family);
+      if (device !== null) bindToDevice(c.sockets, fd, device, 'tcp');
+      bindSource(c, fd, packet, bytes);
     }
     connected = c.sockets.connect(fd, sockaddr);
   } catch (e) {
@@ -161,20 +162,25 @@ export function isOwnListener(c: TcpConnections, sockaddr: Uint8Array): boolean 
 }
 
 /**
- * When the guest's source address is the host's own (passt's model), bind
- * the socket to it (port chosen by the kernel), so the connection leaves
- * from that address even on a host with several. A failure (the address
- * was overridden with -a and is not local) is ignored: the kernel picks.
+ * Bind the socket's source address (port chosen by the kernel) before
+ * connect: the -o/--outbound address when given, else, when the guest's
+ * source address is the host's own (passt's model), that one, so the
+ * connection leaves from it even on a host with several. A failure (the
+ * address is not local) is ignored: the kernel picks.
  */
-export function bindToGuestAddress(c: TcpConnections, fd: number, packet: IpPacket, bytes: Uint8Array): void {
+export function bindSource(c: TcpConnections, fd: number, packet: IpPacket, bytes: Uint8Array): void {
   const v6 = packet.family === 6;
   const cfg = v6 ? c.ctx.config.ipv6 : c.ctx.config.ipv4;
   const length = v6 ? 16 : 4;
-  if (cfg === null || !equalAt(bytes, packet.srcOffset, cfg.address, length)) return;
+  let source = outboundAddress(c.ctx.config, packet.family);
+  if (source === null) {
+    if (cfg === null || !equalAt(bytes, packet.srcOffset, cfg.address, length)) return;
+    source = cfg.address;
+  }
   const sa = v6 ? c.bindSockaddr6 : c.bindSockaddr4;
   sa.fill(0);
   writeSockaddrFamily(sa, v6 ? AF_INET6 : AF_INET);
-  sa.set(cfg.address.subarray(0, length), v6 ? 8 : 4);
+  sa.set(source.subarray(0, length), v6 ? 8 : 4);
   try {
     c.sockets.bind(fd, sa);
   } catch {

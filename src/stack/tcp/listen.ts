@@ -15,6 +15,7 @@ import type { ForwardSpec } from '../flow/forward-spec';
 import { errorCode } from '../../sys/errno';
 import { closeSocketQuietly } from '../../sys/close';
 import { isLoopback } from '../address';
+import { isDescriptorExhaustion } from '../l4/fd-limit';
 import type { TcpService, TcpSockets } from './tcp';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, sockaddrFamily, sockaddrPort, writeSockaddr } from '../../sys/sockaddr';
 
@@ -90,7 +91,9 @@ export class TcpListeners implements ReadyHandler {
    * Open listeners for every port of every spec, for each enabled family
    * (only the bind address's family when the spec has one). Ports that
    * cannot be bound are skipped: silently for best-effort specs (`all`,
-   * exclusion-only), reported in `failures` otherwise.
+   * exclusion-only), reported in `failures` otherwise. Running out of
+   * descriptors (EMFILE/ENFILE) stops the opening, reported last in any
+   * spec (see l4/fd-limit.ts).
    */
   open(specs: readonly ForwardSpec[]): ListenResult {
     const { opened, failures } = this.openTagged(specs, 0);
@@ -110,9 +113,11 @@ export class TcpListeners implements ReadyHandler {
             const guestPort = mapping.guestPortFirst + (port - mapping.hostPortFirst);
             const error = this.listenOne(family, spec, port, guestPort, tag);
             if (error === null) result.opened++;
-            else if (!spec.bestEffort) {
+            else if (!spec.bestEffort || isDescriptorExhaustion(error)) {
               result.failures.push(`tcp port ${port} (IPv${family}, '${spec.text}'): ${error}`);
               result.errors.push({ port, family, code: error });
+              // Every further socket would fail alike: stop here, the error last.
+              if (isDescriptorExhaustion(error)) return result;
             }
           }
         }

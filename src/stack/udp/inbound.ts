@@ -10,6 +10,7 @@ import type { ForwardSpec } from '../flow/forward-spec';
 import type { ListenError, ListenerInfo } from '../tcp/listen';
 import { FlowProtocol, NO_FLOW } from '../flow/flow-table';
 import { errorCode } from '../../sys/errno';
+import { isDescriptorExhaustion } from '../l4/fd-limit';
 import { closeSocketQuietly } from '../../sys/close';
 import { guestVisibleSource } from '../flow/address-map';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, sockaddrAddressOffset, sockaddrFamily, sockaddrPort, writeSockaddr } from '../../sys/sockaddr';
@@ -18,7 +19,8 @@ import { EPOLLIN, IPV6_RECVERR, IPV6_V6ONLY, IP_RECVERR, MAX_LISTENERS, SOCK_DGR
 /**
  * listen() with the sockets marked `tag` (for closeListeners), returning
  * the sockets opened and, for specs that are not best-effort, what
- * could not be bound.
+ * could not be bound. Running out of descriptors (EMFILE/ENFILE) stops
+ * the opening, reported last in any spec.
  */
 export function listenTagged(c: UdpFlows, specs: readonly ForwardSpec[], tag: number): { opened: number; errors: ListenError[] } {
   const ctx = c.ctx;
@@ -41,7 +43,12 @@ export function listenTagged(c: UdpFlows, specs: readonly ForwardSpec[], tag: nu
           if ((family === 4 ? ctx.config.ipv4 : ctx.config.ipv6) === null) continue;
           const error = openListener(c, family, spec, port, guestPort, tag);
           if (error === null) opened++;
-          else {
+          else if (isDescriptorExhaustion(error)) {
+            // Every further socket would fail alike: stop here, the error last (l4/fd-limit.ts).
+            ctx.counters.add(UdpEvent.ListenFailed, failures + 1);
+            errors.push({ port, family, code: error });
+            return { opened, errors };
+          } else {
             if (failures === 0) firstFailure = `port ${port} (IPv${family}): ${error}`;
             failures++;
             if (!spec.bestEffort) errors.push({ port, family, code: error });

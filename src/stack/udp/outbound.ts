@@ -9,7 +9,7 @@
  */
 import { rateLimited } from '../../sys/log';
 import { FlowProtocol, NO_FLOW } from '../flow/flow-table';
-import { bindToDevice } from '../l4/host-socket';
+import { bindToDevice, outboundAddress, outboundInterface } from '../l4/host-socket';
 import { errorCode } from '../../sys/errno';
 import { closeSocketQuietly } from '../../sys/close';
 import { mapDestination } from '../flow/address-map';
@@ -50,8 +50,9 @@ export function openOutbound(c: UdpFlows, family: 4 | 6, bytes: Uint8Array, src:
   try {
     sockets.setsockoptInt(fd, family === 4 ? SOL_IP : SOL_IPV6, family === 4 ? IP_RECVERR : IPV6_RECVERR, 1);
     const loopback = family === 4 ? sockaddr[4] === 127 : isIpv6LoopbackAt(sockaddr, sockaddrAddressOffset(6));
-    if (ctx.config.interfaceName !== null && !loopback) bindToDevice(c.sockets, fd, ctx.config.interfaceName, 'udp');
-    keepSourcePort(c, fd, family, srcPort);
+    const device = loopback ? null : outboundInterface(ctx.config, family);
+    if (device !== null) bindToDevice(c.sockets, fd, device, 'udp');
+    keepSourcePort(c, fd, family, srcPort, loopback ? null : outboundAddress(ctx.config, family));
     sockets.connect(fd, target);
   } catch (e) {
     rateLimited('warn', 'udp connect', () => `udp: connect failed: ${errorCode(e)}`);
@@ -80,17 +81,29 @@ export function openOutbound(c: UdpFlows, family: 4 | 6, bytes: Uint8Array, src:
  * guest port share it (the kernel prefers the connected 4-tuple). When the
  * port cannot be had (a host service holds it, or a port below 1024
  * without privilege) connect() picks an ephemeral one: counted, not fatal.
+ * `source` is the -o/--outbound address (bound with the port), or null.
  */
-export function keepSourcePort(c: UdpFlows, fd: number, family: 4 | 6, port: number): void {
+export function keepSourcePort(c: UdpFlows, fd: number, family: 4 | 6, port: number, source: Uint8Array | null = null): void {
   const sockets = c.sockets;
   try {
     sockets.setsockoptInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
     // A wildcard IPv6 bind would also claim the IPv4 port.
     if (family === 6) sockets.setsockoptInt(fd, SOL_IPV6, IPV6_V6ONLY, 1);
-    const length = writeSockaddr(c.bindAddr, family, ZERO16, 0, port);
+    const length = writeSockaddr(c.bindAddr, family, source ?? ZERO16, 0, port);
     sockets.bind(fd, c.bindAddr.subarray(0, length));
   } catch {
     c.ctx.counters.add(UdpEvent.SourcePortChanged);
+    // The -o address still applies with a port the kernel picks.
+    if (source !== null) bindQuietly(c, fd, family, source);
+  }
+}
+
+function bindQuietly(c: UdpFlows, fd: number, family: 4 | 6, source: Uint8Array): void {
+  try {
+    const length = writeSockaddr(c.bindAddr, family, source, 0, 0);
+    c.sockets.bind(fd, c.bindAddr.subarray(0, length));
+  } catch {
+    // Not a local address: the kernel chooses the source.
   }
 }
 const ZERO16 = new Uint8Array(16);

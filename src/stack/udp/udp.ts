@@ -29,12 +29,10 @@
  * - icmp-relay.ts: errors from the sockets' error queues become ICMP
  *   errors to the guest quoting a datagram rebuilt from the flow.
  *
- * Fragments: the stack's dispatch drops IPv4 and IPv6 fragments from the
- * guest and counts them (ipv4_fragment / ipv6_fragment); they are not
- * reassembled. The guest is given the MTU (65520 by default, larger than
- * any UDP datagram) and Linux guests fragment only datagrams above it, so
- * fragments only appear with a small -m; reassembly would hold up to 64 KiB
- * per datagram of untrusted state for that case. Counted, not silent.
+ * Fragments: the stack's dispatch reassembles IPv4 and IPv6 fragments from
+ * the guest within bounded memory (src/stack/reassembly/) and hands UDP
+ * the whole datagram, which goes out in one send (the host kernel
+ * fragments it again for its own path MTU).
  *
  * Flows live in the worker's shared FlowTable (flow-table.ts; protocol 17,
  * states 'outbound' and 'inbound'), with UDP's own per-flow arrays indexed

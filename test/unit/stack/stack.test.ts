@@ -219,18 +219,23 @@ describe('stack dispatch', () => {
     expect(checksumLines[0]).to.match(/^warn: /);
   });
 
-  it('drops fragments and disabled families', () => {
+  it('holds fragments for reassembly, drops what it cannot take and disabled families', () => {
     const { send, drops } = setup();
     const frag = v4Frame(17, udpDatagram(GUEST_V4, SERVER_V4, 1, 2, new Uint8Array(4)));
     setBe16(frag, 20, 0x2000);
     setBe16(frag, 24, 0);
     setBe16(frag, 24, internetChecksum(frag, 14, 20));
     send(frag);
-    expect(drops(DropReason.Ipv4Fragment)).to.equal(1);
+    // Held for reassembly (src/stack/reassembly), not dropped.
+    expect(drops(DropReason.Ipv4Fragment)).to.equal(0);
+    // An IPv6 Fragment header after a Hop-by-Hop header is not taken.
+    const hopByHop = new Uint8Array(8);
+    hopByHop[0] = 44;
     const fragmentHeader = new Uint8Array(8);
     fragmentHeader[0] = 17;
-    send(v6Frame(44, concat(fragmentHeader, udpDatagram(GUEST_V6, SERVER_V6, 1, 2, new Uint8Array(4)))));
-    expect(drops(DropReason.Ipv6Fragment)).to.equal(1);
+    setBe16(fragmentHeader, 2, 1);
+    send(v6Frame(0, concat(hopByHop, fragmentHeader, udpDatagram(GUEST_V6, SERVER_V6, 1, 2, new Uint8Array(8)))));
+    expect(drops(DropReason.FragmentUnsupported)).to.equal(1);
 
     const v4only = setup({ ipv6: null });
     v4only.send(v6Frame(6, tcpHeader()));

@@ -11,6 +11,7 @@ import { formatIp } from '../../../stack/address';
 import type { StackConfig } from '../../../stack/config';
 import type { ForwardSpec, PortMapping } from '../../../stack/flow/forward-spec';
 import type { ListenError, ListenerInfo } from '../../../stack/tcp/listen';
+import { descriptorLimitFailure } from '../../../stack/l4/fd-limit';
 import type { FlowInfo, FlowProtocol, ForwardInfo, ForwardProtocol } from '../../control/control-protocol';
 import { closeTableFlow, listTableFlows } from '../../control/flow-list';
 import type { StackParts } from '../../../stack/stack-factory';
@@ -152,6 +153,9 @@ export class WorkerForwards {
   openAll(parts: StackParts): void {
     for (const record of this.records) {
       const result = this.open(parts, record.protocol, record.spec, record.tag);
+      // No descriptor left: startup fails (the worker's error ends the daemon).
+      const fatal = result === null ? null : descriptorLimitFailure(record.protocol === 'tcp' ? '-t' : '-u', record.spec.text, result);
+      if (fatal !== null) throw fatal;
       if (result === null || record.protocol === 'udp') continue; // UdpService logs its own failures
       for (const error of result.errors) log.warn(`-t: tcp port ${error.port} (IPv${error.family}, '${record.spec.text}'): ${error.code}`);
     }

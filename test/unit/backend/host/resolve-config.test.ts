@@ -92,6 +92,10 @@ describe('resolve-config', () => {
     expect([config.dhcp, config.dhcpv6, config.ndp, config.ra]).to.deep.equal([false, false, false, false]);
     expect(config.maxFlows).to.equal(100);
     expect(config.interfaceName).to.equal('eth1');
+    // --outbound-if4 binds IPv4 sockets only; -o carries one address per family.
+    expect([config.outboundIf4, config.outboundIf6]).to.deep.equal(['eth1', null]);
+    const outbound = resolve({ outbound4: ip('192.0.2.9'), outbound6: ip('2001:db8::9'), outboundIf6: 'eth2' }).config;
+    expect([fmt(outbound.outbound4!), fmt(outbound.outbound6!), outbound.outboundIf4, outbound.outboundIf6]).to.deep.equal(['192.0.2.9', '2001:db8::9', null, 'eth2']);
     // -a for a different address does not inherit the host's prefix; classful then.
     expect(resolve({ address4: ip('10.1.2.3') }).config.ipv4!.prefixLength).to.equal(8);
     expect(resolve({ mtu: 0 }).config.mtu).to.equal(0);

@@ -4,7 +4,7 @@
  * the guest sends from another usable address.
  */
 import { expect } from 'chai';
-import { SeenGuestAddress } from '../../../../src/stack/l4/host-socket';
+import { SeenGuestAddress, outboundAddress, outboundInterface } from '../../../../src/stack/l4/host-socket';
 import { testConfig } from '../../../support/stack-fakes';
 
 describe('l4 host-socket: SeenGuestAddress', () => {
@@ -31,5 +31,23 @@ describe('l4 host-socket: SeenGuestAddress', () => {
     seen.note(6, new Uint8Array(16), 0);
     expect(Array.from(seen.of(4))).to.deep.equal(before4);
     expect(Array.from(seen.of(6))).to.deep.equal(before6);
+  });
+});
+
+describe('l4 host-socket: outbound interface and address per family', () => {
+  it('--outbound-if4/6 apply to their family only; without them the shared interface applies to both', () => {
+    expect([outboundInterface(testConfig({ interfaceName: 'eth1' }), 4), outboundInterface(testConfig({ interfaceName: 'eth1' }), 6)]).to.deep.equal(['eth1', 'eth1']);
+    const split = testConfig({ interfaceName: 'eth1', outboundIf4: 'eth1', outboundIf6: null });
+    expect([outboundInterface(split, 4), outboundInterface(split, 6)]).to.deep.equal(['eth1', null]);
+    const both = testConfig({ interfaceName: 'eth1', outboundIf4: 'eth1', outboundIf6: 'eth2' });
+    expect([outboundInterface(both, 4), outboundInterface(both, 6)]).to.deep.equal(['eth1', 'eth2']);
+  });
+
+  it('-o gives one source address per family, none when absent', () => {
+    const v4 = Uint8Array.of(192, 0, 2, 9);
+    const config = testConfig({ outbound4: v4 });
+    expect(outboundAddress(config, 4)).to.equal(v4);
+    expect(outboundAddress(config, 6)).to.equal(null);
+    expect(outboundAddress(testConfig(), 4)).to.equal(null);
   });
 });

@@ -45,6 +45,9 @@ if (!INSIDE) {
         // The "remote" server addresses live on the namespace's loopback.
         await runChecked(['ip', '-n', ns, 'addr', 'add', '192.0.2.2/24', 'dev', 'lo']);
         await runChecked(['ip', '-n', ns, '-6', 'addr', 'add', '2001:db8::2/64', 'dev', 'lo', 'nodad']);
+        // A second local address per family for -o/--outbound.
+        await runChecked(['ip', '-n', ns, 'addr', 'add', '192.0.2.3/24', 'dev', 'lo']);
+        await runChecked(['ip', '-n', ns, '-6', 'addr', 'add', '2001:db8::3/64', 'dev', 'lo', 'nodad']);
         const mocha = path.resolve(REPO_ROOT, 'node_modules', 'mocha', 'bin', 'mocha.js');
         const result = await new Promise<{ code: number | null; output: string }>((resolve) => {
           const child = spawn('ip', ['netns', 'exec', ns, process.execPath, mocha, '--timeout', '60000', __filename], {
@@ -160,6 +163,24 @@ if (!INSIDE) {
       harness = new TcpHarness({}, { usePeekOffset: false });
       await transfer(SERVER_V4, '192.0.2.2', 4, 1 * MiB, 3 * MiB);
     });
+
+    for (const family of [4, 6] as const) {
+      it(`-o/--outbound: the server sees the connection from the -o address (IPv${family})`, async () => {
+        harness = new TcpHarness({
+          outbound4: Uint8Array.from([192, 0, 2, 3]),
+          outbound6: Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]),
+        });
+        const peers: string[] = [];
+        const port = await listen(family === 4 ? '192.0.2.2' : '2001:db8::2', (socket) => {
+          peers.push(socket.remoteAddress ?? '');
+          socket.on('error', () => undefined);
+        });
+        const g = guest(family === 4 ? SERVER_V4 : SERVER_V6, port, { family });
+        g.connect();
+        await harness.until(() => g.established && peers.length === 1, 5000, 'handshake');
+        expect(peers).to.deep.equal([family === 4 ? '192.0.2.3' : '2001:db8::3']);
+      });
+    }
 
     it('answers a refused connection with RST|ACK for the SYN', async () => {
       harness = new TcpHarness();

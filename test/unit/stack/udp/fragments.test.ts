@@ -1,8 +1,8 @@
 /**
- * The fragment policy UDP relies on (documented in src/stack/udp.ts): IP
- * fragments from the guest are not reassembled; the stack drops them before
- * any transport handler and counts them (ipv4_fragment / ipv6_fragment).
- * First fragments, middle/last fragments and IPv6 atomic fragments alike.
+ * The fragment policy UDP relies on (documented in src/stack/udp/udp.ts):
+ * IP fragments from the guest reach no transport handler one by one; the
+ * stack reassembles them first (src/stack/reassembly/, tested in
+ * test/unit/stack/reassembly/).
  */
 import { expect } from 'chai';
 import { CounterBlock } from '../../../../src/sys/counters';
@@ -50,21 +50,23 @@ function fragment6(offsetAndFlags: number): Uint8Array {
   return ethernetFrame(OUR_MAC, GUEST_MAC, 0x86dd, concat(h, payload));
 }
 
-describe('fragments from the guest: dropped and counted, never reassembled', () => {
-  it('drops IPv4 first, middle and last fragments (MF and/or offset) before the UDP handler', () => {
+describe('fragments from the guest: reassembled before the UDP handler', () => {
+  it('IPv4 first, middle and last fragments are held, not handed on one by one', () => {
     const r = rig();
     for (const field of [0x2000, 0x2000 | 8, 16]) r.stack.receiveFrame(segmentsOf(fragment4(field)), NO_OFFLOAD);
-    expect(r.counters.get(DROP_SLOTS[DropReason.Ipv4Fragment])).to.equal(3);
+    expect(r.counters.get(DROP_SLOTS[DropReason.Ipv4Fragment])).to.equal(0);
     expect(r.handled).to.deep.equal([]);
     // The same datagram unfragmented (DF) reaches the handler.
     r.stack.receiveFrame(segmentsOf(fragment4(0x4000)), NO_OFFLOAD);
     expect(r.handled).to.deep.equal([4]);
   });
 
-  it('drops IPv6 packets with a Fragment header, atomic fragments included', () => {
+  it('IPv6 fragments are held; an atomic fragment is handled as its datagram', () => {
     const r = rig();
-    for (const field of [0x0001, (8 << 3) | 1, 8 << 3, 0]) r.stack.receiveFrame(segmentsOf(fragment6(field)), NO_OFFLOAD);
-    expect(r.counters.get(DROP_SLOTS[DropReason.Ipv6Fragment])).to.equal(4);
+    for (const field of [0x0001, (8 << 3) | 1, 8 << 3]) r.stack.receiveFrame(segmentsOf(fragment6(field)), NO_OFFLOAD);
     expect(r.handled).to.deep.equal([]);
+    r.stack.receiveFrame(segmentsOf(fragment6(0)), NO_OFFLOAD);
+    expect(r.handled).to.deep.equal([6]);
+    expect(r.counters.get(DROP_SLOTS[DropReason.Ipv6Fragment])).to.equal(0);
   });
 });
