@@ -4,7 +4,7 @@
  */
 import { Stack, type StackOptions } from './stack';
 import { Ipv6ControlPlane } from './l2/ndp';
-import { FlowProtocol, FlowTable } from './flow/flow-table';
+import { FlowTable } from './flow/flow-table';
 import { UdpService } from './udp/udp';
 import { TcpService } from './tcp/tcp';
 import { TcpListeners } from './tcp/listen';
@@ -216,12 +216,6 @@ export function createStackParts(options: StackOptions, worker: WorkerStackOptio
       const udp = new UdpService(stack.ctx, { flows });
       stack.udpHandler = udp;
       parts.udp = udp;
-      // A full table gives up half-open or idle UDP flows (a flood through -u must not lock the guest out).
-      flows.registerEvictor(FlowProtocol.Udp, (id, now) => {
-        if (!flows.halfOpenOrIdle(id, now, options.config.udpIdleMs)) return false;
-        udp.closeFlow(id);
-        return true;
-      });
       if (worker.ownsListeners && openConfigured) {
         for (const spec of options.config.udpForwards ?? []) {
           const fatal = descriptorLimitFailure('-u', spec.text, udp.listenTagged([spec], 0));

@@ -40,7 +40,8 @@ export function acceptInbound(c: TcpConnections, fd: number, family: 4 | 6, peer
     // The same 4-tuple is still in use: the old flow is stale.
     abort(c, id, true, true);
   }
-  id = c.flows.allocate(FlowProtocol.Tcp, family, guest, 0, guestPort, remote, 0, peerPort, TcpState.SynSent, now);
+  // Opened from the network: bounded per source address (MAX_FLOWS_PER_SOURCE).
+  id = c.flows.allocateInbound(FlowProtocol.Tcp, family, guest, 0, guestPort, remote, 0, peerPort, TcpState.SynSent, now);
   if (id === NO_FLOW) {
     ctx.counters.add(TcpEvent.TableFull);
     closeWithReset(c, fd);

@@ -186,7 +186,7 @@ export class TcpListeners implements ReadyHandler {
         continue;
       }
       if (this.loopbackHandoff !== null && isLoopback(address) && this.loopbackHandoff(conn, family, guestPort, address, peerPort)) continue;
-      if (this.tcp.acceptInbound(conn, family, address, peerPort, guestPort)) this.tcp.flows.markInbound(this.tcp.flows.flowOfFd(conn));
+      this.tcp.acceptInbound(conn, family, address, peerPort, guestPort);
     }
   }
 
@@ -196,9 +196,7 @@ export class TcpListeners implements ReadyHandler {
    * whether a flow was created (otherwise the socket is closed).
    */
   acceptHandedBack(fd: number, family: 4 | 6, peer: Uint8Array, peerPort: number, guestPort: number): boolean {
-    if (!this.tcp.acceptInbound(fd, family, peer, peerPort, guestPort)) return false;
-    this.tcp.flows.markInbound(this.tcp.flows.flowOfFd(fd));
-    return true;
+    return this.tcp.acceptInbound(fd, family, peer, peerPort, guestPort);
   }
 
   /**

@@ -72,7 +72,7 @@ import { FlowProtocol, FlowTable, NO_FLOW } from '../flow/flow-table';
 import { DropReason, countDrop } from '../drops';
 import { LITTLE_ENDIAN } from '../../sys/byte-order';
 import {
-  F_RST_PENDING, IPPROTO_TCP, SIOCOUTQ, TCP_INFO, TCP_STATE_NAMES, TcpConnections, TcpEvent, type TcpSockets,
+  F_RST_PENDING, IPPROTO_TCP, SIOCOUTQ, TCP_INFO, TCP_STATE_NAMES, TcpConnections, TcpEvent, TcpState, type TcpSockets,
   cancelOpen, closeFlow, flush, seqDiff,
 } from './connection';
 import { abort, retryPendingRst } from './output';
@@ -137,6 +137,7 @@ export class TcpService implements ReadyHandler {
     this.flows = options.flows ?? new FlowTable(Math.max(1, ctx.config.maxFlows), ctx.counters);
     this.c = new TcpConnections(ctx, sockets, this.flows, options.usePeekOffset ?? true, this);
     this.flows.registerCloser(FlowProtocol.Tcp, (id) => this.closeFromOutside(id));
+    this.flows.registerEvictor(FlowProtocol.Tcp, (id) => this.evictHalfOpen(id));
     // Resume flows blocked on guest RX buffers.
     addWritableListener(ctx.port, () => this.onWritable());
   }
@@ -211,6 +212,21 @@ export class TcpService implements ReadyHandler {
    * {1, 0} and close), the flow freed. A flow already reset and waiting for
    * its RST to reach the guest is left to that queue.
    */
+  /**
+   * The flow table is full and offers flow id for room (FlowEvictor): only
+   * a handshake that has not completed is given up, and at once (the peer
+   * reset, the slot freed): no frame is sent from inside the allocation
+   * that asked for room; the guest's next segment for it meets the reset
+   * every unknown flow gets.
+   */
+  private evictHalfOpen(id: number): boolean {
+    const state = this.flows.state[id] as TcpState;
+    const halfOpen = state === TcpState.Connecting || state === TcpState.SynAckSent || state === TcpState.SynSent;
+    if (!halfOpen || (this.c.flag[id] & F_RST_PENDING) !== 0) return false;
+    closeFlow(this.c, id, true);
+    return true;
+  }
+
   private closeFromOutside(id: number): void {
     if (!this.flows.isLive(id, FlowProtocol.Tcp) || (this.c.flag[id] & F_RST_PENDING) !== 0) return;
     this.ctx.counters.add(TcpEvent.ClosedFromOutside);

@@ -167,13 +167,13 @@ export function inboundFlow(c: UdpFlows, index: number, from: Uint8Array, fromLe
   const guest = c.seen.of(family);
   let id = flows.lookup(FlowProtocol.Udp, family, guest, 0, guestPort, remote, 0, peerPort);
   if (id !== NO_FLOW) return id;
-  id = flows.allocate(FlowProtocol.Udp, family, guest, 0, guestPort, remote, 0, peerPort, UdpFlowState.Inbound, ctx.clock.now());
+  // Opened from the network: bounded per source address (MAX_FLOWS_PER_SOURCE).
+  id = flows.allocateInbound(FlowProtocol.Udp, family, guest, 0, guestPort, remote, 0, peerPort, UdpFlowState.Inbound, ctx.clock.now());
   if (id === NO_FLOW) {
     ctx.counters.add(UdpEvent.TableFull);
     return NO_FLOW;
   }
   c.listenerOf[id] = index;
-  flows.markInbound(id);
   c.peer.fill(0, id * SOCKADDR_IN6_LENGTH, (id + 1) * SOCKADDR_IN6_LENGTH);
   c.peer.set(from.subarray(0, family === 4 ? 16 : SOCKADDR_IN6_LENGTH), id * SOCKADDR_IN6_LENGTH);
   return id;

@@ -81,6 +81,12 @@ export class UdpService implements ReadyHandler {
     this.flows = options.flows ?? new FlowTable(Math.max(1, ctx.config.maxFlows), ctx.counters);
     this.u = new UdpFlows(ctx, sockets, this.flows, this);
     this.flows.registerCloser(FlowProtocol.Udp, (id) => this.closeFlow(id));
+    // A full table gives up half-open or idle UDP flows: a flood through -u must not lock the guest out.
+    this.flows.registerEvictor(FlowProtocol.Udp, (id, now) => {
+      if (!this.flows.halfOpenOrIdle(id, now, ctx.config.udpIdleMs)) return false;
+      this.closeFlow(id);
+      return true;
+    });
     // Resume reading when the guest posts RX buffers (after TCP, when it was there first).
     addWritableListener(ctx.port, () => this.onWritable());
   }
