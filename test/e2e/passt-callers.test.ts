@@ -238,7 +238,8 @@ describe('e2e: ferry under passt\'s names, as podman, rootlesskit, libvirt and K
       let socketPath = '';
       let pidFile = '';
       let guest: Guest | null = null;
-      const logFile = path.join(dir, 'passt.log');
+      // dir is made in the suite's before hook: the log file's path is known only then.
+      const logFile = (): string => path.join(dir, 'passt.log');
 
       before(function () {
         requireGuestPrerequisites(this);
@@ -255,12 +256,12 @@ describe('e2e: ferry under passt\'s names, as podman, rootlesskit, libvirt and K
         pidFile = path.join(dir, `${stem}-passt.pid`);
         // libvirt adds --hostname/--fqdn when the domain's <backend> names them.
         const names = mode === 'socket' ? ['--hostname', 'vm1', '--fqdn', 'vm1.example.org'] : [];
-        const forwards = kubevirt ? ['--log-file', logFile, '--tcp-ports', '10011', '--udp-ports', '10012'] : ['--tcp-ports', '10007'];
+        const forwards = kubevirt ? ['--log-file', logFile(), '--tcp-ports', '10011', '--udp-ports', '10012'] : ['--tcp-ports', '10007'];
         const args = [...(mode === 'vhost-user' ? ['--vhost-user'] : []), '--one-off', '--socket', socketPath, '--pid', pidFile, '--interface', TEST_NET.uplinkName, ...names, ...forwards];
         const result = await run(['ip', 'netns', 'exec', n.ns, path.join(dir, 'passt'), ...args], { timeoutMs: 30000 });
         const pids = pidsWithArgument(socketPath);
         started.push(...pids);
-        const logged = kubevirt && fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '';
+        const logged = kubevirt && fs.existsSync(logFile()) ? fs.readFileSync(logFile(), 'utf8') : '';
         expect(result.code, `${result.stdout}${result.stderr}${logged}`).to.equal(0);
         expect(fs.existsSync(socketPath)).to.equal(true);
         expect(pids, 'one background passt').to.have.length(1);
@@ -271,7 +272,7 @@ describe('e2e: ferry under passt\'s names, as podman, rootlesskit, libvirt and K
           const listening = (await run(['ip', 'netns', 'exec', n.ns, 'ss', '-Hltun', 'sport = :10011 or sport = :10012'])).stdout;
           expect(listening, 'host TCP port 10011 forwarded').to.match(/tcp .*:10011 /);
           expect(listening, 'host UDP port 10012 forwarded').to.match(/udp .*:10012 /);
-          expect(fs.readFileSync(logFile, 'utf8')).to.include('listening for vhost-user front-ends');
+          expect(fs.readFileSync(logFile(), 'utf8')).to.include('listening for vhost-user front-ends');
         }
       });
 
