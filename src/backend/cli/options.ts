@@ -728,6 +728,7 @@ function finish(state: ParseState): void {
     fail('--metrics', 'must differ from the other socket paths');
   }
   if (!state.nameGiven) options.logging.name = defaultInstanceName(options.socketPath, options.fd);
+  if (options.freebind) for (const spec of [...options.forwards.tcp, ...options.forwards.udp]) spec.freebind = true;
 }
 
 /**

@@ -89,6 +89,13 @@ describe('passt(1) options without a ferry counterpart before', () => {
       expect(errorOf(['-a', '192.0.2.10/x'])).to.match(/^-a: 'x' is not a number/);
     });
 
+    it('--freebind marks every -t/-u spec, given before or after it (the listeners set IP_FREEBIND)', () => {
+      const o = parseOptions(['-t', '192.0.2.99/10020', '--freebind', '-u', '10021']).options;
+      expect(o.forwards.tcp.map((spec) => spec.freebind)).to.deep.equal([true]);
+      expect(o.forwards.udp.map((spec) => spec.freebind)).to.deep.equal([true]);
+      expect(parseOptions(['-t', '10020']).options.forwards.tcp[0].freebind).to.not.equal(true);
+    });
+
     it('pasta --netns-only and --no-netns-quit', () => {
       const plain = parsePastaCommandLine(['1234']).pasta;
       expect([plain.netns, plain.netnsOnly, plain.netnsQuit]).to.deep.equal(['1234', false, true]);
