@@ -2,7 +2,8 @@
 # Builds the e2e test guest from the cached Debian cloud kernel package:
 #   $OUT/vmlinuz            the kernel
 #   $OUT/initramfs.cpio.gz  busybox-static + test/guest/init + virtio-net
-#                           modules + iperf3 and its libraries
+#                           modules + iperf3, ISC dhclient and their
+#                           libraries
 #   $OUT/kernel-release     the kernel's release string
 # Rebuilds only when an input changed (recorded in $OUT/stamp).
 #
@@ -32,15 +33,17 @@ if ldd "$BUSYBOX" >/dev/null 2>&1; then
 fi
 IPERF3="$(command -v iperf3 || true)"
 [ -n "$IPERF3" ] || fail "iperf3 not found (install iperf3)"
+DHCLIENT="$(command -v dhclient || true)"
+[ -n "$DHCLIENT" ] || fail "dhclient not found (install isc-dhcp-client)"
 # busybox has no DHCPv6 client: the guest gets a small static one built here.
 CC="${CC:-$(command -v gcc || command -v cc || true)}"
 [ -n "$CC" ] || fail "no C compiler to build test/guest/dhcp6-client.c (install gcc and libc6-dev)"
 
-# Shared objects iperf3 needs, as the paths the dynamic loader will look for.
+# Shared objects iperf3 and dhclient need, as the paths the dynamic loader will look for.
 iperf3_libs() {
-  ldd "$IPERF3" | awk '
+  { ldd "$IPERF3"; ldd "$DHCLIENT"; } | awk '
     $2 == "=>" && $3 ~ /^\// { print $3 }
-    $1 ~ /^\// { print $1 }'
+    $1 ~ /^\// { print $1 }' | sort -u
 }
 
 MODULE_NAMES=()
@@ -53,7 +56,7 @@ done <"$GUEST_SRC/modules"
 input_digest() {
   {
     echo "deb $(basename "$KERNEL_DEB") $(stat -c %s "$KERNEL_DEB")"
-    sha256sum "$0" "$GUEST_SRC"/init "$GUEST_SRC"/udhcpc.script "$GUEST_SRC"/modules "$GUEST_SRC"/dhcp6-client.c "$BUSYBOX" "$IPERF3" | awk '{ print $1 }'
+    sha256sum "$0" "$GUEST_SRC"/init "$GUEST_SRC"/udhcpc.script "$GUEST_SRC"/dhclient.script "$GUEST_SRC"/modules "$GUEST_SRC"/dhcp6-client.c "$BUSYBOX" "$IPERF3" "$DHCLIENT" | awk '{ print $1 }'
     for lib in $(iperf3_libs); do
       echo "$lib $(sha256sum "$lib" | awk '{ print $1 }')"
     done
@@ -111,6 +114,9 @@ install -m 0755 "$GUEST_SRC/init" "$ROOT/init"
 install -m 0755 "$GUEST_SRC/udhcpc.script" "$ROOT/etc/udhcpc.script"
 
 cp "$IPERF3" "$ROOT/usr/bin/iperf3"
+cp "$DHCLIENT" "$ROOT/usr/sbin/dhclient"
+install -m 0755 "$GUEST_SRC/dhclient.script" "$ROOT/etc/dhclient.script"
+mkdir -p "$ROOT/var/lib/dhcp"
 "$CC" -static -Os -Wall -o "$ROOT/usr/bin/dhcp6-client" "$GUEST_SRC/dhcp6-client.c" \
   || fail "cannot build a static dhcp6-client (needs gcc and libc6-dev)"
 for lib in $(iperf3_libs); do

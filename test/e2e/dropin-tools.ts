@@ -116,11 +116,17 @@ export async function waitUntil(probe: () => boolean | Promise<boolean>, timeout
   }
 }
 
-/** Where a tool runs: the test namespace ("the host") or the held namespace of a PID. */
-export type Side = { kind: 'host'; ns: string } | { kind: 'held'; pid: number };
+/**
+ * Where a tool runs: the test namespace ("the host"), the held user+net
+ * namespace of a PID, or only the network namespace of a PID (no user
+ * namespace of its own).
+ */
+export type Side = { kind: 'host'; ns: string } | { kind: 'held'; pid: number } | { kind: 'net'; pid: number };
 
 function argvOn(side: Side, argv: string[]): string[] {
-  return side.kind === 'host' ? ['ip', 'netns', 'exec', side.ns, ...argv] : inHeld(side.pid, argv);
+  if (side.kind === 'host') return ['ip', 'netns', 'exec', side.ns, ...argv];
+  if (side.kind === 'net') return ['nsenter', '-t', String(side.pid), '-n', '--', ...argv];
+  return inHeld(side.pid, argv);
 }
 
 /** Outcome of one echo exchange. */

@@ -164,6 +164,13 @@ export function abstractUnixAddress(name: string, afUnix: number): Uint8Array {
   return out;
 }
 
+let backgroundCopy = false;
+
+/** True in the background copy (its stderr goes away with the parent: logging.ts adds syslog then, as passt does). */
+export function isBackgroundCopy(): boolean {
+  return backgroundCopy;
+}
+
 /** True when a notification datagram says READY=1 (sd_notify's newline-separated assignments). */
 export function saysReady(message: string): boolean {
   return message.split('\n').some((line) => line.trim() === 'READY=1');
@@ -190,6 +197,7 @@ export function reportReadinessToParent(api: DatagramSocketApi, env: NodeJS.Proc
   delete env[READY_FD_ENV];
   const readyFd = Number(value);
   if (!Number.isInteger(readyFd) || readyFd < 3) return false;
+  backgroundCopy = true;
   process.stdout.on('error', () => undefined);
   process.stderr.on('error', () => undefined);
   const name = `ferry-ready-${process.pid}-${randomBytes(8).toString('hex')}`;

@@ -10,11 +10,19 @@
  * that). On stderr, colours only on a TTY, and when stderr is the journal
  * (systemd sets JOURNAL_STREAM to its device:inode) each line starts with a
  * `<N>` syslog priority so journald records the right level.
+ *
+ * In the background copy (passt/pasta once ready, background.ts) and
+ * without --log-file, lines also go to syslog, as passt's do once it has
+ * forked: RFC 3164 datagrams to /dev/log (FERRY_SYSLOG_SOCKET names
+ * another socket, for a chroot or a test's receiver). A missing or full
+ * syslog loses lines, counted, never blocking or failing the daemon.
  */
 
 import { fstatSync } from 'fs';
 import { type Writable } from 'stream';
 import * as winston from 'winston';
+import Transport from 'winston-transport';
+import { isBackgroundCopy } from './background';
 import { type LogLevel, setLogSink } from '../../sys/log';
 import { type LoggingOptions } from './options';
 
@@ -84,6 +92,59 @@ function lineFormat(style: LineStyle): winston.Logform.Format {
   return winston.format.printf((info) => formatLine(style, isLogLevel(info.level) ? info.level : 'info', String(info.message)));
 }
 
+/** Environment variable naming the syslog socket instead of /dev/log. */
+export const SYSLOG_SOCKET_ENV = 'FERRY_SYSLOG_SOCKET';
+export const DEFAULT_SYSLOG_SOCKET = '/dev/log';
+/** syslog facility LOG_DAEMON (3 << 3), as passt's messages carry. */
+const LOG_DAEMON = 3 << 3;
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+/** One syslog datagram's text as glibc's syslog(3) sends it to /dev/log: `<PRI>Mmm dd hh:mm:ss ident[pid]: message`. */
+export function syslogLine(ident: string, pid: number, level: LogLevel, message: string, time: Date = new Date()): string {
+  const two = (n: number): string => String(n).padStart(2, '0');
+  const stamp = `${MONTHS[time.getMonth()]} ${String(time.getDate()).padStart(2, ' ')} ${two(time.getHours())}:${two(time.getMinutes())}:${two(time.getSeconds())}`;
+  return `<${LOG_DAEMON + SYSLOG_PRIORITY[level]}>${stamp} ${ident}[${pid}]: ${oneLine(message)}`;
+}
+
+/** Sends one datagram to a UNIX socket path; throws when it cannot (the addon's unixSendDatagram). */
+export type DatagramSender = (path: string, bytes: Uint8Array) => void;
+
+/** Largest line sent: syslog daemons take at least 1024 bytes, rsyslog and journald 8 KiB by default. */
+const SYSLOG_MAX_BYTES = 8192;
+
+/** winston transport writing each line to a syslog socket; a line that cannot be sent is counted and dropped. */
+export class SyslogTransport extends Transport {
+  /** Lines syslog did not take (no socket, not listening, queue full). */
+  lost = 0;
+
+  constructor(
+    private readonly path: string,
+    private readonly ident: string,
+    private readonly send: DatagramSender,
+    level: LogLevel,
+  ) {
+    super({ level });
+  }
+
+  override log(info: { level: string; message: unknown }, next: () => void): void {
+    const level = isLogLevel(info.level) ? info.level : 'info';
+    const bytes = Buffer.from(syslogLine(this.ident, process.pid, level, String(info.message)), 'utf8');
+    try {
+      this.send(this.path, bytes.length > SYSLOG_MAX_BYTES ? bytes.subarray(0, SYSLOG_MAX_BYTES) : bytes);
+    } catch {
+      this.lost++;
+    }
+    next();
+  }
+}
+
+/** The addon's datagram sender, loaded only when syslog is used. */
+function addonSender(): DatagramSender {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on demand: foreground runs and tests of the formatting need no addon
+  const { native } = require('../../sys/native') as typeof import('../../sys/native');
+  return (path, bytes) => native.unixSendDatagram(path, bytes);
+}
+
 /** Where the logger writes; tests inject a stream. */
 export interface LogDestination {
   /** Stream for non-file logging (default process.stderr). */
@@ -92,6 +153,11 @@ export interface LogDestination {
   isTty?: boolean;
   /** Whether that stream is the journal (default: isJournalStream()). */
   journal?: boolean;
+  /** Also log to syslog (default: in the background copy without --log-file). */
+  syslog?: boolean;
+  /** The syslog socket (default: $FERRY_SYSLOG_SOCKET or /dev/log) and how datagrams are sent (default: the addon). */
+  syslogPath?: string;
+  syslogSend?: DatagramSender;
 }
 
 export interface Logging {
@@ -127,6 +193,10 @@ export function setupLogging(options: LoggingOptions, destination: LogDestinatio
     const journal = destination.journal ?? (stream === process.stderr && isJournalStream());
     const style: LineStyle = { name: options.name, colour: isTty && !journal, journal, timestamp: false };
     transports.push(new winston.transports.Stream({ stream, level: options.level, format: lineFormat(style) }));
+    if (destination.syslog ?? isBackgroundCopy()) {
+      const path = destination.syslogPath ?? (process.env[SYSLOG_SOCKET_ENV] || DEFAULT_SYSLOG_SOCKET);
+      transports.push(new SyslogTransport(path, options.name, destination.syslogSend ?? addonSender(), options.level));
+    }
   }
   const logger = winston.createLogger({ levels: LEVELS, level: options.level, transports, exitOnError: false });
   const previous = current;

@@ -364,6 +364,9 @@ interface ParseState {
   ipv4OnlyGiven: string | null;
   ipv6OnlyGiven: string | null;
   nameGiven: boolean;
+  /** -n was given / -a carried an IPv4 prefix length: passt refuses both together. */
+  netmaskGiven: boolean;
+  prefixInAddress: boolean;
   /** Options as typed that need TCP / UDP, to report --no-tcp conflicts. */
   tcpForwardGiven: string | null;
   udpForwardGiven: string | null;
@@ -405,6 +408,22 @@ function hostSideRules(state: ParseState): Partial<ForwardSpecRules> {
 }
 /** -T/-U (pasta: no bind address, 'auto' allowed, 'all' not). */
 const NAMESPACE_SIDE_RULES: Partial<ForwardSpecRules> = { allowBindAddress: false, allowAll: false, allowAuto: true };
+
+/** An option passt has and ferry does not: one line naming it and why, and a non-zero exit. */
+function refuse(shown: string, why: string): never {
+  throw new OptionError(`${shown}: not supported by ferry: ${why}`);
+}
+
+function refusal(long: string, value: string | undefined, why: string, short?: string): OptionSpec {
+  return { long: [long], short, value, help: `Refused (passt option): ${why}`, apply: (_s, _v, shown) => refuse(shown, why) };
+}
+
+/** -a ADDR/PREFIX: the address text and the prefix length, or null when none was given. */
+function splitPrefix(shown: string, text: string): { text: string; prefix: number | null } {
+  const slash = text.indexOf('/');
+  if (slash === -1) return { text, prefix: null };
+  return { text: text.slice(0, slash), prefix: integerValue(shown, text.slice(slash + 1), 0, 128) };
+}
 
 const OPTIONS: readonly OptionSpec[] = [
   // --- what to do
@@ -493,13 +512,30 @@ const OPTIONS: readonly OptionSpec[] = [
     s.options.network.mtu = mtu;
   } },
   {
-    long: ['address'], short: 'a', value: 'ADDR', help: 'Address given to the guest (once per family; default: the host\'s)',
+    long: ['address'], short: 'a', value: 'ADDR[/PREFIX]', help: 'Address given to the guest (once per family; default: the host\'s); an IPv4 /PREFIX replaces -n',
     apply: (s, v, shown) => {
-      const address = addressValue(shown, v, { unspecified: true, loopback: true, multicast: true, broadcast: true, v4mapped: true });
+      const { text, prefix } = splitPrefix(shown, v);
+      const address = addressValue(shown, text, { unspecified: true, loopback: true, multicast: true, broadcast: true, v4mapped: true });
+      if (prefix !== null) {
+        if (s.netmaskGiven) fail(shown, 'prefix length given twice (here and with -n/--netmask)');
+        // As in passt: an IPv6 prefix length is checked but has no use (the guest's prefix comes from the RA).
+        if (address.length === 4 && prefix > 32) fail(shown, `/${prefix} is not an IPv4 prefix length (0-32)`);
+        if (address.length === 4) {
+          s.options.network.prefixLength4 = prefix;
+          s.prefixInAddress = true;
+        }
+      }
       byFamily(address, () => (s.options.network.address4 = address), () => (s.options.network.address6 = address));
     },
   },
-  { long: ['netmask'], short: 'n', value: 'MASK', help: 'IPv4 netmask, dotted or prefix length', apply: (s, v, shown) => (s.options.network.prefixLength4 = netmaskValue(shown, v)) },
+  {
+    long: ['netmask'], short: 'n', value: 'MASK', help: 'IPv4 netmask, dotted or prefix length',
+    apply: (s, v, shown) => {
+      if (s.prefixInAddress) fail(shown, 'prefix length given twice (here and in -a/--address)');
+      s.options.network.prefixLength4 = netmaskValue(shown, v);
+      s.netmaskGiven = true;
+    },
+  },
   {
     long: ['gateway'], short: 'g', value: 'ADDR', help: 'Default gateway announced to the guest (once per family)',
     apply: (s, v, shown) => {
@@ -586,6 +622,9 @@ const OPTIONS: readonly OptionSpec[] = [
   },
   { long: ['no-dhcp-dns'], help: 'Don\'t announce resolvers via DHCP, DHCPv6 or NDP', apply: (s) => (s.options.services.dhcpDns = false) },
   { long: ['no-dhcp-search'], help: 'Don\'t announce the search list via DHCP, DHCPv6 or NDP', apply: (s) => (s.options.services.dhcpSearch = false) },
+  // ferry announces the resolvers and search list in both modes by default; these undo a --no-dhcp-* given before.
+  { long: ['dhcp-dns'], help: 'Announce resolvers via DHCP, DHCPv6 and NDP (the default)', apply: (s) => (s.options.services.dhcpDns = true) },
+  { long: ['dhcp-search'], help: 'Announce the search list via DHCP, DHCPv6 and NDP (the default)', apply: (s) => (s.options.services.dhcpSearch = true) },
   // --- address mapping
   {
     long: ['map-host-loopback'], value: 'ADDR|none', help: 'Guest traffic to ADDR goes to the host\'s loopback (default: the gateway)',
@@ -651,6 +690,24 @@ const OPTIONS: readonly OptionSpec[] = [
     },
   },
   { long: ['freebind'], help: 'Allow -t/-u bind addresses not configured on the host', apply: (s) => (s.options.freebind = true) },
+  // --- passt options ferry has no counterpart for: refused rather than ignored, so a caller learns at once
+  {
+    long: ['repair-path'], value: 'PATH|none', help: 'Only \'none\' (no passt-repair socket): ferry does not migrate TCP connections',
+    apply: (s, v, shown) => {
+      if (v !== 'none') refuse(shown, 'ferry has no TCP_REPAIR migration helper interface (only \'none\' is accepted)');
+    },
+  },
+  {
+    long: ['chroot-fallback'], help: 'Accepted: ferry never pivot_root()s, so there is nothing to fall back from',
+    apply: (s, _v, shown) => s.notes.push(`${shown}: ferry does not switch to an empty root filesystem, nothing to fall back from`),
+  },
+  refusal('stats', 'DELAY', 'no periodic event statistics (use --metrics)'),
+  refusal('conf-path', 'PATH', 'no pesto(1) configuration socket (use --control)', 'c'),
+  refusal('migrate-exit', undefined, 'no live migration of connections'),
+  refusal('migrate-no-linger', undefined, 'no live migration of connections'),
+  refusal('host-lo-to-ns-lo', undefined, 'forwarded host-loopback connections always reach the namespace\'s address'),
+  refusal('ns-mac-addr', 'ADDR', 'the namespace\'s tap keeps the MAC address the kernel gave it'),
+  refusal('splice-only', undefined, 'a tap device is always created in the namespace'),
   // --- limits
   { long: ['max-flows'], value: 'N', help: `Flows per worker (1-${MAX_MAX_FLOWS}, default ${DEFAULT_MAX_FLOWS})`, apply: (s, v, shown) => (s.options.maxFlows = integerValue(shown, v, 1, MAX_MAX_FLOWS)) },
   { long: ['udp-timeout'], value: 'SECONDS', help: `Idle time before a UDP flow is dropped (1-86400, default ${DEFAULT_UDP_TIMEOUT_SECONDS})`, apply: (s, v, shown) => (s.options.udpTimeoutSeconds = integerValue(shown, v, 1, 86400)) },
@@ -683,6 +740,7 @@ function finish(state: ParseState): void {
     fail('--metrics', 'must differ from the other socket paths');
   }
   if (!state.nameGiven) options.logging.name = defaultInstanceName(options.socketPath, options.fd);
+  if (options.freebind) for (const spec of [...options.forwards.tcp, ...options.forwards.udp]) spec.freebind = true;
 }
 
 /**
@@ -702,6 +760,8 @@ export function parseOptions(argv: readonly string[], environment: ParseEnvironm
     ipv4OnlyGiven: null,
     ipv6OnlyGiven: null,
     nameGiven: false,
+    netmaskGiven: false,
+    prefixInAddress: false,
     tcpForwardGiven: null,
     udpForwardGiven: null,
   };
@@ -773,6 +833,10 @@ export interface PastaOptions {
   configNet: boolean;
   /** false with --no-splice: no splice() fast path between the loopbacks. */
   splice: boolean;
+  /** --netns-only: with a PID, join its network namespace only, not its user namespace. */
+  netnsOnly: boolean;
+  /** false with --no-netns-quit: keep running when the target PID exits. */
+  netnsQuit: boolean;
   /** The command to run in the namespace; empty = the user's shell (or, with --netns, none). */
   command: string[];
 }
@@ -803,6 +867,11 @@ const PASTA_VALUE_OPTIONS: Record<string, keyof PastaOptions> = { 'ns-ifname': '
 const PASTA_FLAGS: Record<string, () => Partial<PastaOptions>> = {
   'config-net': () => ({ configNet: true }),
   'no-splice': () => ({ splice: false }),
+  'netns-only': () => ({ netnsOnly: true }),
+  'no-netns-quit': () => ({ netnsQuit: false }),
+  // Deprecated in passt; ferry's --config-net sets one address per family and the default routes, which is what they ask for.
+  'no-copy-routes': () => ({}),
+  'no-copy-addrs': () => ({}),
 };
 
 /** pasta's options for its --help, after the shared ones. */
@@ -813,6 +882,9 @@ export function pastaOptionHelp(): Array<[string, string]> {
     ['--userns PATH|PID', 'User namespace to join with --netns'],
     ['--config-net', 'Configure the tap: the host\'s addresses, routes and MTU, link and loopback up'],
     ['--no-splice', 'No splice() fast path between the namespace\'s and the host\'s loopback'],
+    ['--netns-only', 'With a PID: join its network namespace only, not its user namespace'],
+    ['--no-netns-quit', 'Keep running when the target PID exits'],
+    ['--no-copy-routes, --no-copy-addrs', 'Accepted (deprecated in passt): --config-net copies one address and the default routes'],
   ];
 }
 
@@ -823,7 +895,7 @@ export function pastaOptionHelp(): Array<[string, string]> {
  * command. Throws OptionError like parseOptions.
  */
 export function parsePastaCommandLine(argv: readonly string[], environment: ParseEnvironment = { ephemeral: DEFAULT_EPHEMERAL_RANGE }): { parsed: ParsedCommandLine; pasta: PastaOptions } {
-  const pasta: PastaOptions = { nsIfname: null, netns: null, userns: null, configNet: false, splice: true, command: [] };
+  const pasta: PastaOptions = { nsIfname: null, netns: null, userns: null, configNet: false, splice: true, netnsOnly: false, netnsQuit: true, command: [] };
   const shared: string[] = [];
   let commandAfterDashes = false;
   let index = 0;

@@ -60,6 +60,8 @@ export interface ForwardSpec {
   mappings: PortMapping[];
   /** True when ports may be unavailable without failing (passt: `all` and exclusion-only specs). */
   bestEffort: boolean;
+  /** --freebind: the bind address need not be on the host yet (IP_FREEBIND / IPV6_FREEBIND). */
+  freebind?: boolean;
 }
 
 /** What the caller's option allows (passt: bind addresses and `all` for -t/-u only, `auto` for pasta's namespace side). */

@@ -25,6 +25,9 @@ const SO_REUSEADDR = 2;
 const SO_BINDTODEVICE = 25;
 const IPPROTO_IPV6 = 41;
 const IPV6_V6ONLY = 26;
+const IPPROTO_IP = 0;
+const IP_FREEBIND = 15;
+const IPV6_FREEBIND = 78;
 const EPOLLIN = 0x001;
 /** listen() backlog (the kernel caps it at net.core.somaxconn). */
 const BACKLOG = 4096;
@@ -139,6 +142,7 @@ export class TcpListeners implements ReadyHandler {
       this.sockets.setsockoptInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
       if (family === 6) this.sockets.setsockoptInt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1);
       if (spec.interfaceName !== null) this.sockets.setsockoptBytes(fd, SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(spec.interfaceName + '\0', 'latin1'));
+      if (spec.freebind === true) this.sockets.setsockoptInt(fd, family === 4 ? IPPROTO_IP : IPPROTO_IPV6, family === 4 ? IP_FREEBIND : IPV6_FREEBIND, 1);
       this.sockets.bind(fd, listenSockaddr(family, spec.bindAddress, port));
       this.sockets.listen(fd, BACKLOG);
     } catch (e) {

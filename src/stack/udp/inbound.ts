@@ -107,6 +107,8 @@ export function openListener(c: UdpFlows, family: 4 | 6, spec: ForwardSpec, port
   try {
     sockets.setsockoptInt(fd, family === 4 ? SOL_IP : SOL_IPV6, family === 4 ? IP_RECVERR : IPV6_RECVERR, 1);
     if (family === 6) sockets.setsockoptInt(fd, SOL_IPV6, IPV6_V6ONLY, 1);
+    // --freebind: IP_FREEBIND (15) / IPV6_FREEBIND (78), the bind address need not be on the host yet.
+    if (spec.freebind === true) sockets.setsockoptInt(fd, family === 4 ? SOL_IP : SOL_IPV6, family === 4 ? 15 : 78, 1);
     if (spec.interfaceName !== null) {
       sockets.setsockoptBytes(fd, SOL_SOCKET, SO_BINDTODEVICE, Buffer.from(spec.interfaceName + '\0', 'latin1'));
     }

@@ -206,7 +206,7 @@ function joinNamespaces(pasta: PastaOptions): NamespaceTarget {
   const spec = pasta.netns as string;
   const netPath = namespacePath(spec, 'net');
   let userPath = pasta.userns !== null ? namespacePath(pasta.userns, 'user') : null;
-  if (userPath === null && /^[0-9]+$/.test(spec)) {
+  if (userPath === null && !pasta.netnsOnly && /^[0-9]+$/.test(spec)) {
     const candidate = namespacePath(spec, 'user');
     // Entering our own user namespace again is refused (EINVAL): only a foreign one is joined.
     if (namespaceId(candidate) !== namespaceId('/proc/self/ns/user')) userPath = candidate;
@@ -530,7 +530,9 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
       else log.warn(reason);
     };
     const watchPid = target.watchPid;
-    if (child === null && watchPid !== null) {
+    if (child === null && !pasta.netnsQuit) {
+      // --no-netns-quit: the namespace's end is noticed only when its tap goes (onClosed).
+    } else if (child === null && watchPid !== null) {
       watchTimer = setInterval(() => {
         if (!fs.existsSync(`/proc/${watchPid}`)) finish(0, `process ${watchPid} exited`);
       }, 1000);

@@ -17,7 +17,7 @@ describe('ferry pasta command line', () => {
     const { parsed, pasta } = parsePastaCommandLine(['-I', 'eth9', '--config-net', '-m', '1500', '--netns=/run/netns/x', '--no-splice', '--', 'sh', '-c', 'echo -t 1']);
     expect(parsed.action).to.equal('run');
     expect(parsed.options.network.mtu).to.equal(1500);
-    expect(pasta).to.deep.equal({ nsIfname: 'eth9', netns: '/run/netns/x', userns: null, configNet: true, splice: false, command: ['sh', '-c', 'echo -t 1'] });
+    expect(pasta).to.deep.equal({ nsIfname: 'eth9', netns: '/run/netns/x', userns: null, configNet: true, splice: false, netnsOnly: false, netnsQuit: true, command: ['sh', '-c', 'echo -t 1'] });
   });
 
   it('the first non-option starts the command; values of shared options are not mistaken for it', () => {
