@@ -138,11 +138,26 @@ export class SyslogTransport extends Transport {
   }
 }
 
-/** The addon's datagram sender, loaded only when syslog is used. */
-function addonSender(): DatagramSender {
+/**
+ * The addon's datagram sender, loaded only when syslog is used. It connects
+ * to the syslog socket now, while logging is set up: ferry confines itself
+ * into an empty root later, where the path no longer resolves. Without a
+ * listener yet, lines are sent by path (as long as the path resolves).
+ */
+function addonSender(path: string): DatagramSender {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on demand: foreground runs and tests of the formatting need no addon
   const { native } = require('../../sys/native') as typeof import('../../sys/native');
-  return (path, bytes) => native.unixSendDatagram(path, bytes);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- with the addon, for the same reason
+  const { connectUnixDatagram } = require('../../sys/unix-socket') as typeof import('../../sys/unix-socket');
+  let fd: number;
+  try {
+    fd = connectUnixDatagram(path);
+  } catch {
+    return (to, bytes) => native.unixSendDatagram(to, bytes);
+  }
+  return (_to, bytes) => {
+    if (native.write(fd, bytes, 0, bytes.length) < 0) throw new Error('syslog socket full (EAGAIN)');
+  };
 }
 
 /** Where the logger writes; tests inject a stream. */
@@ -195,7 +210,7 @@ export function setupLogging(options: LoggingOptions, destination: LogDestinatio
     transports.push(new winston.transports.Stream({ stream, level: options.level, format: lineFormat(style) }));
     if (destination.syslog ?? isBackgroundCopy()) {
       const path = destination.syslogPath ?? (process.env[SYSLOG_SOCKET_ENV] || DEFAULT_SYSLOG_SOCKET);
-      transports.push(new SyslogTransport(path, options.name, destination.syslogSend ?? addonSender(), options.level));
+      transports.push(new SyslogTransport(path, options.name, destination.syslogSend ?? addonSender(path), options.level));
     }
   }
   const logger = winston.createLogger({ levels: LEVELS, level: options.level, transports, exitOnError: false });

@@ -5,6 +5,7 @@
  */
 import { native } from '../../sys/native';
 import { log } from '../../sys/log';
+import { connectUnixDatagram } from '../../sys/unix-socket';
 
 /** First fd passed by socket activation (SD_LISTEN_FDS_START). */
 const LISTEN_FDS_START = 3;
@@ -35,25 +36,13 @@ export function systemdListenFds(env: NodeJS.ProcessEnv = process.env, pid: numb
 /** A datagram socket connected to $NOTIFY_SOCKET (systemdNotifyConnect), or null: send by path. */
 let notifyFd: number | null = null;
 
-/** sockaddr_un for a path, or an abstract name given as '@name'. */
-function unixAddress(socket: string): Uint8Array {
-  const name = socket.startsWith('@') ? Buffer.concat([Buffer.of(0), Buffer.from(socket.slice(1))]) : Buffer.concat([Buffer.from(socket), Buffer.of(0)]);
-  const address = Buffer.alloc(2 + name.length);
-  address.writeUInt16LE(native.constants.AF_UNIX, 0);
-  name.copy(address, 2);
-  return address;
-}
-
 /** Connect to $NOTIFY_SOCKET now, so that later notifications need no path and no permission (ferry confines itself). */
 export function systemdNotifyConnect(env: NodeJS.ProcessEnv = process.env): void {
   const socket = env.NOTIFY_SOCKET;
   if (socket === undefined || socket === '' || notifyFd !== null) return;
-  const fd = native.socket(native.constants.AF_UNIX, native.constants.SOCK_DGRAM, 0);
   try {
-    native.connect(fd, unixAddress(socket));
-    notifyFd = fd;
+    notifyFd = connectUnixDatagram(socket);
   } catch (error) {
-    native.close(fd);
     log.warn(`sd_notify: cannot connect to ${socket}: ${error instanceof Error ? error.message : String(error)}`);
   }
 }

@@ -2,6 +2,7 @@
  * Checks on the fds a vhost-user front-end hands over, beyond their count:
  * what kind of file an fd is, and whether the daemon itself ran out of fds.
  */
+import { errorCode } from '../../../sys/errno';
 import { native } from '../../../sys/native';
 
 /**
@@ -30,7 +31,7 @@ export function atFdLimit(probeFd: number): boolean {
     native.close(native.dup(probeFd));
     return false;
   } catch (error) {
-    const code = (error as { code?: unknown }).code;
+    const code = errorCode(error);
     return code === 'EMFILE' || code === 'ENFILE';
   }
 }

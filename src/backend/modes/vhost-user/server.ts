@@ -25,6 +25,7 @@
  */
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
+import { errorCode } from '../../../sys/errno';
 import { native } from '../../../sys/native';
 import { closeQuietly } from '../../../sys/close';
 import { atFdLimit, eventFdProblem } from './fd-checks';
@@ -361,10 +362,10 @@ export class VhostUserServer extends EventEmitter {
     try {
       fd = native.accept(this.listenFd);
     } catch (error) {
-      const code = (error as { code?: unknown }).code;
+      const code = errorCode(error);
       if (code === 'EMFILE' || code === 'ENFILE') {
         // The pending connection keeps the socket readable: back off instead of spinning on it.
-        this.countRefusal('fd_limit', `cannot accept a front-end: the daemon is at its fd limit (${String(code)}); retrying in ${ACCEPT_RETRY_MS} ms`);
+        this.countRefusal('fd_limit', `cannot accept a front-end: the daemon is at its fd limit (${code}); retrying in ${ACCEPT_RETRY_MS} ms`);
         this.unwatchListenSocket();
         this.acceptRetry = setTimeout(() => {
           this.acceptRetry = null;
