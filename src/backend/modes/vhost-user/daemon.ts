@@ -16,9 +16,8 @@ import { createPcapFile } from '../../frontends/middleware/pcap';
 import { resolveDaemonStackConfig } from '../stack-setup';
 import { systemdListenFds, systemdNotify } from '../../cli/systemd';
 import { logFromWorker } from '../../cli/logging';
-import { type ControlServer, startControlServer } from '../../control/control';
-import { DaemonControlHandler } from './control-handler';
-import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
+import type { ControlServer } from '../../control/control';
+import type { MetricsServer } from '../../control/metrics';
 
 /**
  * Exit code when a queue-pair worker dies or stops answering (EX_SOFTWARE).
@@ -107,17 +106,28 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     ...(socketGroup !== undefined ? { socketGroup } : {}),
   });
 
-  // Index = queue pair; main's own block (vhost-user server counters) last.
-  const metrics = new FerryMetrics(() => [...workers.map((w) => w.counters), mainCounters]);
+  // The metrics (prom-client) and the control API (protobufjs) are loaded only when one is asked for:
+  // together they cost about 20 MB of the main thread's memory. Loaded here, at startup, before
+  // anything confines the process.
   let metricsServer: MetricsServer | null = null;
-  if (options.metrics !== null) {
-    metricsServer = await startMetricsServer(options.metrics, metrics);
-    log.info(`metrics on ${metricsServer.address}`);
-  }
   let control: ControlServer | null = null;
-  if (options.controlPath !== null) {
-    control = await startControlServer(options.controlPath, new DaemonControlHandler(workers, metrics.registry));
-    log.info(`control API on ${control.path}`);
+  if (options.metrics !== null || options.controlPath !== null) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with --metrics or the control API (see above)
+    const { FerryMetrics, startMetricsServer } = require('../../control/metrics') as typeof import('../../control/metrics');
+    // Index = queue pair; main's own block (vhost-user server counters) last.
+    const metrics = new FerryMetrics(() => [...workers.map((w) => w.counters), mainCounters]);
+    if (options.metrics !== null) {
+      metricsServer = await startMetricsServer(options.metrics, metrics);
+      log.info(`metrics on ${metricsServer.address}`);
+    }
+    if (options.controlPath !== null) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with the control API (see above)
+      const { startControlServer } = require('../../control/control') as typeof import('../../control/control');
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with the control API (see above)
+      const { DaemonControlHandler } = require('./control-handler') as typeof import('./control-handler');
+      control = await startControlServer(options.controlPath, new DaemonControlHandler(workers, metrics.registry));
+      log.info(`control API on ${control.path}`);
+    }
   }
 
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
