@@ -12,7 +12,6 @@ import type { DaemonOptions } from '../../cli/options';
 import { QueueWorker } from './queue-worker';
 import { NetDevice } from './net-device';
 import { VhostUserServer } from './server';
-import { createPcapFile } from '../../frontends/middleware/pcap';
 import { resolveDaemonStackConfig } from '../stack-setup';
 import { systemdListenFds, systemdNotify } from '../../cli/systemd';
 import { logFromWorker } from '../../cli/logging';
@@ -52,7 +51,8 @@ function isListeningSocket(fd: number): boolean {
  */
 export async function runDaemon(options: DaemonOptions): Promise<number> {
   const stackConfig = await resolveDaemonStackConfig(options);
-  if (options.pcapFile !== null) createPcapFile(options.pcapFile);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with --pcap, at startup
+  if (options.pcapFile !== null) (require('../../frontends/middleware/pcap') as typeof import('../../frontends/middleware/pcap')).createPcapFile(options.pcapFile);
 
   // A failed worker ends the daemon (see WORKER_FAILURE_EXIT_CODE); set once the stop sequence exists.
   // A failure before then is kept and acted on as soon as it is.
