@@ -1,13 +1,16 @@
 /**
- * The main thread's logger: winston with four levels (error, warn, info,
- * debug), one line per event, the instance name in every line. Installed as
+ * The main thread's logger: four levels (error, warn, info, debug), one
+ * line per event, the instance name in every line. Installed as
  * the sink of src/log.ts, so every layer's `log.*` and `rateLimited` calls
  * end up here; worker threads post their lines to the main thread, which
  * passes them to `logFromWorker`.
  *
- * Output: stderr by default, or a file with -l/--log-file (bounded by
- * --log-size: one rotated copy is kept, so the disk use is at most twice
- * that). On stderr, colours only on a TTY, and when stderr is the journal
+ * Output: stderr by default, written directly, or a file with -l/--log-file
+ * through winston's File transport (bounded by --log-size: one rotated copy
+ * is kept, so the disk use is at most twice that). winston is loaded only
+ * for a log file: it and its dependencies cost about 10 MB of the main
+ * thread's memory, which a stderr line does not need; with -l it is loaded
+ * at startup, before anything confines the process. On stderr, colours only on a TTY, and when stderr is the journal
  * (systemd sets JOURNAL_STREAM to its device:inode) each line starts with a
  * `<N>` syslog priority so journald records the right level.
  *
@@ -20,8 +23,7 @@
 
 import { fstatSync } from 'fs';
 import { type Writable } from 'stream';
-import * as winston from 'winston';
-import Transport from 'winston-transport';
+import type * as Winston from 'winston';
 import { isBackgroundCopy } from './background';
 import { type LogLevel, setLogSink } from '../../sys/log';
 import { type LoggingOptions } from './options';
@@ -87,10 +89,6 @@ export function isJournalStream(env: NodeJS.ProcessEnv = process.env, fd = 2): b
   }
 }
 
-/** winston format producing our line for each event. */
-function lineFormat(style: LineStyle): winston.Logform.Format {
-  return winston.format.printf((info) => formatLine(style, isLogLevel(info.level) ? info.level : 'info', String(info.message)));
-}
 
 /** Environment variable naming the syslog socket instead of /dev/log. */
 export const SYSLOG_SOCKET_ENV = 'FERRY_SYSLOG_SOCKET';
@@ -112,8 +110,8 @@ export type DatagramSender = (path: string, bytes: Uint8Array) => void;
 /** Largest line sent: syslog daemons take at least 1024 bytes, rsyslog and journald 8 KiB by default. */
 const SYSLOG_MAX_BYTES = 8192;
 
-/** winston transport writing each line to a syslog socket; a line that cannot be sent is counted and dropped. */
-export class SyslogTransport extends Transport {
+/** Lines to a syslog socket, at or above a level; a line that cannot be sent is counted and dropped. */
+export class SyslogTransport {
   /** Lines syslog did not take (no socket, not listening, queue full). */
   lost = 0;
 
@@ -121,13 +119,12 @@ export class SyslogTransport extends Transport {
     private readonly path: string,
     private readonly ident: string,
     private readonly send: DatagramSender,
-    level: LogLevel,
-  ) {
-    super({ level });
-  }
+    public level: LogLevel,
+  ) {}
 
-  override log(info: { level: string; message: unknown }, next: () => void): void {
+  log(info: { level: string; message: unknown }, next: () => void): void {
     const level = isLogLevel(info.level) ? info.level : 'info';
+    if (LEVELS[level] > LEVELS[this.level]) return next();
     const bytes = Buffer.from(syslogLine(this.ident, process.pid, level, String(info.message)), 'utf8');
     try {
       this.send(this.path, bytes.length > SYSLOG_MAX_BYTES ? bytes.subarray(0, SYSLOG_MAX_BYTES) : bytes);
@@ -176,59 +173,100 @@ export interface LogDestination {
 }
 
 export interface Logging {
-  logger: winston.Logger;
-  /** Flush and close the transports. */
+  /** Write one line at `level` (dropped when below the current level). */
+  write(level: LogLevel, message: string): void;
+  /** Change the level at run time (control API). */
+  setLevel(level: LogLevel): void;
+  /** Flush and close the destination (a stream given or stderr stays open). */
   close(): Promise<void>;
 }
 
 let current: Logging | null = null;
 let currentName = 'ferry';
 
-/**
- * Create the process logger from the options, install it as src/log.ts's
- * sink and return it. Calling it again replaces the previous one.
- */
-export function setupLogging(options: LoggingOptions, destination: LogDestination = {}): Logging {
-  const transports: winston.transport[] = [];
-  if (options.file !== null) {
-    const style: LineStyle = { name: options.name, colour: false, journal: false, timestamp: true };
-    transports.push(
-      new winston.transports.File({
-        filename: options.file,
-        level: options.level,
-        maxsize: options.fileSize,
-        maxFiles: 2,
-        tailable: true,
-        format: lineFormat(style),
+/** Lines written straight to a stream: one write per line, nothing queued here. */
+function streamLogging(stream: Writable, style: LineStyle, initialLevel: LogLevel): Logging {
+  let threshold = LEVELS[initialLevel];
+  return {
+    write: (level, message) => {
+      if (LEVELS[level] <= threshold) stream.write(`${formatLine(style, level, message)}\n`);
+    },
+    setLevel: (level) => {
+      threshold = LEVELS[level];
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        if (!stream.writableNeedDrain) resolve();
+        else stream.once('drain', () => resolve());
       }),
-    );
-  } else {
-    const stream = destination.stream ?? process.stderr;
-    const isTty = destination.isTty ?? (stream === process.stderr && process.stderr.isTTY === true);
-    const journal = destination.journal ?? (stream === process.stderr && isJournalStream());
-    const style: LineStyle = { name: options.name, colour: isTty && !journal, journal, timestamp: false };
-    transports.push(new winston.transports.Stream({ stream, level: options.level, format: lineFormat(style) }));
-    if (destination.syslog ?? isBackgroundCopy()) {
-      const path = destination.syslogPath ?? (process.env[SYSLOG_SOCKET_ENV] || DEFAULT_SYSLOG_SOCKET);
-      transports.push(new SyslogTransport(path, options.name, destination.syslogSend ?? addonSender(path), options.level));
-    }
-  }
-  const logger = winston.createLogger({ levels: LEVELS, level: options.level, transports, exitOnError: false });
-  const previous = current;
-  current = {
-    logger,
+  };
+}
+
+/** Lines appended to --log-file with rotation at --log-size, through winston's File transport. */
+function fileLogging(options: LoggingOptions): Logging {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only for -l/--log-file (see the file comment)
+  const winston = require('winston') as typeof Winston;
+  const style: LineStyle = { name: options.name, colour: false, journal: false, timestamp: true };
+  const format = winston.format.printf((info) => formatLine(style, isLogLevel(info.level) ? info.level : 'info', String(info.message)));
+  const transport = new winston.transports.File({ filename: options.file ?? '', level: options.level, maxsize: options.fileSize, maxFiles: 2, tailable: true, format });
+  const logger = winston.createLogger({ levels: LEVELS, level: options.level, transports: [transport], exitOnError: false });
+  return {
+    write: (level, message) => {
+      logger.log(level, message);
+    },
+    setLevel: (level) => {
+      logger.level = level;
+      transport.level = level;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         logger.on('finish', () => resolve());
         logger.end();
       }),
   };
+}
+
+/** Every line also to syslog (the background copy without a log file, as passt). */
+function withSyslog(inner: Logging, syslog: SyslogTransport): Logging {
+  const done = (): void => undefined;
+  return {
+    write: (level, message) => {
+      inner.write(level, message);
+      syslog.log({ level, message }, done);
+    },
+    setLevel: (level) => {
+      inner.setLevel(level);
+      syslog.level = level;
+    },
+    close: () => inner.close(),
+  };
+}
+
+/**
+ * Create the process logger from the options, install it as src/log.ts's
+ * sink and return it. Calling it again replaces the previous one.
+ */
+export function setupLogging(options: LoggingOptions, destination: LogDestination = {}): Logging {
+  let logging: Logging;
+  if (options.file !== null) logging = fileLogging(options);
+  else {
+    const stream = destination.stream ?? process.stderr;
+    const isTty = destination.isTty ?? (stream === process.stderr && process.stderr.isTTY === true);
+    const journal = destination.journal ?? (stream === process.stderr && isJournalStream());
+    logging = streamLogging(stream, { name: options.name, colour: isTty && !journal, journal, timestamp: false }, options.level);
+    if (destination.syslog ?? isBackgroundCopy()) {
+      const path = destination.syslogPath ?? (process.env[SYSLOG_SOCKET_ENV] || DEFAULT_SYSLOG_SOCKET);
+      logging = withSyslog(logging, new SyslogTransport(path, options.name, destination.syslogSend ?? addonSender(path), options.level));
+    }
+  }
+  const previous = current;
+  current = logging;
   currentName = options.name;
   setLogSink((level, message) => {
-    logger.log(level, message);
+    logging.write(level, message);
   });
   if (previous !== null) void previous.close();
-  return current;
+  return logging;
 }
 
 /**
@@ -238,15 +276,13 @@ export function setupLogging(options: LoggingOptions, destination: LogDestinatio
 export function logFromWorker(level: unknown, message: unknown, workerId: number): void {
   const safeLevel: LogLevel = isLogLevel(level) ? level : 'warn';
   const text = `[worker ${workerId}] ${typeof message === 'string' ? message : String(message)}`;
-  if (current !== null) current.logger.log(safeLevel, text);
+  if (current !== null) current.write(safeLevel, text);
   else process.stderr.write(`${currentName}: ${safeLevel}: ${oneLine(text)}\n`);
 }
 
 /** Change the level of the installed logger and its transports at run time (control API). */
 export function setLogLevel(level: LogLevel): void {
-  if (current === null) return;
-  current.logger.level = level;
-  for (const transport of current.logger.transports) transport.level = level;
+  current?.setLevel(level);
 }
 
 /** Flush and close the installed logger (before exit); later lines go straight to stderr. */

@@ -10,7 +10,7 @@
 import { existsSync } from 'fs';
 import { userInfo } from 'os';
 import { dirname, join } from 'path';
-import * as protobuf from 'protobufjs';
+import type * as protobuf from 'protobufjs';
 
 /** Length prefix of every frame: 4 bytes, big-endian. */
 export const FRAME_HEADER_BYTES = 4;
@@ -162,10 +162,16 @@ export function controlProtoPath(start: string = __dirname): string {
   throw new Error(`control API schema ${CONTROL_PROTO_RELATIVE_PATH} not found above ${start}`);
 }
 
-/** The Request and Response types, loaded from the .proto on first use. */
+/**
+ * The Request and Response types, loaded from the .proto on first use.
+ * protobufjs itself is loaded here too (about 9 MB of a thread's memory),
+ * so that importing this module for its types and constants costs nothing.
+ */
 function controlTypes(): ControlTypes {
   if (types === null) {
-    const root = protobuf.loadSync(controlProtoPath());
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded with the schema, only where the control API is used
+    const { loadSync } = require('protobufjs') as typeof protobuf;
+    const root = loadSync(controlProtoPath());
     types = { request: root.lookupType(`${PACKAGE}.Request`), response: root.lookupType(`${PACKAGE}.Response`) };
   }
   return types;

@@ -12,14 +12,11 @@ import type { DaemonOptions } from '../../cli/options';
 import { QueueWorker } from './queue-worker';
 import { NetDevice } from './net-device';
 import { VhostUserServer } from './server';
-import { createPcapFile } from '../../frontends/middleware/pcap';
 import { resolveDaemonStackConfig } from '../stack-setup';
 import { systemdListenFds, systemdNotify } from '../../cli/systemd';
 import { logFromWorker } from '../../cli/logging';
-import { type ControlServer, startControlServer } from '../../control/control';
-import { DaemonControlHandler } from './control-handler';
-import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
-import { loadControlSchema } from '../../control/control-protocol';
+import type { ControlServer } from '../../control/control';
+import type { MetricsServer } from '../../control/metrics';
 import { confineProcess, planIsolation, processContext } from '../../cli/isolation';
 
 /**
@@ -56,7 +53,8 @@ function isListeningSocket(fd: number): boolean {
 export async function runDaemon(options: DaemonOptions): Promise<number> {
   const isolation = planIsolation('vhost-user', options, processContext());
   const stackConfig = await resolveDaemonStackConfig(options);
-  if (options.pcapFile !== null) createPcapFile(options.pcapFile);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with --pcap, at startup
+  if (options.pcapFile !== null) (require('../../frontends/middleware/pcap') as typeof import('../../frontends/middleware/pcap')).createPcapFile(options.pcapFile);
 
   // A failed worker ends the daemon (see WORKER_FAILURE_EXIT_CODE); set once the stop sequence exists.
   // A failure before then is kept and acted on as soon as it is.
@@ -110,22 +108,34 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
     ...(socketGroup !== undefined ? { socketGroup } : {}),
   });
 
-  // Index = queue pair; main's own block (vhost-user server counters) last.
-  const metrics = new FerryMetrics(() => [...workers.map((w) => w.counters), mainCounters]);
+  // The metrics (prom-client) and the control API (protobufjs) are loaded only when one is asked for:
+  // together they cost about 20 MB of the main thread's memory. Loaded here, at startup, before
+  // anything confines the process.
   let metricsServer: MetricsServer | null = null;
-  if (options.metrics !== null) {
-    metricsServer = await startMetricsServer(options.metrics, metrics);
-    log.info(`metrics on ${metricsServer.address}`);
-  }
   let control: ControlServer | null = null;
-  if (options.controlPath !== null) {
-    control = await startControlServer(options.controlPath, new DaemonControlHandler(workers, metrics.registry));
-    log.info(`control API on ${control.path}`);
+  if (options.metrics !== null || options.controlPath !== null) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with --metrics or the control API (see above)
+    const { FerryMetrics, startMetricsServer } = require('../../control/metrics') as typeof import('../../control/metrics');
+    // Index = queue pair; main's own block (vhost-user server counters) last.
+    const metrics = new FerryMetrics(() => [...workers.map((w) => w.counters), mainCounters]);
+    if (options.metrics !== null) {
+      metricsServer = await startMetricsServer(options.metrics, metrics);
+      log.info(`metrics on ${metricsServer.address}`);
+    }
+    if (options.controlPath !== null) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with the control API (see above)
+      const { startControlServer } = require('../../control/control') as typeof import('../../control/control');
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with the control API (see above)
+      const { DaemonControlHandler } = require('./control-handler') as typeof import('./control-handler');
+      control = await startControlServer(options.controlPath, new DaemonControlHandler(workers, metrics.registry));
+      log.info(`control API on ${control.path}`);
+    }
   }
 
   if (options.pidFile !== null) fs.writeFileSync(options.pidFile, `${process.pid}\n`);
   // Everything is loaded and open: from here on no path is reachable (the schema is read lazily otherwise).
-  if (control !== null) loadControlSchema();
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with the control API (see above)
+  if (control !== null) (require('../../control/control-protocol') as typeof import('../../control/control-protocol')).loadControlSchema();
   const metricsPath = options.metrics?.kind === 'unix' ? options.metrics.path : null;
   confineProcess(isolation, (line) => log.info(line), [socketPath, options.pidFile, options.controlPath, metricsPath]);
   const where = socketPath ?? `fd ${listenFd ?? connectedFd}`;

@@ -70,7 +70,7 @@ export class QueueWorker {
     this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
     this.counters = new CounterBlock();
     const workerInit: WorkerInit = { ...init, counters: this.counters.buffer };
-    this.worker = new Worker(options.script ?? path.join(__dirname, 'worker-main.js'), { workerData: workerInit });
+    this.worker = new Worker(options.script ?? path.join(__dirname, 'worker-main.js'), { workerData: workerInit, resourceLimits: { maxYoungGenerationSizeMb: 2 } });
     let markReady: () => void = () => undefined;
     let failReady: (e: Error) => void = () => undefined;
     this.ready = new Promise<void>((resolve, reject) => {

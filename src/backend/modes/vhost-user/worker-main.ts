@@ -14,12 +14,12 @@ import { GuestMemory } from '../../../virtqueue/guest-memory';
 import { Vring } from '../../../virtqueue/vring';
 import { defaultFence } from '../../../virtqueue/split-ring';
 import { VirtioNetPort } from '../../../virtqueue/virtio-net-port';
-import { PcapWriter } from '../../frontends/middleware/pcap';
+import type { PcapWriter } from '../../frontends/middleware/pcap';
 import { RX_RING, TX_RING, type WorkerControlRequest, type WorkerInit, type WorkerMessage, type WorkerReplyValue, type WorkerRequestWithId } from './worker-protocol';
 import type { FrameSink, OffloadInfo, SegmentList } from '../../../io/frame-io';
 import { FrontendLoop } from '../frontend-loop';
 import { createStackParts, type StackParts } from '../../../stack/stack-factory';
-import { FaultInjector } from '../../frontends/middleware/fault-injection';
+import type { FaultInjector } from '../../frontends/middleware/fault-injection';
 import type { Stack } from '../../../stack/stack';
 import { closeWorkerFlow, listWorkerFlows, WorkerForwards } from './worker-control';
 
@@ -65,7 +65,9 @@ class QueuePairWorker {
     this.counters = new CounterBlock(init.counters);
     this.vrings = [this.makeVring(RX_RING), this.makeVring(TX_RING)];
     this.forwards = init.stack !== null && init.queuePair === 0 ? new WorkerForwards(init.stack) : null;
-    this.pcap = init.pcapPath !== null ? new PcapWriter(init.pcapPath) : null;
+    // pcap and fault injection are loaded only when on, here at startup (before the process is confined).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only with --pcap
+    this.pcap = init.pcapPath !== null ? new (require('../../frontends/middleware/pcap') as typeof import('../../frontends/middleware/pcap')).PcapWriter(init.pcapPath) : null;
     const pcap = this.pcap;
     this.port = new VirtioNetPort({
       rx: this.vrings[RX_RING].ring,
@@ -77,7 +79,9 @@ class QueuePairWorker {
       maxFrameLength: (init.stack?.mtu ?? 65520) + ETHERNET_HEADER_LENGTH,
       onFrame: pcap !== null ? (_direction, frame, length) => pcap.write(frame, length) : null,
     });
-    this.faults = init.stack !== null ? FaultInjector.fromEnvironment(this.port) : null;
+    this.faults =
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when FERRY_TEST_FAULTS is set (tests)
+      init.stack !== null && (process.env.FERRY_TEST_FAULTS ?? '') !== '' ? (require('../../frontends/middleware/fault-injection') as typeof import('../../frontends/middleware/fault-injection')).FaultInjector.fromEnvironment(this.port) : null;
     this.port.sink = this.buildStack();
     // One guest notification per batch of ready fds; then a look at whether guest memory faulted under the rings.
     this.loop.onBatchEnd(() => {
