@@ -148,6 +148,9 @@ export class VirtioNetPort implements FramePort {
   private rxNext = 0;
   private rxStarved = false;
   private rxBrokenReported = false;
+  /** Between beginBatch and endBatch: flush() only notes that the RX ring has something to publish. */
+  private batching = false;
+  private rxFlushHeld = false;
 
   constructor(options: VirtioNetPortOptions) {
     this.rx = options.rx;
@@ -205,8 +208,21 @@ export class VirtioNetPort implements FramePort {
   processTx(budget: number): boolean {
     const ring = this.tx;
     const chain = this.txChain;
-    let handled = 0;
     let drained = false;
+    const outer = !this.batching;
+    if (outer) this.beginBatch();
+    try {
+      drained = this.popTxChains(ring, chain, budget);
+    } finally {
+      // Inside an outer batch its end publishes the TX used entries too.
+      if (outer) this.endBatch();
+    }
+    return !drained;
+  }
+
+  /** The loop of processTx: true when the ring is drained (or broken). */
+  private popTxChains(ring: SplitRing, chain: DescriptorChain, budget: number): boolean {
+    let handled = 0;
     ring.disableNotifications();
     // Bounded by budget; the Empty retry happens only when enableNotifications found new chains.
     while (handled < budget) {
@@ -216,13 +232,11 @@ export class VirtioNetPort implements FramePort {
           ring.disableNotifications();
           continue;
         }
-        drained = true;
-        break;
+        return true;
       }
       if (result === PopResult.RingBroken) {
         this.reportBroken('tx');
-        drained = true;
-        break;
+        return true;
       }
       handled++;
       this.txBrokenReported = false;
@@ -232,8 +246,26 @@ export class VirtioNetPort implements FramePort {
       }
       this.forwardTxChain(chain);
     }
+    return false;
+  }
+
+  /**
+   * From here to endBatch (a batch of ready fds, or one processTx), flush()
+   * publishes nothing: the guest gets one RX notification for the whole
+   * batch, whichever flows and kicks produced frames in it.
+   */
+  beginBatch(): void {
+    this.batching = true;
+  }
+
+  /** The end of a batch: publish TX and RX used entries, each ring notified once if the guest asks. */
+  endBatch(): void {
+    this.batching = false;
     this.flushTx();
-    return !drained;
+    if (this.rxFlushHeld) {
+      this.rxFlushHeld = false;
+      this.flush();
+    }
   }
 
   /** Publish TX used entries and notify the guest if it asked for it. */
@@ -454,6 +486,14 @@ export class VirtioNetPort implements FramePort {
 
   /** Publish committed frames and notify the guest once if it wants it (FramePort). */
   flush(): void {
+    if (this.batching) {
+      this.rxFlushHeld = true;
+      return;
+    }
+    this.publishRx();
+  }
+
+  private publishRx(): void {
     if (this.rx.pendingUsedCount === 0) return;
     this.rx.publishUsed();
     if (this.rx.needsNotify()) this.notifyRx();
@@ -477,7 +517,8 @@ export class VirtioNetPort implements FramePort {
    */
   quiesce(): void {
     this.cancel();
-    this.flush();
+    this.rxFlushHeld = false;
+    this.publishRx();
     this.flushTx();
   }
 

@@ -152,6 +152,40 @@ describe('VirtioNetPort', () => {
       expect(f.txDriver.usedFlags).to.equal(0); // drained: kicks wanted again
     });
 
+    it('holds the RX flushes of the frames it hands over until the batch ends: one RX notification', () => {
+      const f = setup();
+      for (let i = 0; i < 3; i++) {
+        const all = new Uint8Array(12 + 14);
+        all.set(frameBytes(14, i), 12);
+        f.txDriver.addChain(readableChain(f.arena, [all]));
+        f.rxDriver.addChain([{ gpa: f.arena.alloc(64), length: 64, writable: true }]);
+      }
+      f.txDriver.publish();
+      f.rxDriver.publish();
+      let published = 0;
+      f.port.sink = {
+        receiveFrame() {
+          // A reply per frame, flushed at once as a stack does.
+          f.port.reserve(20);
+          f.port.commit(20);
+          f.port.flush();
+          published += f.rxDriver.drainUsed().length;
+        },
+      };
+      expect(f.port.processTx(10)).to.equal(false);
+      expect(published).to.equal(0);
+      expect(f.notified.rx).to.equal(1);
+      expect(f.rxDriver.drainUsed().length).to.equal(3);
+      // An outer batch (a loop's batch of ready fds) holds them past processTx too.
+      f.port.beginBatch();
+      f.port.reserve(20);
+      f.port.flush();
+      expect(f.port.processTx(10)).to.equal(false);
+      expect(f.notified.rx).to.equal(1);
+      f.port.endBatch();
+      expect(f.notified.rx).to.equal(1); // nothing was committed: nothing to publish
+    });
+
     it('drops malformed chains by reason, returns them with length 0, and carries on', () => {
       const f = setup();
       const good = new Uint8Array(12 + 20);

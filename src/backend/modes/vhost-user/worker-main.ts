@@ -78,7 +78,8 @@ class QueuePairWorker {
     this.faults = init.stack !== null ? FaultInjector.fromEnvironment(this.port) : null;
     this.port.sink = this.buildStack();
     // One guest notification per batch of ready fds.
-    this.loop.onBatchEnd(() => this.port.flush());
+    this.loop.onBatchStart(() => this.port.beginBatch());
+    this.loop.onBatchEnd(() => this.port.endBatch());
     // Periodic stack work (timers, idle flow expiry, router advertisements); never keeps the thread alive.
     this.loop.every(WORKER_TIMER_INTERVAL_MS, () => {
       this.stack?.onTimer();
