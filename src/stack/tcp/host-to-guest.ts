@@ -17,6 +17,7 @@ import { TCP_HEADER_LENGTH, TcpFlag } from '../wire/tcp';
 import { connectDone, connectFailed, soError } from './connect';
 import { BYTES_TO_GUEST, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, F_EVER_FIN, F_FIN_ACKED, F_FIN_SENT, F_NO_REBLOCK, F_PEEK_OFF, F_PEER_CLOSED, F_READABLE, F_RECOVERY, F_RX_BLOCKED, F_SND_BLOCKED, F_SOCK_EOF, MSG_PEEK, PEEK_PREFIX_LIMIT, SEGMENTS_PER_CALL, SOL_SOCKET, SO_PEEK_OFF, type TcpConnections, TcpEvent, TcpState, cancelOpen, finished, reserve, seqDiff, updateEvents } from './connection';
 import { iovFromSegments } from '../l4/iovec';
+import { SIOCINQ } from '../../sys/linux';
 import { abort, sendFlags, socketFailed, writeSegment } from './output';
 
 export function socketEvent(c: TcpConnections, id: number, events: number): void {
@@ -130,7 +131,10 @@ export function sendSegments(c: TcpConnections, id: number, probe: boolean, head
       c.iov.offsets[0] = 0;
       c.iov.lengths[0] = prefix;
     }
-    const frames = reserveFrames(c, id, headerLength, window, prefix > 0 ? 1 : 0, Math.min(FRAMES_PER_PEEK, SEGMENTS_PER_CALL - sent));
+    // Reserve for what the socket holds, not the whole window: guest buffers
+    // taken and then given back cost as much as the ones that carry data.
+    const plan = Math.min(window, Math.max(1, unsentBytes(c, fd, inFlight)));
+    const frames = reserveFrames(c, id, headerLength, plan, prefix > 0 ? 1 : 0, Math.min(FRAMES_PER_PEEK, SEGMENTS_PER_CALL - sent));
     if (frames === 0) break;
     let room = 0;
     for (let i = 0; i < frames; i++) room += peekRooms[i];
@@ -164,6 +168,21 @@ export function sendSegments(c: TcpConnections, id: number, probe: boolean, head
       break;
     }
   }
+}
+
+/**
+ * Bytes in the socket beyond those the guest already has (SIOCINQ counts
+ * every byte not yet discarded, peeked or not); 0 at EOF or when the ioctl
+ * fails, so that one frame still goes to the peek that tells.
+ */
+function unsentBytes(c: TcpConnections, fd: number, inFlight: number): number {
+  let queued: number;
+  try {
+    queued = c.sockets.ioctlInt(fd, SIOCINQ);
+  } catch {
+    return 0;
+  }
+  return queued - inFlight;
 }
 
 /**
