@@ -10,7 +10,9 @@
  * `reserve(maxLength)`, writes the frame into the returned scatter list
  * (headers in place, payload by e.g. recvmsg straight into the segments),
  * then calls `commit(length)` (or `cancel()`). `flush()` publishes the batch
- * and notifies the other side once.
+ * and notifies the other side once. A port may let the stack hold several
+ * reservations at once (`reserveAnother`), so one socket call can fill many
+ * frames; they are committed oldest first.
  *
  * Nothing here knows about virtqueues; `src/stack` never imports
  * `src/virtqueue` or `src/backend`.
@@ -140,9 +142,20 @@ export interface FramePort {
    * smaller; check `totalLength`.
    */
   reserve(maxLength: number): SegmentList | null;
-  /** Publish the reserved frame with its real length (<= reserved totalLength). */
+  /**
+   * Reserve room for one more frame while the earlier reservations stay
+   * open (reserve() gives them back first). Returns null when the port has
+   * no more buffers or holds no more reservations at once; the open ones
+   * are still valid. Absent: one reservation at a time.
+   */
+  reserveAnother?(maxLength: number): SegmentList | null;
+  /**
+   * Publish the oldest open reservation with its real length (<= its
+   * totalLength). A commit shorter than the reservation while later ones
+   * are open gives those later ones back (as cancel would).
+   */
   commit(length: number, offload?: OffloadInfo): void;
-  /** Give the reservation back unused. */
+  /** Give every open reservation back unused. */
   cancel(): void;
   /** Publish what was committed and notify the other side (once per batch). */
   flush(): void;

@@ -91,6 +91,10 @@ export class PortLease implements FramePort {
     return this.inner === null ? null : this.inner.reserve(maxLength);
   }
 
+  reserveAnother(maxLength: number): SegmentList | null {
+    return this.inner?.reserveAnother?.(maxLength) ?? null;
+  }
+
   commit(length: number, offload?: OffloadInfo): void {
     if (this.inner !== null) this.inner.commit(length, offload);
   }

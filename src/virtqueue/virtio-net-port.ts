@@ -9,8 +9,11 @@
  *
  * RX (ferry -> guest): this is the stack's FramePort. `reserve` takes one
  * chain (or, with MRG_RXBUF, as many as the frame needs) and returns the
- * writable space after the header; `commit` writes the header and pushes
- * the used entries; `flush` publishes and notifies once per batch.
+ * writable space after the header; `reserveAnother` does the same while
+ * earlier reservations stay open (up to RX_RESERVATIONS), so the stack can
+ * fill many frames with one socket call; `commit` writes the oldest open
+ * frame's header and pushes its used entries; `flush` publishes and
+ * notifies once per batch.
  *
  * Chains the guest got wrong are returned with length 0, counted by reason
  * and logged (rate-limited); nothing the guest writes can make this throw.
@@ -33,6 +36,11 @@ export const TX_DROP_RUNT = 'runt';
 export const TX_DROP_SINK_ERROR = 'sink_error';
 export const RX_DROP_READABLE = 'readable_in_rx';
 export const RX_DROP_SHORT_BUFFER = 'short_buffer';
+
+/** RX reservations held open at once (a 64 KiB TCP window in MSS-sized frames, and some). */
+export const RX_RESERVATIONS = 64;
+/** Segment capacity of every reservation but the first (a longer frame just gets a shorter list). */
+const EXTRA_RESERVATION_SEGMENTS = 64;
 
 /** Shortest frame passed to the stack: an Ethernet header. */
 const MIN_FRAME_LENGTH = 14;
@@ -123,16 +131,26 @@ export class VirtioNetPort implements FramePort {
   private txBrokenReported = false;
 
   private readonly rxChain: DescriptorChain;
-  /** The first header-length bytes of the reserved space (possibly split). */
-  private readonly rxHeader = new SegmentList(VIRTIO_NET_HDR_LENGTH);
-  /** The space after the header, as returned by reserve(). */
-  private readonly rxFrame: SegmentList;
+  /** Per reservation: the first header-length bytes of the reserved space (possibly split). */
+  private readonly rxHeaders: SegmentList[] = [];
+  /** Per reservation: the space after the header, as returned by reserve(). */
+  private readonly rxFrames: SegmentList[] = [];
+  /** Per reservation: its first chain's index in rxHeads and its chain count. */
+  private readonly rxFirstChain = new Uint32Array(RX_RESERVATIONS);
+  private readonly rxChainCount = new Uint32Array(RX_RESERVATIONS);
+  /** Heads and writable lengths of every chain taken by the open reservations, in pop order. */
   private readonly rxHeads: Uint32Array;
   private readonly rxChainLengths: Float64Array;
+  /** Chains taken by this batch of reservations (popped, not yet used or given back). */
   private rxTaken = 0;
-  private rxReserved = false;
+  /** Reservations made in this batch; those from rxNext on are open. */
+  private rxCount = 0;
+  private rxNext = 0;
   private rxStarved = false;
   private rxBrokenReported = false;
+  /** Between beginBatch and endBatch: flush() only notes that the RX ring has something to publish. */
+  private batching = false;
+  private rxFlushHeld = false;
 
   constructor(options: VirtioNetPortOptions) {
     this.rx = options.rx;
@@ -151,7 +169,10 @@ export class VirtioNetPort implements FramePort {
     this.txChain = new DescriptorChain(capacity);
     this.txFrame = new SegmentList(capacity);
     this.rxChain = new DescriptorChain(capacity);
-    this.rxFrame = new SegmentList(capacity);
+    for (let i = 0; i < RX_RESERVATIONS; i++) {
+      this.rxHeaders.push(new SegmentList(VIRTIO_NET_HDR_LENGTH));
+      this.rxFrames.push(new SegmentList(i === 0 ? capacity : Math.min(capacity, EXTRA_RESERVATION_SEGMENTS)));
+    }
     this.rxHeads = new Uint32Array(capacity);
     this.rxChainLengths = new Float64Array(capacity);
   }
@@ -187,8 +208,21 @@ export class VirtioNetPort implements FramePort {
   processTx(budget: number): boolean {
     const ring = this.tx;
     const chain = this.txChain;
-    let handled = 0;
     let drained = false;
+    const outer = !this.batching;
+    if (outer) this.beginBatch();
+    try {
+      drained = this.popTxChains(ring, chain, budget);
+    } finally {
+      // Inside an outer batch its end publishes the TX used entries too.
+      if (outer) this.endBatch();
+    }
+    return !drained;
+  }
+
+  /** The loop of processTx: true when the ring is drained (or broken). */
+  private popTxChains(ring: SplitRing, chain: DescriptorChain, budget: number): boolean {
+    let handled = 0;
     ring.disableNotifications();
     // Bounded by budget; the Empty retry happens only when enableNotifications found new chains.
     while (handled < budget) {
@@ -198,13 +232,11 @@ export class VirtioNetPort implements FramePort {
           ring.disableNotifications();
           continue;
         }
-        drained = true;
-        break;
+        return true;
       }
       if (result === PopResult.RingBroken) {
         this.reportBroken('tx');
-        drained = true;
-        break;
+        return true;
       }
       handled++;
       this.txBrokenReported = false;
@@ -214,8 +246,26 @@ export class VirtioNetPort implements FramePort {
       }
       this.forwardTxChain(chain);
     }
+    return false;
+  }
+
+  /**
+   * From here to endBatch (a batch of ready fds, or one processTx), flush()
+   * publishes nothing: the guest gets one RX notification for the whole
+   * batch, whichever flows and kicks produced frames in it.
+   */
+  beginBatch(): void {
+    this.batching = true;
+  }
+
+  /** The end of a batch: publish TX and RX used entries, each ring notified once if the guest asks. */
+  endBatch(): void {
+    this.batching = false;
     this.flushTx();
-    return !drained;
+    if (this.rxFlushHeld) {
+      this.rxFlushHeld = false;
+      this.flush();
+    }
   }
 
   /** Publish TX used entries and notify the guest if it asked for it. */
@@ -259,30 +309,52 @@ export class VirtioNetPort implements FramePort {
   // ---------------------------------------------------------------- RX
 
   /**
-   * Reserve space for a frame of up to maxLength bytes (FramePort). Without
-   * MRG_RXBUF one chain is taken; with it, chains until the frame fits (a
-   * shorter list when the guest runs out). Returns null when the guest has
-   * no buffers; onWritable fires after its next RX kick.
+   * Reserve space for a frame of up to maxLength bytes (FramePort), giving
+   * back any open reservation first. Without MRG_RXBUF one chain is taken;
+   * with it, chains until the frame fits (a shorter list when the guest
+   * runs out). Returns null when the guest has no buffers; onWritable fires
+   * after its next RX kick.
    */
   reserve(maxLength: number): SegmentList | null {
-    if (this.rxReserved) this.cancel();
+    this.cancel();
+    return this.reserveAnother(maxLength);
+  }
+
+  /**
+   * Reserve one more frame while the open ones stay (FramePort). Null when
+   * the guest has no more buffers, RX_RESERVATIONS are open, or the next
+   * chain is one to drop (it is dropped by the next reserve(), so that
+   * cancel can still rewind the taken chains as one contiguous run).
+   */
+  reserveAnother(maxLength: number): SegmentList | null {
+    if (this.rxNext === this.rxCount) {
+      this.rxCount = 0;
+      this.rxNext = 0;
+      this.rxTaken = 0;
+    }
+    const slot = this.rxCount;
+    if (slot >= RX_RESERVATIONS) return null;
     const ring = this.rx;
     const chain = this.rxChain;
     const headerLength = this.header.length;
-    const frame = this.rxFrame;
+    const header = this.rxHeaders[slot];
+    const frame = this.rxFrames[slot];
     const capacity = this.rxHeads.length;
+    const othersOpen = slot > 0;
     const wanted = Math.max(0, maxLength);
-    this.rxHeader.clear();
+    header.clear();
     frame.clear();
-    this.rxTaken = 0;
+    const first = this.rxTaken;
+    let taken = 0;
     let retriedAfterEnable = false;
     // Bounded: each pass consumes an avail entry (at most ring size of them) or ends the loop.
     for (let passes = 0; passes <= ring.size + 1; passes++) {
-      if (this.rxTaken > 0 && (!this.mergeable || frame.totalLength >= wanted || this.rxTaken >= capacity)) break;
+      if (taken > 0 && (!this.mergeable || frame.totalLength >= wanted)) break;
+      if (this.rxTaken >= capacity) break;
       const result = ring.popChain(chain);
       if (result === PopResult.Empty || result === PopResult.RingBroken) {
         if (result === PopResult.RingBroken) this.reportBroken('rx');
-        if (this.rxTaken > 0) break;
+        if (taken > 0) break;
         if (result === PopResult.Empty && !retriedAfterEnable && ring.enableNotifications()) {
           // The guest added buffers while we looked: go on without its kick.
           ring.disableNotifications();
@@ -290,13 +362,13 @@ export class VirtioNetPort implements FramePort {
           continue;
         }
         this.rxStarved = true;
-        this.flush(); // publish any chains dropped above
+        if (!othersOpen) this.flush(); // publish any chains dropped above
         return null;
       }
       this.rxBrokenReported = false;
-      const reason = this.rxChainProblem(result, chain);
+      const reason = this.rxChainProblem(result, chain, taken);
       if (reason !== null) {
-        if (this.rxTaken > 0) {
+        if (taken > 0 || othersOpen) {
           // Keep the taken chains contiguous so cancel/commit can rewind: deal with this one next time.
           ring.unpop(1);
           break;
@@ -308,13 +380,16 @@ export class VirtioNetPort implements FramePort {
         ring.unpop(1);
         break;
       }
-      this.takeRxChain(chain, headerLength, wanted);
+      this.takeRxChain(chain, header, frame, headerLength, wanted);
+      taken++;
     }
-    if (this.rxTaken === 0) {
-      this.flush();
+    if (taken === 0) {
+      if (!othersOpen) this.flush();
       return null;
     }
-    this.rxReserved = true;
+    this.rxFirstChain[slot] = first;
+    this.rxChainCount[slot] = taken;
+    this.rxCount = slot + 1;
     if (this.rxStarved) {
       // Buffers came back without a kick reaching rxKicked() first (e.g. found
       // by the re-check after enabling notifications). Whoever was told "no
@@ -326,18 +401,16 @@ export class VirtioNetPort implements FramePort {
   }
 
   /** Why an RX chain cannot be used, or null when it can. */
-  private rxChainProblem(result: PopResult, chain: DescriptorChain): string | null {
+  private rxChainProblem(result: PopResult, chain: DescriptorChain, taken: number): string | null {
     if (result !== PopResult.Ok) return popResultReason(result);
     if (chain.readable.count > 0) return RX_DROP_READABLE;
-    const needed = this.rxTaken === 0 ? this.header.length + 1 : 1;
+    const needed = taken === 0 ? this.header.length + 1 : 1;
     if (chain.writable.totalLength < needed) return RX_DROP_SHORT_BUFFER;
     return null;
   }
 
   /** Append a chain's writable space: header bytes first, the rest (up to `wanted` frame bytes) to the frame list. */
-  private takeRxChain(chain: DescriptorChain, headerLength: number, wanted: number): void {
-    const header = this.rxHeader;
-    const frame = this.rxFrame;
+  private takeRxChain(chain: DescriptorChain, header: SegmentList, frame: SegmentList, headerLength: number, wanted: number): void {
     const writable = chain.writable;
     for (let i = 0; i < writable.count; i++) {
       const buffer = writable.buffers[i];
@@ -366,44 +439,61 @@ export class VirtioNetPort implements FramePort {
   }
 
   /**
-   * Publish the reserved frame (FramePort): write the virtio-net header with
-   * num_buffers, push one used entry per buffer filled and give back the
-   * chains the frame did not need. `length` is clamped to the reserved space.
+   * Publish the oldest open reservation (FramePort): write the virtio-net
+   * header with num_buffers, push one used entry per buffer filled and give
+   * back the chains the frame did not need (with the later reservations,
+   * which then are cancelled: only the last chains taken can be rewound).
+   * `length` is clamped to the reserved space.
    */
   commit(length: number, offload?: OffloadInfo): void {
-    if (!this.rxReserved) return;
-    this.rxReserved = false;
-    const frameLength = Math.min(Math.max(0, length), this.rxFrame.totalLength);
+    const slot = this.rxNext;
+    if (slot >= this.rxCount) return;
+    this.rxNext = slot + 1;
+    const frame = this.rxFrames[slot];
+    const first = this.rxFirstChain[slot];
+    const taken = this.rxChainCount[slot];
+    const frameLength = Math.min(Math.max(0, length), frame.totalLength);
     let remaining = this.header.length + frameLength;
     let buffers = 0;
-    while (buffers < this.rxTaken && remaining > 0) {
-      remaining -= Math.min(this.rxChainLengths[buffers], remaining);
+    while (buffers < taken && remaining > 0) {
+      remaining -= Math.min(this.rxChainLengths[first + buffers], remaining);
       buffers++;
     }
-    this.rx.unpop(this.rxTaken - buffers);
-    this.header.write(this.rxHeader, offload, buffers);
+    if (buffers < taken) {
+      this.rx.unpop(this.rxTaken - (first + buffers));
+      this.rxTaken = first + buffers;
+      this.rxCount = this.rxNext;
+    }
+    this.header.write(this.rxHeaders[slot], offload, buffers);
     remaining = this.header.length + frameLength;
     for (let i = 0; i < buffers; i++) {
-      const n = Math.min(this.rxChainLengths[i], remaining);
-      this.rx.pushUsed(this.rxHeads[i], n);
+      const n = Math.min(this.rxChainLengths[first + i], remaining);
+      this.rx.pushUsed(this.rxHeads[first + i], n);
       remaining -= n;
     }
-    this.rxTaken = 0;
     this.counters.add(PORT_COUNTERS.rxFrames);
     this.counters.add(PORT_COUNTERS.rxBytes, frameLength);
-    if (this.onFrame !== null) this.onFrame('rx', this.rxFrame, frameLength);
+    if (this.onFrame !== null) this.onFrame('rx', frame, frameLength);
   }
 
-  /** Give the reservation back (FramePort): its chains will be taken again by the next reserve. */
+  /** Give every open reservation back (FramePort): their chains will be taken again by the next reserve. */
   cancel(): void {
-    if (!this.rxReserved) return;
-    this.rxReserved = false;
-    this.rx.unpop(this.rxTaken);
+    if (this.rxNext < this.rxCount) this.rx.unpop(this.rxTaken - this.rxFirstChain[this.rxNext]);
+    this.rxCount = 0;
+    this.rxNext = 0;
     this.rxTaken = 0;
   }
 
   /** Publish committed frames and notify the guest once if it wants it (FramePort). */
   flush(): void {
+    if (this.batching) {
+      this.rxFlushHeld = true;
+      return;
+    }
+    this.publishRx();
+  }
+
+  private publishRx(): void {
     if (this.rx.pendingUsedCount === 0) return;
     this.rx.publishUsed();
     if (this.rx.needsNotify()) this.notifyRx();
@@ -427,7 +517,8 @@ export class VirtioNetPort implements FramePort {
    */
   quiesce(): void {
     this.cancel();
-    this.flush();
+    this.rxFlushHeld = false;
+    this.publishRx();
     this.flushTx();
   }
 

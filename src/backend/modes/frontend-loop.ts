@@ -24,6 +24,7 @@ export class FrontendLoop implements FdWatcher {
   private readonly poller: Poller;
   private readonly handlers = new Map<number, ReadyHandler>();
   private readonly timers: NodeJS.Timeout[] = [];
+  private readonly batchStartHooks: (() => void)[] = [];
   private readonly batchEndHooks: (() => void)[] = [];
   private closed = false;
 
@@ -59,6 +60,11 @@ export class FrontendLoop implements FdWatcher {
     return this.handlers.size;
   }
 
+  /** Run `hook` before every batch of ready fds (e.g. hold the port's flushes until the batch ends). */
+  onBatchStart(hook: () => void): void {
+    this.batchStartHooks.push(hook);
+  }
+
   /** Run `hook` after every batch of ready fds (e.g. flush the port once per batch). */
   onBatchEnd(hook: () => void): void {
     this.batchEndHooks.push(hook);
@@ -89,6 +95,7 @@ export class FrontendLoop implements FdWatcher {
     for (const timer of this.timers) clearInterval(timer);
     this.timers.length = 0;
     this.handlers.clear();
+    this.batchStartHooks.length = 0;
     this.batchEndHooks.length = 0;
     this.poller.close();
   }
@@ -100,12 +107,17 @@ export class FrontendLoop implements FdWatcher {
 
   private onPoll(count: number): void {
     const events = this.events;
-    for (let i = 0; i < count && !this.closed; i++) {
-      const fd = events[2 * i];
-      const handler = this.handlers.get(fd);
-      if (handler !== undefined) handler.onReady(fd, events[2 * i + 1]);
+    for (let i = 0; i < this.batchStartHooks.length; i++) this.batchStartHooks[i]();
+    try {
+      for (let i = 0; i < count && !this.closed; i++) {
+        const fd = events[2 * i];
+        const handler = this.handlers.get(fd);
+        if (handler !== undefined) handler.onReady(fd, events[2 * i + 1]);
+      }
+    } finally {
+      // Even after a handler threw: a batch start without its end would hold the port's flushes forever.
+      for (let i = 0; i < this.batchEndHooks.length; i++) this.batchEndHooks[i]();
     }
-    for (let i = 0; i < this.batchEndHooks.length; i++) this.batchEndHooks[i]();
   }
 }
 

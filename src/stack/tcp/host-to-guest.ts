@@ -17,6 +17,7 @@ import { TCP_HEADER_LENGTH, TcpFlag } from '../wire/tcp';
 import { connectDone, connectFailed, soError } from './connect';
 import { BYTES_TO_GUEST, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, F_EVER_FIN, F_FIN_ACKED, F_FIN_SENT, F_NO_REBLOCK, F_PEEK_OFF, F_PEER_CLOSED, F_READABLE, F_RECOVERY, F_RX_BLOCKED, F_SND_BLOCKED, F_SOCK_EOF, MSG_PEEK, PEEK_PREFIX_LIMIT, SEGMENTS_PER_CALL, SOL_SOCKET, SO_PEEK_OFF, type TcpConnections, TcpEvent, TcpState, cancelOpen, finished, reserve, seqDiff, updateEvents } from './connection';
 import { iovFromSegments } from '../l4/iovec';
+import { SIOCINQ } from '../../sys/linux';
 import { abort, sendFlags, socketFailed, writeSegment } from './output';
 
 export function socketEvent(c: TcpConnections, id: number, events: number): void {
@@ -97,9 +98,23 @@ export function sendData(c: TcpConnections, id: number, probe: boolean): void {
   updateEvents(c, id);
 }
 
-/** The loop of sendData: peek and commit segments while window, buffers and data last. */
+/** Frames filled by one peek: as many RX reservations as the port holds open at once. */
+export const FRAMES_PER_PEEK = 64;
+
+/** Per frame of the current peek: its reservation and the payload room in it. */
+const peekLists = new Array<SegmentList>(FRAMES_PER_PEEK);
+const peekRooms = new Float64Array(FRAMES_PER_PEEK);
+/** Reservations open for the current peek: the frames, and possibly one that could not take payload. */
+let peekReserved = 0;
+
+/**
+ * The loop of sendData: while window, buffers and data last, reserve as
+ * many frames as the window and the port allow, peek into all of their
+ * payload areas with one recvmsg, then write each filled frame's headers
+ * and commit it (oldest first); the frames the data did not reach go back.
+ */
 export function sendSegments(c: TcpConnections, id: number, probe: boolean, headerLength: number, fd: number): void {
-  for (let count = 0; count < SEGMENTS_PER_CALL; count++) {
+  for (let sent = 0; sent < SEGMENTS_PER_CALL;) {
     const flag = c.flag[id];
     if ((flag & (F_FIN_SENT | F_RX_BLOCKED)) !== 0 || (flag & F_READABLE) === 0) break;
     const inFlight = seqDiff(c.sndNxt[id], c.sndUna[id]);
@@ -108,16 +123,7 @@ export function sendSegments(c: TcpConnections, id: number, probe: boolean, head
     if ((flag & F_PEEK_OFF) === 0) window = Math.min(window, PEEK_PREFIX_LIMIT - inFlight);
     // The FIN waits for window too: only a peek can tell that no data is left before it.
     if (window <= 0) break;
-    const length = Math.min(c.mss[id], window);
-    const list = reserve(c, headerLength + length);
-    if (list === null || list.totalLength <= headerLength) {
-      if (list !== null) cancelOpen(c);
-      blockOnRx(c, id);
-      break;
-    }
-    const room = Math.min(length, list.totalLength - headerLength);
-    // Peek straight into the reservation after the headers; without
-    // SO_PEEK_OFF the bytes the guest already has go to a scratch first.
+    // Without SO_PEEK_OFF the bytes the guest already has go to a scratch first.
     let prefix = 0;
     if ((flag & F_PEEK_OFF) === 0 && inFlight > 0) {
       prefix = inFlight;
@@ -125,10 +131,13 @@ export function sendSegments(c: TcpConnections, id: number, probe: boolean, head
       c.iov.offsets[0] = 0;
       c.iov.lengths[0] = prefix;
     }
-    if (!iovFromSegments(c.iov, list, headerLength, room, prefix > 0 ? 1 : 0)) {
-      cancelOpen(c);
-      break;
-    }
+    // Reserve for what the socket holds, not the whole window: guest buffers
+    // taken and then given back cost as much as the ones that carry data.
+    const plan = Math.min(window, Math.max(1, unsentBytes(c, fd, inFlight)));
+    const frames = reserveFrames(c, id, headerLength, plan, prefix > 0 ? 1 : 0, Math.min(FRAMES_PER_PEEK, SEGMENTS_PER_CALL - sent));
+    if (frames === 0) break;
+    let room = 0;
+    for (let i = 0; i < frames; i++) room += peekRooms[i];
     let n: number;
     try {
       n = c.sockets.recvmsg(fd, c.iov, MSG_PEEK, null, c.meta);
@@ -152,13 +161,85 @@ export function sendSegments(c: TcpConnections, id: number, probe: boolean, head
       sendFin(c, id);
       break;
     }
-    commitData(c, id, list, n);
+    sent += commitPeeked(c, id, frames, n);
     if (n < room && (c.flag[id] & (F_SOCK_EOF | F_PEER_CLOSED)) === 0) {
       // Drained for now: with new data or the EOF brings a new event.
       c.flag[id] &= ~F_READABLE;
       break;
     }
   }
+}
+
+/**
+ * Bytes in the socket beyond those the guest already has (SIOCINQ counts
+ * every byte not yet discarded, peeked or not); 0 at EOF or when the ioctl
+ * fails, so that one frame still goes to the peek that tells.
+ */
+function unsentBytes(c: TcpConnections, fd: number, inFlight: number): number {
+  let queued: number;
+  try {
+    queued = c.sockets.ioctlInt(fd, SIOCINQ);
+  } catch {
+    return 0;
+  }
+  return queued - inFlight;
+}
+
+/**
+ * Reserve up to `most` frames for flow id's next `window` bytes (an MSS
+ * each) and point c.iov from entry `start` on at their payload areas.
+ * Returns how many were reserved (peekLists/peekRooms); 0 after blocking
+ * the flow on RX buffers or when c.iov has no room.
+ */
+function reserveFrames(c: TcpConnections, id: number, headerLength: number, window: number, start: number, most: number): number {
+  const port = c.ctx.port;
+  let frames = 0;
+  let planned = 0;
+  let iovCount = start;
+  peekReserved = 0;
+  while (frames < most && planned < window) {
+    const length = Math.min(c.mss[id], window - planned);
+    const list = frames === 0 ? reserve(c, headerLength + length) : port.reserveAnother?.(headerLength + length) ?? null;
+    if (list === null) break;
+    peekReserved++;
+    const room = Math.min(length, list.totalLength - headerLength);
+    // A reservation that cannot take this payload ends the batch; it goes back with those after it.
+    if (room <= 0 || !iovFromSegments(c.iov, list, headerLength, room, iovCount)) {
+      c.iov.count = iovCount;
+      peekLists[frames] = list;
+      peekRooms[frames] = 0;
+      if (frames === 0) {
+        cancelOpen(c);
+        if (room <= 0) blockOnRx(c, id);
+        return 0;
+      }
+      break;
+    }
+    iovCount = c.iov.count;
+    peekLists[frames] = list;
+    peekRooms[frames] = room;
+    planned += room;
+    frames++;
+  }
+  if (frames === 0 && !c.open) blockOnRx(c, id);
+  return frames;
+}
+
+/** Headers and commit for the first of `frames` reservations that the `n` peeked bytes reached; the rest go back. */
+function commitPeeked(c: TcpConnections, id: number, frames: number, n: number): number {
+  let left = n;
+  let committed = 0;
+  while (committed < frames && left > 0) {
+    const take = Math.min(peekRooms[committed], left);
+    commitData(c, id, peekLists[committed], take);
+    committed++;
+    left -= take;
+    // writeSegment closed "the" open frame; later reservations are still open.
+    c.open = committed < peekReserved;
+    if (take < peekRooms[committed - 1]) break;
+  }
+  cancelOpen(c);
+  return committed;
 }
 
 /** Headers for `n` payload bytes already in list after the headers; commit. */

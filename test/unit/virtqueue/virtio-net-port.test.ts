@@ -152,6 +152,40 @@ describe('VirtioNetPort', () => {
       expect(f.txDriver.usedFlags).to.equal(0); // drained: kicks wanted again
     });
 
+    it('holds the RX flushes of the frames it hands over until the batch ends: one RX notification', () => {
+      const f = setup();
+      for (let i = 0; i < 3; i++) {
+        const all = new Uint8Array(12 + 14);
+        all.set(frameBytes(14, i), 12);
+        f.txDriver.addChain(readableChain(f.arena, [all]));
+        f.rxDriver.addChain([{ gpa: f.arena.alloc(64), length: 64, writable: true }]);
+      }
+      f.txDriver.publish();
+      f.rxDriver.publish();
+      let published = 0;
+      f.port.sink = {
+        receiveFrame() {
+          // A reply per frame, flushed at once as a stack does.
+          f.port.reserve(20);
+          f.port.commit(20);
+          f.port.flush();
+          published += f.rxDriver.drainUsed().length;
+        },
+      };
+      expect(f.port.processTx(10)).to.equal(false);
+      expect(published).to.equal(0);
+      expect(f.notified.rx).to.equal(1);
+      expect(f.rxDriver.drainUsed().length).to.equal(3);
+      // An outer batch (a loop's batch of ready fds) holds them past processTx too.
+      f.port.beginBatch();
+      f.port.reserve(20);
+      f.port.flush();
+      expect(f.port.processTx(10)).to.equal(false);
+      expect(f.notified.rx).to.equal(1);
+      f.port.endBatch();
+      expect(f.notified.rx).to.equal(1); // nothing was committed: nothing to publish
+    });
+
     it('drops malformed chains by reason, returns them with length 0, and carries on', () => {
       const f = setup();
       const good = new Uint8Array(12 + 20);
@@ -333,6 +367,91 @@ describe('VirtioNetPort', () => {
       ]);
       expect(f.counters.get(RX_DROP_SLOTS.get('readable_in_rx') as number)).to.equal(1);
       expect(f.counters.get(RX_DROP_SLOTS.get('short_buffer') as number)).to.equal(1);
+    });
+  });
+
+  describe('RX with several reservations open', () => {
+    it('holds many reservations, commits them oldest first and cancels the rest as one run', () => {
+      const f = setup();
+      const bufs: number[] = [];
+      const heads: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        bufs.push(f.arena.alloc(112));
+        heads.push(f.rxDriver.addChain([{ gpa: bufs[i], length: 112, writable: true }]));
+      }
+      f.rxDriver.publish();
+      const lists = [f.port.reserve(100)!];
+      for (let i = 1; i < 4; i++) lists.push(f.port.reserveAnother(100)!);
+      expect(f.port.rx.lastAvailIdx).to.equal(4);
+      for (let i = 0; i < 4; i++) lists[i].copyIn(0, frameBytes(100, i), 0, 100);
+      f.port.commit(100);
+      f.port.commit(60);
+      f.port.cancel(); // the third and fourth go back
+      expect(f.port.rx.lastAvailIdx).to.equal(2);
+      f.port.flush();
+      expect(f.rxDriver.drainUsed()).to.deep.equal([
+        { id: heads[0], length: 112 },
+        { id: heads[1], length: 72 },
+      ]);
+      expect(Array.from(f.arena.read(bufs[1] + 12, 60))).to.deep.equal(Array.from(frameBytes(60, 1)));
+      expect(f.notified.rx).to.equal(1);
+      // The next reservation starts with the first chain given back.
+      f.port.reserve(10);
+      f.port.commit(10);
+      f.port.flush();
+      expect(f.rxDriver.drainUsed()).to.deep.equal([{ id: heads[2], length: 22 }]);
+    });
+
+    it('returns null from reserveAnother when the guest runs out, keeping the open ones', () => {
+      const f = setup();
+      const heads = [0, 1].map(() => f.rxDriver.addChain([{ gpa: f.arena.alloc(80), length: 80, writable: true }]));
+      f.rxDriver.publish();
+      expect(f.port.reserve(60)).to.not.equal(null);
+      expect(f.port.reserveAnother(60)).to.not.equal(null);
+      expect(f.port.reserveAnother(60)).to.equal(null);
+      f.port.commit(60);
+      f.port.commit(60);
+      f.port.commit(60); // nothing open: ignored
+      f.port.flush();
+      expect(f.rxDriver.drainUsed()).to.deep.equal(heads.map((id) => ({ id, length: 72 })));
+    });
+
+    it('leaves a bad chain behind an open reservation for the next reserve to drop', () => {
+      const f = setup();
+      const good = f.rxDriver.addChain([{ gpa: f.arena.alloc(80), length: 80, writable: true }]);
+      const bad = f.rxDriver.addChain([{ gpa: f.arena.alloc(80), length: 80, writable: false }]);
+      const next = f.rxDriver.addChain([{ gpa: f.arena.alloc(80), length: 80, writable: true }]);
+      f.rxDriver.publish();
+      expect(f.port.reserve(60)).to.not.equal(null);
+      expect(f.port.reserveAnother(60)).to.equal(null);
+      f.port.cancel();
+      expect(f.port.rx.lastAvailIdx).to.equal(0);
+      expect(f.port.reserve(60)).to.not.equal(null);
+      expect(f.port.reserveAnother(60)).to.equal(null); // stops before the bad chain again
+      f.port.commit(60);
+      expect(f.port.reserve(60)).to.not.equal(null); // nothing open now: drops it, takes the next
+      f.port.commit(60);
+      f.port.flush();
+      expect(f.rxDriver.drainUsed()).to.deep.equal([
+        { id: good, length: 72 },
+        { id: bad, length: 0 },
+        { id: next, length: 72 },
+      ]);
+    });
+
+    it('with MRG_RXBUF, a short commit before later reservations gives back its spare buffers and theirs', () => {
+      const f = setup(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF);
+      const heads: number[] = [];
+      for (let i = 0; i < 6; i++) heads.push(f.rxDriver.addChain([{ gpa: f.arena.alloc(40), length: 40, writable: true }]));
+      f.rxDriver.publish();
+      f.port.reserve(100); // three buffers
+      f.port.reserveAnother(50); // two more
+      expect(f.port.rx.lastAvailIdx).to.equal(5);
+      f.port.commit(20); // one buffer: the rest go back
+      expect(f.port.rx.lastAvailIdx).to.equal(1);
+      f.port.commit(20); // the second reservation was cancelled: nothing to commit
+      f.port.flush();
+      expect(f.rxDriver.drainUsed()).to.deep.equal([{ id: heads[0], length: 32 }]);
     });
   });
 

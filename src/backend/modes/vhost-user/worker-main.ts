@@ -84,8 +84,9 @@ class QueuePairWorker {
       init.stack !== null && (process.env.FERRY_TEST_FAULTS ?? '') !== '' ? (require('../../frontends/middleware/fault-injection') as typeof import('../../frontends/middleware/fault-injection')).FaultInjector.fromEnvironment(this.port) : null;
     this.port.sink = this.buildStack();
     // One guest notification per batch of ready fds; then a look at whether guest memory faulted under the rings.
+    this.loop.onBatchStart(() => this.port.beginBatch());
     this.loop.onBatchEnd(() => {
-      this.port.flush();
+      this.port.endBatch();
       if (this.memory !== null && this.memory.faulted) for (const vring of this.vrings) vring.memoryFaulted();
     });
     // Periodic stack work (timers, idle flow expiry, router advertisements); never keeps the thread alive.
