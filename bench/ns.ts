@@ -250,7 +250,7 @@ export async function runNsBackend(backend: NsBackend, tests: NsTest[], runs: nu
               const cpu1 = cpu();
               out[i].runs.push({ ...got, cpuSeconds: cpu1 - cpu0 });
               const rate = t.kind === 'rr' ? `${((got.roundTrips ?? 0) / got.seconds).toFixed(0)} round trips/s` : `${((got.bytes * 8) / got.seconds / 1e9).toFixed(3)} Gbit/s`;
-              say(`  ${backend.name} ${t.test} run ${r + 1}: ${rate}, back-end CPU ${(cpu1 - cpu0).toFixed(2)} s`);
+              say(`  ${backend.name} ${t.test} run ${r + 1}: ${rate}${pid > 0 ? `, back-end CPU ${(cpu1 - cpu0).toFixed(2)} s` : ''}`);
             } catch (err) {
               out[i].error = (err as Error).message.split('\n')[0];
               say(`  ${backend.name} ${t.test} run ${r + 1}: ${out[i].error}`);

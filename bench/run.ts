@@ -188,7 +188,7 @@ async function main(): Promise<number> {
       );
       notes.memory.push(
         'VmRSS of the back-end process (/proc/PID/status): idle is one second after it started listening, before QEMU connects; guest attached is once the guest has its address, before the tests; the flows state is after the tests.',
-        `${FLOWS} flows: the guest listens (iperf3 -s on port 5400, which takes one connection and leaves the rest established in its accept queue), the back-end forwards the port (-t 5400), a Node.js client in the peer namespace opens ${FLOWS} connections to 192.0.2.1:5400 and holds them; the guest counts its ESTABLISHED sockets in /proc/net/tcp and RSS is read 2 s later.`,
+        `${FLOWS} flows: the guest listens (iperf3 -s on port 5400, which takes one connection and leaves the rest established in its accept queue), the back-end forwards the port (-t 5400), a Node.js client in the peer namespace opens ${FLOWS} connections to 192.0.2.1:5400 and holds them; the guest counts its ESTABLISHED sockets on that port in /proc/net/tcp and tcp6 and RSS is read 2 s later.`,
         'QEMU user is not in this table: libslirp lives inside QEMU, whose RSS is mostly guest memory.',
       );
     }

@@ -18,7 +18,7 @@
  * TCP flows: after the tests the guest listens (iperf3 -s, which accepts one
  * connection and leaves the rest established in its backlog) on a port the
  * back-end forwards (-t), a client in the peer namespace opens the
- * connections, the guest counts them in /proc/net/tcp.
+ * connections, the guest counts them in /proc/net/tcp and tcp6.
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -242,7 +242,8 @@ export function vmGuestScript(tests: VmTest[], runs: number, maxMtu: number, flo
       'sleep 1',
       'say "bench flows listening"',
       // State 01 is ESTABLISHED; the local address is field 2 (ADDR:PORT in hex).
-      `count() { awk '$2 ~ /:${FLOWS_PORT_HEX}$/ && $4 == "01"' /proc/net/tcp | wc -l; }`,
+      // iperf3 listens dual-stack, so its IPv4 connections are in tcp6 as mapped addresses.
+      `count() { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$2 ~ /:${FLOWS_PORT_HEX}$/ && $4 == "01"' | wc -l; }`,
       'i=0; n=0',
       `while [ $i -lt 60 ]; do n=$(count); [ "$n" -ge ${FLOWS} ] && break; sleep 1; i=$((i+1)); done`,
       'say "bench flows established $n"',
