@@ -195,6 +195,8 @@ export interface ReportNotes {
   pmd: string[];
   ns: string[];
   memory: string[];
+  /** The --cpu-prof run: where the profiles are and their busiest functions. */
+  profile: string[];
   skipped: string[];
 }
 
@@ -221,6 +223,7 @@ export function reportMarkdown(
   section('testpmd (DPDK virtio-user as the vhost-user front-end)', of('pmd'), false, notes.pmd);
   section('Namespace (pasta mode: the kernel in a network namespace is the guest)', of('ns'), false, notes.ns);
   if (memory.length > 0) out.push('## Memory (back-end RSS)', '', memoryTable(memory), '', ...notes.memory.map((n) => `- ${n}`), '');
+  if (notes.profile.length > 0) out.push('## CPU profile (--cpu-prof)', '', ...notes.profile.map((n) => `- ${n}`), '');
   const checks = targetChecks(measurements, memory, peers.passt, peers.veth);
   out.push('## Targets (printed, not enforced)', '', targetsTable(checks), '');
   if (notes.skipped.length > 0) out.push('## Not measured', '', ...notes.skipped.map((n) => `- ${n}`), '');

@@ -23,6 +23,7 @@ import * as path from 'path';
 import { REPO_ROOT } from '../test/support/guest';
 import { canCreateNamespaces } from '../test/support/netns';
 import { cpuProfileFlags } from './ferry';
+import { summarizeProfiles } from './profile';
 import { type Measurement, type MemorySample, type TestKind } from './figures';
 import { describeMachine } from './machine';
 import { NS_BACKENDS, type NsBackend, type NsPlan, nsPrerequisitesMissing, nsTests, runNsBackend, VETH_BACKEND } from './ns';
@@ -116,7 +117,7 @@ function plans(opts: BenchOptions, runs: number): { vm: VmPlan; nsPlan: NsPlan; 
 }
 
 /** One more run of the chosen test with ferry under the CPU profiler; profiles land in `dir`. */
-async function profileRun(opts: BenchOptions, dir: string, plan: { vm: VmPlan; nsPlan: NsPlan }): Promise<string> {
+async function profileRun(opts: BenchOptions, dir: string, plan: { vm: VmPlan; nsPlan: NsPlan }): Promise<string[]> {
   fs.mkdirSync(dir, { recursive: true });
   const before = new Set(fs.readdirSync(dir));
   const flags = cpuProfileFlags(dir);
@@ -136,10 +137,13 @@ async function profileRun(opts: BenchOptions, dir: string, plan: { vm: VmPlan; n
     };
     await runNsBackend(profiled, [nsTest], 1, say);
   } else {
-    return `--cpu-prof-test: no test named "${opts.cpuProfTest}"`;
+    return [`--cpu-prof-test: no test named "${opts.cpuProfTest}"`];
   }
-  const written = fs.readdirSync(dir).filter((f) => !before.has(f) && f.endsWith('.cpuprofile'));
-  return `CPU profiles of ferry during "${opts.cpuProfTest}" (one run): ${written.length} file(s) in ${dir}${written.length > 0 ? `: ${written.join(', ')}` : ''} (open in Chrome DevTools' Performance panel or speedscope)`;
+  const written = fs.readdirSync(dir).filter((f) => !before.has(f) && f.endsWith('.cpuprofile')).sort();
+  return [
+    `CPU profiles of ferry during "${opts.cpuProfTest}" (one run, boot included; its figures are not in the tables): ${written.length} file(s) in ${dir}, one per thread (main first, then the workers); open them in Chrome DevTools' Performance panel or speedscope. Most self time:`,
+    ...summarizeProfiles(dir, written, REPO_ROOT),
+  ];
 }
 
 async function main(): Promise<number> {
@@ -154,7 +158,7 @@ async function main(): Promise<number> {
   say(`  ferry ${machine.ferryRevision}; passt: ${machine.passt}; pasta: ${machine.pasta}`);
   const measurements: Measurement[] = [];
   const memory: MemorySample[] = [];
-  const notes: ReportNotes = { vm: [], pmd: [], ns: [], memory: [], skipped: [] };
+  const notes: ReportNotes = { vm: [], pmd: [], ns: [], memory: [], profile: [], skipped: [] };
   const runs = opts.runs ?? (opts.quick ? 1 : 3);
   const { vm: plan, nsPlan, pmdSeconds } = plans(opts, runs);
 
@@ -249,9 +253,9 @@ async function main(): Promise<number> {
   const commandLine = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
   if (opts.cpuProfDir) {
     say(`profiling ferry during "${opts.cpuProfTest}"`);
-    const line = await profileRun(opts, opts.cpuProfDir, { vm: plan, nsPlan });
-    say(`  ${line}`);
-    notes.vm.push(line);
+    const lines = await profileRun(opts, opts.cpuProfDir, { vm: plan, nsPlan });
+    for (const line of lines) say(`  ${line}`);
+    notes.profile.push(...lines);
   }
   const md = reportMarkdown(machine, measurements, memory, notes, commandLine, { passt: 'passt (vhost-user)', veth: VETH_BACKEND });
   say('');
