@@ -8,7 +8,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { passtBinary, pastaBinary, type PeerBinary } from './peers';
+import { passtBinary, pastaBinary, type PeerBinary } from './support/peers';
 
 /** The machine and software versions, as printed above the tables. */
 export interface MachineInfo {

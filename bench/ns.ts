@@ -15,10 +15,10 @@ import * as fs from 'fs';
 import { createTestNetwork, destroyTestNetwork, run, runChecked, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
 import { commandAvailable, REPO_ROOT } from '../test/support/guest';
 import { FERRY_BIN, FERRY_CLI_MODULE } from '../test/e2e/ferry-process';
-import { processCpuSeconds } from './cpu';
-import { pastaBinary } from './peers';
+import { processCpuSeconds } from './support/cpu';
+import { pastaBinary } from './support/peers';
 import { type Measurement, type Run, type TestKind } from './figures';
-import { IperfServer, iperfCookie, parseIperf, receivedFigures } from './iperf';
+import { IperfServer, iperfCookie, parseIperf, receivedFigures } from './support/iperf';
 
 /** One test run inside the served namespace. */
 export interface NsTest {

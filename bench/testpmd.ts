@@ -17,10 +17,10 @@ import * as path from 'path';
 import { createTestNetwork, destroyTestNetwork, run, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
 import { commandAvailable } from '../test/support/guest';
 import { FERRY_CLI_MODULE } from '../test/e2e/ferry-process';
-import { processCpuSeconds } from './cpu';
-import { startBenchFerry } from './ferry';
+import { processCpuSeconds } from './support/cpu';
+import { startBenchFerry } from './support/ferry';
 import { type Measurement } from './figures';
-import { passtBinary, passtHasVhostUser } from './peers';
+import { passtBinary, passtHasVhostUser } from './support/peers';
 
 /** testpmd's binary name in Debian's `dpdk` package. */
 export const TESTPMD = 'dpdk-testpmd';

@@ -28,12 +28,12 @@ import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, type TestNet
 import { bootGuest, commandAvailable, type Guest, missingGuestPrerequisites } from '../test/support/guest';
 import { DEFAULT_GUEST_MAC, type GuestNic } from '../test/support/qemu';
 import { FERRY_CLI_MODULE } from '../test/e2e/ferry-process';
-import { processCpuSeconds, qemuIoCpuSeconds } from './cpu';
-import { rssBytes, startBenchFerry } from './ferry';
+import { processCpuSeconds, qemuIoCpuSeconds } from './support/cpu';
+import { rssBytes, startBenchFerry } from './support/ferry';
 import { type Measurement, type MemorySample, type Run, type TestKind } from './figures';
-import { IperfServer, iperfCookie, parseIperf, receivedFigures } from './iperf';
-import { openFlows } from './flows';
-import { passtBinary, passtHasVhostUser } from './peers';
+import { IperfServer, iperfCookie, parseIperf, receivedFigures } from './support/iperf';
+import { openFlows } from './support/flows';
+import { passtBinary, passtHasVhostUser } from './support/peers';
 
 /** One iperf3 test the guest runs. */
 export interface VmTest {

@@ -5,7 +5,7 @@
  * for -R), matched by iperf3's per-test cookie.
  */
 import { type ChildProcess } from 'child_process';
-import { runIn, spawnIn, stopChild } from '../test/support/netns';
+import { runIn, spawnIn, stopChild } from '../../test/support/netns';
 
 /** What the receiving end of one iperf3 test saw. */
 export interface IperfReceived {

@@ -5,7 +5,7 @@
  * holds them until its stdin closes or 120 s pass.
  */
 import { type ChildProcess } from 'child_process';
-import { spawnIn, stopChild } from '../test/support/netns';
+import { spawnIn, stopChild } from '../../test/support/netns';
 
 const FLOWS_CLIENT = `
 const net = require('net');
