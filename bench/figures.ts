@@ -23,6 +23,8 @@ export interface Run {
   lostPercent?: number;
   /** Request/response: round trips completed. */
   roundTrips?: number;
+  /** One-second intervals in which the receiver got nothing (iperf3's interval report; namespace tests). */
+  stalledSeconds?: number;
 }
 
 /** All runs of one test through one back-end. */

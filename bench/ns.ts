@@ -190,13 +190,14 @@ async function waitForNamespaceNetwork(inner: string, child: ChildProcess, outpu
 
 /** Runs one iperf3 client in `inner`; the receiver's figures. */
 async function iperfRun(inner: string, server: IperfServer, t: NsTest): Promise<Omit<Run, 'cpuSeconds'>> {
-  const r = await run(['ip', 'netns', 'exec', inner, 'iperf3', '-c', TEST_NET.serverV4, '-p', String(IPERF_PORT), '-J', '-i', '0', ...t.args], {
+  const r = await run(['ip', 'netns', 'exec', inner, 'iperf3', '-c', TEST_NET.serverV4, '-p', String(IPERF_PORT), '-J', '-i', '1', ...t.args], {
     timeoutMs: (t.seconds + 30) * 1000,
   });
   const client = parseIperf(r.stdout);
   const receiver = t.reverse ? client : await server.documentFor(iperfCookie(client));
   const got = receivedFigures(receiver, t.udp);
   const out: Omit<Run, 'cpuSeconds'> = { bytes: got.bytes, seconds: got.seconds };
+  if (got.stalledSeconds !== undefined) out.stalledSeconds = got.stalledSeconds;
   if (t.udp) Object.assign(out, { packets: got.packets, lostPackets: got.lostPackets, lostPercent: got.lostPercent });
   return out;
 }
@@ -250,7 +251,8 @@ export async function runNsBackend(backend: NsBackend, tests: NsTest[], runs: nu
               const cpu1 = cpu();
               out[i].runs.push({ ...got, cpuSeconds: cpu1 - cpu0 });
               const rate = t.kind === 'rr' ? `${((got.roundTrips ?? 0) / got.seconds).toFixed(0)} round trips/s` : `${((got.bytes * 8) / got.seconds / 1e9).toFixed(3)} Gbit/s`;
-              say(`  ${backend.name} ${t.test} run ${r + 1}: ${rate}${pid > 0 ? `, back-end CPU ${(cpu1 - cpu0).toFixed(2)} s` : ''}`);
+              const stall = got.stalledSeconds ? ` (stalled ${got.stalledSeconds} s)` : '';
+              say(`  ${backend.name} ${t.test} run ${r + 1}: ${rate}${stall}${pid > 0 ? `, back-end CPU ${(cpu1 - cpu0).toFixed(2)} s` : ''}`);
             } catch (err) {
               out[i].error = (err as Error).message.split('\n')[0];
               say(`  ${backend.name} ${t.test} run ${r + 1}: ${out[i].error}`);

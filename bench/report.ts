@@ -109,6 +109,8 @@ export function sectionTable(measurements: Measurement[], withQemuIo: boolean): 
       ];
       if (withQemuIo) cells.push(m.kind === 'tcp' || m.kind === 'udp' ? `${fmt(f.qemuIoCpuSecondsPerGB)} s/GB` : '');
       if (m.detail) cells[2] += `; ${m.detail}`;
+      const stalled = m.runs.reduce((sum, r) => sum + (r.stalledSeconds ?? 0), 0);
+      if (stalled > 0) cells[2] += `; stalled ${stalled} of ${Math.round(m.runs.reduce((sum, r) => sum + r.seconds, 0))} s`;
       lines.push(`| ${cells.join(' | ')} |`);
     }
   }

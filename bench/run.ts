@@ -104,14 +104,14 @@ function notMeasuredRows(section: Measurement['section'], tests: { test: string;
 function plans(opts: BenchOptions, runs: number): { vm: VmPlan; nsPlan: NsPlan; pmdSeconds: number } {
   return {
     vm: {
-      tcpSeconds: opts.quick ? 3 : 6,
+      tcpSeconds: opts.quick ? 3 : 8,
       udpSeconds: opts.quick ? 2 : 4,
       runs,
       udpRate: opts.udpRate ?? '100M',
       smallRateDown: '20M',
       kinds: opts.kinds,
     },
-    nsPlan: { seconds: opts.quick ? 2 : 4, runs, udpRate: opts.udpRate ? opts.udpRate : '1G', kinds: opts.kinds },
+    nsPlan: { seconds: opts.quick ? 2 : 5, runs, udpRate: opts.udpRate ? opts.udpRate : '1G', kinds: opts.kinds },
     pmdSeconds: opts.quick ? 2 : 5,
   };
 }
@@ -188,6 +188,7 @@ async function main(): Promise<number> {
         "Back-end CPU: utime + stime of the back-end process from /proc/PID/stat around each run (ferry's node process with its worker threads; passt). For QEMU user the back-end is QEMU itself: its threads other than the vCPU (main loop, where libslirp and the virtio-net device run).",
         'QEMU I/O threads CPU: the same threads for every back-end. Over vhost-user (ferry and passt) QEMU is off the data path.',
         'ferry and passt both run as vhost-user back-ends (passt --vhost-user), the guest with shared memfd memory, and announce MTU 65520; the guest sets its link MTU to the test\'s (65520 or 1500) before it. QEMU user\'s libslirp has a 1500-byte interface MTU, so its guest stays at 1500 in every test.',
+        '"stalled N of M s" (guest->host tests, where the server in the peer namespace reports each second): one-second intervals in which the receiver got nothing, summed over the runs.',
         `Host->guest small datagrams are sent at a fixed ${plan.smallRateDown}bit/s (an unlimited sender only measures drops); guest->host ones as fast as the guest can. CPU per datagram is over the datagrams delivered.`,
       );
       notes.memory.push(
@@ -245,6 +246,7 @@ async function main(): Promise<number> {
         'Here the guest is the kernel itself, so the rates measure the back-ends. Back-end CPU: utime + stime of the back-end process (ferry pasta\'s node process, pasta, slirp4netns).',
         `${VETH_BACKEND}: the same namespaces joined by a veth pair at the test's MTU (198.51.100.0/24), the test namespace forwarding to the peer: no back-end process, the kernel's own path and the physical limit; its CPU (the kernel's softirq time) is not measured.`,
         'slirp4netns numbers its namespace from 203.0.113.0/24 (--cidr) and NATs; pasta and ferry give the namespace the host\'s address. pasta runs with --runas 0 (as root it would otherwise become nobody and could not join the namespace) and with its automatic port forwarding off (-t/-u/-T/-U none).',
+        '"stalled N of M s": one-second intervals of iperf3\'s report (-i 1) in which the receiver got nothing, summed over the runs; the transfer stopped, and the rate is its average over the whole run.',
         'Request/response: one TCP connection, a 1-byte request answered by a 1-byte reply, the next request sent on the reply (Node.js client in the namespace, Node.js server in the peer namespace): round trips per second and back-end CPU per round trip.',
       );
     }

@@ -331,6 +331,7 @@ export async function runVmBackend(backend: VmBackend, tests: VmTest[], runs: nu
           const receiver = t.reverse ? clientDoc : await server.documentFor(iperfCookie(clientDoc));
           const got = receivedFigures(receiver, t.udp);
           const run: Run = { bytes: got.bytes, seconds: got.seconds, cpuSeconds: cpu1 - cpu0, qemuIoCpuSeconds: io1 - io0 };
+          if (got.stalledSeconds !== undefined) run.stalledSeconds = got.stalledSeconds;
           if (t.udp) Object.assign(run, { packets: got.packets, lostPackets: got.lostPackets, lostPercent: got.lostPercent });
           out[i].runs.push(run);
           say(`  ${backend.name} ${t.test} run ${r + 1}: ${((got.bytes * 8) / got.seconds / 1e9).toFixed(3)} Gbit/s, back-end CPU ${(cpu1 - cpu0).toFixed(2)} s`);
