@@ -23,11 +23,13 @@ export interface Run {
   lostPercent?: number;
   /** Request/response: round trips completed. */
   roundTrips?: number;
+  /** One-second intervals in which the receiver got nothing (iperf3's interval report; namespace tests). */
+  stalledSeconds?: number;
 }
 
 /** All runs of one test through one back-end. */
 export interface Measurement {
-  section: 'vm' | 'ns';
+  section: 'vm' | 'pmd' | 'ns';
   /** Short test id, e.g. "tcp guest->host". */
   test: string;
   kind: TestKind;
@@ -35,6 +37,20 @@ export interface Measurement {
   runs: Run[];
   /** Why the test produced no (or fewer) runs, if it failed. */
   error?: string;
+  /** Why this back-end was not measured at all (a peer missing here). */
+  notMeasured?: string;
+  /** Free text shown beside the figures (e.g. the traffic each queue carried). */
+  detail?: string;
+}
+
+/** Resident memory of one back-end in one state (idle, guest attached, 1000 flows). */
+export interface MemorySample {
+  backend: string;
+  state: string;
+  /** VmRSS in bytes; absent when not measured. */
+  rssBytes?: number;
+  /** Why it was not measured, or what it covers. */
+  note?: string;
 }
 
 /** The figures derived from one run; absent where they do not apply. */

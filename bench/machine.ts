@@ -1,12 +1,14 @@
 /**
  * What the benchmark ran on: CPU model and cores, kernel, Node, QEMU, the
- * peers' versions (passt/pasta from its Debian package, slirp4netns and its
- * libslirp, QEMU's libslirp), iperf3, and the date.
+ * peers' versions (passt and pasta as their --version prints it, with the
+ * path they were run from; slirp4netns and its libslirp, QEMU's libslirp,
+ * DPDK), iperf3, ferry's commit, and the date.
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { passtBinary, pastaBinary, type PeerBinary } from './support/peers';
 
 /** The machine and software versions, as printed above the tables. */
 export interface MachineInfo {
@@ -17,6 +19,8 @@ export interface MachineInfo {
   node: string;
   qemu: string;
   passt: string;
+  pasta: string;
+  dpdk: string;
   slirp4netns: string;
   qemuLibslirp: string;
   iperf3: string;
@@ -54,7 +58,8 @@ export function describeMachine(): MachineInfo {
   const model = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1]?.trim() ?? 'unknown';
   const slirpVersion = spawnSync('slirp4netns', ['--version'], { encoding: 'utf8', timeout: 5000 });
   const slirpText = slirpVersion.status === 0 ? slirpVersion.stdout : '';
-  const passt = debianPackageVersion('passt');
+  const peer = (p: PeerBinary): string => (p.path ? `${p.version} (${p.path})` : `not found: ${p.missing ?? ''}`);
+  const dpdk = debianPackageVersion('dpdk');
   const libslirp = debianPackageVersion('libslirp0');
   return {
     date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
@@ -63,7 +68,9 @@ export function describeMachine(): MachineInfo {
     kernel: `${os.type()} ${os.release()}`,
     node: process.version,
     qemu: firstLine(['qemu-system-x86_64', '--version']).replace(/^QEMU emulator version /, ''),
-    passt: passt ? `passt/pasta ${passt} (Debian package)` : 'not installed',
+    passt: peer(passtBinary()),
+    pasta: peer(pastaBinary()),
+    dpdk: dpdk ? `DPDK ${dpdk} (Debian package)` : 'DPDK not installed',
     slirp4netns: slirpText
       ? `${/slirp4netns version (\S+)/.exec(slirpText)?.[1] ?? '?'} (libslirp ${/libslirp: (\S+)/.exec(slirpText)?.[1] ?? '?'})`
       : 'not installed',
@@ -80,6 +87,7 @@ export function machineMarkdown(m: MachineInfo): string {
     `- date: ${m.date}; ferry at commit ${m.ferryRevision}`,
     `- CPU: ${m.cpuModel}, ${m.cores} cores; kernel ${m.kernel}; 1-minute load average ${m.loadAtStart.toFixed(2)} at the start (others' work on a shared machine skews the figures)`,
     `- Node ${m.node}; QEMU ${m.qemu} (TCG, 1 vCPU), its libslirp ${m.qemuLibslirp}`,
-    `- ${m.passt}; slirp4netns ${m.slirp4netns}; ${m.iperf3}`,
+    `- passt: ${m.passt}; pasta: ${m.pasta}`,
+    `- slirp4netns ${m.slirp4netns}; ${m.dpdk}; ${m.iperf3}`,
   ].join('\n');
 }

@@ -1,7 +1,10 @@
 /**
- * Namespace benchmarks: `ferry pasta` beside Debian's `pasta`
- * and `slirp4netns`, each serving a fresh network namespace through a tap
- * device, from the test namespace (where its host sockets live). iperf3
+ * Namespace benchmarks: `ferry pasta` beside `pasta` (the build
+ * FERRY_BENCH_PASTA or PATH names, see peers.ts) and `slirp4netns`, each
+ * serving a fresh network namespace through a tap device, from the test
+ * namespace (where its host sockets live), and the direct path: a veth
+ * pair between the same two namespaces, the test namespace routing (the
+ * kernel alone, the physical limit). iperf3
  * runs inside that namespace against a server in the peer namespace
  * (192.0.2.2): TCP both ways at MTU 65520 and 1500, UDP at a fixed rate,
  * and TCP request/response round trips over one connection. The back-end's
@@ -12,9 +15,10 @@ import * as fs from 'fs';
 import { createTestNetwork, destroyTestNetwork, run, runChecked, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
 import { commandAvailable, REPO_ROOT } from '../test/support/guest';
 import { FERRY_BIN, FERRY_CLI_MODULE } from '../test/e2e/ferry-process';
-import { processCpuSeconds } from './cpu';
+import { processCpuSeconds } from './support/cpu';
+import { pastaBinary } from './support/peers';
 import { type Measurement, type Run, type TestKind } from './figures';
-import { IperfServer, iperfCookie, parseIperf, receivedFigures } from './iperf';
+import { IperfServer, iperfCookie, parseIperf, receivedFigures } from './support/iperf';
 
 /** One test run inside the served namespace. */
 export interface NsTest {
@@ -67,8 +71,39 @@ const RR_PORT = 5301;
 export interface NsBackend {
   name: string;
   missing(): string | null;
-  argv(innerNs: string, mtu: number): string[];
+  /** The back-end process; absent for the direct veth path, which `setup` builds instead. */
+  argv?(innerNs: string, mtu: number): string[];
+  setup?(net: TestNetwork, innerNs: string, mtu: number): Promise<void>;
 }
+
+/** The direct path's subnet between the test namespace (.1) and the served one (.2). */
+const VETH_NET = { host: '198.51.100.1', inner: '198.51.100.2', prefix: 24, subnet: '198.51.100.0/24' } as const;
+
+/**
+ * A veth pair test namespace <-> served namespace at `mtu`, the test
+ * namespace forwarding, the peer routing the subnet back to it.
+ */
+async function setupVethPath(net: TestNetwork, inner: string, mtu: number): Promise<void> {
+  const hostEnd = 'bench-veth0';
+  await runChecked(['ip', '-n', net.ns, 'link', 'add', hostEnd, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', inner, 'mtu', String(mtu)]);
+  await runChecked(['ip', '-n', net.ns, 'addr', 'add', `${VETH_NET.host}/${VETH_NET.prefix}`, 'dev', hostEnd]);
+  await runChecked(['ip', '-n', net.ns, 'link', 'set', hostEnd, 'up']);
+  await runChecked(['ip', 'netns', 'exec', net.ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+  await runChecked(['ip', '-n', inner, 'addr', 'add', `${VETH_NET.inner}/${VETH_NET.prefix}`, 'dev', 'eth0']);
+  await runChecked(['ip', '-n', inner, 'link', 'set', 'lo', 'up']);
+  await runChecked(['ip', '-n', inner, 'link', 'set', 'eth0', 'up']);
+  await runChecked(['ip', '-n', inner, 'route', 'add', 'default', 'via', VETH_NET.host]);
+  await run(['ip', '-n', net.peerNs, 'route', 'del', VETH_NET.subnet]);
+  await runChecked(['ip', '-n', net.peerNs, 'route', 'add', VETH_NET.subnet, 'via', TEST_NET.hostV4]);
+}
+
+/** Removes the veth pair (deleting one end deletes both). */
+async function teardownVethPath(net: TestNetwork): Promise<void> {
+  await run(['ip', '-n', net.ns, 'link', 'del', 'bench-veth0']);
+}
+
+/** The direct path's name in the tables. */
+export const VETH_BACKEND = 'veth (direct, no back-end)';
 
 /** The namespace back-ends in table order: ferry first. */
 export const NS_BACKENDS: NsBackend[] = [
@@ -79,16 +114,21 @@ export const NS_BACKENDS: NsBackend[] = [
   },
   {
     name: 'pasta',
-    missing: () => (commandAvailable('pasta') ? null : 'pasta is not installed (apt-get install passt)'),
-    argv: (inner, mtu) => ['pasta', '-f', '-q', '--runas', '0', '--config-net', '-m', String(mtu), '-t', 'none', '-u', 'none', '-T', 'none', '-U', 'none', '--netns', inner],
+    missing: () => pastaBinary().missing,
+    argv: (inner, mtu) => [pastaBinary().path ?? 'pasta', '-f', '-q', '--runas', '0', '--config-net', '-m', String(mtu), '-t', 'none', '-u', 'none', '-T', 'none', '-U', 'none', '--netns', inner],
   },
   {
     name: 'slirp4netns',
-    missing: () => (commandAvailable('slirp4netns') ? null : 'slirp4netns is not installed (apt-get install slirp4netns)'),
+    missing: () => (commandAvailable('slirp4netns') ? null : 'slirp4netns is not installed (scripts/install-bench-deps.sh)'),
     argv: (inner, mtu) => [
       'slirp4netns', '--configure', `--mtu=${Math.min(mtu, 65521)}`, '--cidr=203.0.113.0/24', '--disable-host-loopback', '--disable-dns',
       '--netns-type=path', `/run/netns/${inner}`, 'tap0',
     ],
+  },
+  {
+    name: VETH_BACKEND,
+    missing: () => null,
+    setup: setupVethPath,
   },
 ];
 
@@ -150,13 +190,14 @@ async function waitForNamespaceNetwork(inner: string, child: ChildProcess, outpu
 
 /** Runs one iperf3 client in `inner`; the receiver's figures. */
 async function iperfRun(inner: string, server: IperfServer, t: NsTest): Promise<Omit<Run, 'cpuSeconds'>> {
-  const r = await run(['ip', 'netns', 'exec', inner, 'iperf3', '-c', TEST_NET.serverV4, '-p', String(IPERF_PORT), '-J', '-i', '0', ...t.args], {
+  const r = await run(['ip', 'netns', 'exec', inner, 'iperf3', '-c', TEST_NET.serverV4, '-p', String(IPERF_PORT), '-J', '-i', '1', ...t.args], {
     timeoutMs: (t.seconds + 30) * 1000,
   });
   const client = parseIperf(r.stdout);
   const receiver = t.reverse ? client : await server.documentFor(iperfCookie(client));
   const got = receivedFigures(receiver, t.udp);
   const out: Omit<Run, 'cpuSeconds'> = { bytes: got.bytes, seconds: got.seconds };
+  if (got.stalledSeconds !== undefined) out.stalledSeconds = got.stalledSeconds;
   if (t.udp) Object.assign(out, { packets: got.packets, lostPackets: got.lostPackets, lostPercent: got.lostPercent });
   return out;
 }
@@ -187,27 +228,31 @@ export async function runNsBackend(backend: NsBackend, tests: NsTest[], runs: nu
     if (!rrOut.includes('ready')) throw new Error('request/response server did not start');
     for (const mtu of [...new Set(tests.map((t) => t.mtu))]) {
       const inner = await createInnerNamespace();
-      const child = spawnIn(net.ns, backend.argv(inner, mtu), { cwd: REPO_ROOT });
+      const child = backend.argv ? spawnIn(net.ns, backend.argv(inner, mtu), { cwd: REPO_ROOT }) : null;
       let output = '';
-      child.stdout?.setEncoding('utf8').on('data', (d: string) => (output += d));
-      child.stderr?.setEncoding('utf8').on('data', (d: string) => (output += d));
+      child?.stdout?.setEncoding('utf8').on('data', (d: string) => (output += d));
+      child?.stderr?.setEncoding('utf8').on('data', (d: string) => (output += d));
       try {
-        await waitForNamespaceNetwork(inner, child, () => output);
+        if (child) await waitForNamespaceNetwork(inner, child, () => output);
+        else if (backend.setup) await backend.setup(net, inner, mtu);
         const link = await run(['ip', '-n', inner, '-o', 'link', 'show']);
         say(`  ${backend.name} MTU ${mtu}: ${link.stdout.split('\n').filter((l) => !/ lo:/.test(l) && l.trim()).map((l) => l.replace(/^\d+: (\S+):.* mtu (\d+).*/, '$1 mtu $2')).join(', ')}`);
-        const pid = child.pid;
+        // The direct path has no back-end process: its CPU is the kernel's, not measured.
+        const pid = child ? child.pid : -1;
         if (pid === undefined) throw new Error('back-end has no PID');
+        const cpu = (): number => (pid > 0 ? processCpuSeconds(pid) : NaN);
         for (let i = 0; i < tests.length; i++) {
           const t = tests[i];
           if (t.mtu !== mtu) continue;
           for (let r = 0; r < runs; r++) {
             try {
-              const cpu0 = processCpuSeconds(pid);
+              const cpu0 = cpu();
               const got = t.kind === 'rr' ? await rrRun(inner, t) : await iperfRun(inner, server, t);
-              const cpu1 = processCpuSeconds(pid);
+              const cpu1 = cpu();
               out[i].runs.push({ ...got, cpuSeconds: cpu1 - cpu0 });
               const rate = t.kind === 'rr' ? `${((got.roundTrips ?? 0) / got.seconds).toFixed(0)} round trips/s` : `${((got.bytes * 8) / got.seconds / 1e9).toFixed(3)} Gbit/s`;
-              say(`  ${backend.name} ${t.test} run ${r + 1}: ${rate}, back-end CPU ${(cpu1 - cpu0).toFixed(2)} s`);
+              const stall = got.stalledSeconds ? ` (stalled ${got.stalledSeconds} s)` : '';
+              say(`  ${backend.name} ${t.test} run ${r + 1}: ${rate}${stall}${pid > 0 ? `, back-end CPU ${(cpu1 - cpu0).toFixed(2)} s` : ''}`);
             } catch (err) {
               out[i].error = (err as Error).message.split('\n')[0];
               say(`  ${backend.name} ${t.test} run ${r + 1}: ${out[i].error}`);
@@ -219,7 +264,8 @@ export async function runNsBackend(backend: NsBackend, tests: NsTest[], runs: nu
         say(`  ${backend.name} MTU ${mtu}: ${(err as Error).message}`);
         for (let i = 0; i < tests.length; i++) if (tests[i].mtu === mtu && !out[i].error) out[i].error = (err as Error).message.split('\n')[0];
       } finally {
-        await stopChild(child, 3000);
+        if (child) await stopChild(child, 3000);
+        else await teardownVethPath(net);
         await deleteInnerNamespace(inner);
       }
     }

@@ -5,7 +5,7 @@
  * for -R), matched by iperf3's per-test cookie.
  */
 import { type ChildProcess } from 'child_process';
-import { runIn, spawnIn, stopChild } from '../test/support/netns';
+import { runIn, spawnIn, stopChild } from '../../test/support/netns';
 
 /** What the receiving end of one iperf3 test saw. */
 export interface IperfReceived {
@@ -15,6 +15,8 @@ export interface IperfReceived {
   packets?: number;
   lostPackets?: number;
   lostPercent?: number;
+  /** One-second intervals in which the receiver got nothing (a stalled transfer), when it reported intervals. */
+  stalledSeconds?: number;
 }
 
 /** A summary section of iperf3's JSON ("sum", "sum_received"); the UDP fields only for UDP. */
@@ -30,7 +32,15 @@ interface UdpSum {
 interface IperfJson {
   start?: { cookie?: string; test_start?: { protocol?: string; reverse?: number } };
   end?: { sum?: UdpSum; sum_received?: UdpSum };
+  intervals?: { sum?: { bytes?: number; omitted?: boolean } }[];
   error?: string;
+}
+
+/** Intervals of a receiver's JSON in which it got no bytes (omitted ones not counted); undefined without intervals. */
+export function stalledIntervals(receiverDoc: IperfJson): number | undefined {
+  const intervals = receiverDoc.intervals;
+  if (!intervals || intervals.length === 0) return undefined;
+  return intervals.filter((i) => i.sum && !i.sum.omitted && i.sum.bytes === 0).length;
 }
 
 /** Parses one iperf3 JSON document; throws with iperf3's own error text when it reports one. */
@@ -54,8 +64,11 @@ export function iperfCookie(doc: IperfJson): string {
 export function receivedFigures(receiverDoc: IperfJson, udp: boolean): IperfReceived {
   const r = receiverDoc.end?.sum_received;
   if (!r || r.bytes === undefined || r.seconds === undefined) throw new Error('iperf3 JSON without end.sum_received');
-  if (!udp) return { bytes: r.bytes, seconds: r.seconds };
-  return { bytes: r.bytes, seconds: r.seconds, packets: r.packets, lostPackets: r.lost_packets, lostPercent: r.lost_percent };
+  const stalled = stalledIntervals(receiverDoc);
+  const out: IperfReceived = { bytes: r.bytes, seconds: r.seconds };
+  if (stalled !== undefined) out.stalledSeconds = stalled;
+  if (!udp) return out;
+  return { ...out, packets: r.packets, lostPackets: r.lost_packets, lostPercent: r.lost_percent };
 }
 
 /** Splits concatenated pretty-printed JSON documents (each closes with "}" alone on a line). */
