@@ -21,6 +21,9 @@ export DEBIAN_FRONTEND=noninteractive
 # libvirt's daemon, QEMU driver and virsh for the libvirt e2e test (no default network).
 PACKAGES=(qemu-system-x86 busybox-static iperf3 iproute2 tcpdump curl procps gcc libc6-dev systemd strace
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+# g++ and patchelf make the Jazzer.js prebuild load here (scripts/jazzer-compat.sh);
+# libasan8 and libubsan1 are gcc's sanitizer runtimes for the addon's ASan+UBSan run.
+PACKAGES+=(g++ patchelf libasan8 libubsan1)
 # The guest kernel: this meta package depends on the versioned image package.
 KERNEL_META=linux-image-cloud-amd64
 
