@@ -22,6 +22,9 @@ export DEBIAN_FRONTEND=noninteractive
 # ISC dhclient (-4 and -6), the DHCP client passt's own pasta tests use, for the pasta drop-in test.
 PACKAGES=(qemu-system-x86 busybox-static iperf3 iproute2 tcpdump curl procps gcc libc6-dev systemd strace
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients isc-dhcp-client)
+# g++ and patchelf make the Jazzer.js prebuild load here (scripts/jazzer-compat.sh);
+# libasan8 and libubsan1 are gcc's sanitizer runtimes for the addon's ASan+UBSan run.
+PACKAGES+=(g++ patchelf libasan8 libubsan1)
 # The guest kernel: this meta package depends on the versioned image package.
 KERNEL_META=linux-image-cloud-amd64
 
