@@ -5,6 +5,7 @@
  * closes through the addon; the stack's handlers close through the socket
  * calls they were given (real or a unit test's fakes).
  */
+import { rmSync } from 'fs';
 import type { Native } from './native';
 
 type Closer = Pick<Native, 'close'>;
@@ -32,5 +33,20 @@ export function closeSocketQuietly(sockets: Closer | null | undefined, fd: numbe
     sockets?.close(fd);
   } catch {
     // The fd is gone either way.
+  }
+}
+
+/**
+ * Remove a file ferry made (pid file, socket) on the way out, ignoring any
+ * error: once ferry has confined itself the path may be out of reach
+ * (EACCES, ENOENT in the empty root), and the cleanup helper forked before
+ * confinement removes it instead. null does nothing.
+ */
+export function removeQuietly(path: string | null): void {
+  if (path === null) return;
+  try {
+    rmSync(path, { force: true });
+  } catch {
+    // Out of reach from the confined process: the cleanup helper has it.
   }
 }

@@ -1,6 +1,6 @@
 /**
  * The logging seam used by every layer. The backend installs the real sink
- * (winston on the main thread; in a worker, a forwarder that posts lines to
+ * (the main thread's logger, src/backend/cli/logging.ts; in a worker, a forwarder that posts lines to
  * the main thread) with `setLogSink`; until then lines go to stderr.
  *
  * `rateLimited` keeps a bad guest or frontend from flooding the log: at most

@@ -43,11 +43,17 @@ import { ECHO_TOOL_SOURCE, exchange, holdNamespace, inHeld, sleep, waitUntil } f
 const DNS_SERVER_V4 = '192.0.2.53';
 
 /** PIDs of processes whose command line contains `needle` (the background copy ferry started for us). */
-function pidsWithArgument(needle: string): number[] {
+/**
+ * Processes with `needle` among their arguments. Confined ferry forks a
+ * helper before confinement (comm "ferry-cleanup", same arguments) that
+ * removes its files after a clean exit: it is counted only on request.
+ */
+function pidsWithArgument(needle: string, withHelpers = false): number[] {
   const pids: number[] = [];
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
+      if (!withHelpers && fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'ferry-cleanup') continue;
       if (fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').includes(needle)) pids.push(Number(entry));
     } catch {
       // gone meanwhile
@@ -260,7 +266,8 @@ describe('e2e: ferry under passt\'s names, as podman, rootlesskit, libvirt and K
         const args = [...(mode === 'vhost-user' ? ['--vhost-user'] : []), '--one-off', '--socket', socketPath, '--pid', pidFile, '--interface', TEST_NET.uplinkName, ...names, ...forwards];
         const result = await run(['ip', 'netns', 'exec', n.ns, path.join(dir, 'passt'), ...args], { timeoutMs: 30000 });
         const pids = pidsWithArgument(socketPath);
-        started.push(...pids);
+        // The helpers too must end once passt has.
+        started.push(...pidsWithArgument(socketPath, true));
         const logged = kubevirt && fs.existsSync(logFile()) ? fs.readFileSync(logFile(), 'utf8') : '';
         expect(result.code, `${result.stdout}${result.stderr}${logged}`).to.equal(0);
         expect(fs.existsSync(socketPath)).to.equal(true);

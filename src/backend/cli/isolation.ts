@@ -27,10 +27,10 @@
  * or created in it once the capabilities are gone.
  *
  * Steps 1 and 5 are skipped, each with a log line, where ferry still needs
- * paths after setup: --log-file (rotated by renaming), and `ferry pasta`
- * with `auto` forwarding or a joined PID to watch (both read /proc).
- * $NOTIFY_SOCKET is connected to before confinement, so sd_notify keeps
- * working without its path.
+ * paths after setup: `ferry pasta` with `auto` forwarding or a joined PID
+ * to watch (both read /proc). The log file's fd, $NOTIFY_SOCKET and the
+ * syslog socket are opened or connected before confinement, so logging and
+ * sd_notify keep working without their paths.
  */
 import { readFileSync } from 'fs';
 import { closeQuietly } from '../../sys/close';
@@ -197,8 +197,7 @@ export function planIsolation(mode: IsolationMode, options: DaemonOptions, conte
     identity = null;
   }
   let pathsNeeded: string | null = null;
-  if (options.logging.file !== null) pathsNeeded = '--log-file is rotated by path';
-  else if (mode === 'pasta' && pasta !== null) pathsNeeded = pastaNeedsProcfs(options, pasta);
+  if (mode === 'pasta' && pasta !== null) pathsNeeded = pastaNeedsProcfs(options, pasta);
   const privileged = context.euid === 0;
   const emptyRoot = pathsNeeded === null && privileged;
   if (pathsNeeded !== null) skipped.push(`filesystem: kept in view, ${pathsNeeded}`);

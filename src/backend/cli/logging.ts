@@ -5,12 +5,12 @@
  * end up here; worker threads post their lines to the main thread, which
  * passes them to `logFromWorker`.
  *
- * Output: stderr by default, written directly, or a file with -l/--log-file
- * through winston's File transport (bounded by --log-size: one rotated copy
- * is kept, so the disk use is at most twice that). winston is loaded only
- * for a log file: it and its dependencies cost about 10 MB of the main
- * thread's memory, which a stderr line does not need; with -l it is loaded
- * at startup, before anything confines the process. On stderr, colours only on a TTY, and when stderr is the journal
+ * Output: stderr by default, or a file with -l/--log-file, both written
+ * directly, one write per line. The file is opened at startup, before
+ * ferry confines itself, and bounded by --log-size in place (its older half
+ * dropped: at most twice that on disk, one file, no rename), so it keeps
+ * working as another user in an empty root. On stderr, colours only on a
+ * TTY, and when stderr is the journal
  * (systemd sets JOURNAL_STREAM to its device:inode) each line starts with a
  * `<N>` syslog priority so journald records the right level.
  *
@@ -21,14 +21,13 @@
  * syslog loses lines, counted, never blocking or failing the daemon.
  */
 
-import { fstatSync } from 'fs';
+import { closeSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'fs';
 import { type Writable } from 'stream';
-import type * as Winston from 'winston';
 import { isBackgroundCopy } from './background';
 import { type LogLevel, setLogSink } from '../../sys/log';
 import { type LoggingOptions } from './options';
 
-/** winston levels, most severe first (the numbers are winston's ordering, not syslog's). */
+/** Levels, most severe first (an ordering, not syslog's numbers). */
 const LEVELS: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
 /** syslog priorities (sd-daemon(3) prefixes) for each level. */
@@ -202,27 +201,58 @@ function streamLogging(stream: Writable, style: LineStyle, initialLevel: LogLeve
   };
 }
 
-/** Lines appended to --log-file with rotation at --log-size, through winston's File transport. */
+/** The newest part of an over-long log file that is kept: half of --log-size, from a line start. */
+export function keptTail(text: Buffer, limit: number): Buffer {
+  const start = Math.max(0, text.length - Math.floor(limit / 2));
+  const newline = text.indexOf(0x0a, start > 0 ? start - 1 : 0);
+  return start === 0 || newline < 0 ? text.subarray(start) : text.subarray(newline + 1);
+}
+
+/**
+ * Lines appended to --log-file through an fd opened now, before ferry
+ * confines itself (as passt does): from then on the file's directory may be
+ * out of reach and ferry another user. When a line would take the file past
+ * --log-size, its older half is dropped in place (read, truncate, write
+ * back), so the file stays one file under twice that size and no path is
+ * needed. One synchronous write per line: nothing is queued.
+ */
 function fileLogging(options: LoggingOptions): Logging {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only for -l/--log-file (see the file comment)
-  const winston = require('winston') as typeof Winston;
   const style: LineStyle = { name: options.name, colour: false, journal: false, timestamp: true };
-  const format = winston.format.printf((info) => formatLine(style, isLogLevel(info.level) ? info.level : 'info', String(info.message)));
-  const transport = new winston.transports.File({ filename: options.file ?? '', level: options.level, maxsize: options.fileSize, maxFiles: 2, tailable: true, format });
-  const logger = winston.createLogger({ levels: LEVELS, level: options.level, transports: [transport], exitOnError: false });
+  const fd = openSync(options.file ?? '', 'a+', 0o644);
+  let size = fstatSync(fd).size;
+  let threshold = LEVELS[options.level];
+  const limit = options.fileSize;
+  const shrink = (): void => {
+    const text = Buffer.alloc(size);
+    const read = readSync(fd, text, 0, size, 0);
+    const tail = keptTail(text.subarray(0, read), limit);
+    ftruncateSync(fd, 0);
+    writeSync(fd, tail);
+    size = tail.length;
+  };
   return {
     write: (level, message) => {
-      logger.log(level, message);
+      if (LEVELS[level] > threshold) return;
+      const line = Buffer.from(`${formatLine(style, level, message)}\n`, 'utf8');
+      try {
+        if (limit > 0 && size + line.length > limit) shrink();
+        writeSync(fd, line);
+        size += line.length;
+      } catch {
+        // A full disk or a vanished file must not stop the daemon; the line is lost.
+      }
     },
     setLevel: (level) => {
-      logger.level = level;
-      transport.level = level;
+      threshold = LEVELS[level];
     },
-    close: () =>
-      new Promise<void>((resolve) => {
-        logger.on('finish', () => resolve());
-        logger.end();
-      }),
+    close: () => {
+      try {
+        closeSync(fd);
+      } catch {
+        // closed already
+      }
+      return Promise.resolve();
+    },
   };
 }
 

@@ -66,11 +66,13 @@ import * as os from 'os';
 import type { Duplex } from 'stream';
 import { CounterBlock } from '../../../sys/counters';
 import { log } from '../../../sys/log';
+import { removeQuietly } from '../../../sys/close';
 import { native } from '../../../sys/native';
 import type { StackConfig } from '../../../stack/config';
 import { FrontendLoop, maxFrameLengthFor, runStackPartsOnLoop } from '../frontend-loop';
 import { FerryMetrics, type MetricsServer, startMetricsServer } from '../../control/metrics';
 import { type ControlServer, startControlServer } from '../../control/control';
+import { loadControlSchema } from '../../control/control-protocol';
 import { PastaControlHandler } from './pasta-control';
 import { type NamespaceNetwork, NetlinkConfigurator } from '../../host/netlink-config';
 import { type DaemonOptions, namespacePath, type PastaOptions, readEphemeralRange } from '../../cli/options';
@@ -478,7 +480,9 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
   }
   // The command's PID behind unshare, read from /proc while it is still in view (it stays: the gate execs the command).
   const commandPid = target.gate !== null ? firstChildPid(target.child?.pid) : null;
-  confineProcess(isolation, (line) => log.info(line), [options.pidFile, options.metrics?.kind === 'unix' ? options.metrics.path : null]);
+  // Everything is loaded and open: the control API's schema too, since no path is reachable from here on.
+  if (control !== null) loadControlSchema();
+  confineProcess(isolation, (line) => log.info(line), [options.pidFile, options.controlPath, options.metrics?.kind === 'unix' ? options.metrics.path : null]);
 
   return new Promise<number>((resolve) => {
     let finished = false;
@@ -499,7 +503,7 @@ export async function runPasta(options: DaemonOptions, pasta: PastaOptions): Pro
       void control?.close();
       stack.close();
       loop.close();
-      if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
+      removeQuietly(options.pidFile);
       resolve(code);
     };
     const stop = (signal: NodeJS.Signals): void => {

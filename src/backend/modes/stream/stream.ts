@@ -16,6 +16,7 @@
 import * as fs from 'fs';
 import { CounterBlock } from '../../../sys/counters';
 import { log } from '../../../sys/log';
+import { removeQuietly } from '../../../sys/close';
 import { native } from '../../../sys/native';
 import { FrontendLoop, maxFrameLengthFor, runStackOnLoop } from '../frontend-loop';
 import type { DaemonOptions } from '../../cli/options';
@@ -94,9 +95,9 @@ export async function runStream(options: DaemonOptions): Promise<number> {
       }
       stack.close();
       loop.close();
-      if (socketPath !== null) fs.rmSync(socketPath, { force: true });
+      removeQuietly(socketPath);
       if (metricsServer !== null) await metricsServer.close();
-      if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
+      removeQuietly(options.pidFile);
       process.removeListener('SIGTERM', onTerm);
       process.removeListener('SIGINT', onInt);
       resolve(0);

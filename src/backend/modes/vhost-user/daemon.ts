@@ -6,6 +6,7 @@
 import './counter-layout'; // first: fixes the counter slot layout shared with the workers
 import * as fs from 'fs';
 import { log } from '../../../sys/log';
+import { removeQuietly } from '../../../sys/close';
 import { native } from '../../../sys/native';
 import { CounterBlock } from '../../../sys/counters';
 import type { DaemonOptions } from '../../cli/options';
@@ -158,7 +159,7 @@ export async function runDaemon(options: DaemonOptions): Promise<number> {
       if (stopped.includes(false)) endStuckProcess(reason);
       if (metricsServer !== null) await metricsServer.close();
       if (control !== null) await control.close();
-      if (options.pidFile !== null) fs.rmSync(options.pidFile, { force: true });
+      removeQuietly(options.pidFile);
       process.removeListener('SIGTERM', onTerm);
       process.removeListener('SIGINT', onInt);
       resolve(code);

@@ -1,10 +1,10 @@
 import { expect } from 'chai';
-import { existsSync, fstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'fs';
+import { existsSync, fstatSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'fs';
 import { tmpdir } from 'os';
 import { join } from 'path';
 import { PassThrough } from 'stream';
 import { log, rateLimited } from '../../../../src/sys/log';
-import { closeLogging, formatLine, isJournalStream, logFromWorker, oneLine, setupLogging } from '../../../../src/backend/cli/logging';
+import { closeLogging, formatLine, isJournalStream, keptTail, logFromWorker, oneLine, setupLogging } from '../../../../src/backend/cli/logging';
 import { type LoggingOptions } from '../../../../src/backend/cli/options';
 
 function captureStream(): { stream: PassThrough; lines: () => string[] } {
@@ -109,7 +109,7 @@ describe('logging', () => {
       expect(lines()).to.deep.equal(['vm1: warn: noisy 0', 'vm1: warn: quiet 0']);
     });
 
-    it('bounds the log file: --log-size with one rotated copy', async () => {
+    it('bounds the log file: --log-size, one file, its older half dropped in place', async () => {
       const dir = mkdtempSync(join(tmpdir(), 'ferry-logging-'));
       try {
         const file = join(dir, 'ferry.log');
@@ -128,6 +128,31 @@ describe('logging', () => {
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
+    });
+
+    it('keeps writing to --log-file through its fd once the path is gone (as after confinement)', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'ferry-logging-'));
+      try {
+        const file = join(dir, 'ferry.log');
+        setupLogging(options({ file }));
+        log.info('before');
+        renameSync(file, join(dir, 'moved.log'));
+        log.info('after the path went away');
+        await closeLogging();
+        expect(existsSync(file)).to.equal(false);
+        expect(readFileSync(join(dir, 'moved.log'), 'utf8')).to.match(/before\n.*after the path went away\n$/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('keptTail: the newest half of the limit, from a line start', () => {
+      const text = Buffer.from(Array.from({ length: 100 }, (_, i) => `line ${i}`).join('\n') + '\n');
+      const tail = keptTail(text, 200);
+      expect(tail.length).to.be.at.most(100);
+      expect(tail.toString().startsWith('line ')).to.equal(true);
+      expect(tail.toString().endsWith('line 99\n')).to.equal(true);
+      expect(keptTail(Buffer.from('short\n'), 4096).toString()).to.equal('short\n');
     });
 
     it('writes to --log-file with timestamps', async () => {
