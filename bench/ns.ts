@@ -14,7 +14,7 @@ import { type ChildProcess, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import { createTestNetwork, destroyTestNetwork, run, runChecked, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
 import { commandAvailable, REPO_ROOT } from '../test/support/guest';
-import { FERRY_BIN, FERRY_CLI_MODULE } from '../test/e2e/ferry-process';
+import { FERRY_BIN, FERRY_CLI_MODULE } from '../test/support/e2e/ferry-process';
 import { processCpuSeconds } from './support/cpu';
 import { pastaBinary } from './support/peers';
 import { type Measurement, type Run, type TestKind } from './figures';

@@ -16,7 +16,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { createTestNetwork, destroyTestNetwork, run, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
 import { commandAvailable } from '../test/support/guest';
-import { FERRY_CLI_MODULE } from '../test/e2e/ferry-process';
+import { FERRY_CLI_MODULE } from '../test/support/e2e/ferry-process';
 import { processCpuSeconds } from './support/cpu';
 import { startBenchFerry } from './support/ferry';
 import { type Measurement } from './figures';

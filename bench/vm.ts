@@ -27,7 +27,7 @@ import { type ChildProcess } from 'child_process';
 import { createTestNetwork, destroyTestNetwork, spawnIn, stopChild, type TestNetwork, TEST_NET } from '../test/support/netns';
 import { bootGuest, commandAvailable, type Guest, missingGuestPrerequisites } from '../test/support/guest';
 import { DEFAULT_GUEST_MAC, type GuestNic } from '../test/support/qemu';
-import { FERRY_CLI_MODULE } from '../test/e2e/ferry-process';
+import { FERRY_CLI_MODULE } from '../test/support/e2e/ferry-process';
 import { processCpuSeconds, qemuIoCpuSeconds } from './support/cpu';
 import { rssBytes, startBenchFerry } from './support/ferry';
 import { type Measurement, type MemorySample, type Run, type TestKind } from './figures';

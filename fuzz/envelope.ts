@@ -4,7 +4,7 @@
  * behind those checks instead of being dropped at them.
  */
 import { finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16, sumBytes } from '../src/stack/wire/checksum';
-import { GUEST_MAC, GUEST_V4, GUEST_V6, OUR_MAC, ethernetFrame, ipv4Packet, ipv6Packet } from '../test/support/stack-fakes';
+import { GUEST_MAC, GUEST_V4, GUEST_V6, OUR_MAC, ethernetFrame, ipv4Packet, ipv6Packet } from '../test/support/fakes/stack-fakes';
 
 export const ETHERTYPE_IPV4 = 0x0800;
 export const ETHERTYPE_ARP = 0x0806;

@@ -20,7 +20,7 @@ import {
 } from '../src/backend/modes/vhost-user/protocol';
 import { encodeRequest, frame, type ControlRequest } from '../src/backend/control/control-protocol';
 import { setBe16 } from '../src/stack/wire/checksum';
-import { GATEWAY_V4, GUEST_MAC, GUEST_V4, OUR_MAC, arpPacket, concat, icmpEcho } from '../test/support/stack-fakes';
+import { GATEWAY_V4, GUEST_MAC, GUEST_V4, OUR_MAC, arpPacket, concat, icmpEcho } from '../test/support/fakes/stack-fakes';
 
 export type Seeds = Record<string, Uint8Array>;
 

@@ -11,7 +11,7 @@ import type { FdWatcher, StackSockets } from '../src/stack/context';
 import { createStackParts } from '../src/stack/stack-factory';
 import type { Stack } from '../src/stack/stack';
 import { DROP_SLOTS, DropReason } from '../src/stack/drops';
-import { FakeFramePort, NO_OFFLOAD, segmentsOf, testConfig } from '../test/support/stack-fakes';
+import { FakeFramePort, NO_OFFLOAD, segmentsOf, testConfig } from '../test/support/fakes/stack-fakes';
 import { type FuzzInput, check } from './input';
 
 const FAKE_FD_BASE = 1 << 24;

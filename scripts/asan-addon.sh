@@ -19,7 +19,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 ROOT="$REPO/.cache/asan"
 NODE_GYP=/usr/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js
-TESTS=${ASAN_TESTS:-"test/unit/sys/native.test.js test/unit/sys/linux.test.js test/unit/virtqueue/guest-memory.test.js"}
+TESTS=${ASAN_TESTS:-"test/unit/sys/native.test.js test/unit/sys/guard.test.js test/unit/sys/linux.test.js test/unit/virtqueue/guest-memory.test.js"}
 
 fail() {
   echo "asan-addon: FAILED: $*" >&2

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds small static helpers that e2e tests carry into the guest (the
 # guest's busybox lacks them), into $CACHE/tools/:
-#   tcp-tool   test/e2e/tcp-tool.c (TCP upload/download with sha256, server,
+#   tcp-tool   test/guest/tcp-tool.c (TCP upload/download with sha256, server,
 #              many concurrent echoes, half-close, resets, connect probe)
-#   udp-tool   test/e2e/udp-tool.c (UDP echo client, server, ECONNREFUSED probe)
+#   udp-tool   test/guest/udp-tool.c (UDP echo client, server, ECONNREFUSED probe)
 # Prints one path per tool, udp-tool's last (callers that predate tcp-tool
 # take the last line). Rebuilds only when the source is newer than the binary.
 #
@@ -19,7 +19,7 @@ CC="${CC:-$(command -v gcc || command -v cc || true)}"
 [ -n "$CC" ] || { echo "build-guest-tools: FAILED: no C compiler (install gcc and libc6-dev)" >&2; exit 1; }
 
 mkdir -p "$OUT"
-TCP_SRC="$REPO/test/e2e/tcp-tool.c"
+TCP_SRC="$REPO/test/guest/tcp-tool.c"
 TCP_BIN="$OUT/tcp-tool"
 if [ ! -x "$TCP_BIN" ] || [ "$TCP_SRC" -nt "$TCP_BIN" ]; then
   "$CC" -static -O2 -Wall -Wextra -o "$TCP_BIN.tmp" "$TCP_SRC"
@@ -27,7 +27,7 @@ if [ ! -x "$TCP_BIN" ] || [ "$TCP_SRC" -nt "$TCP_BIN" ]; then
   mv "$TCP_BIN.tmp" "$TCP_BIN"
 fi
 echo "$TCP_BIN"
-SRC="$REPO/test/e2e/udp-tool.c"
+SRC="$REPO/test/guest/udp-tool.c"
 BIN="$OUT/udp-tool"
 if [ ! -x "$BIN" ] || [ "$SRC" -nt "$BIN" ]; then
   "$CC" -static -O2 -Wall -Wextra -o "$BIN.tmp" "$SRC"

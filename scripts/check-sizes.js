@@ -8,6 +8,12 @@ const { execFileSync } = require('child_process');
 const path = require('path');
 
 const MAX_LINES = 800;
+// Files still over the limit, each capped at its size when the check came in:
+// they may shrink (and leave this list), never grow.
+const OVERSIZE_CAP = new Map([
+  ['src/backend/cli/options.ts', 972],
+  ['test/unit/stack/tcp/tcp.test.ts', 918],
+]);
 const MAX_FILES = 12;
 const ROOTS = ['src', 'test', 'bench'];
 const SOURCE = /\.(ts|c|cc|h)$/;
@@ -24,7 +30,8 @@ for (const file of listed) {
   const full = path.join(root, file);
   if (!fs.existsSync(full)) continue;
   const lines = fs.readFileSync(full, 'utf8').split('\n').length - 1;
-  if (lines > MAX_LINES) problems.push(`${file}: ${lines} lines (at most ${MAX_LINES})`);
+  const cap = OVERSIZE_CAP.get(file) ?? MAX_LINES;
+  if (lines > cap) problems.push(`${file}: ${lines} lines (at most ${cap})`);
   const folder = path.dirname(file);
   perFolder.set(folder, (perFolder.get(folder) ?? 0) + 1);
 }
@@ -35,4 +42,4 @@ if (problems.length > 0) {
   for (const p of problems) console.error(`check-sizes: ${p}`);
   process.exit(1);
 }
-console.log(`check-sizes: ${listed.length} source files, none over ${MAX_LINES} lines, no folder over ${MAX_FILES} files`);
+console.log(`check-sizes: ${listed.length} source files, none over ${MAX_LINES} lines (${OVERSIZE_CAP.size} capped at their size), no folder over ${MAX_FILES} files`);

@@ -8,7 +8,7 @@ import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import { spawnIn, stopChild } from '../../test/support/netns';
 import { REPO_ROOT } from '../../test/support/guest';
-import { FERRY_BIN } from '../../test/e2e/ferry-process';
+import { FERRY_BIN } from '../../test/support/e2e/ferry-process';
 
 /** A ferry daemon the bench started. */
 export interface BenchFerry {

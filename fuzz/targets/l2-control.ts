@@ -6,7 +6,7 @@
  * checksums). See feedFrame for the invariants.
  */
 import { setBe16 } from '../../src/stack/wire/checksum';
-import { GATEWAY_V6, GUEST_MAC, ethernetFrame } from '../../test/support/stack-fakes';
+import { GATEWAY_V6, GUEST_MAC, ethernetFrame } from '../../test/support/fakes/stack-fakes';
 import { BROADCAST_MAC, ETHERTYPE_ARP, ipv4Frame, ipv6Frame } from '../envelope';
 import { FuzzInput } from '../input';
 import { feedFrame, frameHarness } from '../stack-harness';

@@ -5,7 +5,7 @@
  * the frame is cut into segments at input-chosen offsets. See feedFrame for
  * the invariants.
  */
-import { GATEWAY_V4, GATEWAY_V6 } from '../../test/support/stack-fakes';
+import { GATEWAY_V4, GATEWAY_V6 } from '../../test/support/fakes/stack-fakes';
 import { ipv4Frame, ipv6Frame } from '../envelope';
 import { FuzzInput } from '../input';
 import { feedFrame, frameHarness } from '../stack-harness';

@@ -7,7 +7,7 @@
  * a front-end leaves (the worker builds a new stack for the next guest);
  * with two queue pairs, flow ids nobody has are NOT_FOUND. Skipped (with
  * a note) until runDaemon starts the control server. Traffic through
- * forwards, with a real guest: test/e2e/control-forward.test.ts.
+ * forwards, with a real guest: test/e2e/traffic/control-forward.test.ts.
  */
 import { expect } from 'chai';
 import { type ChildProcess, spawn } from 'child_process';

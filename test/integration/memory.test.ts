@@ -19,7 +19,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { TEST_NET, type TestNetwork, canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild } from '../support/netns';
 import { VhostUserFrontend } from '../support/vhost-user-frontend';
-import { ACK, SYN, guestTcpFrame, parseTcpFrame, synOptions } from '../support/tcp-guest';
+import { ACK, SYN, guestTcpFrame, parseTcpFrame, synOptions } from '../support/fakes/tcp-guest';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const GUEST_V4 = Uint8Array.from(TEST_NET.hostV4.split('.').map(Number));

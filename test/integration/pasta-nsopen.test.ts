@@ -90,7 +90,7 @@ describe('integration: native.nsOpen', function () {
   it('tunSetOffload: a tap with IFF_VNET_HDR takes checksum and TSO offloads; a bad fd is an error', () => {
     const opened = native.nsOpen([nsFd], 'voff0', TAP | c.IFF_VNET_HDR, []);
     try {
-      // Accepted by the kernel (its effect, segments above the MTU, is checked end to end in e2e/pasta-transfer).
+      // Accepted by the kernel (its effect, segments above the MTU, is checked end to end in e2e/pasta/pasta-transfer).
       expect(() => native.tunSetOffload(opened.tunFd, c.TUN_F_CSUM | c.TUN_F_TSO4 | c.TUN_F_TSO6)).to.not.throw();
     } finally {
       native.close(opened.tunFd);

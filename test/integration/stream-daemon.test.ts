@@ -13,7 +13,7 @@ import * as path from 'path';
 import { native } from '../../src/sys/native';
 import { canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild, type TestNetwork } from '../support/netns';
 import { REPO_ROOT } from '../support/guest';
-import { arpPacket, ethernetFrame, GUEST_MAC, icmpEcho, ipv4Packet, OUR_MAC } from '../support/stack-fakes';
+import { arpPacket, ethernetFrame, GUEST_MAC, icmpEcho, ipv4Packet, OUR_MAC } from '../support/fakes/stack-fakes';
 
 const FERRY_BIN = path.join(REPO_ROOT, 'bin', 'ferry.js');
 const HOST_V4 = Uint8Array.from([192, 0, 2, 1]);

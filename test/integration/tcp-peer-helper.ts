@@ -18,7 +18,7 @@
 import { createHash } from 'crypto';
 import * as net from 'net';
 
-/** The same xorshift pattern as test/support/tcp-guest.ts patternBytes. */
+/** The same xorshift pattern as test/support/fakes/tcp-guest.ts patternBytes. */
 function patternBytes(length: number, seed: number): Buffer {
   const out = Buffer.alloc(length);
   let x = seed >>> 0 || 1;

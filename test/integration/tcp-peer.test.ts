@@ -13,8 +13,8 @@ import { expect } from 'chai';
 import { type ChildProcess, spawn } from 'child_process';
 import * as path from 'path';
 import { canCreateNamespaces, createTestNetwork, destroyTestNetwork, killPid } from '../support/netns';
-import { ACK, FakeGuestTcp, SYN, TcpHarness, patternBytes, sha256 } from '../support/tcp-guest';
-import type { Segment } from '../support/tcp-guest';
+import { ACK, FakeGuestTcp, SYN, TcpHarness, patternBytes, sha256 } from '../support/fakes/tcp-guest';
+import type { Segment } from '../support/fakes/tcp-guest';
 import { TcpListeners } from '../../src/stack/tcp/listen';
 import { parseForwardSpec } from '../../src/stack/flow/forward-spec';
 

@@ -16,7 +16,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { TEST_NET, type TestNetwork, canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild } from '../support/netns';
 import { TEST_DRIVER_FEATURES, VhostUserFrontend } from '../support/vhost-user-frontend';
-import { DESC_F_NEXT } from '../support/split-ring-driver';
+import { DESC_F_NEXT } from '../support/fakes/split-ring-driver';
 import { Request } from '../../src/backend/modes/vhost-user/protocol';
 import { native } from '../../src/sys/native';
 

@@ -22,8 +22,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { TEST_NET, type TestNetwork, canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild } from '../support/netns';
 import { VhostUserFrontend } from '../support/vhost-user-frontend';
-import { ACK, RST, SYN, guestTcpFrame, parseTcpFrame, synOptions } from '../support/tcp-guest';
-import { GUEST_MAC, OUR_MAC, ethernetFrame, ipv4Packet, udpDatagram } from '../support/stack-fakes';
+import { ACK, RST, SYN, guestTcpFrame, parseTcpFrame, synOptions } from '../support/fakes/tcp-guest';
+import { GUEST_MAC, OUR_MAC, ethernetFrame, ipv4Packet, udpDatagram } from '../support/fakes/stack-fakes';
 import { Request } from '../../src/backend/modes/vhost-user/protocol';
 import { native } from '../../src/sys/native';
 

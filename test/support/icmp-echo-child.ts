@@ -11,7 +11,7 @@ import type { FdWatcher, ReadyHandler } from '../../src/stack/context';
 import { DROP_SLOTS, DropReason } from '../../src/stack/drops';
 import { be16, internetChecksum, pseudoHeaderSumIpv6 } from '../../src/stack/wire/checksum';
 import { formatIp } from '../../src/stack/address';
-import { FakeFramePort, GUEST_MAC, GUEST_V4, GUEST_V6, GATEWAY_V4, GATEWAY_V6, NO_OFFLOAD, OUR_MAC, ethernetFrame, icmpEcho, ipv4Packet, ipv6Packet, segmentsOf, testConfig } from './stack-fakes';
+import { FakeFramePort, GUEST_MAC, GUEST_V4, GUEST_V6, GATEWAY_V4, GATEWAY_V6, NO_OFFLOAD, OUR_MAC, ethernetFrame, icmpEcho, ipv4Packet, ipv6Packet, segmentsOf, testConfig } from './fakes/stack-fakes';
 
 const events = new Int32Array(64);
 const handlers = new Map<number, ReadyHandler>();

@@ -43,7 +43,7 @@ import {
   VIRTIO_NET_F_MTU,
   VIRTIO_RING_F_EVENT_IDX,
 } from '../../src/virtqueue/features';
-import { GuestArena, SplitRingDriver, type UsedEntry } from './split-ring-driver';
+import { GuestArena, SplitRingDriver, type UsedEntry } from './fakes/split-ring-driver';
 
 const PAGE_SIZE = 4096;
 /** virtio-net header with VERSION_1 (or MRG_RXBUF): 12 bytes, num_buffers last. */

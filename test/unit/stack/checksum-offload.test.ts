@@ -33,8 +33,8 @@ import { be16, finishChecksum, foldSum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6
 import {
   FakeFramePort, GATEWAY_V4, GUEST_MAC, GUEST_V4, GUEST_V6, NO_OFFLOAD, OUR_MAC,
   ethernetFrame, ipv4Packet, ipv6Packet, segmentsOf, testConfig, udpDatagram,
-} from '../../support/stack-fakes';
-import { FakeGuestTcp, TcpHarness, patternBytes, sha256 } from '../../support/tcp-guest';
+} from '../../support/fakes/stack-fakes';
+import { FakeGuestTcp, TcpHarness, patternBytes, sha256 } from '../../support/fakes/tcp-guest';
 
 const SERVER_V4 = Uint8Array.of(203, 0, 113, 9);
 const SERVER_V6 = Uint8Array.from(Buffer.from('20010db8000000000000000000000099', 'hex'));

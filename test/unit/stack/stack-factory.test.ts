@@ -3,7 +3,7 @@ import { CounterBlock } from '../../../src/sys/counters';
 import { native } from '../../../src/sys/native';
 import type { ReadyHandler } from '../../../src/stack/context';
 import { PortLease, WatcherLease, createStackParts } from '../../../src/stack/stack-factory';
-import { FakeFramePort, NO_OFFLOAD, testConfig } from '../../support/stack-fakes';
+import { FakeFramePort, NO_OFFLOAD, testConfig } from '../../support/fakes/stack-fakes';
 
 /** An fd watcher that only records (no fd is ever polled). */
 class RecordingWatcher {

@@ -26,7 +26,7 @@ import {
   segmentsOf,
   testConfig,
   udpDatagram,
-} from '../../support/stack-fakes';
+} from '../../support/fakes/stack-fakes';
 
 const SERVER_V4 = Uint8Array.from([198, 51, 100, 7]);
 const SERVER_V6 = Uint8Array.from([0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { GuestMemory } from '../../../src/virtqueue/guest-memory';
 import { VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../../src/virtqueue/features';
 import { DescriptorChain, PopResult, SplitRing, popResultReason, vringNeedEvent } from '../../../src/virtqueue/split-ring';
-import { AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, GuestArena, SplitRingDriver, USED_F_NO_NOTIFY } from '../../support/split-ring-driver';
+import { AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, GuestArena, SplitRingDriver, USED_F_NO_NOTIFY } from '../../support/fakes/split-ring-driver';
 
 const BASE = 0x100000;
 const ARENA_SIZE = 1 << 20;

@@ -6,7 +6,7 @@ import { PORT_COUNTERS, RX_DROP_SLOTS, TX_DROP_SLOTS, VirtioNetPort } from '../.
 import { GuestMemory } from '../../../src/virtqueue/guest-memory';
 import { VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_INDIRECT_DESC } from '../../../src/virtqueue/features';
 import { SplitRing } from '../../../src/virtqueue/split-ring';
-import { GuestArena, SplitRingDriver, USED_F_NO_NOTIFY } from '../../support/split-ring-driver';
+import { GuestArena, SplitRingDriver, USED_F_NO_NOTIFY } from '../../support/fakes/split-ring-driver';
 
 const BASE = 0x200000;
 const SIZE = 1 << 20;

@@ -3,7 +3,7 @@ import { CounterBlock } from '../../../src/sys/counters';
 import { GuestMemory } from '../../../src/virtqueue/guest-memory';
 import { VIRTIO_F_VERSION_1 } from '../../../src/virtqueue/features';
 import { VRING_FAULT_SLOTS, Vring, VringFault, type VringFds } from '../../../src/virtqueue/vring';
-import { GuestArena, SplitRingDriver } from '../../support/split-ring-driver';
+import { GuestArena, SplitRingDriver } from '../../support/fakes/split-ring-driver';
 
 const BASE = 0x10000;
 const USER_BASE = 0x7f0000000000;

@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { exitStatus, largestSendBuffer, namespaceNetwork, nsenterArgv, unshareArgv } from '../../../../src/backend/modes/pasta/pasta';
-import { testConfig } from '../../../support/stack-fakes';
+import { testConfig } from '../../../support/fakes/stack-fakes';
 
 describe('ferry pasta command line', () => {
   it('pasta options are taken out, shared ones parsed, the command kept verbatim after --', () => {

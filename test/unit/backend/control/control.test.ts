@@ -24,7 +24,7 @@ import {
   FrameReader,
   MAX_REQUEST_BYTES,
 } from '../../../../src/backend/control/control-protocol';
-import { FakeHandler, SAMPLE_FLOW } from '../../../support/control-fake-handler';
+import { FakeHandler, SAMPLE_FLOW } from '../../../support/fakes/control-fake-handler';
 import { Counter, Registry } from 'prom-client';
 import { REPO_ROOT } from '../../../support/paths';
 

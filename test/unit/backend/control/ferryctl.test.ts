@@ -13,7 +13,7 @@ import * as path from 'path';
 import { type ControlServer, startControlServer } from '../../../../src/backend/control/control';
 import { describeConnectError, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseFerryctlArgs, runFerryctl, USAGE } from '../../../../src/backend/control/ferryctl';
 import { formatAge, formatBytes, formatEndpoint, formatFlows, formatForwards, formatStats, renderTable } from '../../../../src/backend/control/ferryctl-format';
-import { FakeHandler, SAMPLE_FLOW } from '../../../support/control-fake-handler';
+import { FakeHandler, SAMPLE_FLOW } from '../../../support/fakes/control-fake-handler';
 import { REPO_ROOT } from '../../../support/paths';
 
 

@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { FaultInjector, faultSpecFromEnvironment, parseFaultSpec, seededRandom } from '../../../../src/backend/frontends/middleware/fault-injection';
 import type { FaultSpec } from '../../../../src/backend/frontends/middleware/fault-injection';
 import { type FrameSink, type OffloadInfo, SegmentList } from '../../../../src/io/frame-io';
-import { FakeFramePort, NO_OFFLOAD } from '../../../support/stack-fakes';
+import { FakeFramePort, NO_OFFLOAD } from '../../../support/fakes/stack-fakes';
 
 function spec(patch: Partial<FaultSpec>): FaultSpec {
   return { drop: 0, duplicate: 0, reorder: 0, seed: 1, ...patch };

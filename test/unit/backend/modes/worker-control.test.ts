@@ -4,7 +4,7 @@
  * record what was opened and closed, and fail the ports they are told
  * to): conflicts, all-or-nothing adds, partial removals, re-opening on a
  * new stack. Real sockets: test/integration/control-daemon.test.ts and
- * test/e2e/control-forward.test.ts.
+ * test/e2e/traffic/control-forward.test.ts.
  */
 import { expect } from 'chai';
 import type { StackConfig } from '../../../../src/stack/config';

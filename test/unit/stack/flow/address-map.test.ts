@@ -3,7 +3,7 @@ import { guestVisibleSource, mapDestination } from '../../../../src/stack/flow/a
 import { parseIp } from '../../../../src/stack/address';
 import type { StackConfig } from '../../../../src/stack/config';
 import { sockaddrPort } from '../../../../src/sys/sockaddr';
-import { testConfig } from '../../../support/stack-fakes';
+import { testConfig } from '../../../support/fakes/stack-fakes';
 
 const ip = (text: string): Uint8Array => parseIp(text)!;
 const LOOPBACK6 = '00000000000000000000000000000001';

@@ -9,7 +9,7 @@ import { ECHO_IDLE_MS, ECHO_MAX_FLOWS, DENIED_RETRY_MS } from '../../../../src/s
 import { EVICTION_MIN_AGE_MS, FlowKind, FlowTable, NO_FLOW } from '../../../../src/stack/flow/flow-table';
 import { be16, internetChecksum, pseudoHeaderSumIpv6, setBe16, finishChecksum, sumBytes } from '../../../../src/stack/wire/checksum';
 import { setLogSink } from '../../../../src/sys/log';
-import { FakeFramePort, GATEWAY_V4, GATEWAY_V6, GUEST_MAC, GUEST_V4, GUEST_V6, NO_OFFLOAD, OUR_MAC, ethernetFrame, icmpEcho, ipv4Packet, ipv6Packet, segmentsOf, testConfig } from '../../../support/stack-fakes';
+import { FakeFramePort, GATEWAY_V4, GATEWAY_V6, GUEST_MAC, GUEST_V4, GUEST_V6, NO_OFFLOAD, OUR_MAC, ethernetFrame, icmpEcho, ipv4Packet, ipv6Packet, segmentsOf, testConfig } from '../../../support/fakes/stack-fakes';
 import { DIST_ROOT } from '../../../support/paths';
 
 const REMOTE_V4 = Uint8Array.from([198, 51, 100, 7]);

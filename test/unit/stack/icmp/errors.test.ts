@@ -10,7 +10,7 @@ import { CounterBlock } from '../../../../src/sys/counters';
 import { StackContext } from '../../../../src/stack/context';
 import { ExtendedError, IcmpErrorPlan, QUOTED_PAYLOAD_LIMIT, type QuotedDatagram, parseExtendedError, planIcmpError, sendIcmpError } from '../../../../src/stack/icmp/errors';
 import { finishChecksum, internetChecksum, pseudoHeaderSumIpv6, sumBytes } from '../../../../src/stack/wire/checksum';
-import { FakeFramePort, GUEST_MAC, GUEST_V4, GUEST_V6, testConfig } from '../../../support/stack-fakes';
+import { FakeFramePort, GUEST_MAC, GUEST_V4, GUEST_V6, testConfig } from '../../../support/fakes/stack-fakes';
 
 const LE = endianness() === 'LE';
 

@@ -4,7 +4,7 @@ import { Stack } from '../../../../src/stack/stack';
 import { DROP_SLOTS, DropReason } from '../../../../src/stack/drops';
 import { BROADCAST_MAC } from '../../../../src/stack/wire/ethernet';
 import { ARP_REPLY_FRAME_LENGTH } from '../../../../src/stack/l2/arp';
-import { FakeFramePort, GATEWAY_V4, GUEST_MAC, GUEST_V4, NO_OFFLOAD, OUR_MAC, arpPacket, ethernetFrame, segmentsOf, testConfig } from '../../../support/stack-fakes';
+import { FakeFramePort, GATEWAY_V4, GUEST_MAC, GUEST_V4, NO_OFFLOAD, OUR_MAC, arpPacket, ethernetFrame, segmentsOf, testConfig } from '../../../support/fakes/stack-fakes';
 
 const ZERO_MAC = new Uint8Array(6);
 const ZERO_IP = new Uint8Array(4);

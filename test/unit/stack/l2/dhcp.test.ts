@@ -6,7 +6,7 @@ import { BROADCAST_MAC } from '../../../../src/stack/wire/ethernet';
 import { be16, be32, internetChecksum, pseudoHeaderSumIpv4, setBe16, setBe32 } from '../../../../src/stack/wire/checksum';
 import { DhcpError, DhcpOptions, encodeDomainSearch, parseDhcpMessage } from '../../../../src/stack/l2/dhcp';
 import type { StackConfig } from '../../../../src/stack/config';
-import { DNS_V4, FakeFramePort, GATEWAY_V4, GUEST_MAC, GUEST_V4, NO_OFFLOAD, OUR_MAC, concat, ethernetFrame, ipv4Packet, segmentsOf, testConfig, udpDatagram } from '../../../support/stack-fakes';
+import { DNS_V4, FakeFramePort, GATEWAY_V4, GUEST_MAC, GUEST_V4, NO_OFFLOAD, OUR_MAC, concat, ethernetFrame, ipv4Packet, segmentsOf, testConfig, udpDatagram } from '../../../support/fakes/stack-fakes';
 
 const ZERO = new Uint8Array(4);
 const BROADCAST_IP = Uint8Array.from([255, 255, 255, 255]);

@@ -11,7 +11,7 @@ import { SegmentList } from '../../../../src/io/frame-io';
 import { Stack } from '../../../../src/stack/stack';
 import type { IpPacket, RxFrame } from '../../../../src/stack/context';
 import type { UdpView } from '../../../../src/stack/wire/udp';
-import { FakeFramePort, NO_OFFLOAD } from '../../../support/stack-fakes';
+import { FakeFramePort, NO_OFFLOAD } from '../../../support/fakes/stack-fakes';
 import { Ipv6ControlPlane, NdpDrop, NdpResponder, INITIAL_RA_INTERVAL_MS, MIN_RA_INTERVAL_MS, MAX_RA_INTERVAL_MS, ndpDropLabel } from '../../../../src/stack/l2/ndp';
 import { Ipv6View } from '../../../../src/stack/wire/ipv6';
 import { icmpv6Checksum } from '../../../../src/stack/wire/icmpv6';

@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import { fastSumBytes, fastSumSegments, fillL4Checksum, l4ChecksumValid } from '../../../../src/stack/l4/checksum';
 import { OFFLOAD_F_NEEDS_CSUM, type OffloadInfo, SegmentList } from '../../../../src/io/frame-io';
 import { be16, foldSum, sumBytes, sumSegments } from '../../../../src/stack/wire/checksum';
-import { patternBytes } from '../../../support/tcp-guest';
+import { patternBytes } from '../../../support/fakes/tcp-guest';
 
 /** Sums compare modulo 0xffff (ones' complement arithmetic). */
 function same(a: number, b: number): boolean {

@@ -11,7 +11,7 @@ import { FlowProtocol, FlowTable } from '../../../../src/stack/flow/flow-table';
 import { HeaderWindow, addWritableListener, emitFlowIpHeaders, flowPseudoSum, ipHeadersLength } from '../../../../src/stack/l4/guest-frame';
 import { IpProtocol, Ipv4Error, Ipv4View } from '../../../../src/stack/wire/ipv4';
 import { be16, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6 } from '../../../../src/stack/wire/checksum';
-import { FakeFramePort, OUR_MAC, testConfig } from '../../../support/stack-fakes';
+import { FakeFramePort, OUR_MAC, testConfig } from '../../../support/fakes/stack-fakes';
 
 const GUEST_MAC = Uint8Array.from([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GUEST4 = Uint8Array.from([192, 0, 2, 1]);

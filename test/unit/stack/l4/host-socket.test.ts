@@ -5,7 +5,7 @@
  */
 import { expect } from 'chai';
 import { SeenGuestAddress, outboundAddress, outboundInterface } from '../../../../src/stack/l4/host-socket';
-import { testConfig } from '../../../support/stack-fakes';
+import { testConfig } from '../../../support/fakes/stack-fakes';
 
 describe('l4 host-socket: SeenGuestAddress', () => {
   it('starts from the configured addresses and follows the guest\'s sources', () => {

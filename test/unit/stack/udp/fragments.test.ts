@@ -10,7 +10,7 @@ import { Stack } from '../../../../src/stack/stack';
 import type { IpPacket, RxFrame, StackContext } from '../../../../src/stack/context';
 import { DROP_SLOTS, DropReason } from '../../../../src/stack/drops';
 import { internetChecksum, setBe16 } from '../../../../src/stack/wire/checksum';
-import { FakeFramePort, GUEST_MAC, GUEST_V4, GUEST_V6, NO_OFFLOAD, OUR_MAC, concat, ethernetFrame, ipv4Packet, segmentsOf, testConfig, udpDatagram } from '../../../support/stack-fakes';
+import { FakeFramePort, GUEST_MAC, GUEST_V4, GUEST_V6, NO_OFFLOAD, OUR_MAC, concat, ethernetFrame, ipv4Packet, segmentsOf, testConfig, udpDatagram } from '../../../support/fakes/stack-fakes';
 
 const SERVER_V4 = Uint8Array.of(203, 0, 113, 9);
 const SERVER_V6 = Uint8Array.from(Buffer.from('20010db8000000000000000000000099', 'hex'));

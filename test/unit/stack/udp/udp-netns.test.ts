@@ -29,7 +29,7 @@ import {
   segmentsOf,
   testConfig,
   udpDatagram,
-} from '../../../support/stack-fakes';
+} from '../../../support/fakes/stack-fakes';
 import type { StackConfig } from '../../../../src/stack/config';
 import { REPO_ROOT } from '../../../support/paths';
 

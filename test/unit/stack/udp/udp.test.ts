@@ -32,7 +32,7 @@ import {
   segmentsOf,
   testConfig,
   udpDatagram,
-} from '../../../support/stack-fakes';
+} from '../../../support/fakes/stack-fakes';
 
 const SERVER_V4 = Uint8Array.of(203, 0, 113, 9);
 const SERVER_V6 = Uint8Array.from(Buffer.from('20010db8000000000000000000000099', 'hex'));

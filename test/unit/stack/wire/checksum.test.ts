@@ -11,7 +11,7 @@ import {
   sumSegments,
   updateChecksum16,
 } from '../../../../src/stack/wire/checksum';
-import { CAPTURED, hex, segmentsOf } from '../../../support/stack-fakes';
+import { CAPTURED, hex, segmentsOf } from '../../../support/fakes/stack-fakes';
 
 describe('wire/checksum', () => {
   it('matches the RFC 1071 section 3 example', () => {

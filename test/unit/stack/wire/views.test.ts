@@ -7,7 +7,7 @@ import { IcmpError, IcmpView } from '../../../../src/stack/wire/icmp';
 import { UdpError, UdpView, emitUdp } from '../../../../src/stack/wire/udp';
 import { TcpError, TcpFlag, TcpOptions, TcpView } from '../../../../src/stack/wire/tcp';
 import { pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, setBe16 } from '../../../../src/stack/wire/checksum';
-import { CAPTURED, hex, GUEST_MAC, GUEST_V4, GUEST_V6, GATEWAY_V4, GATEWAY_V6, OUR_MAC, concat, ipv6Packet, udpDatagram } from '../../../support/stack-fakes';
+import { CAPTURED, hex, GUEST_MAC, GUEST_V4, GUEST_V6, GATEWAY_V4, GATEWAY_V6, OUR_MAC, concat, ipv6Packet, udpDatagram } from '../../../support/fakes/stack-fakes';
 
 describe('wire/ethernet', () => {
   it('reads the captured frame header and rejects 13 bytes', () => {
