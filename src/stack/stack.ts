@@ -2,13 +2,14 @@
  * The stack's entry point: `Stack` consumes guest frames (FrameSink),
  * parses Ethernet / ARP / IPv4 / IPv6 with the wire views and dispatches:
  *
- *   ARP                       -> arp.ts (answered for every address but the guest's)
- *   IPv4 UDP to port 67       -> dhcp.ts
- *   ICMP echo request         -> icmp-echo.ts (IPv4 type 8 and IPv6 type 128:
+ *   ARP                       -> l2/arp.ts (answered for every address but the guest's)
+ *   IPv4 UDP to port 67       -> l2/dhcp.ts
+ *   ICMP echo request         -> icmp/echo.ts (IPv4 type 8 and IPv6 type 128:
  *                                the stack parses ICMPv6 echo itself)
- *   other ICMPv6              -> ipv6Control.handleIcmpv6 (NDP, RS, ...)
- *   IPv6 UDP to port 547      -> ipv6Control.handleDhcpv6
- *   TCP / other UDP           -> tcpHandler / udpHandler (translation, later)
+ *   other ICMPv6              -> ipv6Control.handleIcmpv6 (l2/ndp.ts: NDP, RS, ...)
+ *   IPv6 UDP to port 547      -> ipv6Control.handleDhcpv6 (l2/dhcpv6.ts)
+ *   TCP / other UDP           -> tcpHandler / udpHandler (tcp/, udp/)
+ *   IPv4/IPv6 fragments       -> reassembly/, then dispatched whole
  *
  * Anything malformed is counted (ferry_stack_drops_total{reason}) and
  * dropped with a rate-limited log line; nothing from the guest throws.
