@@ -11,7 +11,6 @@ const MAX_LINES = 800;
 // Files still over the limit, each capped at its size when the check came in:
 // they may shrink (and leave this list), never grow.
 const OVERSIZE_CAP = new Map([
-  ['src/backend/cli/options.ts', 972],
   ['test/unit/stack/tcp/tcp.test.ts', 918],
 ]);
 const MAX_FILES = 12;

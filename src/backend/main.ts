@@ -10,17 +10,8 @@ import { basename, dirname, join } from 'path';
 import { log } from '../sys/log';
 import { BACKGROUND_SETUP_TIMEOUT_MS, READY_FD_ENV, relaunchCommand, reportReadinessToParent, runInBackground, wantsBackground } from './cli/background';
 import { closeLogging, setupLogging } from './cli/logging';
-import {
-  type DaemonOptions,
-  OptionError,
-  optionHelp,
-  type ParsedCommandLine,
-  parseOptions,
-  parsePastaCommandLine,
-  pastaOptionHelp,
-  type PastaOptions,
-  readEphemeralRange,
-} from './cli/options';
+import { type DaemonOptions, OptionError, optionHelp, type ParsedCommandLine, parseOptions, readEphemeralRange } from './cli/options';
+import { parsePastaCommandLine, pastaOptionHelp, type PastaOptions } from './cli/pasta-options';
 
 /** The daemon entry point as cli.ts sees it (src/backend/daemon.ts). */
 export type RunDaemon = (options: DaemonOptions) => Promise<number>;

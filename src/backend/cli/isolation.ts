@@ -35,7 +35,8 @@
 import { readFileSync } from 'fs';
 import { closeQuietly } from '../../sys/close';
 import { native } from '../../sys/native';
-import type { DaemonOptions, PastaOptions } from './options';
+import type { DaemonOptions } from './options';
+import type { PastaOptions } from './pasta-options';
 import { systemdNotifyConnect } from './systemd';
 
 /** Which front-end is being confined (pasta keeps a namespace helper and its children). */

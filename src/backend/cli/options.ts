@@ -16,33 +16,42 @@
  * input throws OptionError whose message is one line naming the option.
  */
 
-import { basename, extname } from 'path';
-import { readFileSync } from 'fs';
-import { isLoopback, isUnspecified, isIpv6Multicast, parseIp, parseIpv4, parseMac, prefixFromNetmask } from '../../stack/address';
+import { isLoopback, parseMac } from '../../stack/address';
 import {
   checkForwardSpecCombination,
   DEFAULT_EPHEMERAL_RANGE,
   type ForwardSpec,
   ForwardSpecError,
   type ForwardSpecRules,
-  parseEphemeralRange,
   parseForwardSpec,
   type PortRange,
 } from '../../stack/flow/forward-spec';
 import { DEFAULT_MAX_FLOWS, DEFAULT_MTU, DEFAULT_UDP_IDLE_MS, defaultNetworkAddressOptions, defaultServiceSwitches } from '../host/resolve-config';
 import type { AddressOrNone, NetworkAddressOptions, ServiceSwitches } from '../host/resolve-config';
+import {
+  addressValue,
+  defaultInstanceName,
+  dnsName,
+  fail,
+  fileModeValue,
+  groupValue,
+  integerValue,
+  interfaceNameValue,
+  type MetricsEndpoint,
+  netmaskValue,
+  nonEmpty,
+  OptionError,
+  parseMetricsEndpoint,
+  readEphemeralRange,
+  runasValue,
+  socketPathValue,
+} from './option-values';
 
-export type { AddressOrNone };
+export type { AddressOrNone, MetricsEndpoint };
+export { OptionError, defaultInstanceName, parseMetricsEndpoint, readEphemeralRange };
 /** The default MTU is also the largest -m accepts (resolve-config applies it). */
 export { DEFAULT_MAX_FLOWS, DEFAULT_MTU };
 
-/** A bad option or value; `message` is one line, e.g. "--mtu: 70000 is out of range (68-65520)". */
-export class OptionError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'OptionError';
-  }
-}
 
 export type LogLevelName = 'error' | 'warn' | 'info' | 'debug';
 
@@ -59,8 +68,6 @@ export interface LoggingOptions {
   name: string;
 }
 
-/** Where --metrics serves GET /metrics: TCP HOST:PORT or a UNIX socket path. */
-export type MetricsEndpoint = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
 /** The address options beyond what the stack resolves (src/stack/resolve-config.ts declares those). */
 export interface NetworkOverrides extends NetworkAddressOptions {
@@ -187,166 +194,6 @@ export function defaultDaemonOptions(): DaemonOptions {
     socketMode: null,
     socketGroup: null,
   };
-}
-
-// ---------------------------------------------------------------------------
-// Value validators. Each throws OptionError("<option as typed>: <reason>").
-
-function fail(shown: string, reason: string): never {
-  throw new OptionError(`${shown}: ${reason}`);
-}
-
-/** --runas: USER or USER:GROUP, each a login/group name or a number (resolved when ferry confines itself). */
-function runasValue(shown: string, text: string): string {
-  const name = /^(?:[0-9]+|[A-Za-z_][A-Za-z0-9_.-]*\$?)$/;
-  const parts = text.split(':');
-  if (parts.length > 2 || !parts.every((part) => name.test(part))) fail(shown, `'${text}' is not USER or USER:GROUP`);
-  for (const part of parts) if (/^[0-9]+$/.test(part) && Number(part) > 0xfffffffe) fail(shown, `${part} is out of range (0-4294967294)`);
-  return text;
-}
-
-/** Strict decimal integer in [min, max]. */
-function integerValue(shown: string, text: string, min: number, max: number): number {
-  if (!/^[0-9]+$/.test(text)) fail(shown, `'${text}' is not a number`);
-  const value = Number(text);
-  if (!Number.isSafeInteger(value) || value < min || value > max) fail(shown, `${text} is out of range (${min}-${max})`);
-  return value;
-}
-
-function nonEmpty(shown: string, text: string, what: string): string {
-  if (text === '') fail(shown, `empty ${what}`);
-  if (text.includes('\0')) fail(shown, `${what} contains a NUL byte`);
-  return text;
-}
-
-/** A filesystem path for a UNIX socket: sun_path holds 107 bytes plus NUL. */
-function socketPathValue(shown: string, text: string): string {
-  nonEmpty(shown, text, 'path');
-  if (Buffer.byteLength(text) > 107) fail(shown, `path is longer than 107 bytes (the UNIX socket limit)`);
-  return text;
-}
-
-/** Linux interface name: 1-15 bytes, no '/', ':' or whitespace. */
-function interfaceNameValue(shown: string, text: string): string {
-  nonEmpty(shown, text, 'interface name');
-  if (Buffer.byteLength(text) > 15 || /[\s/:%]/.test(text) || text === '.' || text === '..') fail(shown, `'${text}' is not a valid interface name`);
-  return text;
-}
-
-interface AddressRestrictions {
-  unspecified?: boolean;
-  loopback?: boolean;
-  multicast?: boolean;
-  /** IPv4 limited broadcast 255.255.255.255 */
-  broadcast?: boolean;
-  /** ::ffff:a.b.c.d */
-  v4mapped?: boolean;
-}
-
-function isIpv4Broadcast(address: Uint8Array): boolean {
-  return address.length === 4 && address[0] === 255 && address[1] === 255 && address[2] === 255 && address[3] === 255;
-}
-
-function isIpv4Multicast(address: Uint8Array): boolean {
-  return address.length === 4 && address[0] >= 224 && address[0] <= 239;
-}
-
-function isV4Mapped(address: Uint8Array): boolean {
-  if (address.length !== 16) return false;
-  for (let i = 0; i < 10; i++) if (address[i] !== 0) return false;
-  return address[10] === 0xff && address[11] === 0xff;
-}
-
-/**
- * An IPv4 or IPv6 literal as bytes; `refuse` lists the kinds of address the
- * option cannot sensibly take (mirroring passt's checks for the same option).
- */
-function addressValue(shown: string, text: string, refuse: AddressRestrictions = {}): Uint8Array {
-  const address = parseIp(text);
-  if (address === null) fail(shown, `'${text}' is not an IPv4 or IPv6 address`);
-  const kind = (refuse.unspecified && isUnspecified(address) && 'the unspecified') ||
-    (refuse.loopback && isLoopback(address) && 'a loopback') ||
-    (refuse.multicast && (isIpv4Multicast(address) || (address.length === 16 && isIpv6Multicast(address))) && 'a multicast') ||
-    (refuse.broadcast && isIpv4Broadcast(address) && 'the broadcast') ||
-    (refuse.v4mapped && isV4Mapped(address) && 'an IPv4-mapped');
-  if (kind) fail(shown, `${text} is ${kind} address`);
-  return address;
-}
-
-/** -n: prefix length 0-32 or a contiguous dotted netmask. */
-function netmaskValue(shown: string, text: string): number {
-  if (/^[0-9]+$/.test(text)) return integerValue(shown, text, 0, 32);
-  const mask = parseIpv4(text);
-  if (mask === null) fail(shown, `'${text}' is neither a prefix length nor a dotted netmask`);
-  const length = prefixFromNetmask(mask);
-  if (length < 0) fail(shown, `${text} is not a contiguous netmask`);
-  return length;
-}
-
-/** --socket-mode: octal permission bits ('660', '0660', '0o660'). */
-function fileModeValue(shown: string, text: string): number {
-  const digits = text.startsWith('0o') ? text.slice(2) : text;
-  if (!/^[0-7]{1,4}$/.test(digits)) fail(shown, `'${text}' is not an octal file mode`);
-  const mode = parseInt(digits, 8);
-  if (mode > 0o777) fail(shown, `${text} has bits beyond 0777`);
-  return mode;
-}
-
-/** --socket-group: a group name or a numeric id. */
-function groupValue(shown: string, text: string): string {
-  nonEmpty(shown, text, 'group');
-  if (/^[0-9]+$/.test(text)) {
-    integerValue(shown, text, 0, 0xfffffffe);
-    return text;
-  }
-  if (!/^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(text) || text.length > 32) fail(shown, `'${text}' is not a valid group name`);
-  return text;
-}
-
-/**
- * --metrics: 'unix:PATH', 'HOST:PORT' or '[IPv6]:PORT'. HOST is an IP
- * literal or a host name; PORT 0 lets the kernel pick (useful in tests).
- */
-export function parseMetricsEndpoint(text: string, shown = '--metrics'): MetricsEndpoint {
-  if (text.startsWith('unix:')) return { kind: 'unix', path: socketPathValue(shown, text.slice(5)) };
-  let host: string;
-  let portText: string;
-  const bracketed = /^\[([^\]]+)\]:([^:]*)$/.exec(text);
-  if (bracketed !== null) {
-    host = bracketed[1];
-    portText = bracketed[2];
-    if (parseIp(host)?.length !== 16) fail(shown, `'${host}' is not an IPv6 address`);
-  } else {
-    const colon = text.lastIndexOf(':');
-    if (colon === -1) fail(shown, `'${text}' is neither HOST:PORT nor unix:PATH`);
-    host = text.slice(0, colon);
-    portText = text.slice(colon + 1);
-    if (host.includes(':')) fail(shown, `put an IPv6 address in brackets: '[${host}]:${portText}'`);
-    if (host === '') fail(shown, `missing host in '${text}'`);
-    if (parseIp(host) === null && !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/.test(host)) fail(shown, `'${host}' is not a host name or address`);
-  }
-  if (portText === '') fail(shown, `missing port in '${text}'`);
-  return { kind: 'tcp', host, port: integerValue(shown, portText, 0, 65535) };
-}
-
-/** Default instance name: the socket file's name without extension, 'fd<N>' with --fd, else 'ferry'. */
-export function defaultInstanceName(socketPath: string | null, fd: number | null): string {
-  if (socketPath !== null) {
-    const base = basename(socketPath);
-    const stem = base.slice(0, base.length - extname(base).length);
-    return stem !== '' ? stem : base;
-  }
-  if (fd !== null) return `fd${fd}`;
-  return 'ferry';
-}
-
-/** The kernel's ephemeral port range from procfs, or RFC 6335's when unreadable. */
-export function readEphemeralRange(path = '/proc/sys/net/ipv4/ip_local_port_range'): PortRange {
-  try {
-    return parseEphemeralRange(readFileSync(path, 'utf8')) ?? DEFAULT_EPHEMERAL_RANGE;
-  } catch {
-    return DEFAULT_EPHEMERAL_RANGE;
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -821,152 +668,8 @@ export function parseOptions(argv: readonly string[], environment: ParseEnvironm
 // ---------------------------------------------------------------------------
 // `ferry pasta`: the namespace options pasta(1) adds, and the command to run.
 
-/** pasta's own options (everything else is shared with the daemon and parsed by parseOptions). */
-export interface PastaOptions {
-  /** -I/--ns-ifname: name of the tap device in the namespace (default: the host's interface name). */
-  nsIfname: string | null;
-  /** --netns PATH|NAME or a PID (positional or --netns PID): join this network namespace instead of creating one. */
-  netns: string | null;
-  /** --userns PATH|PID: user namespace to join with --netns (default: none, or the target PID's). */
-  userns: string | null;
-  /** --config-net: configure the tap over netlink (addresses, routes, MTU, link up). */
-  configNet: boolean;
-  /** false with --no-splice: no splice() fast path between the loopbacks. */
-  splice: boolean;
-  /** --netns-only: with a PID, join its network namespace only, not its user namespace. */
-  netnsOnly: boolean;
-  /** false with --no-netns-quit: keep running when the target PID exits. */
-  netnsQuit: boolean;
-  /** The command to run in the namespace; empty = the user's shell (or, with --netns, none). */
-  command: string[];
-}
-
-/** A DNS name of at most `max` characters: labels of letters, digits and hyphens (1-63 each), dot separated. */
-function dnsName(shown: string, value: string, max: number): string {
-  const name = value.endsWith('.') ? value.slice(0, -1) : value;
-  if (name.length === 0 || name.length > max || !name.split('.').every((label) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(label))) {
-    fail(shown, `'${value}' is not a host name (letters, digits, hyphens; at most ${max} characters)`);
-  }
-  return name;
-}
-
-/** A namespace spec as a path: a PID means /proc/PID/ns/KIND, a bare name a file under /run/netns (net only). */
-export function namespacePath(spec: string, kind: 'net' | 'user'): string {
-  if (/^[0-9]+$/.test(spec)) return `/proc/${spec}/ns/${kind}`;
-  if (kind === 'net' && !spec.includes('/')) return `/run/netns/${spec}`;
-  return spec;
-}
-
-/** Does this option (as typed, '--name' or '-x') take a value? undefined when unknown. */
-function sharedOptionTakesValue(name: string, long: boolean): boolean | undefined {
+/** Does this option (as typed, '--name' or '-x') take a value? undefined when unknown (pasta's parser asks). */
+export function optionTakesValue(name: string, long: boolean): boolean | undefined {
   const spec = long ? byLong.get(name) : byShort.get(name);
   return spec === undefined ? undefined : spec.value !== undefined;
-}
-
-const PASTA_VALUE_OPTIONS: Record<string, keyof PastaOptions> = { 'ns-ifname': 'nsIfname', I: 'nsIfname', netns: 'netns', userns: 'userns' };
-const PASTA_FLAGS: Record<string, () => Partial<PastaOptions>> = {
-  'config-net': () => ({ configNet: true }),
-  'no-splice': () => ({ splice: false }),
-  'netns-only': () => ({ netnsOnly: true }),
-  'no-netns-quit': () => ({ netnsQuit: false }),
-  // Deprecated in passt; ferry's --config-net sets one address per family and the default routes, which is what they ask for.
-  'no-copy-routes': () => ({}),
-  'no-copy-addrs': () => ({}),
-};
-
-/** pasta's options for its --help, after the shared ones. */
-export function pastaOptionHelp(): Array<[string, string]> {
-  return [
-    ['-I, --ns-ifname NAME', 'Name of the tap device in the namespace (default: the host\'s interface name)'],
-    ['--netns PATH|NAME|PID', 'Join this network namespace instead of creating one (a PID: its namespace)'],
-    ['--userns PATH|PID', 'User namespace to join with --netns'],
-    ['--config-net', 'Configure the tap: the host\'s addresses, routes and MTU, link and loopback up'],
-    ['--no-splice', 'No splice() fast path between the namespace\'s and the host\'s loopback'],
-    ['--netns-only', 'With a PID: join its network namespace only, not its user namespace'],
-    ['--no-netns-quit', 'Keep running when the target PID exits'],
-    ['--no-copy-routes, --no-copy-addrs', 'Accepted (deprecated in passt): --config-net copies one address and the default routes'],
-  ];
-}
-
-/**
- * Parse `ferry pasta [OPTION]... [--] [COMMAND [ARG]...]` (or `... PID`):
- * pasta's own options are taken out here, the rest goes to parseOptions; the
- * first argument that is not an option (or everything after `--`) is the
- * command. Throws OptionError like parseOptions.
- */
-export function parsePastaCommandLine(argv: readonly string[], environment: ParseEnvironment = { ephemeral: DEFAULT_EPHEMERAL_RANGE }): { parsed: ParsedCommandLine; pasta: PastaOptions } {
-  const pasta: PastaOptions = { nsIfname: null, netns: null, userns: null, configNet: false, splice: true, netnsOnly: false, netnsQuit: true, command: [] };
-  const shared: string[] = [];
-  let commandAfterDashes = false;
-  let index = 0;
-  const valueFor = (shown: string, inline: string | null): string => {
-    if (inline !== null) return inline;
-    if (index < argv.length) return argv[index++];
-    return fail(shown, 'needs a value');
-  };
-  while (index < argv.length) {
-    const argument = argv[index++];
-    if (argument === '--') {
-      pasta.command = argv.slice(index);
-      commandAfterDashes = true;
-      break;
-    }
-    if (argument.startsWith('--')) {
-      const equals = argument.indexOf('=');
-      const name = equals === -1 ? argument.slice(2) : argument.slice(2, equals);
-      const inline = equals === -1 ? null : argument.slice(equals + 1);
-      const field = PASTA_VALUE_OPTIONS[name];
-      if (field !== undefined) {
-        setPastaValue(pasta, field, `--${name}`, valueFor(`--${name}`, inline));
-        continue;
-      }
-      const flag = PASTA_FLAGS[name];
-      if (flag !== undefined) {
-        if (inline !== null) fail(`--${name}`, 'does not take a value');
-        Object.assign(pasta, flag());
-        continue;
-      }
-      shared.push(argument);
-      if (inline === null && sharedOptionTakesValue(name, true) === true && index < argv.length) shared.push(argv[index++]);
-      continue;
-    }
-    if (argument.startsWith('-') && argument.length > 1) {
-      if (argument[1] === 'I') {
-        setPastaValue(pasta, 'nsIfname', '-I', valueFor('-I', argument.length > 2 ? argument.slice(2) : null));
-        continue;
-      }
-      shared.push(argument);
-      // A bundle: its first option taking a value swallows the rest, or the next argument.
-      for (let position = 1; position < argument.length; position++) {
-        const takes = sharedOptionTakesValue(argument[position], false);
-        if (takes !== true) continue;
-        if (position + 1 === argument.length && index < argv.length) shared.push(argv[index++]);
-        break;
-      }
-      continue;
-    }
-    pasta.command = argv.slice(index - 1);
-    break;
-  }
-  if (!commandAfterDashes && pasta.command.length === 1 && /^[0-9]+$/.test(pasta.command[0]) && pasta.netns === null) {
-    // `pasta PID`: attach to that process's namespaces, as pasta does.
-    pasta.netns = pasta.command[0];
-    pasta.command = [];
-  }
-  const parsed = parseOptions(shared, { ...environment, pasta: true });
-  if (parsed.action === 'run' && !nameOptionGiven(shared)) parsed.options.logging.name = 'pasta';
-  // The command shares ferry's terminal: warnings and errors only unless -d/--trace asked for more ('info' is only ever the default).
-  if (parsed.options.logging.level === 'info') parsed.options.logging.level = 'warn';
-  return { parsed, pasta };
-}
-
-function setPastaValue(pasta: PastaOptions, field: keyof PastaOptions, shown: string, value: string): void {
-  if (field === 'nsIfname') pasta.nsIfname = interfaceNameValue(shown, value);
-  else if (field === 'netns') pasta.netns = nonEmpty(shown, value, 'namespace');
-  else if (field === 'userns') pasta.userns = nonEmpty(shown, value, 'namespace');
-}
-
-/** True when --name was among the shared options (then it names the instance, not 'pasta'). */
-function nameOptionGiven(shared: readonly string[]): boolean {
-  return shared.some((a) => a === '--name' || a.startsWith('--name='));
 }

@@ -11,7 +11,8 @@ import {
   resolveRunas,
   targetIdentity,
 } from '../../../../src/backend/cli/isolation';
-import { OptionError, parseOptions, parsePastaCommandLine } from '../../../../src/backend/cli/options';
+import { OptionError, parseOptions } from '../../../../src/backend/cli/options';
+import { parsePastaCommandLine } from '../../../../src/backend/cli/pasta-options';
 
 const PASSWD = ['root:x:0:0:root:/root:/bin/bash', 'daemon:x:1:1::/usr/sbin:/usr/sbin/nologin', 'qemu:x:107:113::/var/lib/qemu:/bin/false', 'nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin', ''].join('\n');
 const GROUP = ['root:x:0:', 'kvm:x:104:qemu', 'qemu:x:113:', 'nogroup:x:65534:', ''].join('\n');

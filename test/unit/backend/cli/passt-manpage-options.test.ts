@@ -4,7 +4,8 @@
  * dropped).
  */
 import { expect } from 'chai';
-import { OptionError, parseOptions, parsePastaCommandLine } from '../../../../src/backend/cli/options';
+import { OptionError, parseOptions } from '../../../../src/backend/cli/options';
+import { parsePastaCommandLine } from '../../../../src/backend/cli/pasta-options';
 
 function errorOf(argv: string[], pasta = false): string {
   try {

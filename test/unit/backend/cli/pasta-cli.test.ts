@@ -5,7 +5,8 @@
  */
 import { expect } from 'chai';
 import { argumentsForProgram, run, type RunSubcommand, type Subcommand } from '../../../../src/backend/main';
-import { type DaemonOptions, namespacePath, OptionError, type PastaOptions, parseOptions, parsePastaCommandLine } from '../../../../src/backend/cli/options';
+import { type DaemonOptions, OptionError, parseOptions } from '../../../../src/backend/cli/options';
+import { namespacePath, type PastaOptions, parsePastaCommandLine } from '../../../../src/backend/cli/pasta-options';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
