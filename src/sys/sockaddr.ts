@@ -5,10 +5,8 @@
  * handlers (UDP, TCP, TCP listeners, ICMP echo) that build and read them.
  */
 import { be16, hostU16, setBe16, setHostU16 } from './byte-order';
-
-/** Address family numbers (linux/socket.h). */
-export const AF_INET = 2;
-export const AF_INET6 = 10;
+import { AF_INET, AF_INET6 } from './linux';
+export { AF_INET, AF_INET6 };
 
 /** Size of a sockaddr_in. */
 export const SOCKADDR_IN_LENGTH = 16;

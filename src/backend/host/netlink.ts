@@ -13,6 +13,8 @@
  */
 import type { Native } from '../../sys/native';
 import { hostI32, hostU16, hostU32, setHostU16, setHostU32 } from '../../sys/byte-order';
+import { AF_INET, AF_INET6, AF_NETLINK, AF_UNSPEC, IFF_LOOPBACK, IFF_RUNNING, IFF_UP, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE } from '../../sys/linux';
+export { AF_INET, AF_INET6, AF_NETLINK, AF_UNSPEC, IFF_LOOPBACK, IFF_RUNNING, IFF_UP, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE };
 
 export const NLMSG_NOOP = 1;
 export const NLMSG_ERROR = 2;
@@ -24,18 +26,6 @@ export const NLM_F_MULTI = 0x2;
 export const NLM_F_ACK = 0x4;
 export const NLM_F_DUMP_INTR = 0x10;
 export const NLM_F_DUMP = 0x300;
-
-export const RTM_NEWLINK = 16;
-export const RTM_GETLINK = 18;
-export const RTM_NEWADDR = 20;
-export const RTM_GETADDR = 22;
-export const RTM_NEWROUTE = 24;
-export const RTM_GETROUTE = 26;
-
-export const AF_UNSPEC = 0;
-export const AF_INET = 2;
-export const AF_INET6 = 10;
-export const AF_NETLINK = 16;
 
 export const NLMSG_HDRLEN = 16;
 const RTMSG_LEN = 12;
@@ -64,10 +54,6 @@ export const IFA_F_TENTATIVE = 0x40;
 export const IFLA_ADDRESS = 1;
 export const IFLA_IFNAME = 3;
 export const IFLA_MTU = 4;
-
-export const IFF_UP = 0x1;
-export const IFF_LOOPBACK = 0x8;
-export const IFF_RUNNING = 0x40;
 
 export const RT_TABLE_MAIN = 254;
 export const RTN_UNICAST = 1;

@@ -43,14 +43,7 @@ import { equalAt } from '../address';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, writeSockaddrFamily } from '../../sys/sockaddr';
 import { log, rateLimited } from '../../sys/log';
 import { ADDRESS_SLOT, EVICTABLE_IDLE_MS, FlowKind, FlowTable, NO_FLOW, defineFlowStates } from '../flow/flow-table';
-
-/** Linux constants (the addon passes these through unchanged). */
-const SOCK_DGRAM = 2;
-const IPPROTO_ICMP = 1;
-const IPPROTO_ICMPV6 = 58;
-const SOL_SOCKET = 1;
-const SO_BINDTODEVICE = 25;
-const EPOLLIN = 0x001;
+import { EPOLLIN, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_DGRAM, SOL_SOCKET, SO_BINDTODEVICE } from '../../sys/linux';
 
 /** Echo flows have one state: a socket is open for them. */
 export const ECHO_FLOW_STATE_NAMES: readonly string[] = ['active'];

@@ -25,6 +25,7 @@ import { IPV6_HEADER_LENGTH, emitIpv6 } from '../wire/ipv6';
 import { UDP_HEADER_LENGTH } from '../wire/udp';
 import { finishChecksum, pseudoHeaderSumIpv6, setBe16, setBe32, sumBytes } from '../wire/checksum';
 import { LITTLE_ENDIAN, hostU16, hostU32 } from '../../sys/byte-order';
+import { AF_INET, AF_INET6, IPV6_RECVERR, IP_RECVERR, SOL_IP, SOL_IPV6 } from '../../sys/linux';
 
 /** sock_extended_err origins (linux/errqueue.h). */
 export const ErrorOrigin = {
@@ -34,13 +35,7 @@ export const ErrorOrigin = {
   Icmp6: 3,
 } as const;
 
-const SOL_IP = 0;
-const SOL_IPV6 = 41;
-const IP_RECVERR = 11;
-const IPV6_RECVERR = 25;
 const EMSGSIZE = 90;
-const AF_INET = 2;
-const AF_INET6 = 10;
 /** sizeof(struct cmsghdr) on 64-bit Linux: size_t cmsg_len, int level, int type. */
 const CMSG_HEADER = 16;
 /** sizeof(struct sock_extended_err). */

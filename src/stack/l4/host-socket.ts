@@ -10,9 +10,7 @@ import { rateLimited } from '../../sys/log';
 import { errorCode } from '../../sys/errno';
 import { equalAt } from '../address';
 import { isGroupOrUnspecified } from '../flow/address-map';
-
-const SOL_SOCKET = 1;
-const SO_BINDTODEVICE = 25;
+import { SOL_SOCKET, SO_BINDTODEVICE } from '../../sys/linux';
 
 /**
  * The guest's address as last seen in its packets (passt's addr_seen),

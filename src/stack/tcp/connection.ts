@@ -21,6 +21,8 @@ import { setHostU32 } from '../../sys/byte-order';
 import { HeaderWindow } from '../l4/guest-frame';
 import { newIoVecList } from '../l4/iovec';
 import { SeenGuestAddress } from '../l4/host-socket';
+import { EHOSTUNREACH, ENETUNREACH, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, IPPROTO_TCP, MSG_PEEK, MSG_TRUNC, SIOCOUTQ, SOCK_STREAM, SOL_SOCKET, SO_ERROR, SO_LINGER, SO_PEEK_OFF, SO_SNDBUF, TCP_INFO } from '../../sys/linux';
+export { EHOSTUNREACH, ENETUNREACH, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, IPPROTO_TCP, MSG_PEEK, MSG_TRUNC, SIOCOUTQ, SOCK_STREAM, SOL_SOCKET, SO_ERROR, SO_LINGER, SO_PEEK_OFF, SO_SNDBUF, TCP_INFO };
 
 /** The addon calls TCP needs (a subset, so tests could pass a fake). */
 export type TcpSockets = Pick<
@@ -42,32 +44,12 @@ export type TcpSockets = Pick<
   | 'ioctlInt'
 >;
 
-// ---- Linux constants (the addon passes numbers through unchanged) ----
-export const SOCK_STREAM = 1;
-export const SOL_SOCKET = 1;
-export const SO_ERROR = 4;
-export const SO_SNDBUF = 7;
-export const SO_LINGER = 13;
-export const SO_PEEK_OFF = 42;
+// ---- Numbers of the wire and the socket API that sys/linux.ts does not hold ----
 export const SHUT_WR = 1;
-export const ENETUNREACH = 101;
-export const EHOSTUNREACH = 113;
 export const ICMP4_NET_UNREACHABLE = 0;
 export const ICMP4_HOST_UNREACHABLE = 1;
 export const ICMP6_NO_ROUTE = 0;
 export const ICMP6_ADDRESS_UNREACHABLE = 3;
-export const IPPROTO_TCP = 6;
-export const TCP_INFO = 11;
-export const MSG_PEEK = 2;
-export const MSG_TRUNC = 32;
-export const SIOCOUTQ = 0x5411;
-export const EPOLLIN = 0x001;
-export const EPOLLOUT = 0x004;
-export const EPOLLERR = 0x008;
-export const EPOLLHUP = 0x010;
-export const EPOLLRDHUP = 0x2000;
-/** Bit 31, as the int32 the Poller and epoll_event hold. */
-export const EPOLLET = 1 << 31;
 /** Established sockets are edge-triggered: unacknowledged data stays in the receive queue, so level-triggered EPOLLIN would fire forever. */
 export const ESTABLISHED_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET;
 
@@ -246,7 +228,6 @@ export class TcpConnections {
   readonly seen: SeenGuestAddress;
   /** 1 at index p when TCP port p is one of ferry's own listeners (config.ownTcpPorts). */
   readonly ownPorts = new Uint8Array(65536);
-
 
   constructor(ctx: StackContext, sockets: TcpSockets, flows: FlowTable, usePeekOffset: boolean, handler: ReadyHandler) {
     this.ctx = ctx;

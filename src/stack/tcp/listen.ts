@@ -18,17 +18,11 @@ import { isLoopback } from '../address';
 import { isDescriptorExhaustion } from '../l4/fd-limit';
 import type { TcpService, TcpSockets } from './tcp';
 import { AF_INET, AF_INET6, SOCKADDR_IN6_LENGTH, SOCKADDR_IN_LENGTH, sockaddrFamily, sockaddrPort, writeSockaddr } from '../../sys/sockaddr';
+import { EPOLLIN, IPPROTO_IPV6, IPV6_V6ONLY, SOCK_STREAM, SOL_SOCKET, SO_BINDTODEVICE, SO_REUSEADDR } from '../../sys/linux';
 
-const SOCK_STREAM = 1;
-const SOL_SOCKET = 1;
-const SO_REUSEADDR = 2;
-const SO_BINDTODEVICE = 25;
-const IPPROTO_IPV6 = 41;
-const IPV6_V6ONLY = 26;
 const IPPROTO_IP = 0;
 const IP_FREEBIND = 15;
 const IPV6_FREEBIND = 78;
-const EPOLLIN = 0x001;
 /** listen() backlog (the kernel caps it at net.core.somaxconn). */
 const BACKLOG = 4096;
 /** Connections accepted per readiness callback, so one busy port cannot starve the rest. */

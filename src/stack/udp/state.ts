@@ -20,6 +20,8 @@ import { ExtendedError, IcmpErrorPlan, type QuotedDatagram } from '../icmp/error
 import { HeaderWindow } from '../l4/guest-frame';
 import { newIoVecList } from '../l4/iovec';
 import { SeenGuestAddress } from '../l4/host-socket';
+import { EPOLLERR, EPOLLIN, IPV6_RECVERR, IPV6_V6ONLY, IP_RECVERR, MSG_TRUNC, SOCK_DGRAM, SOL_IP, SOL_IPV6, SOL_SOCKET, SO_BINDTODEVICE, SO_REUSEADDR } from '../../sys/linux';
+export { EPOLLERR, EPOLLIN, IPV6_RECVERR, IPV6_V6ONLY, IP_RECVERR, MSG_TRUNC, SOCK_DGRAM, SOL_IP, SOL_IPV6, SOL_SOCKET, SO_BINDTODEVICE, SO_REUSEADDR };
 
 /** The addon calls UDP needs (a subset, so tests can wrap or fake them). */
 export type UdpSockets = Pick<
@@ -28,19 +30,7 @@ export type UdpSockets = Pick<
 >;
 
 // ---- Linux constants (the addon passes numbers through unchanged) ----
-export const SOCK_DGRAM = 2;
-export const SOL_SOCKET = 1;
-export const SO_REUSEADDR = 2;
-export const SO_BINDTODEVICE = 25;
-export const SOL_IP = 0;
-export const SOL_IPV6 = 41;
-export const IP_RECVERR = 11;
-export const IPV6_RECVERR = 25;
-export const IPV6_V6ONLY = 26;
-export const MSG_TRUNC = 32;
 export const FIONREAD = 0x541b;
-export const EPOLLIN = 0x001;
-export const EPOLLERR = 0x008;
 
 // ---- tunables ----
 /** Datagrams read per socket per readiness callback, so one flow cannot starve the others. */
