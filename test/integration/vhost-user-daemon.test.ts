@@ -11,7 +11,6 @@
 import { expect } from 'chai';
 import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
-import * as http from 'http';
 import * as os from 'os';
 import * as path from 'path';
 import { TEST_NET, type TestNetwork, canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild } from '../support/netns';
@@ -19,63 +18,10 @@ import { TEST_DRIVER_FEATURES, VhostUserFrontend } from '../support/vhost-user-f
 import { DESC_F_NEXT } from '../support/fakes/split-ring-driver';
 import { Request } from '../../src/backend/modes/vhost-user/protocol';
 import { native } from '../../src/sys/native';
+import { arpRequestForGateway, metricSum, scrape, sleep, waitFor } from '../support/e2e/daemon-probe';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const GUEST_MAC = Uint8Array.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function ipv4Bytes(text: string): number[] {
-  return text.split('.').map(Number);
-}
-
-/** An ARP request from the guest (which has the host's address) for the gateway. */
-function arpRequestForGateway(): Uint8Array {
-  const frame = new Uint8Array(42);
-  frame.fill(0xff, 0, 6);
-  frame.set(GUEST_MAC, 6);
-  frame.set([0x08, 0x06], 12);
-  frame.set([0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01], 14);
-  frame.set(GUEST_MAC, 22);
-  frame.set(ipv4Bytes(TEST_NET.hostV4), 28);
-  frame.set(ipv4Bytes(TEST_NET.routerV4), 38);
-  return frame;
-}
-
-/** Text of GET /metrics from the daemon's UNIX metrics socket. */
-function scrape(socketPath: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const request = http.get({ socketPath, path: '/metrics', timeout: 3000 }, (response) => {
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (body += chunk));
-      response.on('end', () => resolve(body));
-    });
-    request.on('timeout', () => request.destroy(new Error('metrics timeout')));
-    request.on('error', reject);
-  });
-}
-
-/** Sum of a metric's samples whose labels include all of `labels`. */
-function metricSum(text: string, name: string, labels: Record<string, string>): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name + '{') && !line.startsWith(name + ' ')) continue;
-    if (!Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) continue;
-    sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
-
-async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 describe('vhost-user against the real daemon (child process in a test namespace)', function () {
   this.timeout(60000);
@@ -108,7 +54,7 @@ describe('vhost-user against the real daemon (child process in a test namespace)
 
   /** Send ARP for the gateway and wait for ferry's reply on RX. */
   async function expectArpReply(fe: VhostUserFrontend): Promise<void> {
-    fe.sendFrame(0, arpRequestForGateway());
+    fe.sendFrame(0, arpRequestForGateway(GUEST_MAC));
     for (let attempt = 0; attempt < 50; attempt++) {
       const received = await fe.waitForRxFrame(5000);
       expect(received, 'an RX frame').to.not.equal(null);
@@ -116,7 +62,7 @@ describe('vhost-user against the real daemon (child process in a test namespace)
       if (frame[12] !== 0x08 || frame[13] !== 0x06) continue; // e.g. a router advertisement
       expect(Array.from(frame.subarray(0, 6))).to.deep.equal(Array.from(GUEST_MAC));
       expect(frame[21]).to.equal(2, 'ARP reply');
-      expect(Array.from(frame.subarray(28, 32))).to.deep.equal(ipv4Bytes(TEST_NET.routerV4));
+      expect(Array.from(frame.subarray(28, 32))).to.deep.equal(TEST_NET.routerV4.split('.').map(Number));
       return;
     }
     throw new Error('no ARP reply among the RX frames');
@@ -158,7 +104,7 @@ describe('vhost-user against the real daemon (child process in a test namespace)
   /** Send `count` ARP requests and wait until the daemon has returned every TX chain. */
   async function sendAndWaitConsumed(fe: VhostUserFrontend, count: number): Promise<void> {
     const tx = fe.ring(1);
-    for (let i = 0; i < count; i++) fe.sendFrame(0, arpRequestForGateway());
+    for (let i = 0; i < count; i++) fe.sendFrame(0, arpRequestForGateway(GUEST_MAC));
     await waitFor(() => tx.usedIdx === tx.availIdx, 5000, 'the daemon to consume TX');
   }
 
@@ -197,7 +143,7 @@ describe('vhost-user against the real daemon (child process in a test namespace)
     // A stopped ring is not processed any more, even when kicked: after
     // GET_VRING_BASE the front-end (QEMU) owns the ring and the kick eventfd
     // again (libvhost-user and rust-vmm stop watching the kick fd here).
-    fe.sendFrame(0, arpRequestForGateway());
+    fe.sendFrame(0, arpRequestForGateway(GUEST_MAC));
     await sleep(200);
     expect(fe.ring(1).usedIdx).to.equal(5, 'the daemon processed a ring stopped by GET_VRING_BASE');
     await disconnect(fe);

@@ -12,65 +12,22 @@
 import { expect } from 'chai';
 import { type ChildProcess, spawnSync } from 'child_process';
 import * as fs from 'fs';
-import * as http from 'http';
 import * as os from 'os';
 import * as path from 'path';
 import { TEST_NET, type TestNetwork, canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild } from '../support/netns';
 import { TEST_DRIVER_FEATURES, VhostUserFrontend } from '../support/vhost-user-frontend';
 import { Request } from '../../src/backend/modes/vhost-user/protocol';
 import { native } from '../../src/sys/native';
+import { arpRequestForGateway, metricSum, scrape, sleep, waitFor } from '../support/e2e/daemon-probe';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const GUEST_MAC = Uint8Array.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 const MiB = 1024 * 1024;
 const TiB = 2 ** 40;
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-/** An ARP request from the guest (which has the host's address) for the gateway. */
-function arpRequestForGateway(): Uint8Array {
-  const ip = (text: string) => text.split('.').map(Number);
-  const frame = new Uint8Array(42);
-  frame.fill(0xff, 0, 6);
-  frame.set(GUEST_MAC, 6);
-  frame.set([0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01], 12);
-  frame.set(GUEST_MAC, 22);
-  frame.set(ip(TEST_NET.hostV4), 28);
-  frame.set(ip(TEST_NET.routerV4), 38);
-  return frame;
-}
-
-/** Text of GET /metrics from the daemon's UNIX metrics socket. */
-function scrape(socketPath: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const request = http.get({ socketPath, path: '/metrics', timeout: 3000 }, (response) => {
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (body += chunk));
-      response.on('end', () => resolve(body));
-    });
-    request.on('timeout', () => request.destroy(new Error('metrics timeout')));
-    request.on('error', reject);
-  });
-}
-
 /** ferry_vhost_user_malformed_total{reason} from a scrape, summed over its blocks (workers and main). */
 function refusals(text: string, reason: string): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (line.startsWith('ferry_vhost_user_malformed_total{') && line.includes(`reason="${reason}"`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
+  return metricSum(text, 'ferry_vhost_user_malformed_total', { reason });
 }
 
 /** Resolves with the rejection's message; fails when the promise resolves. */
@@ -162,7 +119,7 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
     await fe.negotiate();
     await fe.start();
     fe.provideRxBuffers(32);
-    fe.sendFrame(0, arpRequestForGateway());
+    fe.sendFrame(0, arpRequestForGateway(GUEST_MAC));
     for (let attempt = 0; attempt < 50; attempt++) {
       const received = await fe.waitForRxFrame(5000);
       expect(received, 'an RX frame').to.not.equal(null);
@@ -246,7 +203,7 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
     await fe.negotiate();
     await fe.start();
     fe.provideRxBuffers(32);
-    fe.sendFrame(0, arpRequestForGateway());
+    fe.sendFrame(0, arpRequestForGateway(GUEST_MAC));
     expect(await fe.waitForRxFrame(5000), 'served before the attack').to.not.equal(null);
     // The test front-end's memfd is not sealable (no MFD_ALLOW_SEALING), so the shrink goes through.
     fs.ftruncateSync(fe.memoryFd, 0);
@@ -272,7 +229,7 @@ describe('vhost-user: a hostile front-end against the real daemon', function () 
     await fe.negotiate();
     await fe.start();
     fe.provideRxBuffers(32);
-    fe.sendFrame(0, arpRequestForGateway());
+    fe.sendFrame(0, arpRequestForGateway(GUEST_MAC));
     let gatewayMac: Uint8Array | null = null;
     for (let attempt = 0; attempt < 50 && gatewayMac === null; attempt++) {
       const received = await fe.waitForRxFrame(5000);

@@ -17,7 +17,6 @@
 import { expect } from 'chai';
 import { type ChildProcess } from 'child_process';
 import * as fs from 'fs';
-import * as http from 'http';
 import * as os from 'os';
 import * as path from 'path';
 import { TEST_NET, type TestNetwork, canCreateNamespaces, createTestNetwork, destroyTestNetwork, spawnIn, stopChild } from '../support/netns';
@@ -26,6 +25,7 @@ import { ACK, RST, SYN, guestTcpFrame, parseTcpFrame, synOptions } from '../supp
 import { GUEST_MAC, OUR_MAC, ethernetFrame, ipv4Packet, udpDatagram } from '../support/fakes/stack-fakes';
 import { Request } from '../../src/backend/modes/vhost-user/protocol';
 import { native } from '../../src/sys/native';
+import { arpRequestForGateway, scrape, sleep, waitFor } from '../support/e2e/daemon-probe';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const GUEST_V4 = Uint8Array.from(TEST_NET.hostV4.split('.').map(Number));
@@ -40,31 +40,6 @@ const CONNECTIONS = 1000;
 const WARMUP = 50;
 /** Allowed RSS growth from the baseline to the end (a leak of ~1 MB per connection would exceed it ~20 times over). */
 const RSS_GROWTH_LIMIT_MB = 40;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-/** An ARP request from the guest for the gateway. */
-function arpRequestForGateway(): Uint8Array {
-  const frame = new Uint8Array(42);
-  frame.fill(0xff, 0, 6);
-  frame.set(GUEST_MAC, 6);
-  frame.set([0x08, 0x06], 12);
-  frame.set([0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01], 14);
-  frame.set(GUEST_MAC, 22);
-  frame.set(GUEST_V4, 28);
-  frame.set(TEST_NET.routerV4.split('.').map(Number), 38);
-  return frame;
-}
 
 /** A UDP datagram from the guest's `port` to the echo server. */
 function udpToEcho(port: number, text: string): Uint8Array {
@@ -84,21 +59,6 @@ function classify(frame: Uint8Array): { kind: 'udp' | 'tcp' | 'arp' | 'other'; d
   if (protocol === 17) return { kind: 'udp', dstPort, srcPort };
   if (protocol === 6) return { kind: 'tcp', dstPort, srcPort };
   return { kind: 'other', dstPort, srcPort };
-}
-
-/** Text of GET /metrics from the daemon's UNIX metrics socket. */
-function scrape(socketPath: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    // agent: false: no keep-alive connection stays open in the daemon to blur its fd count.
-    const request = http.get({ socketPath, path: '/metrics', timeout: 3000, agent: false }, (response) => {
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (body += chunk));
-      response.on('end', () => resolve(body));
-    });
-    request.on('timeout', () => request.destroy(new Error('metrics timeout')));
-    request.on('error', reject);
-  });
 }
 
 /** VmRSS of a process in MB. */
@@ -172,7 +132,7 @@ describe('vhost-user lifecycle: reconnects, leftovers of earlier guests, bad kic
   }
 
   async function expectArpReply(fe: VhostUserFrontend): Promise<void> {
-    fe.sendFrame(0, arpRequestForGateway());
+    fe.sendFrame(0, arpRequestForGateway(GUEST_MAC));
     await expectRx(fe, (f) => classify(f).kind === 'arp' && f[21] === 2, 'ARP reply');
   }
 
